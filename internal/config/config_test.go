@@ -1,0 +1,166 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"banger/internal/model"
+)
+
+func TestDefaultsWhenMissing(t *testing.T) {
+	cfg, err := Load(filepath.Join(t.TempDir(), "nope.toml"), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.BridgeName != model.DefaultBridgeName || cfg.BridgeIP != model.DefaultBridgeIP || cfg.CIDR != model.DefaultCIDR {
+		t.Errorf("network defaults: %+v", cfg)
+	}
+	if cfg.DefaultDNS != model.DefaultDNS || cfg.StatsPollInterval != model.DefaultStatsPollInterval || cfg.StaleSweepInterval != model.DefaultStaleSweepInterval {
+		t.Errorf("defaults: %+v", cfg)
+	}
+	d := cfg.VMDefaults
+	if d.VCPUCount != model.DefaultVCPUCount || d.MemoryMiB != model.DefaultMemoryMiB || d.SystemOverlaySizeByte != model.DefaultSystemOverlaySize || d.WorkDiskSizeBytes != model.DefaultWorkDiskSize {
+		t.Errorf("vm defaults: %+v", d)
+	}
+	if cfg.StateDir != DefaultStateDir || cfg.SocketPath != DefaultSocketPath || cfg.CacheDir != "/var/lib/banger/cache" || cfg.SSHKeyPath != "/var/lib/banger/ssh/id_ed25519" {
+		t.Errorf("paths: %+v", cfg)
+	}
+}
+
+func TestMissingExplicitFile(t *testing.T) {
+	if _, err := Load(filepath.Join(t.TempDir(), "nope.toml"), true); err == nil {
+		t.Fatal("want error for a missing explicit config")
+	}
+}
+
+func TestParseFull(t *testing.T) {
+	doc := `
+log_level = "debug"
+log_format = "json"
+firecracker_bin = "/usr/local/bin/banger-vmm-qemu"
+vmm_args = ["--accel", "tcg"]
+auto_stop_stale_after = "2h"
+stats_poll_interval = "5s"
+bridge_name = "br-test"
+bridge_ip = "10.99.0.1"
+cidr = "24"
+tap_pool_size = 2
+default_dns = "9.9.9.9"
+default_image_name = "dev"
+state_dir = "/tmp/banger-state"
+socket_path = "/tmp/banger.sock"
+dns_domain = "vm.test"
+
+[vm_defaults]
+vcpus = 4
+memory = "1G"
+overlay_size = "4G"
+disk_size = "16G"
+nat = true
+auto_stop_after = "30m"
+
+[[file_sync]]
+host = "~/.gitconfig"
+guest = ".gitconfig"
+mode = "0644"
+
+[[file_sync]]
+host = "~/.config/nvim"
+guest = ".config/nvim"
+`
+	cfg, err := Parse([]byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.LogLevel != "debug" || cfg.LogFormat != "json" || cfg.AutoStopStaleAfter != 2*time.Hour || cfg.StatsPollInterval != 5*time.Second {
+		t.Errorf("got %+v", cfg)
+	}
+	if cfg.BridgeName != "br-test" || cfg.BridgeIP != "10.99.0.1" || cfg.TapPoolSize != 2 || cfg.DNSDomain != "vm.test" {
+		t.Errorf("got %+v", cfg)
+	}
+	if got := strings.Join(cfg.VMMArgs, " "); got != "--accel tcg" {
+		t.Errorf("vmm args %q", got)
+	}
+	want := model.VMDefaultsOverride{VCPUCount: 4, MemoryMiB: 1024, SystemOverlaySizeByte: 4 << 30, WorkDiskSizeBytes: 16 << 30, NATEnabled: true, AutoStopAfter: 30 * time.Minute}
+	if cfg.VMDefaults != want {
+		t.Errorf("vm defaults %+v, want %+v", cfg.VMDefaults, want)
+	}
+	if len(cfg.FileSync) != 2 || cfg.FileSync[0].Mode != "0644" || cfg.FileSync[1].Guest != ".config/nvim" {
+		t.Errorf("file sync %+v", cfg.FileSync)
+	}
+	if cfg.CacheDir != "/tmp/banger-state/cache" {
+		t.Errorf("cache dir %q", cfg.CacheDir)
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		doc  string
+		want []string
+	}{
+		{"unknown key", "log_level = \"info\"\nbrige_name = \"x\"\n", []string{"line 2", "brige_name"}},
+		{"unknown nested key", "[vm_defaults]\nvcpu = 2\n", []string{"line 2", "vm_defaults.vcpu"}},
+		{"wrong type", "tap_pool_size = \"four\"\n", []string{"line 1", "tap_pool_size"}},
+		{"bad duration", "\n\nstats_poll_interval = \"often\"\n", []string{"line 3", "stats_poll_interval", "duration"}},
+		{"zero poll", "stats_poll_interval = \"0s\"\n", []string{"stats_poll_interval", "positive"}},
+		{"bad size", "[vm_defaults]\ndisk_size = \"1T\"\n", []string{"line 2", "vm_defaults.disk_size", "unsupported size suffix"}},
+		{"zero size", "[vm_defaults]\noverlay_size = \"0\"\n", []string{"vm_defaults.overlay_size", "positive"}},
+		{"bad vcpus", "[vm_defaults]\nvcpus = 64\n", []string{"line 2", "vm_defaults.vcpus", "between 1 and 32"}},
+		{"small memory", "[vm_defaults]\nmemory = \"64M\"\n", []string{"vm_defaults.memory", "at least 128"}},
+		{"bad ip", "bridge_ip = \"172.16.0.300\"\n", []string{"line 1", "bridge_ip"}},
+		{"bad cidr", "cidr = \"/24\"\n", []string{"cidr"}},
+		{"bad level", "log_level = \"loud\"\n", []string{"log_level"}},
+		{"relative state", "state_dir = \"var/lib\"\n", []string{"state_dir", "absolute"}},
+		{"sync escapes", "[[file_sync]]\nhost = \"~/x\"\nguest = \"../etc/passwd\"\n", []string{"line 3", "file_sync.0.guest", "/root"}},
+		{"sync abs outside", "[[file_sync]]\nhost = \"~/x\"\nguest = \"/etc/passwd\"\n", []string{"file_sync.0.guest"}},
+		{"sync bad mode", "[[file_sync]]\nhost = \"~/x\"\nguest = \"x\"\nmode = \"rw\"\n", []string{"line 4", "file_sync.0.mode", "octal"}},
+		{"sync no host", "[[file_sync]]\nguest = \"x\"\n", []string{"file_sync.0.host", "required"}},
+		{"second sync entry", "[[file_sync]]\nhost = \"a\"\nguest = \"a\"\n[[file_sync]]\nhost = \"b\"\nguest = \"../b\"\n", []string{"line 6", "file_sync.1.guest"}},
+		{"syntax", "log_level = \n", []string{"line 1"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse([]byte(tt.doc))
+			if err == nil {
+				t.Fatalf("Parse succeeded; want error")
+			}
+			if model.ErrorCode(err) != model.EINVALID {
+				t.Errorf("code %q; want EINVALID (%v)", model.ErrorCode(err), err)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestPathPrecedence(t *testing.T) {
+	t.Setenv(EnvPath, "")
+	if p, explicit := Path(""); p != DefaultPath || explicit {
+		t.Errorf("default path %q %v", p, explicit)
+	}
+	t.Setenv(EnvPath, "/env.toml")
+	if p, explicit := Path(""); p != "/env.toml" || !explicit {
+		t.Errorf("env path %q %v", p, explicit)
+	}
+	if p, _ := Path("/flag.toml"); p != "/flag.toml" {
+		t.Errorf("flag path %q", p)
+	}
+}
+
+func TestLoadFile(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "b.toml")
+	if err := os.WriteFile(p, []byte("tap_pool_size = 7\nbogus = 1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Load(p, true)
+	if err == nil || !strings.Contains(err.Error(), p) || !strings.Contains(err.Error(), "bogus") {
+		t.Errorf("Load error %v", err)
+	}
+}

@@ -1,0 +1,360 @@
+// Package model holds banger's domain types: images, VMs, their specs and
+// runtime state, workspaces, the daemon configuration, and the size
+// helpers shared by the CLI and the daemon. It depends on the standard
+// library only.
+package model
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Defaults used when the configuration does not say otherwise.
+const (
+	DefaultBridgeName               = "br-fc"
+	DefaultBridgeIP                 = "172.16.0.1"
+	DefaultCIDR                     = "24"
+	DefaultDNS                      = "1.1.1.1"
+	DefaultSystemOverlaySize        = 8 * 1024 * 1024 * 1024
+	DefaultWorkDiskSize             = 8 * 1024 * 1024 * 1024
+	DefaultMemoryMiB                = 2048
+	DefaultVCPUCount                = 2
+	DefaultStatsPollInterval        = 10 * time.Second
+	DefaultStaleSweepInterval       = 1 * time.Minute
+	MaxDiskBytes              int64 = 128 * 1024 * 1024 * 1024
+)
+
+// VMState is the declared state of a VM.
+type VMState string
+
+// The states a VM can be in.
+const (
+	VMStateCreated VMState = "created"
+	VMStateRunning VMState = "running"
+	VMStateStopped VMState = "stopped"
+	VMStateError   VMState = "error"
+)
+
+// DaemonConfig is bangerd's configuration. The fields up to VMDefaults are
+// the original model's; the rest are banger's additions (paths, DNS,
+// timeouts) that the original kept elsewhere.
+type DaemonConfig struct {
+	LogLevel           string
+	FirecrackerBin     string
+	SSHKeyPath         string
+	AutoStopStaleAfter time.Duration
+	StatsPollInterval  time.Duration
+	BridgeName         string
+	BridgeIP           string
+	CIDR               string
+	TapPoolSize        int
+	DefaultDNS         string
+	DefaultImageName   string
+	FileSync           []FileSyncEntry
+	VMDefaults         VMDefaultsOverride
+
+	// LogFormat is "text" or "json".
+	LogFormat string
+	// StateDir holds the database, images, kernels and VM directories.
+	StateDir string
+	// CacheDir holds build caches (kernel builds, debootstrap trees) that
+	// are keyed by a hash of their inputs and may be shared between state
+	// dirs.
+	CacheDir string
+	// SocketPath is the API socket.
+	SocketPath string
+	// SocketGroup is the group that may use the API socket. Membership is
+	// root-equivalent.
+	SocketGroup string
+	// DNSDomain is the domain under which VM names resolve.
+	DNSDomain string
+	// DNSListen is the address the DNS server listens on; empty means
+	// BridgeIP:53, "off" disables it.
+	DNSListen string
+	// StaleSweepInterval is how often the reconcile sweep runs.
+	StaleSweepInterval time.Duration
+	// BootTimeout bounds how long start waits for SSH.
+	BootTimeout time.Duration
+	// StopTimeout bounds how long stop waits after Ctrl-Alt-Del before
+	// killing the VMM.
+	StopTimeout time.Duration
+	// VMMArgs are extra arguments passed to FirecrackerBin after its own.
+	VMMArgs []string
+}
+
+// VMDefaultsOverride holds the VM sizes used when a create request leaves
+// them unset. Zero fields fall back to the model defaults.
+type VMDefaultsOverride struct {
+	VCPUCount             int
+	MemoryMiB             int
+	SystemOverlaySizeByte int64
+	WorkDiskSizeBytes     int64
+	NATEnabled            bool
+	// AutoStopAfter overrides DaemonConfig.AutoStopStaleAfter for new VMs
+	// when non-zero.
+	AutoStopAfter time.Duration
+}
+
+// FileSyncEntry is a user-declared host→guest file or directory copy
+// applied to each VM's work disk at vm create time. Host is expanded
+// against the requesting user's $HOME for "~/..."; Guest is expanded
+// against /root (banger VMs are single-user root). A host directory is
+// copied recursively; a file is copied as a file. Missing host paths are a
+// soft skip (warned, not fatal). Mode defaults to 0600 for files and 0755
+// for directories.
+type FileSyncEntry struct {
+	Host  string `json:"host"`
+	Guest string `json:"guest"`
+	Mode  string `json:"mode,omitempty"`
+}
+
+// Image is a bootable kernel plus root filesystem.
+type Image struct {
+	ID                            string    `json:"id"`
+	Name                          string    `json:"name"`
+	Managed                       bool      `json:"managed"`
+	ArtifactDir                   string    `json:"artifact_dir,omitempty"`
+	RootfsPath                    string    `json:"rootfs_path"`
+	WorkSeedPath                  string    `json:"work_seed_path,omitempty"`
+	KernelPath                    string    `json:"kernel_path"`
+	InitrdPath                    string    `json:"initrd_path,omitempty"`
+	ModulesDir                    string    `json:"modules_dir,omitempty"`
+	BuildSize                     string    `json:"build_size,omitempty"`
+	SeededSSHPublicKeyFingerprint string    `json:"seeded_ssh_public_key_fingerprint,omitempty"`
+	Docker                        bool      `json:"docker"`
+	CreatedAt                     time.Time `json:"created_at"`
+	UpdatedAt                     time.Time `json:"updated_at"`
+
+	// OwnerUID is the uid that registered or built the image. Images owned
+	// by root are usable by everyone.
+	OwnerUID int `json:"owner_uid"`
+}
+
+// VMSpec is what the user asked for.
+type VMSpec struct {
+	VCPUCount             int   `json:"vcpu_count"`
+	MemoryMiB             int   `json:"memory_mib"`
+	SystemOverlaySizeByte int64 `json:"system_overlay_size_bytes"`
+	WorkDiskSizeBytes     int64 `json:"work_disk_size_bytes"`
+	NATEnabled            bool  `json:"nat_enabled"`
+
+	// AutoStopAfterSeconds overrides the daemon's idle auto-stop for this
+	// VM: nil means the daemon default, 0 means never.
+	AutoStopAfterSeconds *int64 `json:"auto_stop_after_seconds,omitempty"`
+}
+
+// VMRuntime holds the durable runtime state that the daemon needs to reach
+// a VM: identity, declared state, and deterministic derived paths.
+// Transient kernel and process handles (PID, loop devices, dm-snapshot
+// names) live in the daemon's handle cache, backed by a per-VM
+// handles.json scratch file, and are rediscovered from the OS after a
+// restart rather than trusted from the database.
+//
+// TapDevice is the exception: a tap comes from a pool and cannot be
+// derived, so it is mirrored here and NAT teardown and tap release fall
+// back to it when the handle cache has lost it.
+type VMRuntime struct {
+	State         VMState `json:"state"`
+	GuestIP       string  `json:"guest_ip"`
+	APISockPath   string  `json:"api_sock_path,omitempty"`
+	VSockPath     string  `json:"vsock_path,omitempty"`
+	VSockCID      uint32  `json:"vsock_cid,omitempty"`
+	LogPath       string  `json:"log_path,omitempty"`
+	MetricsPath   string  `json:"metrics_path,omitempty"`
+	DNSName       string  `json:"dns_name,omitempty"`
+	VMDir         string  `json:"vm_dir"`
+	TapDevice     string  `json:"tap_device,omitempty"`
+	SystemOverlay string  `json:"system_overlay_path"`
+	WorkDiskPath  string  `json:"work_disk_path"`
+	LastError     string  `json:"last_error,omitempty"`
+
+	// GuestMAC is derived from GuestIP.
+	GuestMAC string `json:"guest_mac,omitempty"`
+	// OverlayStrategy says how the system overlay is made:
+	// "dm-snapshot", "reflink" or "copy".
+	OverlayStrategy string `json:"overlay_strategy,omitempty"`
+	// SSHHostKey is the guest's SSH host public key, learned by the
+	// daemon the last time the VM became ready.
+	SSHHostKey string `json:"ssh_host_key,omitempty"`
+	// StartedAt is when the VM last became running.
+	StartedAt time.Time `json:"started_at,omitempty"`
+}
+
+// VMStats is what the stats poller last saw of a VM.
+type VMStats struct {
+	CollectedAt        time.Time      `json:"collected_at,omitempty"`
+	CPUPercent         float64        `json:"cpu_percent,omitempty"`
+	RSSBytes           int64          `json:"rss_bytes,omitempty"`
+	VSZBytes           int64          `json:"vsz_bytes,omitempty"`
+	SystemOverlayBytes int64          `json:"system_overlay_bytes,omitempty"`
+	WorkDiskBytes      int64          `json:"work_disk_bytes,omitempty"`
+	MetricsRaw         map[string]any `json:"metrics_raw,omitempty"`
+
+	// LastActiveAt is the last time the poller saw the guest working
+	// (CPU, block or network activity).
+	LastActiveAt time.Time `json:"last_active_at,omitempty"`
+}
+
+// VMRecord is a VM as stored and as shown.
+type VMRecord struct {
+	ID            string    `json:"id"`
+	Name          string    `json:"name"`
+	ImageID       string    `json:"image_id"`
+	State         VMState   `json:"state"`
+	CreatedAt     time.Time `json:"created_at"`
+	UpdatedAt     time.Time `json:"updated_at"`
+	LastTouchedAt time.Time `json:"last_touched_at"`
+	Spec          VMSpec    `json:"spec"`
+	Runtime       VMRuntime `json:"runtime"`
+	Stats         VMStats   `json:"stats"`
+
+	// OwnerUID is the uid of the user that created the VM.
+	OwnerUID int `json:"owner_uid"`
+}
+
+// VMCreateRequest asks for a new VM. Zero sizes mean "use the defaults".
+type VMCreateRequest struct {
+	Name                  string `json:"name"`
+	ImageName             string `json:"image_name,omitempty"`
+	VCPUCount             int    `json:"vcpu_count,omitempty"`
+	MemoryMiB             int    `json:"memory_mib,omitempty"`
+	SystemOverlaySizeByte int64  `json:"system_overlay_size_bytes,omitempty"`
+	WorkDiskSizeBytes     int64  `json:"work_disk_size_bytes,omitempty"`
+	NATEnabled            bool   `json:"nat_enabled,omitempty"`
+	NoStart               bool   `json:"no_start,omitempty"`
+
+	// NATSet says NATEnabled was given explicitly (so false overrides a
+	// default of true).
+	NATSet bool `json:"nat_set,omitempty"`
+	// AutoStopAfterSeconds overrides the idle auto-stop for this VM.
+	AutoStopAfterSeconds *int64 `json:"auto_stop_after_seconds,omitempty"`
+	// SSHPublicKeys are the caller's public keys, authorized in the guest.
+	SSHPublicKeys []string `json:"ssh_public_keys,omitempty"`
+}
+
+// VMSetRequest changes a VM. Nil fields are left alone.
+type VMSetRequest struct {
+	IDOrName          string `json:"id_or_name"`
+	VCPUCount         *int   `json:"vcpu_count,omitempty"`
+	MemoryMiB         *int   `json:"memory_mib,omitempty"`
+	WorkDiskSizeBytes *int64 `json:"work_disk_size_bytes,omitempty"`
+	NATEnabled        *bool  `json:"nat_enabled,omitempty"`
+
+	// AutoStopAfterSeconds changes the idle auto-stop for this VM; a
+	// negative value goes back to the daemon default.
+	AutoStopAfterSeconds *int64 `json:"auto_stop_after_seconds,omitempty"`
+}
+
+// WorkspacePrepareMode says how much of a repository goes into a VM.
+type WorkspacePrepareMode string
+
+// The workspace modes.
+const (
+	WorkspacePrepareModeShallowOverlay WorkspacePrepareMode = "shallow_overlay"
+	WorkspacePrepareModeFullCopy       WorkspacePrepareMode = "full_copy"
+	WorkspacePrepareModeMetadataOnly   WorkspacePrepareMode = "metadata_only"
+)
+
+// WorkspacePrepareResult records a repository prepared in a VM.
+type WorkspacePrepareResult struct {
+	VMID          string               `json:"vm_id"`
+	SourcePath    string               `json:"source_path"`
+	RepoRoot      string               `json:"repo_root"`
+	RepoName      string               `json:"repo_name"`
+	GuestPath     string               `json:"guest_path"`
+	Mode          WorkspacePrepareMode `json:"mode"`
+	HeadCommit    string               `json:"head_commit,omitempty"`
+	CurrentBranch string               `json:"current_branch,omitempty"`
+	BranchName    string               `json:"branch_name,omitempty"`
+	BaseCommit    string               `json:"base_commit,omitempty"`
+	PreparedAt    time.Time            `json:"prepared_at"`
+}
+
+// Now returns the current time in UTC, truncated to the second, as stored.
+func Now() time.Time {
+	return time.Now().UTC().Truncate(time.Second)
+}
+
+// NewID returns a random 64-character hex identifier.
+func NewID() (string, error) {
+	buf := make([]byte, 32)
+	if _, err := rand.Read(buf); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(buf), nil
+}
+
+// ShortID returns the first 12 characters of an ID: enough to be unique on
+// one host, short enough for device names.
+func ShortID(id string) string {
+	if len(id) <= 12 {
+		return id
+	}
+	return id[:12]
+}
+
+// ParseSize parses a size such as "512M", "8G" or "1024K". A bare number
+// means MiB. The result must be positive and at most MaxDiskBytes.
+func ParseSize(raw string) (int64, error) {
+	if raw == "" {
+		return 0, errors.New("size is required")
+	}
+	raw = strings.TrimSpace(strings.ToUpper(raw))
+	if raw == "" {
+		return 0, errors.New("size is required")
+	}
+	unit := raw[len(raw)-1]
+	multiplier := int64(1024 * 1024)
+	number := raw
+	switch unit {
+	case 'K':
+		multiplier = 1024
+		number = raw[:len(raw)-1]
+	case 'M':
+		number = raw[:len(raw)-1]
+	case 'G':
+		multiplier = 1024 * 1024 * 1024
+		number = raw[:len(raw)-1]
+	default:
+		if unit < '0' || unit > '9' {
+			return 0, fmt.Errorf("unsupported size suffix: %q", string(unit))
+		}
+	}
+	value, err := strconv.ParseInt(number, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("parse size %q: %w", raw, err)
+	}
+	// A value this large would overflow the multiplication; it is over
+	// the limit either way.
+	if value > MaxDiskBytes {
+		return 0, fmt.Errorf("size exceeds max of %d bytes", MaxDiskBytes)
+	}
+	result := value * multiplier
+	if result <= 0 {
+		return 0, fmt.Errorf("size must be positive: %q", raw)
+	}
+	if result > MaxDiskBytes {
+		return 0, fmt.Errorf("size exceeds max of %d bytes", MaxDiskBytes)
+	}
+	return result, nil
+}
+
+// FormatSizeBytes formats a byte count in the largest unit that divides it
+// exactly: "8G", "512M", "4K", or plain bytes.
+func FormatSizeBytes(bytes int64) string {
+	switch {
+	case bytes%(1024*1024*1024) == 0:
+		return fmt.Sprintf("%dG", bytes/(1024*1024*1024))
+	case bytes%(1024*1024) == 0:
+		return fmt.Sprintf("%dM", bytes/(1024*1024))
+	case bytes%1024 == 0:
+		return fmt.Sprintf("%dK", bytes/1024)
+	default:
+		return strconv.FormatInt(bytes, 10)
+	}
+}

@@ -1,0 +1,107 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+
+	"banger/internal/model"
+)
+
+const imageColumns = `id, name, owner_uid, managed, artifact_dir, rootfs_path, work_seed_path, kernel_path, initrd_path, modules_dir, build_size, ssh_fingerprint, docker, created_at, updated_at`
+
+func scanImage(row interface{ Scan(...any) error }) (model.Image, error) {
+	var img model.Image
+	var created, updated string
+	err := row.Scan(&img.ID, &img.Name, &img.OwnerUID, &img.Managed, &img.ArtifactDir, &img.RootfsPath, &img.WorkSeedPath, &img.KernelPath, &img.InitrdPath, &img.ModulesDir, &img.BuildSize, &img.SeededSSHPublicKeyFingerprint, &img.Docker, &created, &updated)
+	if err != nil {
+		return img, err
+	}
+	img.CreatedAt = parseTime(created)
+	img.UpdatedAt = parseTime(updated)
+	return img, nil
+}
+
+// CreateImage stores a new image. A taken name is ECONFLICT.
+func (s *DB) CreateImage(ctx context.Context, img model.Image) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO images (`+imageColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+		img.ID, img.Name, img.OwnerUID, img.Managed, img.ArtifactDir, img.RootfsPath, img.WorkSeedPath, img.KernelPath, img.InitrdPath, img.ModulesDir, img.BuildSize, img.SeededSSHPublicKeyFingerprint, img.Docker, formatTime(img.CreatedAt), formatTime(img.UpdatedAt))
+	return mapError(err, fmt.Sprintf("image %q", img.Name))
+}
+
+// UpdateImage rewrites an image row.
+func (s *DB) UpdateImage(ctx context.Context, img model.Image) error {
+	res, err := s.db.ExecContext(ctx, `UPDATE images SET name=?, owner_uid=?, managed=?, artifact_dir=?, rootfs_path=?, work_seed_path=?, kernel_path=?, initrd_path=?, modules_dir=?, build_size=?, ssh_fingerprint=?, docker=?, updated_at=? WHERE id=?`,
+		img.Name, img.OwnerUID, img.Managed, img.ArtifactDir, img.RootfsPath, img.WorkSeedPath, img.KernelPath, img.InitrdPath, img.ModulesDir, img.BuildSize, img.SeededSSHPublicKeyFingerprint, img.Docker, formatTime(img.UpdatedAt), img.ID)
+	if err != nil {
+		return mapError(err, fmt.Sprintf("image %q", img.Name))
+	}
+	return requireOne(res, "image", img.Name)
+}
+
+// GetImage finds an image by ID or name.
+func (s *DB) GetImage(ctx context.Context, idOrName string) (model.Image, error) {
+	img, err := scanImage(s.db.QueryRowContext(ctx, `SELECT `+imageColumns+` FROM images WHERE id = ? OR name = ? ORDER BY name = ? DESC LIMIT 1`, idOrName, idOrName, idOrName))
+	if errors.Is(err, sql.ErrNoRows) {
+		return img, model.Errorf(model.ENOTFOUND, "image %q not found; see `banger image ls`", idOrName)
+	}
+	return img, err
+}
+
+// ListImages returns every image, by name.
+func (s *DB) ListImages(ctx context.Context) ([]model.Image, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+imageColumns+` FROM images ORDER BY name`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []model.Image
+	for rows.Next() {
+		img, err := scanImage(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, img)
+	}
+	return out, rows.Err()
+}
+
+// DeleteImage removes an image row. An image that a VM still uses is
+// ECONFLICT.
+func (s *DB) DeleteImage(ctx context.Context, id string) error {
+	res, err := s.db.ExecContext(ctx, `DELETE FROM images WHERE id = ?`, id)
+	if err != nil {
+		return mapError(err, "image")
+	}
+	return requireOne(res, "image", id)
+}
+
+// VMsUsingImage returns the names of the VMs built on an image.
+func (s *DB) VMsUsingImage(ctx context.Context, imageID string) ([]string, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT name FROM vms WHERE image_id = ? ORDER BY name`, imageID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var names []string
+	for rows.Next() {
+		var n string
+		if err := rows.Scan(&n); err != nil {
+			return nil, err
+		}
+		names = append(names, n)
+	}
+	return names, rows.Err()
+}
+
+func requireOne(res sql.Result, kind, name string) error {
+	n, err := res.RowsAffected()
+	if err != nil {
+		return err
+	}
+	if n == 0 {
+		return model.Errorf(model.ENOTFOUND, "%s %q not found", kind, name)
+	}
+	return nil
+}
