@@ -1,0 +1,132 @@
+// Package api is the contract between bangerd and its clients: routes,
+// request and response bodies, the error mapping, the server that serves a
+// Backend on a unix socket, and the Go client the CLI uses.
+package api
+
+import (
+	"time"
+
+	"banger/internal/model"
+)
+
+// Prefix is the versioned route prefix.
+const Prefix = "/v1"
+
+// VersionInfo describes a build of banger.
+type VersionInfo struct {
+	Version   string `json:"version"`
+	Commit    string `json:"commit,omitempty"`
+	GoVersion string `json:"go_version"`
+}
+
+// ImageRegisterRequest registers existing artifacts as an image.
+type ImageRegisterRequest struct {
+	Name       string `json:"name"`
+	KernelPath string `json:"kernel_path"`
+	RootfsPath string `json:"rootfs_path"`
+	InitrdPath string `json:"initrd_path,omitempty"`
+	ModulesDir string `json:"modules_dir,omitempty"`
+	WorkSeed   string `json:"work_seed_path,omitempty"`
+	Docker     bool   `json:"docker,omitempty"`
+}
+
+// ImageRegisterResponse is the registered image plus what the daemon
+// noticed about it.
+type ImageRegisterResponse struct {
+	Image    model.Image `json:"image"`
+	Warnings []string    `json:"warnings,omitempty"`
+}
+
+// ImageBuildRequest builds a Debian image.
+type ImageBuildRequest struct {
+	Name     string   `json:"name"`
+	Release  string   `json:"release,omitempty"`
+	Mirror   string   `json:"mirror,omitempty"`
+	Packages []string `json:"packages,omitempty"`
+	Docker   bool     `json:"docker,omitempty"`
+	// KernelPath is a vmlinux to use instead of building one.
+	KernelPath string `json:"kernel_path,omitempty"`
+	// Size is the root filesystem size; empty means fit the contents.
+	SizeBytes int64 `json:"size_bytes,omitempty"`
+}
+
+// ImageDetail is an image with facts computed at read time.
+type ImageDetail struct {
+	model.Image
+	// KernelFormat is "elf", "bzimage" or "unknown".
+	KernelFormat string `json:"kernel_format"`
+	// Artifacts are the files and their sizes on disk.
+	Artifacts []Artifact `json:"artifacts"`
+	// SSHKeyMatches says whether the daemon's configured key is the one
+	// seeded into the image ("" when the image was not seeded).
+	SSHKeyMatches *bool `json:"ssh_key_matches,omitempty"`
+	// UsedBy names the VMs built on this image.
+	UsedBy []string `json:"used_by"`
+}
+
+// Artifact is one file of an image.
+type Artifact struct {
+	Role           string `json:"role"`
+	Path           string `json:"path"`
+	SizeBytes      int64  `json:"size_bytes"`
+	AllocatedBytes int64  `json:"allocated_bytes"`
+	Missing        bool   `json:"missing,omitempty"`
+}
+
+// Kernel is a kernel banger built.
+type Kernel struct {
+	Name          string    `json:"name"`
+	Path          string    `json:"path"`
+	SourceVersion string    `json:"source_version"`
+	ConfigHash    string    `json:"config_hash"`
+	SizeBytes     int64     `json:"size_bytes"`
+	BuiltAt       time.Time `json:"built_at"`
+	LogPath       string    `json:"log_path,omitempty"`
+}
+
+// KernelBuildRequest builds a kernel.
+type KernelBuildRequest struct {
+	// Version selects the linux-source package version ("6.1"); empty
+	// means the newest installed.
+	Version string `json:"version,omitempty"`
+	// Force rebuilds even when a matching kernel exists.
+	Force bool `json:"force,omitempty"`
+}
+
+// VMDeleteOptions qualify a delete.
+type VMDeleteOptions struct {
+	Force bool
+}
+
+// VMView is a VM as the API shows it: the record plus derived facts.
+type VMView struct {
+	model.VMRecord
+	ImageName string `json:"image_name"`
+	// AutoStopAt is when the idle auto-stop will stop the VM if nothing
+	// happens; nil when it will not.
+	AutoStopAt *time.Time `json:"auto_stop_at,omitempty"`
+	// PID is the VMM's process ID, when running.
+	PID int `json:"pid,omitempty"`
+}
+
+// DoctorCheck is one named host check.
+type DoctorCheck struct {
+	Name   string `json:"name"`
+	Status string `json:"status"` // PASS, WARN or FAIL
+	Detail string `json:"detail"`
+	Fix    string `json:"fix,omitempty"`
+}
+
+// Doctor statuses.
+const (
+	StatusPass = "PASS"
+	StatusWarn = "WARN"
+	StatusFail = "FAIL"
+)
+
+// LogsOptions select console output.
+type LogsOptions struct {
+	Follow bool
+	// Tail is how many trailing lines to show first; 0 means all.
+	Tail int
+}
