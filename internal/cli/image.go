@@ -1,0 +1,272 @@
+package cli
+
+import (
+	"fmt"
+	"path/filepath"
+	"strings"
+
+	"banger/internal/api"
+	"banger/internal/model"
+
+	"github.com/spf13/cobra"
+)
+
+func (a *App) imageCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:     "image",
+		Aliases: []string{"images"},
+		Short:   "Build, register, list and remove images (kernel + root filesystem)",
+	}
+	cmd.AddCommand(a.imageBuildCommand(), a.imageRegisterCommand(), a.imageLsCommand(), a.imageInspectCommand(), a.imageRmCommand())
+	return cmd
+}
+
+func (a *App) imageBuildCommand() *cobra.Command {
+	var req api.ImageBuildRequest
+	var packages []string
+	var size string
+	var quiet bool
+	cmd := &cobra.Command{
+		Use:   "build [NAME]",
+		Short: "Build a Debian image with debootstrap",
+		Long: `Build a Debian image: a root filesystem made with debootstrap from this host's
+Debian mirror (its apt sources; --mirror overrides), with systemd, openssh-server,
+git, ca-certificates and iproute2, tuned to boot fast under Firecracker; a work
+seed for each VM's /root; and a Firecracker-ready kernel (the newest one
+` + "`banger kernel build`" + ` made, or --kernel).
+
+NAME defaults to the daemon's default_image_name ("default"). The first build
+downloads packages and takes minutes; later builds reuse a cache.`,
+		Example: `  banger kernel build && banger image build
+  banger image build dev --packages build-essential,curl
+  banger image build dev --release bookworm --docker`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 1 {
+				req.Name = args[0]
+			}
+			for _, p := range packages {
+				for _, q := range strings.Split(p, ",") {
+					if q = strings.TrimSpace(q); q != "" {
+						req.Packages = append(req.Packages, q)
+					}
+				}
+			}
+			if size != "" {
+				n, err := model.ParseSize(size)
+				if err != nil {
+					return usagef("--size: %v", err)
+				}
+				req.SizeBytes = n
+			}
+			if req.KernelPath != "" {
+				abs, err := filepath.Abs(req.KernelPath)
+				if err != nil {
+					return err
+				}
+				req.KernelPath = abs
+			}
+			pp := &progressPrinter{w: a.Stderr, quiet: quiet}
+			img, err := a.api().BuildImage(cmd.Context(), req, pp.event)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(a.Stdout, "image %s built: rootfs %s (%s), kernel %s\n", img.Name, img.RootfsPath, img.BuildSize, img.KernelPath)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&req.Release, "release", "", "Debian release (default: this host's)")
+	f.StringVar(&req.Mirror, "mirror", "", "Debian mirror URL (default: from this host's apt sources)")
+	f.StringSliceVar(&packages, "packages", nil, "extra packages, comma-separated")
+	f.BoolVar(&req.Docker, "docker", false, "install Docker in the image")
+	f.StringVar(&req.KernelPath, "kernel", "", "use this vmlinux instead of the newest built kernel")
+	f.StringVar(&size, "size", "", "root filesystem size, e.g. 4G (default: fit the contents)")
+	f.BoolVarP(&quiet, "quiet", "q", false, "only print the result")
+	return cmd
+}
+
+func (a *App) imageRegisterCommand() *cobra.Command {
+	var req api.ImageRegisterRequest
+	cmd := &cobra.Command{
+		Use:   "register NAME --kernel PATH --rootfs PATH",
+		Short: "Register an existing kernel and root filesystem as an image",
+		Long: `Register an existing kernel and root filesystem as an image, without copying
+them. The kernel must be an uncompressed ELF vmlinux (what Firecracker boots) or
+a bzImage (which only banger-vmm-qemu boots; you get a warning). The files must
+be readable by you.`,
+		Example: `  banger image register mine --kernel ./vmlinux --rootfs ./rootfs.ext4`,
+		Args:    exactArgs(1, "an image NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req.Name = args[0]
+			if err := model.ValidateImageName(req.Name); err != nil {
+				return err
+			}
+			if req.KernelPath == "" || req.RootfsPath == "" {
+				return usagef("image register needs --kernel and --rootfs")
+			}
+			for _, p := range []*string{&req.KernelPath, &req.RootfsPath, &req.InitrdPath, &req.ModulesDir, &req.WorkSeed} {
+				if *p == "" {
+					continue
+				}
+				abs, err := filepath.Abs(*p)
+				if err != nil {
+					return err
+				}
+				*p = abs
+			}
+			resp, err := a.api().RegisterImage(cmd.Context(), req)
+			if err != nil {
+				return err
+			}
+			for _, w := range resp.Warnings {
+				fmt.Fprintf(a.Stderr, "warning: %s\n", w)
+			}
+			fmt.Fprintf(a.Stdout, "image %s registered (%s)\n", resp.Image.Name, model.ShortID(resp.Image.ID))
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&req.KernelPath, "kernel", "", "kernel: ELF vmlinux (or bzImage)")
+	f.StringVar(&req.RootfsPath, "rootfs", "", "root filesystem image (ext4)")
+	f.StringVar(&req.InitrdPath, "initrd", "", "initrd (optional)")
+	f.StringVar(&req.ModulesDir, "modules", "", "kernel modules directory (optional)")
+	f.StringVar(&req.WorkSeed, "work-seed", "", "ext4 image each VM's /root disk starts from (optional)")
+	f.BoolVar(&req.Docker, "docker", false, "the image has Docker")
+	return cmd
+}
+
+func (a *App) imageLsCommand() *cobra.Command {
+	var asJSON, quiet bool
+	cmd := &cobra.Command{
+		Use:     "ls",
+		Aliases: []string{"list"},
+		Short:   "List images",
+		Args:    noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			imgs, err := a.api().ListImages(cmd.Context())
+			if err != nil {
+				return err
+			}
+			switch {
+			case asJSON:
+				return printJSON(a.Stdout, imgs)
+			case quiet:
+				for _, img := range imgs {
+					fmt.Fprintln(a.Stdout, img.Name)
+				}
+				return nil
+			}
+			t := newTable(a.Stdout, "NAME", "ID", "MANAGED", "SIZE", "DOCKER", "OWNER", "CREATED")
+			for _, img := range imgs {
+				t.row(img.Name, model.ShortID(img.ID), yesNo(img.Managed), orDash(img.BuildSize), yesNo(img.Docker), fmt.Sprint(img.OwnerUID), ago(img.CreatedAt))
+			}
+			return t.flush()
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "print names only")
+	return cmd
+}
+
+func (a *App) imageInspectCommand() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:               "inspect NAME",
+		Short:             "Show an image's artifacts, sizes and SSH key",
+		Args:              exactArgs(1, "an image NAME"),
+		ValidArgsFunction: a.completeImages,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			det, err := a.api().GetImage(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(a.Stdout, det)
+			}
+			w := a.Stdout
+			fmt.Fprintf(w, "name:        %s\n", det.Name)
+			fmt.Fprintf(w, "id:          %s\n", det.ID)
+			fmt.Fprintf(w, "managed:     %s\n", yesNo(det.Managed))
+			fmt.Fprintf(w, "docker:      %s\n", yesNo(det.Docker))
+			fmt.Fprintf(w, "kernel:      %s (%s)\n", det.KernelPath, det.KernelFormat)
+			fmt.Fprintf(w, "owner uid:   %d\n", det.OwnerUID)
+			fmt.Fprintf(w, "created:     %s\n", det.CreatedAt.Local().Format("2006-01-02 15:04:05"))
+			key := "not seeded"
+			if det.SeededSSHPublicKeyFingerprint != "" {
+				key = det.SeededSSHPublicKeyFingerprint
+				if det.SSHKeyMatches != nil {
+					if *det.SSHKeyMatches {
+						key += " (matches the daemon's key)"
+					} else {
+						key += " (does NOT match the daemon's current key: rebuild the image)"
+					}
+				}
+			}
+			fmt.Fprintf(w, "ssh key:     %s\n", key)
+			fmt.Fprintf(w, "used by:     %s\n", orDash(strings.Join(det.UsedBy, ", ")))
+			fmt.Fprintln(w, "artifacts:")
+			t := newTable(w, "  ROLE", "SIZE", "ON DISK", "PATH")
+			for _, art := range det.Artifacts {
+				if art.Missing {
+					t.row("  "+art.Role, "MISSING", "-", art.Path)
+					continue
+				}
+				t.row("  "+art.Role, humanBytes(art.SizeBytes), humanBytes(art.AllocatedBytes), art.Path)
+			}
+			return t.flush()
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func (a *App) imageRmCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:               "rm NAME...",
+		Aliases:           []string{"remove"},
+		Short:             "Remove images (refused while a VM uses them)",
+		Args:              cobra.MinimumNArgs(1),
+		ValidArgsFunction: a.completeImages,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var firstErr error
+			for _, name := range args {
+				if err := a.api().DeleteImage(cmd.Context(), name); err != nil {
+					fmt.Fprintf(a.Stderr, "banger: %v\n", err)
+					if firstErr == nil {
+						firstErr = err
+					}
+					continue
+				}
+				fmt.Fprintf(a.Stdout, "image %s removed\n", name)
+			}
+			if firstErr != nil {
+				return &exitError{code: 1}
+			}
+			return nil
+		},
+	}
+	return cmd
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// completeImages completes image names from the daemon.
+func (a *App) completeImages(cmd *cobra.Command, args []string, toComplete string) ([]string, cobra.ShellCompDirective) {
+	imgs, err := a.api().ListImages(cmd.Context())
+	if err != nil {
+		return nil, cobra.ShellCompDirectiveNoFileComp
+	}
+	var out []string
+	for _, img := range imgs {
+		if strings.HasPrefix(img.Name, toComplete) {
+			out = append(out, img.Name)
+		}
+	}
+	return out, cobra.ShellCompDirectiveNoFileComp
+}

@@ -1,0 +1,48 @@
+package daemon
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+
+	"banger/internal/api"
+	"banger/internal/doctor"
+)
+
+// vmmBinary resolves the VMM to launch: firecracker_bin when configured,
+// else firecracker on PATH, else banger-vmm-qemu next to bangerd or on
+// PATH. It returns "" when there is none.
+func (d *Daemon) vmmBinary() string {
+	if d.cfg.FirecrackerBin != "" {
+		if p, err := exec.LookPath(d.cfg.FirecrackerBin); err == nil {
+			return p
+		}
+		return ""
+	}
+	if p, err := exec.LookPath("firecracker"); err == nil {
+		return p
+	}
+	if self, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(self), "banger-vmm-qemu")
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	if p, err := exec.LookPath("banger-vmm-qemu"); err == nil {
+		return p
+	}
+	return ""
+}
+
+// Doctor implements api.Backend.
+func (d *Daemon) Doctor(ctx context.Context) []api.DoctorCheck {
+	in := doctor.Input{Config: d.cfg, VMMPath: d.vmmBinary()}
+	in.OverlayStrategy, in.OverlayReason = d.overlayStrategy(ctx)
+	return doctor.Host(ctx, in, d.runner)
+}
+
+// overlayStrategy says how system overlays are made here.
+func (d *Daemon) overlayStrategy(ctx context.Context) (string, string) {
+	return "", ""
+}

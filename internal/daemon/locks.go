@@ -1,0 +1,33 @@
+package daemon
+
+import "sync"
+
+// vmLocks hands out one mutex per VM ID. Every lifecycle operation holds
+// its VM's lock, so start, stop, set and delete of one VM never interleave,
+// while different VMs proceed in parallel.
+type vmLocks struct {
+	mu    sync.Mutex
+	locks map[string]*sync.Mutex
+}
+
+func newVMLocks() *vmLocks { return &vmLocks{locks: map[string]*sync.Mutex{}} }
+
+// lock locks id's mutex and returns its unlock function.
+func (l *vmLocks) lock(id string) func() {
+	l.mu.Lock()
+	m, ok := l.locks[id]
+	if !ok {
+		m = &sync.Mutex{}
+		l.locks[id] = m
+	}
+	l.mu.Unlock()
+	m.Lock()
+	return m.Unlock
+}
+
+// forget drops the mutex of a deleted VM. The caller holds the VM's lock.
+func (l *vmLocks) forget(id string) {
+	l.mu.Lock()
+	delete(l.locks, id)
+	l.mu.Unlock()
+}
