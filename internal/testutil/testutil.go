@@ -11,6 +11,19 @@ import (
 	"testing"
 )
 
+// Tier is the test tier scripts/test.sh is running: "unit",
+// "integration" or "e2e"; "" when run by hand.
+func Tier() string { return os.Getenv("BANGER_TIER") }
+
+// Integration marks a test of the integration (or end-to-end) tier: in
+// the unit tier it skips, because scripts/test.sh runs it in the next one.
+func Integration(t testing.TB) {
+	t.Helper()
+	if Tier() == "unit" {
+		t.Skip("integration tier: runs in scripts/test.sh's integration pass")
+	}
+}
+
 // CI reports whether missing requirements must fail rather than skip.
 func CI() bool { return os.Getenv("BANGER_CI") == "1" }
 
@@ -26,6 +39,7 @@ func Unmet(t testing.TB, format string, args ...any) {
 // RequireRoot needs euid 0.
 func RequireRoot(t testing.TB) {
 	t.Helper()
+	Integration(t)
 	if os.Geteuid() != 0 {
 		Unmet(t, "needs root (run scripts/test.sh as root)")
 	}
@@ -34,6 +48,7 @@ func RequireRoot(t testing.TB) {
 // RequireTools needs every named command on PATH.
 func RequireTools(t testing.TB, names ...string) {
 	t.Helper()
+	Integration(t)
 	for _, n := range names {
 		if _, err := exec.LookPath(n); err != nil {
 			Unmet(t, "needs %s on PATH (scripts/deps.sh installs it)", n)
@@ -45,6 +60,7 @@ func RequireTools(t testing.TB, names ...string) {
 // returns it.
 func RequireEnvFile(t testing.TB, name, why string) string {
 	t.Helper()
+	Integration(t)
 	p := os.Getenv(name)
 	if p == "" {
 		Unmet(t, "set %s to %s (scripts/test.sh does)", name, why)

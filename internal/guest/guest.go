@@ -1,0 +1,195 @@
+// Package guest talks to a running guest over SSH with the daemon's key:
+// waiting until it answers, running commands, and streaming data in and
+// out. The daemon reaches guests directly on the bridge; users reach them
+// through the daemon's connect stream instead.
+package guest
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+)
+
+// LoadSigner reads a private key file.
+func LoadSigner(path string) (ssh.Signer, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read ssh key: %w", err)
+	}
+	s, err := ssh.ParsePrivateKey(b)
+	if err != nil {
+		return nil, fmt.Errorf("parse ssh key %s: %w", path, err)
+	}
+	return s, nil
+}
+
+// Conn is an SSH connection to a guest as root.
+type Conn struct {
+	client *ssh.Client
+	// HostKey is the key the guest presented.
+	HostKey ssh.PublicKey
+}
+
+// Dial connects once. A non-empty knownHostKey (authorized_keys format)
+// must match the guest's key; empty accepts any key and records it.
+func Dial(ctx context.Context, addr string, signer ssh.Signer, knownHostKey string) (*Conn, error) {
+	var want ssh.PublicKey
+	if knownHostKey != "" {
+		pk, _, _, _, err := ssh.ParseAuthorizedKey([]byte(knownHostKey))
+		if err != nil {
+			return nil, fmt.Errorf("parse known host key: %w", err)
+		}
+		want = pk
+	}
+	var got ssh.PublicKey
+	cfg := &ssh.ClientConfig{
+		User: "root",
+		Auth: []ssh.AuthMethod{ssh.PublicKeys(signer)},
+		HostKeyCallback: func(_ string, _ net.Addr, key ssh.PublicKey) error {
+			got = key
+			if want != nil && !bytes.Equal(want.Marshal(), key.Marshal()) {
+				return fmt.Errorf("guest host key %s does not match the recorded %s", ssh.FingerprintSHA256(key), ssh.FingerprintSHA256(want))
+			}
+			return nil
+		},
+		Timeout: 10 * time.Second,
+	}
+	var d net.Dialer
+	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	raw, err := d.DialContext(dctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	// The handshake must not outlive ctx.
+	stop := context.AfterFunc(ctx, func() { raw.Close() })
+	defer stop()
+	raw.SetDeadline(time.Now().Add(15 * time.Second))
+	c, chans, reqs, err := ssh.NewClientConn(raw, addr, cfg)
+	if err != nil {
+		raw.Close()
+		return nil, err
+	}
+	raw.SetDeadline(time.Time{})
+	return &Conn{client: ssh.NewClient(c, chans, reqs), HostKey: got}, nil
+}
+
+// WaitReady dials until the guest answers SSH and runs `true`, or ctx
+// ends. It returns the last error on timeout.
+func WaitReady(ctx context.Context, addr string, signer ssh.Signer, interval time.Duration) (*Conn, error) {
+	var last error
+	for {
+		c, err := Dial(ctx, addr, signer, "")
+		if err == nil {
+			if _, err = c.Output(ctx, "true"); err == nil {
+				return c, nil
+			}
+			c.Close()
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			if last == nil {
+				last = ctx.Err()
+			}
+			return nil, fmt.Errorf("guest ssh at %s not ready: %w", addr, last)
+		case <-time.After(interval):
+		}
+	}
+}
+
+// Close closes the connection.
+func (c *Conn) Close() error { return c.client.Close() }
+
+// ExitError is a command that ran and exited non-zero.
+type ExitError struct {
+	Cmd    string
+	Status int
+	Stderr string
+}
+
+func (e *ExitError) Error() string {
+	msg := fmt.Sprintf("guest command %q exited %d", e.Cmd, e.Status)
+	if s := strings.TrimSpace(e.Stderr); s != "" {
+		if len(s) > 1000 {
+			s = s[len(s)-1000:]
+		}
+		msg += ": " + s
+	}
+	return msg
+}
+
+// Run runs cmd in the guest with stdin, stdout and stderr attached (any
+// may be nil). A non-zero exit is an *ExitError. Cancelling ctx closes
+// the session.
+func (c *Conn) Run(ctx context.Context, cmd string, stdin io.Reader, stdout, stderr io.Writer) error {
+	s, err := c.client.NewSession()
+	if err != nil {
+		return fmt.Errorf("guest session: %w", err)
+	}
+	defer s.Close()
+	var errBuf bytes.Buffer
+	s.Stdin = stdin
+	s.Stdout = stdout
+	if stderr != nil {
+		s.Stderr = io.MultiWriter(stderr, &tailBuffer{b: &errBuf, max: 4096})
+	} else {
+		s.Stderr = &tailBuffer{b: &errBuf, max: 4096}
+	}
+	stop := context.AfterFunc(ctx, func() { s.Close() })
+	defer stop()
+	err = s.Run(cmd)
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	var ee *ssh.ExitError
+	if errors.As(err, &ee) {
+		return &ExitError{Cmd: cmd, Status: ee.ExitStatus(), Stderr: errBuf.String()}
+	}
+	if err != nil {
+		return fmt.Errorf("guest command %q: %w", cmd, err)
+	}
+	return nil
+}
+
+// Output runs cmd and returns its standard output.
+func (c *Conn) Output(ctx context.Context, cmd string) (string, error) {
+	var out bytes.Buffer
+	err := c.Run(ctx, cmd, nil, &out, nil)
+	return out.String(), err
+}
+
+// tailBuffer keeps the last max bytes written.
+type tailBuffer struct {
+	b   *bytes.Buffer
+	max int
+}
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.b.Write(p)
+	if t.b.Len() > t.max {
+		rest := t.b.Bytes()[t.b.Len()-t.max:]
+		nb := append([]byte(nil), rest...)
+		t.b.Reset()
+		t.b.Write(nb)
+	}
+	return len(p), nil
+}
+
+// AuthorizedKey renders a public key in authorized_keys form.
+func AuthorizedKey(k ssh.PublicKey) string {
+	return strings.TrimSpace(string(ssh.MarshalAuthorizedKey(k)))
+}
+
+// Quote quotes s for the guest's POSIX shell.
+func Quote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
