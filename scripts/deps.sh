@@ -7,7 +7,7 @@ packages=(
   # VMs: banger-vmm-qemu runs guests with QEMU where Firecracker cannot run
   qemu-system-x86 qemu-utils
   # network: bridge, taps, NAT
-  iproute2 iptables
+  iproute2 iptables procps
   # disks: loop devices, ext4/xfs/btrfs, device-mapper tools
   util-linux e2fsprogs xfsprogs btrfs-progs dmsetup
   # images: debootstrap and the kernel build
