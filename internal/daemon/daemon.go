@@ -7,12 +7,15 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"sync"
 
 	"banger/internal/api"
 	"banger/internal/hostexec"
 	"banger/internal/model"
+	"banger/internal/network"
+	"banger/internal/storage"
 	"banger/internal/store"
 )
 
@@ -23,6 +26,9 @@ type Options struct {
 	Version api.VersionInfo
 	// Runner runs host commands; nil means hostexec.Real.
 	Runner hostexec.Runner
+	// Storage configures the disk manager (tests force a strategy and
+	// fake device nodes).
+	Storage storage.Options
 }
 
 // Daemon is bangerd.
@@ -34,9 +40,34 @@ type Daemon struct {
 	store   *store.DB
 	layout  layout
 	locks   *vmLocks
+	handles *handleCache
+
+	net     *network.Manager
+	dns     *network.DNSServer
+	storage *storage.Manager
+	caps    []capability
+	boot    booter
+
+	// strategy is how system overlays are made on this host.
+	strategy       storage.Strategy
+	strategyReason string
+
+	// netMu guards netErr: the network is set up at Start; when that
+	// fails, starting VMs fails with the reason until it works.
+	netMu  sync.Mutex
+	netOK  bool
+	netErr error
 
 	// createMu serialises name and IP allocation for new VMs.
 	createMu sync.Mutex
+
+	// crashAt is the fault-injection step (EnvCrashAt), for tests.
+	crashAt string
+
+	// sessions counts open connect streams per VM, for idle detection.
+	sessions *sessionCounter
+	// poll is the stats poller's memory.
+	poll pollState
 
 	// wg tracks background goroutines; cancel stops them.
 	wg     sync.WaitGroup
@@ -54,20 +85,30 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 		runner = hostexec.Real{}
 	}
 	d := &Daemon{
-		cfg:     opts.Config,
-		logger:  logger,
-		version: opts.Version,
-		runner:  runner,
-		layout:  layout{stateDir: opts.Config.StateDir},
-		locks:   newVMLocks(),
+		cfg:      opts.Config,
+		logger:   logger,
+		version:  opts.Version,
+		runner:   runner,
+		layout:   layout{stateDir: opts.Config.StateDir},
+		locks:    newVMLocks(),
+		handles:  newHandleCache(),
+		crashAt:  os.Getenv(EnvCrashAt),
+		sessions: newSessionCounter(),
 	}
 	// The state dir holds VM disks and the daemon's private key: only
-	// root may list it. Images and kernels below are root-only too.
+	// root may list it.
 	for _, dir := range []string{d.cfg.StateDir, d.layout.imagesDir(), d.layout.kernelsDir(), d.layout.vmsDir()} {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return nil, fmt.Errorf("create state dir: %w", err)
 		}
 	}
+	netm, err := network.New(network.ConfigFrom(d.cfg), runner, logger.With("sub", "network"))
+	if err != nil {
+		return nil, err
+	}
+	d.net = netm
+	d.boot = vmmBooter{d: d}
+	d.storage = storage.New(runner, logger.With("sub", "storage"), opts.Storage)
 	db, err := store.Open(ctx, d.layout.dbPath())
 	if err != nil {
 		return nil, err
@@ -76,11 +117,75 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 	return d, nil
 }
 
-// Start runs the background work (reconcile, sweeps, pollers) until Close.
+// Start sets up the host side (bridge, tap pool, DNS), reconciles the
+// database with the host, and runs the background loops until Close.
 func (d *Daemon) Start(ctx context.Context) error {
-	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	d.cancel = cancel
-	_ = ctx
+	d.strategy, d.strategyReason = d.storage.DetectStrategy(ctx, d.layout.vmsDir())
+	d.logger.Info("system overlays", "strategy", d.strategy, "why", d.strategyReason)
+
+	if d.cfg.DNSListen != "off" {
+		dns, err := network.NewDNSServer(d.cfg.DNSDomain, d.logger.With("sub", "dns"))
+		if err != nil {
+			return err
+		}
+		d.dns = dns
+	}
+	d.caps = []capability{natCapability{net: d.net}, dnsCapability{dns: d.dns}}
+	if err := d.setupNetwork(ctx); err != nil {
+		d.logger.Error("network setup failed; VMs cannot start until it works", "err", err)
+	}
+	if err := d.reconcile(ctx, "startup"); err != nil {
+		d.logger.Error("reconcile at startup", "err", err)
+	}
+	d.startLoops(bg)
+	return nil
+}
+
+// setupNetwork creates the bridge, fills the tap pool and starts the DNS
+// server. It is retried before a VM starts if it failed.
+func (d *Daemon) setupNetwork(ctx context.Context) error {
+	d.netMu.Lock()
+	defer d.netMu.Unlock()
+	if d.netOK {
+		return nil
+	}
+	err := d.setupNetworkLocked(ctx)
+	d.netErr = err
+	d.netOK = err == nil
+	return err
+}
+
+func (d *Daemon) setupNetworkLocked(ctx context.Context) error {
+	if err := d.net.EnsureBridge(ctx); err != nil {
+		return fmt.Errorf("bridge %s: %w", d.cfg.BridgeName, err)
+	}
+	if d.dns != nil && d.dns.Addr() == "" {
+		addr := d.cfg.DNSListen
+		if addr == "" {
+			addr = net.JoinHostPort(d.cfg.BridgeIP, "53")
+		}
+		if err := d.dns.Listen(addr); err != nil {
+			return fmt.Errorf("dns server on %s: %w", addr, err)
+		}
+		d.wg.Add(1)
+		go func() {
+			defer d.wg.Done()
+			if err := d.dns.Serve(context.Background()); err != nil {
+				d.logger.Warn("dns server stopped", "err", err)
+			}
+		}()
+		d.logger.Info("dns server listening", "addr", d.dns.Addr(), "domain", d.cfg.DNSDomain)
+	}
+	return nil
+}
+
+// requireNetwork returns why VMs cannot get a network, if they cannot.
+func (d *Daemon) requireNetwork(ctx context.Context) error {
+	if err := d.setupNetwork(ctx); err != nil {
+		return model.Errorf(model.EUNAVAILABLE, "host network is not set up: %v (see `banger doctor`)", err)
+	}
 	return nil
 }
 
@@ -89,6 +194,9 @@ func (d *Daemon) Start(ctx context.Context) error {
 func (d *Daemon) Close() error {
 	if d.cancel != nil {
 		d.cancel()
+	}
+	if d.dns != nil {
+		d.dns.Close()
 	}
 	d.wg.Wait()
 	return d.store.Close()

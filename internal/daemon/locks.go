@@ -31,3 +31,18 @@ func (l *vmLocks) forget(id string) {
 	delete(l.locks, id)
 	l.mu.Unlock()
 }
+
+// tryLock locks id's mutex if it is free.
+func (l *vmLocks) tryLock(id string) (func(), bool) {
+	l.mu.Lock()
+	m, ok := l.locks[id]
+	if !ok {
+		m = &sync.Mutex{}
+		l.locks[id] = m
+	}
+	l.mu.Unlock()
+	if !m.TryLock() {
+		return nil, false
+	}
+	return m.Unlock, true
+}

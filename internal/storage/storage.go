@@ -55,6 +55,10 @@ func DMName(vmID string) string { return DMPrefix + model.ShortID(vmID) }
 type Options struct {
 	// Strategy, when set, is used instead of detecting one.
 	Strategy Strategy
+	// Exists, when set, replaces the check for device nodes and files
+	// (the device-mapper control node, /dev/mapper entries). Callers'
+	// unit tests use it with a fake host to run the dm-snapshot path.
+	Exists func(path string) bool
 }
 
 // Manager makes, attaches and removes VM disks. It keeps no state of its
@@ -87,6 +91,10 @@ func New(run hostexec.Runner, logger *slog.Logger, opts Options) *Manager {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
+	exists := fileExists
+	if opts.Exists != nil {
+		exists = opts.Exists
+	}
 	return &Manager{
 		run:         run,
 		logger:      logger,
@@ -98,7 +106,7 @@ func New(run hostexec.Runner, logger *slog.Logger, opts Options) *Manager {
 		sysBlock:    "/sys/block",
 		modulesDir:  "/lib/modules",
 		release:     kernelRelease,
-		exists:      fileExists,
+		exists:      exists,
 		clone:       cloneFile,
 		sleep:       sleepCtx,
 		removeTries: 5,

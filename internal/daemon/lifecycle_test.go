@@ -1,0 +1,354 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"banger/internal/api"
+	"banger/internal/hostexec/fakeos"
+	"banger/internal/model"
+	"banger/internal/storage"
+)
+
+// fakeBooter stands in for the VMM in unit tests: it "boots" by recording
+// a PID, or fails.
+type fakeBooter struct {
+	d    *Daemon
+	fail error
+}
+
+func (fakeBooter) check() error { return nil }
+
+func (b fakeBooter) boot(ctx context.Context, vm model.VMRecord, img model.Image, h *vmHandles, _ time.Time, _ api.ProgressFunc) (string, error) {
+	if b.fail != nil {
+		return "", b.fail
+	}
+	h.PID = 4242
+	return "ssh-ed25519 AAAAfake", b.d.setVMHandles(vm.ID, vm.Runtime.VMDir, *h)
+}
+
+type testEnv struct {
+	d   *Daemon
+	os  *fakeos.OS
+	ctx context.Context
+}
+
+// newTestDaemon is a daemon on a fake host: commands go to fakeos, the VMM
+// is fakeBooter. With dm set, the host has device-mapper.
+func newTestDaemon(t *testing.T, dm bool) *testEnv {
+	t.Helper()
+	o := fakeos.New()
+	t.Cleanup(func() {
+		if u := o.Runner().Unexpected(); len(u) > 0 {
+			t.Errorf("commands the fake does not know: %q", u)
+		}
+	})
+	dir := t.TempDir()
+	cfg := model.DaemonConfig{
+		StateDir: filepath.Join(dir, "state"), BridgeName: "br-fc", BridgeIP: "172.16.0.1", CIDR: "24",
+		TapPoolSize: 2, DefaultDNS: "1.1.1.1", DNSDomain: "banger", DNSListen: "off",
+		StatsPollInterval: time.Hour, StaleSweepInterval: time.Hour, BootTimeout: time.Minute, StopTimeout: time.Second,
+		SSHKeyPath: filepath.Join(dir, "key"),
+		VMDefaults: model.VMDefaultsOverride{VCPUCount: 1, MemoryMiB: 256, SystemOverlaySizeByte: 64 << 20, WorkDiskSizeBytes: 64 << 20},
+	}
+	sopts := storage.Options{Strategy: storage.StrategyCopy}
+	if dm {
+		sopts.Strategy = storage.StrategyDMSnapshot
+		sopts.Exists = func(p string) bool {
+			switch {
+			case p == "/dev/mapper/control", p == "/sys/class/misc/device-mapper":
+				return true
+			case strings.HasPrefix(p, "/dev/mapper/"):
+				return o.DM[strings.TrimPrefix(p, "/dev/mapper/")] != nil
+			}
+			_, err := os.Stat(p)
+			return err == nil
+		}
+	}
+	ctx := context.Background()
+	d, err := New(ctx, Options{Config: cfg, Logger: slog.New(slog.DiscardHandler), Runner: o.Runner(), Storage: sopts})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	d.boot = fakeBooter{d: d}
+	if err := d.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// An image whose rootfs the fake e2fsprogs take for ext4.
+	rootfs := filepath.Join(dir, "rootfs.ext4")
+	if err := os.WriteFile(rootfs, make([]byte, 32<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := fakeos.WriteExt4Magic(rootfs); err != nil {
+		t.Fatal(err)
+	}
+	now := model.Now()
+	img := model.Image{ID: strings.Repeat("a", 64), Name: "base", RootfsPath: rootfs, KernelPath: "/k", CreatedAt: now, UpdatedAt: now}
+	if err := d.store.CreateImage(ctx, img); err != nil {
+		t.Fatal(err)
+	}
+	return &testEnv{d: d, os: o, ctx: ctx}
+}
+
+// hostState is the fake host's state with temp paths made stable.
+func (e *testEnv) hostState() string {
+	s := e.os.String()
+	return strings.ReplaceAll(s, e.d.cfg.StateDir, "$STATE")
+}
+
+func (e *testEnv) create(t *testing.T, name string, nat bool) model.VMRecord {
+	t.Helper()
+	v, err := e.d.CreateVM(e.ctx, model.VMCreateRequest{Name: name, ImageName: "base", NATEnabled: nat, NoStart: true}, api.NoProgress)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v.VMRecord
+}
+
+func (e *testEnv) vm(t *testing.T, name string) model.VMRecord {
+	t.Helper()
+	vm, err := e.d.store.GetVM(e.ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return vm
+}
+
+func want(t *testing.T, step, got, want string) {
+	t.Helper()
+	if strings.TrimSpace(got) != strings.TrimSpace(want) {
+		t.Errorf("%s: host state\n--- got\n%s\n--- want\n%s", step, got, want)
+	}
+}
+
+const idleHost = `
+link bgtap0 tap master=br-fc up
+link bgtap1 tap master=br-fc up
+link br-fc bridge up 172.16.0.1/24
+sysctl net.ipv4.ip_forward=0
+`
+
+func TestStartStopKillNATOnTheFakeHostDM(t *testing.T) {
+	e := newTestDaemon(t, true)
+	want(t, "daemon started", e.hostState(), idleHost)
+
+	dev := e.create(t, "dev", true)
+	short := model.ShortID(dev.ID)
+	if _, err := e.d.StartVM(e.ctx, "dev", api.NoProgress); err != nil {
+		t.Fatal(err)
+	}
+	rules := `rule filter/FORWARD -s 172.16.0.2/32 -i br-fc -m comment --comment "banger:vm=` + short + `:tap=bgtap0:ip=172.16.0.2" -j ACCEPT
+rule filter/FORWARD -d 172.16.0.2/32 -o br-fc -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment "banger:vm=` + short + `:tap=bgtap0:ip=172.16.0.2" -j ACCEPT
+rule nat/POSTROUTING -s 172.16.0.2/32 ! -o br-fc -m comment --comment "banger:vm=` + short + `:tap=bgtap0:ip=172.16.0.2" -j MASQUERADE
+`
+	devices := `loop /dev/loop0 ` + "$STATE/../rootfs.ext4" + ` ro
+loop /dev/loop1 $STATE/vms/` + short + `/system.img
+dm banger-` + short + ` 0 65536 snapshot /dev/loop0 /dev/loop1 P 8
+`
+	running := `
+link bgtap0 tap master=br-fc up
+link bgtap1 tap master=br-fc up
+link br-fc bridge up 172.16.0.1/24
+` + rules + `sysctl net.ipv4.ip_forward=1
+` + devices
+	got := strings.ReplaceAll(e.hostState(), filepath.Dir(e.d.cfg.StateDir), "$STATE/..")
+	want(t, "started with nat", got, running)
+	vm := e.vm(t, "dev")
+	if vm.State != model.VMStateRunning || vm.Runtime.TapDevice != "bgtap0" || vm.Runtime.OverlayStrategy != "dm-snapshot" {
+		t.Errorf("after start: state %s tap %q strategy %q", vm.State, vm.Runtime.TapDevice, vm.Runtime.OverlayStrategy)
+	}
+	if p, _ := e.d.net.Pool(); strings.Join(p, ",") != "bgtap1" {
+		t.Errorf("free pool %v; want [bgtap1]", p)
+	}
+
+	// NAT off and on again, live.
+	off := false
+	if _, err := e.d.SetVM(e.ctx, model.VMSetRequest{IDOrName: "dev", NATEnabled: &off}); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(e.hostState(), "rule ") {
+		t.Errorf("nat off left rules:\n%s", e.hostState())
+	}
+	on := true
+	if _, err := e.d.SetVM(e.ctx, model.VMSetRequest{IDOrName: "dev", NATEnabled: &on}); err != nil {
+		t.Fatal(err)
+	}
+	got = strings.ReplaceAll(e.hostState(), filepath.Dir(e.d.cfg.StateDir), "$STATE/..")
+	want(t, "nat on again", got, running)
+
+	// Stop: rules, dm and loops go, the tap goes back to the pool.
+	if _, err := e.d.StopVM(e.ctx, "dev", api.NoProgress); err != nil {
+		t.Fatal(err)
+	}
+	want(t, "stopped", e.hostState(), strings.Replace(idleHost, "ip_forward=0", "ip_forward=1", 1))
+	vm = e.vm(t, "dev")
+	if vm.State != model.VMStateStopped || vm.Runtime.TapDevice != "" {
+		t.Errorf("after stop: state %s tap %q", vm.State, vm.Runtime.TapDevice)
+	}
+	if _, err := os.Stat(handlesPath(vm.Runtime.VMDir)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("handles.json left after stop: %v", err)
+	}
+
+	// Start again and kill: the same cleanup.
+	if _, err := e.d.StartVM(e.ctx, "dev", api.NoProgress); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.d.KillVM(e.ctx, "dev"); err != nil {
+		t.Fatal(err)
+	}
+	want(t, "killed", e.hostState(), strings.Replace(idleHost, "ip_forward=0", "ip_forward=1", 1))
+
+	// rm leaves nothing, not even the VM dir.
+	if err := e.d.DeleteVM(e.ctx, "dev", api.VMDeleteOptions{}, api.NoProgress); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(vm.Runtime.VMDir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("vm dir left after rm: %v", err)
+	}
+}
+
+func TestStartCopyStrategyAndSecondVMGetsNextTap(t *testing.T) {
+	e := newTestDaemon(t, false)
+	e.create(t, "one", false)
+	e.create(t, "two", false)
+	e.create(t, "three", false)
+	for _, n := range []string{"one", "two", "three"} {
+		if _, err := e.d.StartVM(e.ctx, n, api.NoProgress); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Two pool taps, then one made beyond the pool; no rules without NAT.
+	if got, w := e.vm(t, "three").Runtime.TapDevice, "bgtap2"; got != w {
+		t.Errorf("third tap %q; want %q", got, w)
+	}
+	want(t, "three running", e.hostState(), `
+link bgtap0 tap master=br-fc up
+link bgtap1 tap master=br-fc up
+link bgtap2 tap master=br-fc up
+link br-fc bridge up 172.16.0.1/24
+sysctl net.ipv4.ip_forward=0
+`)
+	if got := e.vm(t, "one").Runtime.OverlayStrategy; got != "copy" {
+		t.Errorf("strategy %q", got)
+	}
+	for _, n := range []string{"one", "two", "three"} {
+		if _, err := e.d.StopVM(e.ctx, n, api.NoProgress); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The pool keeps two idle taps; the third is deleted.
+	want(t, "all stopped", e.hostState(), idleHost)
+}
+
+func TestFailedStartUndoesEverything(t *testing.T) {
+	e := newTestDaemon(t, true)
+	e.create(t, "bad", true)
+	e.d.boot = fakeBooter{d: e.d, fail: errors.New("vmm exploded")}
+	_, err := e.d.StartVM(e.ctx, "bad", api.NoProgress)
+	if err == nil || !strings.Contains(err.Error(), "vmm exploded") {
+		t.Fatalf("start error %v", err)
+	}
+	// Only ip_forward (a host setting, not a leak) differs from idle.
+	want(t, "after failed start", e.hostState(), strings.Replace(idleHost, "ip_forward=0", "ip_forward=1", 1))
+	vm := e.vm(t, "bad")
+	if vm.State != model.VMStateError || !strings.Contains(vm.Runtime.LastError, "vmm exploded") || vm.Runtime.TapDevice != "" {
+		t.Errorf("after failed start: state %s error %q tap %q", vm.State, vm.Runtime.LastError, vm.Runtime.TapDevice)
+	}
+	// It starts fine once the cause is gone.
+	e.d.boot = fakeBooter{d: e.d}
+	if _, err := e.d.StartVM(e.ctx, "bad", api.NoProgress); err != nil {
+		t.Fatal(err)
+	}
+	if vm := e.vm(t, "bad"); vm.State != model.VMStateRunning || vm.Runtime.LastError != "" {
+		t.Errorf("restart after failure: %s %q", vm.State, vm.Runtime.LastError)
+	}
+}
+
+// TestNATCleanupFallsBackToRuntimeTapDevice is the seed's scenario: the
+// handle cache and handles.json are lost, and NAT teardown still finds the
+// tap through Runtime.TapDevice.
+func TestNATCleanupFallsBackToRuntimeTapDevice(t *testing.T) {
+	e := newTestDaemon(t, false)
+	e.create(t, "dev", true)
+	if _, err := e.d.StartVM(e.ctx, "dev", api.NoProgress); err != nil {
+		t.Fatal(err)
+	}
+	vm := e.vm(t, "dev")
+	e.d.clearVMHandles(vm.ID, vm.Runtime.VMDir)
+	if _, ok := e.d.handles.get(vm.ID); ok {
+		t.Fatal("cache not cleared")
+	}
+	nat := natCapability{net: e.d.net}
+	e.os.Runner().Reset()
+	if err := nat.cleanup(e.ctx, vm, vmHandles{}); err != nil {
+		t.Fatal(err)
+	}
+	deletes := 0
+	for _, c := range e.os.Runner().Calls() {
+		if strings.Contains(c, " -D ") && strings.Contains(c, "tap=bgtap0") {
+			deletes++
+		}
+	}
+	if deletes != 3 {
+		t.Errorf("cleanup deleted %d tagged rules through the runner; want 3\n%s", deletes, strings.Join(e.os.Runner().Calls(), "\n"))
+	}
+	if strings.Contains(e.hostState(), "rule ") {
+		t.Errorf("rules left:\n%s", e.hostState())
+	}
+
+	// With neither the cache nor Runtime.TapDevice there is no tap to
+	// name, and cleanup declines instead of guessing.
+	vm.Runtime.TapDevice = ""
+	e.os.Runner().Reset()
+	if err := nat.cleanup(e.ctx, vm, vmHandles{}); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(e.os.Runner().Calls()); n != 0 {
+		t.Errorf("cleanup without any tap ran %d commands", n)
+	}
+}
+
+// TestStopAfterHandleLossUsesRuntimeTap: a daemon that lost its cache
+// (restart) and handles.json still releases the tap and removes the rules.
+func TestStopAfterHandleLossUsesRuntimeTap(t *testing.T) {
+	e := newTestDaemon(t, false)
+	e.create(t, "dev", true)
+	if _, err := e.d.StartVM(e.ctx, "dev", api.NoProgress); err != nil {
+		t.Fatal(err)
+	}
+	vm := e.vm(t, "dev")
+	e.d.clearVMHandles(vm.ID, vm.Runtime.VMDir)
+	if _, err := e.d.StopVM(e.ctx, "dev", api.NoProgress); err != nil {
+		t.Fatal(err)
+	}
+	want(t, "stopped after handle loss", e.hostState(), strings.Replace(idleHost, "ip_forward=0", "ip_forward=1", 1))
+}
+
+func TestReconcileCleansDeadRunningVMAndOrphans(t *testing.T) {
+	e := newTestDaemon(t, false)
+	e.create(t, "dev", true)
+	if _, err := e.d.StartVM(e.ctx, "dev", api.NoProgress); err != nil {
+		t.Fatal(err)
+	}
+	// The "VMM" (no real process) is dead; a stray dir and rule exist.
+	stray := filepath.Join(e.d.layout.vmsDir(), "stray")
+	os.MkdirAll(stray, 0o700)
+	if err := e.d.reconcile(e.ctx, "test"); err != nil {
+		t.Fatal(err)
+	}
+	vm := e.vm(t, "dev")
+	if vm.State != model.VMStateStopped || vm.Runtime.TapDevice != "" || vm.Runtime.LastError == "" {
+		t.Errorf("after reconcile: %s tap %q err %q", vm.State, vm.Runtime.TapDevice, vm.Runtime.LastError)
+	}
+	want(t, "reconciled", e.hostState(), strings.Replace(idleHost, "ip_forward=0", "ip_forward=1", 1))
+	if _, err := os.Stat(stray); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("stray dir kept: %v", err)
+	}
+}

@@ -1,0 +1,306 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"banger/internal/firecracker"
+	"banger/internal/model"
+	"banger/internal/network"
+)
+
+// reconcile makes the host and the database agree: observe every row and
+// everything banger-shaped on the host, plan (a pure function), apply
+// (idempotent). It runs at startup and from the stale sweep. Rows whose
+// lock is held by another operation are left alone.
+func (d *Daemon) reconcile(ctx context.Context, why string) error {
+	start := time.Now()
+	host, err := d.observeHost(ctx)
+	if err != nil {
+		return fmt.Errorf("reconcile: observe host: %w", err)
+	}
+	rows, unlock, err := d.observeRows(ctx, host)
+	defer unlock()
+	if err != nil {
+		return fmt.Errorf("reconcile: observe vms: %w", err)
+	}
+	plan := planReconcile(d.layout.vmsDir(), rows, host)
+	err = d.applyPlan(ctx, plan, rows)
+	if n := len(plan.Adopt) + len(plan.Cleanup) + len(plan.KillVMMs) + len(plan.RemoveDMs) + len(plan.DetachLoops) + len(plan.RemoveDirs); n > 0 || why == "startup" {
+		d.logger.Info("reconciled", "why", why, "adopted", len(plan.Adopt), "cleaned", len(plan.Cleanup),
+			"orphan_vmms", len(plan.KillVMMs), "orphan_dms", len(plan.RemoveDMs), "orphan_loops", len(plan.DetachLoops),
+			"orphan_dirs", len(plan.RemoveDirs), "took", time.Since(start).Round(time.Millisecond), "err", err)
+	}
+	return err
+}
+
+// observeHost lists banger-shaped things on the host.
+func (d *Daemon) observeHost(ctx context.Context) (hostObservation, error) {
+	host := hostObservation{StateDir: d.cfg.StateDir}
+	var errs []error
+	if taps, err := d.net.ListTaps(ctx); err == nil {
+		for _, t := range taps {
+			host.Taps = append(host.Taps, t.Name)
+		}
+	} else {
+		errs = append(errs, err)
+	}
+	if nat, err := d.net.ListNAT(ctx); err == nil {
+		host.NAT = nat
+	} else {
+		errs = append(errs, err)
+	}
+	if d.strategy == "dm-snapshot" {
+		if dms, err := d.storage.ListDM(ctx); err == nil {
+			host.DMs = dms
+		} else {
+			errs = append(errs, err)
+		}
+	}
+	if loops, err := d.storage.ListLoops(ctx); err == nil {
+		host.Loops = loops
+	} else {
+		errs = append(errs, err)
+	}
+	host.VMMs = findVMMs(d.layout.vmsDir())
+	if entries, err := os.ReadDir(d.layout.vmsDir()); err == nil {
+		for _, e := range entries {
+			host.VMDirs = append(host.VMDirs, e.Name())
+		}
+	} else {
+		errs = append(errs, err)
+	}
+	if imgs, err := d.store.ListImages(ctx); err == nil {
+		for _, img := range imgs {
+			host.ImageRootfs = append(host.ImageRootfs, img.RootfsPath)
+		}
+	} else {
+		errs = append(errs, err)
+	}
+	return host, errors.Join(errs...)
+}
+
+// observeRows reads every VM row and what the OS shows of it. It takes
+// the lock of every row it can; the returned function releases them.
+func (d *Daemon) observeRows(ctx context.Context, host hostObservation) ([]vmObservation, func(), error) {
+	var unlocks []func()
+	release := func() {
+		for _, u := range unlocks {
+			u()
+		}
+	}
+	vms, err := d.store.ListVMs(ctx)
+	if err != nil {
+		return nil, release, err
+	}
+	images := map[string]string{}
+	if imgs, err := d.store.ListImages(ctx); err == nil {
+		for _, img := range imgs {
+			images[img.ID] = img.RootfsPath
+		}
+	}
+	var out []vmObservation
+	for _, vm := range vms {
+		obs := vmObservation{VM: vm}
+		unlock, ok := d.locks.tryLock(vm.ID)
+		if !ok {
+			obs.Busy = true
+			obs.Handles, _ = d.handles.get(vm.ID)
+			out = append(out, obs)
+			continue
+		}
+		unlocks = append(unlocks, unlock)
+		// Re-read under the lock: an operation may have finished since.
+		if fresh, err := d.store.GetVM(ctx, vm.ID); err == nil {
+			vm = fresh
+			obs.VM = fresh
+		}
+		h, cached := d.handles.get(vm.ID)
+		if !cached {
+			fh, err := readHandlesFile(vm.Runtime.VMDir)
+			switch {
+			case err == nil:
+				h = fh
+			case errors.Is(err, os.ErrNotExist):
+				if vm.State == model.VMStateRunning {
+					obs.HandlesNote = "handles.json missing; rebuilt from the OS"
+				}
+			default:
+				obs.HandlesNote = fmt.Sprintf("%v; rebuilt from the OS", err)
+			}
+		}
+		if pid, err := firecracker.FindPID(vm.Runtime.APISockPath); err == nil && pid > 0 {
+			obs.PID = pid
+		}
+		h.PID = obs.PID
+		if h.Tap == "" {
+			h.Tap = vm.Runtime.TapDevice
+		}
+		if att, err := d.storage.FindAttached(ctx, vm.ID, vm.Runtime.SystemOverlay, images[vm.ImageID]); err == nil {
+			if att.DMName != "" || len(att.Loops) > 0 {
+				h.Overlay = att
+			} else if h.Overlay.DMName == "" {
+				h.Overlay.Device = vm.Runtime.SystemOverlay
+			}
+		}
+		short := model.ShortID(vm.ID)
+		for _, n := range host.NAT {
+			if n.VMID == short || n.VMID == vm.ID {
+				obs.NATRules = true
+				obs.NATFull = !n.Partial
+				if h.Tap == "" {
+					h.Tap = n.Tap
+				}
+			}
+		}
+		obs.Handles = h
+		out = append(out, obs)
+	}
+	return out, release, nil
+}
+
+// applyPlan carries a plan out, going on past errors.
+func (d *Daemon) applyPlan(ctx context.Context, p reconcilePlan, rows []vmObservation) error {
+	byID := map[string]model.VMRecord{}
+	for _, r := range rows {
+		byID[r.VM.ID] = r.VM
+	}
+	var errs []error
+	for _, v := range p.KillVMMs {
+		d.logger.Warn("killing a VMM no VM owns", "pid", v.PID, "api_sock", v.APISock)
+		if _, err := firecracker.Stop(ctx, nil, v.PID, 0); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, c := range p.Cleanup {
+		vm := byID[c.VMID]
+		log := d.logger.With("vm", vm.Name, "id", model.ShortID(vm.ID))
+		if c.KillPID > 0 {
+			if _, err := firecracker.Stop(ctx, nil, c.KillPID, 0); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+		}
+		vm.State = c.NewState
+		if err := d.cleanupRuntime(ctx, &vm, c.Handles); err != nil {
+			vm.State = model.VMStateError
+			vm.Runtime.LastError = fmt.Sprintf("cleanup after a dead VMM failed: %v", err)
+			errs = append(errs, err)
+		} else if c.NewState == model.VMStateStopped && byID[c.VMID].State != model.VMStateStopped {
+			vm.Runtime.LastError = c.Reason
+		}
+		vm.UpdatedAt = model.Now()
+		if err := d.store.UpdateVM(ctx, vm); err != nil {
+			errs = append(errs, err)
+		}
+		log.Info("reconcile: cleaned up", "reason", c.Reason, "state", vm.State)
+	}
+	for _, a := range p.Adopt {
+		vm := byID[a.VMID]
+		log := d.logger.With("vm", vm.Name, "id", model.ShortID(vm.ID))
+		if err := d.setVMHandles(vm.ID, vm.Runtime.VMDir, a.Handles); err != nil {
+			errs = append(errs, err)
+		}
+		if a.Handles.Tap != "" && vm.Runtime.TapDevice != a.Handles.Tap {
+			vm.Runtime.TapDevice = a.Handles.Tap
+			if err := d.store.UpdateVM(ctx, vm); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if a.RestoreNAT && a.Handles.Tap != "" {
+			if err := d.net.EnsureIPForward(ctx); err != nil {
+				errs = append(errs, err)
+			}
+			if err := d.net.EnableNAT(ctx, network.NAT{VMID: vm.ID, GuestIP: vm.Runtime.GuestIP, Tap: a.Handles.Tap}); err != nil {
+				errs = append(errs, err)
+			}
+			log.Info("reconcile: restored NAT rules")
+		}
+		if d.dns != nil {
+			if err := d.dns.Set(vm.Name, vm.Runtime.GuestIP); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if a.Note != "" {
+			log.Warn("reconcile: adopted", "note", a.Note)
+		}
+	}
+	for _, name := range p.RemoveDMs {
+		d.logger.Warn("removing an orphan dm device", "name", name)
+		if err := d.storage.RemoveDM(ctx, name); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, dev := range p.DetachLoops {
+		d.logger.Warn("detaching an orphan loop device", "dev", dev)
+		if err := d.storage.DetachLoop(ctx, dev); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if removed, err := d.net.RemoveOrphanRules(ctx, p.NATKeep); err != nil {
+		errs = append(errs, err)
+	} else if len(removed) > 0 {
+		d.logger.Warn("removed orphan NAT rules", "vms", len(removed))
+	}
+	if d.netReady() {
+		if err := d.net.Sync(ctx, p.TapsInUse); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, dir := range p.RemoveDirs {
+		d.logger.Warn("removing a VM dir no VM owns", "dir", dir)
+		if err := os.RemoveAll(dir); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// netReady reports whether the bridge is set up (taps need it).
+func (d *Daemon) netReady() bool {
+	d.netMu.Lock()
+	defer d.netMu.Unlock()
+	return d.netOK
+}
+
+// findVMMs lists live processes whose argv has --api-sock with a path
+// under dir: VMMs banger started.
+func findVMMs(dir string) []vmmProcess {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	prefix := strings.TrimSuffix(dir, "/") + "/"
+	var out []vmmProcess
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+		for i, a := range args {
+			sock := ""
+			switch {
+			case a == "--api-sock" && i+1 < len(args):
+				sock = args[i+1]
+			case strings.HasPrefix(a, "--api-sock="):
+				sock = strings.TrimPrefix(a, "--api-sock=")
+			}
+			if sock != "" && strings.HasPrefix(sock, prefix) && firecracker.Alive(pid) {
+				out = append(out, vmmProcess{PID: pid, APISock: sock})
+				break
+			}
+		}
+	}
+	return out
+}

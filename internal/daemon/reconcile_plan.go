@@ -1,0 +1,213 @@
+package daemon
+
+import (
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"banger/internal/model"
+	"banger/internal/network"
+	"banger/internal/storage"
+)
+
+// vmObservation is what the OS shows of one VM row.
+type vmObservation struct {
+	VM model.VMRecord
+	// PID is the live VMM process that owns the VM's API socket, or 0.
+	PID int
+	// Handles are the best known handles: the cache, else handles.json;
+	// the tap falls back to Runtime.TapDevice; the overlay is what the OS
+	// shows attached.
+	Handles vmHandles
+	// HandlesNote says why handles.json could not be used, if it could not.
+	HandlesNote string
+	// NAT is the state of the VM's tagged rules: none, all, or some.
+	NATRules bool
+	NATFull  bool
+	// Busy says another operation holds the VM's lock: reconcile leaves
+	// it and everything it holds alone.
+	Busy bool
+}
+
+// hostObservation is everything banger-shaped on the host.
+type hostObservation struct {
+	Taps  []string
+	NAT   []network.NAT
+	DMs   []storage.DMDevice
+	Loops []storage.LoopDevice
+	// VMMs are live VMM processes whose API socket is under the vms dir.
+	VMMs []vmmProcess
+	// VMDirs are the entries of the vms dir.
+	VMDirs []string
+	// OwnedFiles are the files whose loop devices are banger's: image
+	// root filesystems and anything under the state dir.
+	StateDir    string
+	ImageRootfs []string
+}
+
+type vmmProcess struct {
+	PID     int
+	APISock string
+}
+
+// reconcilePlan is what to do to make the host and the database agree.
+type reconcilePlan struct {
+	// Adopt are live VMs: rebuild their handles, restore NAT and DNS.
+	Adopt []adoptAction
+	// Cleanup are VMs whose runtime must be undone (their VMM is dead, or
+	// alive for a row that is not running and must be killed first).
+	Cleanup []cleanupAction
+	// KillVMMs are VMM processes no row explains.
+	KillVMMs []vmmProcess
+	// RemoveDMs and DetachLoops are device leftovers no live VM uses.
+	RemoveDMs   []string
+	DetachLoops []string
+	// NATKeep are the IDs whose tagged rules stay; every other tagged
+	// rule goes.
+	NATKeep []string
+	// TapsInUse are the taps live VMs hold; the pool takes the rest.
+	TapsInUse []string
+	// RemoveDirs are VM dirs no row owns.
+	RemoveDirs []string
+}
+
+type adoptAction struct {
+	VMID       string
+	Handles    vmHandles
+	RestoreNAT bool
+	// Note explains anything unusual (lost handles.json).
+	Note string
+}
+
+type cleanupAction struct {
+	VMID    string
+	Handles vmHandles
+	// KillPID is a live VMM to kill first (a start interrupted by a crash).
+	KillPID  int
+	NewState model.VMState
+	Reason   string
+}
+
+// planReconcile decides, from the rows and what the OS shows, what
+// reconcile does. It is pure: no I/O, so every combination is
+// table-tested.
+func planReconcile(vmsDir string, rows []vmObservation, host hostObservation) reconcilePlan {
+	var p reconcilePlan
+	live := map[string]bool{}      // VM IDs that stay running
+	ownedDirs := map[string]bool{} // dir names rows own
+	liveDM := map[string]bool{}
+	liveDeps := map[string]bool{}
+	rowSocks := map[string]bool{}
+	busy := false
+
+	sort.Slice(rows, func(i, j int) bool { return rows[i].VM.Name < rows[j].VM.Name })
+	for _, r := range rows {
+		vm := r.VM
+		ownedDirs[filepath.Base(vm.Runtime.VMDir)] = true
+		rowSocks[vm.Runtime.APISockPath] = true
+		switch {
+		case r.Busy:
+			busy = true
+			if r.Handles.Tap != "" {
+				p.TapsInUse = append(p.TapsInUse, r.Handles.Tap)
+			}
+			if r.Handles.Overlay.DMName != "" {
+				liveDM[r.Handles.Overlay.DMName] = true
+			}
+			p.NATKeep = append(p.NATKeep, vm.ID)
+		case r.PID > 0 && vm.State == model.VMStateRunning:
+			live[vm.ID] = true
+			p.Adopt = append(p.Adopt, adoptAction{
+				VMID: vm.ID, Handles: r.Handles,
+				RestoreNAT: vm.Spec.NATEnabled && !r.NATFull,
+				Note:       r.HandlesNote,
+			})
+			if r.Handles.Tap != "" {
+				p.TapsInUse = append(p.TapsInUse, r.Handles.Tap)
+			}
+			if r.Handles.Overlay.DMName != "" {
+				liveDM[r.Handles.Overlay.DMName] = true
+			}
+			if vm.Spec.NATEnabled {
+				p.NATKeep = append(p.NATKeep, vm.ID)
+			}
+		case r.PID > 0:
+			// A VMM runs for a row that is not running: a start cut short
+			// by a crash. The start never finished; undo it.
+			p.Cleanup = append(p.Cleanup, cleanupAction{
+				VMID: vm.ID, Handles: r.Handles, KillPID: r.PID,
+				NewState: model.VMStateStopped,
+				Reason:   "a start was interrupted (daemon restarted); the VM was stopped",
+			})
+		case vm.State == model.VMStateRunning:
+			p.Cleanup = append(p.Cleanup, cleanupAction{
+				VMID: vm.ID, Handles: r.Handles,
+				NewState: model.VMStateStopped,
+				Reason:   "the VMM exited while the daemon was not watching",
+			})
+		case holdsAnything(r):
+			// Not running and no VMM, but something is still held (a
+			// crash between steps of start or stop).
+			next := vm.State
+			if next == model.VMStateError {
+				next = model.VMStateStopped
+			}
+			p.Cleanup = append(p.Cleanup, cleanupAction{
+				VMID: vm.ID, Handles: r.Handles, NewState: next,
+				Reason: "leftovers of an interrupted start or stop were removed",
+			})
+		}
+	}
+
+	for _, v := range host.VMMs {
+		if !rowSocks[v.APISock] {
+			p.KillVMMs = append(p.KillVMMs, v)
+		}
+	}
+	for _, dm := range host.DMs {
+		if !liveDM[dm.Name] && !busy {
+			p.RemoveDMs = append(p.RemoveDMs, dm.Name)
+		} else {
+			for _, dep := range dm.Deps {
+				liveDeps[dep] = true
+			}
+		}
+	}
+	for _, l := range host.Loops {
+		// A busy VM may be attaching loops it has not recorded yet, so
+		// loops wait for a sweep when nothing is in flight.
+		if busy || liveDeps[l.MajMin] || !ownsFile(host, l.BackFile) {
+			continue
+		}
+		p.DetachLoops = append(p.DetachLoops, l.Dev)
+	}
+	for _, name := range host.VMDirs {
+		if !ownedDirs[name] {
+			p.RemoveDirs = append(p.RemoveDirs, filepath.Join(vmsDir, name))
+		}
+	}
+	sort.Strings(p.NATKeep)
+	sort.Strings(p.TapsInUse)
+	sort.Strings(p.RemoveDMs)
+	sort.Strings(p.DetachLoops)
+	sort.Strings(p.RemoveDirs)
+	return p
+}
+
+// holdsAnything reports whether a stopped row still has runtime leftovers.
+func holdsAnything(r vmObservation) bool {
+	return r.Handles.Tap != "" || r.NATRules || r.Handles.Overlay.DMName != "" || len(r.Handles.Overlay.Loops) > 0
+}
+
+// ownsFile reports whether a loop's backing file is banger's.
+func ownsFile(host hostObservation, file string) bool {
+	if host.StateDir != "" && strings.HasPrefix(file, strings.TrimSuffix(host.StateDir, "/")+"/") {
+		return true
+	}
+	for _, r := range host.ImageRootfs {
+		if file == r {
+			return true
+		}
+	}
+	return false
+}
