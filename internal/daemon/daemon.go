@@ -13,6 +13,7 @@ import (
 
 	"banger/internal/api"
 	"banger/internal/hostexec"
+	"banger/internal/image"
 	"banger/internal/model"
 	"banger/internal/network"
 	"banger/internal/storage"
@@ -60,6 +61,8 @@ type Daemon struct {
 
 	// createMu serialises name and IP allocation for new VMs.
 	createMu sync.Mutex
+	// buildMu runs kernel and image builds one at a time.
+	buildMu sync.Mutex
 
 	// crashAt is the fault-injection step (EnvCrashAt), for tests.
 	crashAt string
@@ -122,6 +125,9 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 func (d *Daemon) Start(ctx context.Context) error {
 	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	d.cancel = cancel
+	if _, _, err := image.EnsureSSHKey(d.cfg.SSHKeyPath); err != nil {
+		return fmt.Errorf("daemon ssh key: %w", err)
+	}
 	d.strategy, d.strategyReason = d.storage.DetectStrategy(ctx, d.layout.vmsDir())
 	d.logger.Info("system overlays", "strategy", d.strategy, "why", d.strategyReason)
 

@@ -1,17 +1,15 @@
 package daemon
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
 
 	"banger/internal/api"
+	"banger/internal/image"
 	"banger/internal/model"
 )
 
@@ -49,7 +47,7 @@ func (d *Daemon) GetImage(ctx context.Context, ref string) (api.ImageDetail, err
 		return api.ImageDetail{}, err
 	}
 	det := api.ImageDetail{Image: img, UsedBy: []string{}}
-	det.KernelFormat, _ = kernelFormat(img.KernelPath)
+	det.KernelFormat, _ = image.KernelFormat(img.KernelPath)
 	for _, a := range []struct{ role, path string }{
 		{"kernel", img.KernelPath}, {"rootfs", img.RootfsPath}, {"initrd", img.InitrdPath},
 		{"modules", img.ModulesDir}, {"work_seed", img.WorkSeedPath},
@@ -68,7 +66,7 @@ func (d *Daemon) GetImage(ctx context.Context, ref string) (api.ImageDetail, err
 		det.Artifacts = append(det.Artifacts, art)
 	}
 	if img.SeededSSHPublicKeyFingerprint != "" {
-		if fp, err := d.daemonKeyFingerprint(); err == nil {
+		if _, fp, err := image.EnsureSSHKey(d.cfg.SSHKeyPath); err == nil {
 			match := fp == img.SeededSSHPublicKeyFingerprint
 			det.SSHKeyMatches = &match
 		}
@@ -122,7 +120,7 @@ func (d *Daemon) RegisterImage(ctx context.Context, req api.ImageRegisterRequest
 			return resp, fmt.Errorf("%s: %w", p.flag, err)
 		}
 	}
-	format, err := kernelFormat(req.KernelPath)
+	format, err := image.KernelFormat(req.KernelPath)
 	if err != nil {
 		return resp, model.Errorf(model.EINVALID, "kernel %s: %v", req.KernelPath, err)
 	}
@@ -188,28 +186,6 @@ func (d *Daemon) DeleteImage(ctx context.Context, ref string) error {
 	}
 	d.logger.Info("image removed", "image", img.Name, "id", img.ID)
 	return nil
-}
-
-// kernelFormat tells an ELF vmlinux from a bzImage by their magic.
-func kernelFormat(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	hdr := make([]byte, 0x210)
-	n, err := io.ReadFull(f, hdr)
-	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) {
-		return "unknown", nil
-	}
-	hdr = hdr[:n]
-	switch {
-	case bytes.HasPrefix(hdr, []byte("\x7fELF")):
-		return "elf", nil
-	case len(hdr) >= 0x206 && string(hdr[0x202:0x206]) == "HdrS":
-		return "bzimage", nil
-	}
-	return "unknown", nil
 }
 
 // isExt4 checks the ext2/3/4 superblock magic.

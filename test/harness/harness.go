@@ -82,7 +82,10 @@ type Daemon struct {
 type Options struct {
 	// Config is extra TOML appended after state_dir and socket_path.
 	Config string
-	// Netns runs the daemon inside this network namespace.
+	// Netns runs the daemon inside this existing network namespace. When
+	// empty, NewDaemon creates a fresh one for the daemon (and deletes it
+	// at cleanup), so bridges, taps, rules and guest traffic never touch
+	// the host's own namespace.
 	Netns string
 	// Env adds environment variables for the daemon.
 	Env []string
@@ -104,6 +107,9 @@ func NewDaemon(t testing.TB, opts Options) *Daemon {
 		Socket:     filepath.Join(dir, "bangerd.sock"),
 		ConfigPath: filepath.Join(dir, "bangerd.toml"),
 		Netns:      opts.Netns,
+	}
+	if d.Netns == "" {
+		d.Netns = NewNetns(t)
 	}
 	cfg := fmt.Sprintf("state_dir = %q\nsocket_path = %q\nlog_level = \"debug\"\n%s\n", d.StateDir, d.Socket, opts.Config)
 	if err := os.WriteFile(d.ConfigPath, []byte(cfg), 0o644); err != nil {
