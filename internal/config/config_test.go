@@ -164,3 +164,31 @@ func TestLoadFile(t *testing.T) {
 		t.Errorf("Load error %v", err)
 	}
 }
+
+// TestPackagedConfigParses keeps the example in packaging/ valid, with
+// every commented-out value uncommented too.
+func TestPackagedConfigParses(t *testing.T) {
+	b, err := os.ReadFile("../../packaging/bangerd.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Parse(b); err != nil {
+		t.Fatalf("packaging/bangerd.toml as shipped: %v", err)
+	}
+	var lines []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "# ") && (strings.Contains(l, " = ") || strings.HasPrefix(l, "# [")) {
+			l = strings.TrimPrefix(l, "# ")
+		}
+		lines = append(lines, l)
+	}
+	uncommented := strings.Join(lines, "\n")
+	cfg, err := Parse([]byte(uncommented))
+	if err != nil {
+		t.Fatalf("packaging/bangerd.toml uncommented: %v\n%s", err, uncommented)
+	}
+	def := Default()
+	if cfg.BridgeName != def.BridgeName || cfg.VMDefaults.MemoryMiB != def.VMDefaults.MemoryMiB || cfg.TapPoolSize != def.TapPoolSize {
+		t.Errorf("the example's values differ from the defaults: %+v", cfg)
+	}
+}
