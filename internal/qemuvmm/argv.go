@@ -1,0 +1,163 @@
+package qemuvmm
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// MachineSpec is everything QEMU needs to run one VM, gathered from the
+// API calls before InstanceStart.
+type MachineSpec struct {
+	// Accel is AccelKVM or AccelTCG.
+	Accel  string
+	VCPUs  int
+	MemMiB int
+	Kernel string
+	// Initrd is "" for none.
+	Initrd string
+	// Cmdline is the full kernel command line (see KernelCmdline).
+	Cmdline string
+	// Drives are in guest order: the root drive first, so it is
+	// /dev/vda, then the others in the order they were first PUT.
+	Drives []DriveSpec
+	NICs   []NICSpec
+	// VsockCID is the vhost-vsock guest CID, 0 for no vsock device.
+	VsockCID uint32
+	// QMPSocket is the path of QEMU's QMP unix socket.
+	QMPSocket string
+}
+
+// DriveSpec is one virtio-blk drive.
+type DriveSpec struct {
+	ID       string
+	Path     string
+	ReadOnly bool
+	// Cache is Firecracker's cache_type: "Unsafe" (flushes ignored, the
+	// default) or "Writeback".
+	Cache string
+}
+
+// NICSpec is one virtio-net interface on an existing tap device.
+type NICSpec struct {
+	ID  string
+	Tap string
+	// MAC is "" to let QEMU choose.
+	MAC string
+	// MTU is advertised to the guest when not 0.
+	MTU int
+}
+
+// blockNodeID and netdevID are the QEMU ids of a drive and a NIC.
+// Firecracker ids may start with a digit, which QEMU ids may not, hence
+// the prefix; query-blockstats reports blockNodeID back.
+func blockNodeID(id string) string { return "blk_" + id }
+func netdevID(id string) string    { return "net_" + id }
+
+// driveIDFromNode inverts blockNodeID.
+func driveIDFromNode(node string) (string, bool) { return strings.CutPrefix(node, "blk_") }
+
+// qemuOpt escapes a value for QEMU's key=value option syntax, where a
+// literal comma is written twice.
+func qemuOpt(v string) string { return strings.ReplaceAll(v, ",", ",,") }
+
+// onOff renders a boolean QEMU property.
+func onOff(b bool) string {
+	if b {
+		return "on"
+	}
+	return "off"
+}
+
+// KernelCmdline returns bootArgs with what Firecracker appends for the
+// root drive: root=/dev/vda (or root=PARTUUID=...) and ro or rw. Without
+// a root drive, bootArgs is returned as is.
+func KernelCmdline(bootArgs string, root *DriveSpec, partUUID string) string {
+	if root == nil {
+		return bootArgs
+	}
+	rootArg := "root=/dev/vda"
+	if partUUID != "" {
+		rootArg = "root=PARTUUID=" + partUUID
+	}
+	mode := "rw"
+	if root.ReadOnly {
+		mode = "ro"
+	}
+	return strings.TrimSpace(bootArgs + " " + rootArg + " " + mode)
+}
+
+// withTSCHint adds tsc_early_khz=tscKHz to a TCG guest's command line,
+// unless it is unknown (0) or the caller set one: under TCG on a busy
+// host the guest's PIT calibration of the TSC fails and the boot hangs
+// (see MeasureTSCkHz). Firecracker guests on KVM learn the frequency from
+// the hypervisor instead.
+func withTSCHint(args string, tscKHz uint64) string {
+	if tscKHz == 0 || strings.Contains(args, "tsc_early_khz=") {
+		return args
+	}
+	return strings.TrimSpace(args + " tsc_early_khz=" + strconv.FormatUint(tscKHz, 10))
+}
+
+// QEMUArgs returns QEMU's argv (after the binary name) for spec: the
+// Firecracker-equivalent machine. microvm with ACPI describes the
+// virtio-mmio devices and the i8042 to the guest; the PIT is needed for
+// TSC calibration under TCG; -no-reboot turns the guest's reboot (and
+// Ctrl-Alt-Del, and a panic with panic=1) into QEMU's exit, as a reboot
+// ends Firecracker. The serial console goes to QEMU's stdout, which is
+// the VMM's stdout, as with Firecracker.
+func QEMUArgs(spec MachineSpec) []string {
+	args := []string{
+		"-M", "microvm,acpi=on,pit=on,pic=on,rtc=on",
+		"-accel", spec.Accel,
+	}
+	if spec.Accel == AccelKVM {
+		args = append(args, "-cpu", "host")
+	}
+	args = append(args,
+		"-device", "i8042",
+		"-nodefaults", "-no-user-config", "-no-reboot",
+		"-display", "none",
+		"-smp", strconv.Itoa(spec.VCPUs),
+		"-m", strconv.Itoa(spec.MemMiB)+"M",
+		"-kernel", spec.Kernel,
+	)
+	if spec.Initrd != "" {
+		args = append(args, "-initrd", spec.Initrd)
+	}
+	args = append(args,
+		"-append", spec.Cmdline,
+		"-chardev", "stdio,id=console,signal=off",
+		"-serial", "chardev:console",
+		"-chardev", "socket,id=qmp,path="+qemuOpt(spec.QMPSocket)+",server=on,wait=off",
+		"-mon", "chardev=qmp,mode=control",
+	)
+	for _, d := range spec.Drives {
+		cache := "unsafe"
+		if d.Cache == "Writeback" {
+			cache = "writeback"
+		}
+		args = append(args,
+			"-drive", fmt.Sprintf("id=%s,file=%s,format=raw,if=none,readonly=%s,cache=%s",
+				blockNodeID(d.ID), qemuOpt(d.Path), onOff(d.ReadOnly), cache),
+			"-device", "virtio-blk-device,drive="+blockNodeID(d.ID),
+		)
+	}
+	for _, n := range spec.NICs {
+		dev := "virtio-net-device,netdev=" + netdevID(n.ID)
+		if n.MAC != "" {
+			dev += ",mac=" + strings.ToLower(n.MAC)
+		}
+		if n.MTU != 0 {
+			dev += ",host_mtu=" + strconv.Itoa(n.MTU)
+		}
+		args = append(args,
+			"-netdev", fmt.Sprintf("tap,id=%s,ifname=%s,script=no,downscript=no", netdevID(n.ID), qemuOpt(n.Tap)),
+			"-device", dev,
+		)
+	}
+	if spec.VsockCID != 0 {
+		args = append(args, "-device", fmt.Sprintf("vhost-vsock-device,guest-cid=%d", spec.VsockCID))
+	}
+	return args
+}
