@@ -137,6 +137,10 @@ func tail(b []byte, n int) []byte {
 	return b
 }
 
+// SetEnv replaces the extra environment of the next Start (the crash
+// point of the fault-injection tests, for instance).
+func (d *Daemon) SetEnv(env ...string) { d.env = env }
+
 // LogPath is where the daemon's stderr goes (appended across restarts).
 func (d *Daemon) LogPath() string { return filepath.Join(d.Dir, "bangerd.log") }
 

@@ -1,0 +1,192 @@
+package harness
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"banger/internal/api"
+	"banger/internal/testutil"
+)
+
+// Artifacts are the kernel and image scripts/prepare-artifacts.sh made
+// with banger, shared by the end-to-end tests.
+type Artifacts struct {
+	Kernel   string
+	ImageDir string
+	SSHKey   string
+}
+
+// RequireArtifacts returns the prepared kernel and image, or skips (fails
+// in CI) when they are missing.
+func RequireArtifacts(t testing.TB) Artifacts {
+	t.Helper()
+	testutil.RequireRoot(t)
+	testutil.RequireTools(t, "qemu-system-x86_64", "ip", "iptables", "ssh", "scp")
+	a := Artifacts{
+		Kernel:   testutil.RequireEnvFile(t, "BANGER_TEST_KERNEL", "a vmlinux built by `banger kernel build`"),
+		ImageDir: testutil.RequireEnvFile(t, "BANGER_TEST_IMAGE_DIR", "the artifact dir of an image built by `banger image build`"),
+		SSHKey:   testutil.RequireEnvFile(t, "BANGER_TEST_SSH_KEY", "the daemon key that image trusts"),
+	}
+	return a
+}
+
+// NewE2EDaemon starts a daemon in its own netns that boots guests with
+// banger-vmm-qemu, using the prepared image's daemon key, with the image
+// registered as "base". extra is appended to its config.
+func NewE2EDaemon(t testing.TB, a Artifacts, extra string) *Daemon {
+	t.Helper()
+	bin := Binaries(t)
+	cfg := fmt.Sprintf(`firecracker_bin = %q
+ssh_key_path = %q
+tap_pool_size = 2
+boot_timeout = "4m"
+stop_timeout = "45s"
+default_image_name = "base"
+%s`, filepath.Join(bin, "banger-vmm-qemu"), a.SSHKey, extra)
+	d := NewDaemon(t, Options{Config: cfg})
+	d.Start()
+	d.MustCLI("image", "register", "base",
+		"--kernel", filepath.Join(a.ImageDir, "vmlinux"),
+		"--rootfs", filepath.Join(a.ImageDir, "rootfs.ext4"),
+		"--work-seed", filepath.Join(a.ImageDir, "work-seed.ext4"))
+	return d
+}
+
+// VM returns a VM as the CLI shows it.
+func (d *Daemon) VM(t testing.TB, name string) api.VMView {
+	t.Helper()
+	r := d.MustCLI("vm", "inspect", name, "--json")
+	var v api.VMView
+	if err := json.Unmarshal([]byte(r.Stdout), &v); err != nil {
+		t.Fatalf("vm inspect --json: %v", err)
+	}
+	return v
+}
+
+// Leftovers lists what exists in the daemon's netns and state dir that
+// its rows do not explain: taps beyond the pool or held by no running VM,
+// tagged rules of VMs not running with NAT, untagged rules, loop devices
+// on state files, dm devices, VMM processes and VM dirs without a row.
+func (d *Daemon) Leftovers(t testing.TB, poolSize int) []string {
+	t.Helper()
+	var vms []api.VMView
+	r := d.MustCLI("vm", "ls", "--json")
+	if err := json.Unmarshal([]byte(r.Stdout), &vms); err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	running := map[string]api.VMView{}
+	dirs := map[string]bool{}
+	for _, v := range vms {
+		dirs[filepath.Base(v.Runtime.VMDir)] = true
+		if v.State == "running" {
+			running[v.Runtime.TapDevice] = v
+		}
+	}
+	// Taps: the pool plus one per running VM.
+	links, _ := d.InNetns("ip", "-o", "link", "show", "type", "tun")
+	taps := 0
+	for _, l := range strings.Split(links, "\n") {
+		f := strings.Fields(l)
+		if len(f) < 2 {
+			continue
+		}
+		name := strings.TrimSuffix(strings.SplitN(f[1], "@", 2)[0], ":")
+		if strings.HasPrefix(name, "bgtap") {
+			taps++
+		}
+	}
+	if want := poolSize + len(running); taps != want {
+		out = append(out, fmt.Sprintf("%d taps, want %d (pool %d + %d running)", taps, want, poolSize, len(running)))
+	}
+	// Rules: only tagged ones, only for running VMs with NAT.
+	for _, table := range []string{"filter", "nat"} {
+		rules, _ := d.InNetns("iptables", "-t", table, "-S")
+		for _, l := range strings.Split(rules, "\n") {
+			if !strings.HasPrefix(l, "-A ") {
+				continue
+			}
+			i := strings.Index(l, "banger:vm=")
+			if i < 0 {
+				out = append(out, "untagged rule: "+l)
+				continue
+			}
+			tag := l[i:]
+			ok := false
+			for tap, v := range running {
+				if v.Spec.NATEnabled && strings.Contains(tag, "tap="+tap) && strings.Contains(tag, "vm="+v.ID[:12]) {
+					ok = true
+				}
+			}
+			if !ok {
+				out = append(out, "orphan rule: "+l)
+			}
+		}
+	}
+	// Loop devices on state files; dm devices.
+	if lo, err := exec.Command("losetup", "-a").Output(); err == nil {
+		for _, l := range strings.Split(string(lo), "\n") {
+			if strings.Contains(l, d.StateDir) {
+				out = append(out, "loop device: "+l)
+			}
+		}
+	}
+	if dm, err := exec.Command("dmsetup", "ls").Output(); err == nil && strings.Contains(string(dm), "banger-") {
+		out = append(out, "dm devices: "+string(dm))
+	}
+	// VMM processes: one per running VM, none other.
+	procs := vmmProcesses(d.StateDir)
+	if len(procs) != len(running) {
+		out = append(out, fmt.Sprintf("%d VMM processes (%v), want %d", len(procs), procs, len(running)))
+	}
+	// VM dirs: only rows' dirs.
+	entries, _ := os.ReadDir(filepath.Join(d.StateDir, "vms"))
+	for _, e := range entries {
+		if !dirs[e.Name()] {
+			out = append(out, "vm dir without a row: "+e.Name())
+		}
+	}
+	return out
+}
+
+// vmmProcesses lists processes whose argv has an --api-sock under dir.
+func vmmProcesses(dir string) []string {
+	var out []string
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(b), "\x00")
+		for i, a := range args {
+			if a == "--api-sock" && i+1 < len(args) && strings.HasPrefix(args[i+1], dir) {
+				st, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+				if strings.Contains(string(st), ") Z ") {
+					continue
+				}
+				out = append(out, e.Name())
+			}
+		}
+	}
+	return out
+}
+
+// WaitFor polls cond until it is true or timeout passes.
+func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if cond() {
+			return
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	t.Fatalf("timed out after %s waiting for %s", timeout, what)
+}
