@@ -266,6 +266,12 @@ func (c *Client) ResetSystem(ctx context.Context, ref string) (VMView, error) {
 	return v, c.call(ctx, "POST", "/vms/"+url.PathEscape(ref)+"/reset-system", nil, &v)
 }
 
+// VMStats returns a VM's stats, collected now when it runs.
+func (c *Client) VMStats(ctx context.Context, ref string) (model.VMStats, error) {
+	var v model.VMStats
+	return v, c.call(ctx, "GET", "/vms/"+url.PathEscape(ref)+"/stats", nil, &v)
+}
+
 // Logs copies a VM's console to w.
 func (c *Client) Logs(ctx context.Context, ref string, opts LogsOptions, w io.Writer) error {
 	q := url.Values{}

@@ -160,6 +160,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST "+p+"/vms/{ref}/restart", s.handleRestartVM)
 	mux.HandleFunc("POST "+p+"/vms/{ref}/reset-system", s.handleResetSystem)
 	mux.HandleFunc("GET "+p+"/vms/{ref}/logs", s.handleLogs)
+	mux.HandleFunc("GET "+p+"/vms/{ref}/stats", s.handleStats)
 	mux.HandleFunc("POST "+p+"/vms/{ref}/connect", s.handleConnect)
 
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
@@ -354,6 +355,11 @@ func (s *Server) handleRestartVM(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleResetSystem(w http.ResponseWriter, r *http.Request) {
 	v, err := s.backend.ResetSystem(r.Context(), r.PathValue("ref"))
+	reply(w, v, err)
+}
+
+func (s *Server) handleStats(w http.ResponseWriter, r *http.Request) {
+	v, err := s.backend.VMStats(r.Context(), r.PathValue("ref"))
 	reply(w, v, err)
 }
 

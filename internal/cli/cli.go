@@ -135,6 +135,7 @@ $` + EnvSocket + ` to use another).`,
 		a.imageCommand(),
 		a.kernelCommand(),
 		a.vmCommand(),
+		a.topCommand(),
 	)
 	root.AddCommand(a.accessCommands()...)
 	return root

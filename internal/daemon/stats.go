@@ -264,3 +264,23 @@ func ioBytes(m map[string]any) int64 {
 	}
 	return int64(total)
 }
+
+// VMStats implements api.Backend: a running VM's stats collected now (and
+// stored), a stopped VM's last ones.
+func (d *Daemon) VMStats(ctx context.Context, ref string) (model.VMStats, error) {
+	vm, err := d.findVM(ctx, ref)
+	if err != nil {
+		return model.VMStats{}, err
+	}
+	if vm.State != model.VMStateRunning {
+		return vm.Stats, nil
+	}
+	st, err := d.collectStats(ctx, vm)
+	if err != nil {
+		return vm.Stats, nil
+	}
+	if err := d.store.UpdateVMStats(ctx, vm.ID, st); err != nil {
+		return st, err
+	}
+	return st, nil
+}
