@@ -33,7 +33,7 @@ type Backend interface {
 	KillVM(ctx context.Context, ref string) (VMView, error)
 	RestartVM(ctx context.Context, ref string, progress ProgressFunc) (VMView, error)
 	ResetSystem(ctx context.Context, ref string) (VMView, error)
-	// VMStats collects a running VM's stats now (a stopped VM's last).
+	// VMStats returns the stats the poller last collected for a VM.
 	VMStats(ctx context.Context, ref string) (model.VMStats, error)
 	VMLogs(ctx context.Context, ref string, opts LogsOptions, w io.Writer) error
 	// Connect opens a byte stream to a TCP port of the guest. The caller

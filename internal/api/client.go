@@ -266,7 +266,7 @@ func (c *Client) ResetSystem(ctx context.Context, ref string) (VMView, error) {
 	return v, c.call(ctx, "POST", "/vms/"+url.PathEscape(ref)+"/reset-system", nil, &v)
 }
 
-// VMStats returns a VM's stats, collected now when it runs.
+// VMStats returns the stats the daemon last collected for a VM.
 func (c *Client) VMStats(ctx context.Context, ref string) (model.VMStats, error) {
 	var v model.VMStats
 	return v, c.call(ctx, "GET", "/vms/"+url.PathEscape(ref)+"/stats", nil, &v)

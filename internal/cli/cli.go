@@ -141,6 +141,19 @@ $` + EnvSocket + ` to use another).`,
 	return root
 }
 
+// group makes cmd a command group: run bare it prints its help; an unknown
+// subcommand is a usage error rather than help with exit status 0.
+func group(cmd *cobra.Command) *cobra.Command {
+	cmd.Args = func(c *cobra.Command, args []string) error {
+		if len(args) > 0 {
+			return usagef("unknown command %q for %q (see `%s --help`)", args[0], c.CommandPath(), c.CommandPath())
+		}
+		return nil
+	}
+	cmd.RunE = func(c *cobra.Command, _ []string) error { return c.Help() }
+	return cmd
+}
+
 // noArgs is cobra.NoArgs with a usage error.
 func noArgs(cmd *cobra.Command, args []string) error {
 	if len(args) > 0 {

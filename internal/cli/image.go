@@ -18,7 +18,7 @@ func (a *App) imageCommand() *cobra.Command {
 		Short:   "Build, register, list and remove images (kernel + root filesystem)",
 	}
 	cmd.AddCommand(a.imageBuildCommand(), a.imageRegisterCommand(), a.imageLsCommand(), a.imageInspectCommand(), a.imageRmCommand())
-	return cmd
+	return group(cmd)
 }
 
 func (a *App) imageBuildCommand() *cobra.Command {

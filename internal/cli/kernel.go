@@ -15,7 +15,7 @@ func (a *App) kernelCommand() *cobra.Command {
 		Short:   "Build and list Firecracker-ready guest kernels",
 	}
 	cmd.AddCommand(a.kernelBuildCommand(), a.kernelLsCommand())
-	return cmd
+	return group(cmd)
 }
 
 func (a *App) kernelBuildCommand() *cobra.Command {

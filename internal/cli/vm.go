@@ -24,7 +24,7 @@ func (a *App) vmCommand() *cobra.Command {
 		a.vmStartCommand(), a.vmStopCommand(), a.vmKillCommand(), a.vmRestartCommand(), a.vmResetSystemCommand(),
 		a.vmStatsCommand(),
 	)
-	return cmd
+	return group(cmd)
 }
 
 // parseMemory reads --memory: a size ("2G", "512M") or a bare number of
