@@ -135,6 +135,18 @@ link br-fc bridge up 172.16.0.1/24
 sysctl net.ipv4.ip_forward=0
 `
 
+// hostWith is the fake host's state with exactly these taps and no rules
+// or devices, after NAT has turned ip_forward on.
+func hostWith(taps ...string) string {
+	var b strings.Builder
+	b.WriteString("\n")
+	for _, t := range taps {
+		b.WriteString("link " + t + " tap master=br-fc up\n")
+	}
+	b.WriteString("link br-fc bridge up 172.16.0.1/24\nsysctl net.ipv4.ip_forward=1\n")
+	return b.String()
+}
+
 func TestStartStopKillNATOnTheFakeHostDM(t *testing.T) {
 	e := newTestDaemon(t, true)
 	want(t, "daemon started", e.hostState(), idleHost)
@@ -152,9 +164,11 @@ rule nat/POSTROUTING -s 172.16.0.2/32 ! -o br-fc -m comment --comment "banger:vm
 loop /dev/loop1 $STATE/vms/` + short + `/system.img
 dm banger-` + short + ` 0 65536 snapshot /dev/loop0 /dev/loop1 P 8
 `
+	// The running VM holds bgtap0; the pool was refilled to two idle taps.
 	running := `
 link bgtap0 tap master=br-fc up
 link bgtap1 tap master=br-fc up
+link bgtap2 tap master=br-fc up
 link br-fc bridge up 172.16.0.1/24
 ` + rules + `sysctl net.ipv4.ip_forward=1
 ` + devices
@@ -164,8 +178,8 @@ link br-fc bridge up 172.16.0.1/24
 	if vm.State != model.VMStateRunning || vm.Runtime.TapDevice != "bgtap0" || vm.Runtime.OverlayStrategy != "dm-snapshot" {
 		t.Errorf("after start: state %s tap %q strategy %q", vm.State, vm.Runtime.TapDevice, vm.Runtime.OverlayStrategy)
 	}
-	if p, _ := e.d.net.Pool(); strings.Join(p, ",") != "bgtap1" {
-		t.Errorf("free pool %v; want [bgtap1]", p)
+	if p, _ := e.d.net.Pool(); strings.Join(p, ",") != "bgtap1,bgtap2" {
+		t.Errorf("free pool %v; want [bgtap1 bgtap2]", p)
 	}
 
 	// NAT off and on again, live.
@@ -183,11 +197,12 @@ link br-fc bridge up 172.16.0.1/24
 	got = strings.ReplaceAll(e.hostState(), filepath.Dir(e.d.cfg.StateDir), "$STATE/..")
 	want(t, "nat on again", got, running)
 
-	// Stop: rules, dm and loops go, the tap goes back to the pool.
+	// Stop: rules, dm and loops go; the pool is full, so the VM's tap is
+	// deleted rather than kept.
 	if _, err := e.d.StopVM(e.ctx, "dev", api.NoProgress); err != nil {
 		t.Fatal(err)
 	}
-	want(t, "stopped", e.hostState(), strings.Replace(idleHost, "ip_forward=0", "ip_forward=1", 1))
+	want(t, "stopped", e.hostState(), hostWith("bgtap1", "bgtap2"))
 	vm = e.vm(t, "dev")
 	if vm.State != model.VMStateStopped || vm.Runtime.TapDevice != "" {
 		t.Errorf("after stop: state %s tap %q", vm.State, vm.Runtime.TapDevice)
@@ -203,7 +218,8 @@ link br-fc bridge up 172.16.0.1/24
 	if _, err := e.d.KillVM(e.ctx, "dev"); err != nil {
 		t.Fatal(err)
 	}
-	want(t, "killed", e.hostState(), strings.Replace(idleHost, "ip_forward=0", "ip_forward=1", 1))
+	// The second run took bgtap1 and refilled with bgtap0.
+	want(t, "killed", e.hostState(), hostWith("bgtap0", "bgtap2"))
 
 	// rm leaves nothing, not even the VM dir.
 	if err := e.d.DeleteVM(e.ctx, "dev", api.VMDeleteOptions{}, api.NoProgress); err != nil {
@@ -224,7 +240,8 @@ func TestStartCopyStrategyAndSecondVMGetsNextTap(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// Two pool taps, then one made beyond the pool; no rules without NAT.
+	// Each start takes an idle tap and refills the pool: three in use,
+	// two idle; no rules without NAT.
 	if got, w := e.vm(t, "three").Runtime.TapDevice, "bgtap2"; got != w {
 		t.Errorf("third tap %q; want %q", got, w)
 	}
@@ -232,6 +249,8 @@ func TestStartCopyStrategyAndSecondVMGetsNextTap(t *testing.T) {
 link bgtap0 tap master=br-fc up
 link bgtap1 tap master=br-fc up
 link bgtap2 tap master=br-fc up
+link bgtap3 tap master=br-fc up
+link bgtap4 tap master=br-fc up
 link br-fc bridge up 172.16.0.1/24
 sysctl net.ipv4.ip_forward=0
 `)
@@ -243,8 +262,8 @@ sysctl net.ipv4.ip_forward=0
 			t.Fatal(err)
 		}
 	}
-	// The pool keeps two idle taps; the third is deleted.
-	want(t, "all stopped", e.hostState(), idleHost)
+	// The pool keeps two idle taps; released ones beyond it are deleted.
+	want(t, "all stopped", e.hostState(), strings.Replace(hostWith("bgtap3", "bgtap4"), "ip_forward=1", "ip_forward=0", 1))
 }
 
 func TestFailedStartUndoesEverything(t *testing.T) {
@@ -255,7 +274,8 @@ func TestFailedStartUndoesEverything(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "vmm exploded") {
 		t.Fatalf("start error %v", err)
 	}
-	// Only ip_forward (a host setting, not a leak) differs from idle.
+	// Only ip_forward (a host setting, not a leak) differs from idle: the
+	// undone start gave its tap back before any refill.
 	want(t, "after failed start", e.hostState(), strings.Replace(idleHost, "ip_forward=0", "ip_forward=1", 1))
 	vm := e.vm(t, "bad")
 	if vm.State != model.VMStateError || !strings.Contains(vm.Runtime.LastError, "vmm exploded") || vm.Runtime.TapDevice != "" {
@@ -328,7 +348,7 @@ func TestStopAfterHandleLossUsesRuntimeTap(t *testing.T) {
 	if _, err := e.d.StopVM(e.ctx, "dev", api.NoProgress); err != nil {
 		t.Fatal(err)
 	}
-	want(t, "stopped after handle loss", e.hostState(), strings.Replace(idleHost, "ip_forward=0", "ip_forward=1", 1))
+	want(t, "stopped after handle loss", e.hostState(), hostWith("bgtap1", "bgtap2"))
 }
 
 func TestReconcileCleansDeadRunningVMAndOrphans(t *testing.T) {
@@ -347,7 +367,7 @@ func TestReconcileCleansDeadRunningVMAndOrphans(t *testing.T) {
 	if vm.State != model.VMStateStopped || vm.Runtime.TapDevice != "" || vm.Runtime.LastError == "" {
 		t.Errorf("after reconcile: %s tap %q err %q", vm.State, vm.Runtime.TapDevice, vm.Runtime.LastError)
 	}
-	want(t, "reconciled", e.hostState(), strings.Replace(idleHost, "ip_forward=0", "ip_forward=1", 1))
+	want(t, "reconciled", e.hostState(), hostWith("bgtap1", "bgtap2"))
 	if _, err := os.Stat(stray); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("stray dir kept: %v", err)
 	}

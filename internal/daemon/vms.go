@@ -65,6 +65,9 @@ func (d *Daemon) GetVM(ctx context.Context, ref string) (api.VMView, error) {
 // view decorates a record with derived facts.
 func (d *Daemon) view(vm model.VMRecord) api.VMView {
 	v := api.VMView{VMRecord: vm}
+	if h, ok := d.handles.get(vm.ID); ok && vm.State == model.VMStateRunning {
+		v.PID = h.PID
+	}
 	if vm.State == model.VMStateRunning {
 		if after := d.autoStopAfter(vm); after > 0 {
 			last := vm.LastTouchedAt
@@ -205,7 +208,17 @@ func (d *Daemon) CreateVM(ctx context.Context, req model.VMCreateRequest, progre
 		v.ImageName = img.Name
 		return v, nil
 	}
-	return d.StartVM(ctx, vm.ID, progress)
+	v, err := d.StartVM(ctx, vm.ID, progress)
+	if err != nil {
+		// A create whose first boot fails leaves nothing behind: the
+		// start already undid its steps; the row and dir go too.
+		unlock := d.locks.lock(vm.ID)
+		d.deleteCreated(vm)
+		d.locks.forget(vm.ID)
+		unlock()
+		return api.VMView{}, fmt.Errorf("vm %s was not created: %w", vm.Name, err)
+	}
+	return v, nil
 }
 
 // insertVM allocates a guest IP and stores the new row. Allocation and

@@ -133,6 +133,32 @@ func (m *Manager) Acquire(ctx context.Context) (string, error) {
 	return name, nil
 }
 
+// Refill creates idle taps until the pool holds TapPoolSize of them, so
+// the next Acquire is instant. The daemon calls it after an Acquire.
+func (m *Manager) Refill(ctx context.Context) error {
+	m.poolMu.Lock()
+	defer m.poolMu.Unlock()
+	if len(m.free) >= m.cfg.TapPoolSize {
+		return nil
+	}
+	links, err := m.listLinks(ctx)
+	if err != nil {
+		return fmt.Errorf("refill tap pool: %w", err)
+	}
+	for len(m.free) < m.cfg.TapPoolSize {
+		name, err := m.nextTapName(links)
+		if err != nil {
+			return fmt.Errorf("refill tap pool: %w", err)
+		}
+		if err := m.createTap(ctx, name); err != nil {
+			return fmt.Errorf("refill tap pool: %w", err)
+		}
+		links[name] = link{Name: name}
+		m.free[name] = true
+	}
+	return nil
+}
+
 // Release gives a tap back: it becomes idle in the pool, or is deleted if
 // the pool already holds TapPoolSize idle taps. Releasing a tap that no
 // longer exists, or that is already idle, is not an error; a name that is

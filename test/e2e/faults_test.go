@@ -1,0 +1,239 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"banger/test/harness"
+)
+
+// faultStep is one cell of the fault matrix: crash the daemon at a named
+// step of an operation, restart it, and check the host and the database
+// agree.
+type faultStep struct {
+	op    string // start, stop, kill, rm
+	crash string // the crash point (BANGER_CRASH_AT)
+	// needsRunning says the VM must be running before the operation.
+	needsRunning bool
+}
+
+var faultMatrix = []faultStep{
+	{"start", "start:disks", false},
+	{"start", "start:overlay-attached", false},
+	{"start", "start:tap-acquired", false},
+	{"start", "start:tap-recorded", false},
+	{"start", "start:capabilities", false},
+	{"start", "start:vmm-launched", false},
+	{"start", "start:configured", false},
+	{"start", "start:instance-started", false},
+	{"start", "start:ready", false},
+	{"stop", "stop:signalled", true},
+	{"stop", "stop:vmm-exited", true},
+	{"stop", "cleanup:capabilities", true},
+	{"stop", "cleanup:tap-released", true},
+	{"stop", "cleanup:overlay-detached", true},
+	{"stop", "stop:state-saved", true},
+	{"kill", "kill:signalled", true},
+	{"kill", "kill:vmm-exited", true},
+	{"kill", "kill:state-saved", true},
+	{"rm", "kill:vmm-exited", true},
+	{"rm", "rm:stopped", false},
+	{"rm", "rm:row-deleted", false},
+}
+
+// TestFaultMatrix crashes the daemon (SIGKILL, from inside, at the named
+// step) during every step of start, stop, kill and rm, restarts it, and
+// checks that nothing is left that no row explains and that every row's
+// state matches the host. It prints the table of steps and outcomes.
+func TestFaultMatrix(t *testing.T) {
+	a := harness.RequireArtifacts(t)
+	d := harness.NewE2EDaemon(t, a, "")
+	const vm = "crashy"
+	create := func() {
+		d.MustCLI("vm", "create", "--no-start", vm, "--nat", "--vcpus", "1", "--memory", "384M", "--disk-size", "1G", "--overlay-size", "2G")
+	}
+	create()
+
+	type outcome struct {
+		step   faultStep
+		after  string
+		left   []string
+		ok     bool
+		detail string
+	}
+	var results []outcome
+	for _, step := range faultMatrix {
+		// Bring the VM to the state the operation needs.
+		v, exists := tryVM(d, vm)
+		if !exists {
+			create()
+			v, _ = tryVM(d, vm)
+		}
+		if step.needsRunning && v.State != "running" {
+			d.MustCLI("vm", "start", vm)
+		}
+		if !step.needsRunning && v.State == "running" {
+			d.MustCLI("vm", "stop", vm)
+		}
+		if lo := d.Leftovers(t, 2); len(lo) > 0 {
+			t.Fatalf("before %s/%s: leftovers %v", step.op, step.crash, lo)
+		}
+
+		// Restart the daemon armed with the crash point and run the op.
+		d.Stop()
+		d.SetEnv("BANGER_CRASH_AT=" + step.crash)
+		d.Start()
+		var args []string
+		switch step.op {
+		case "rm":
+			args = []string{"vm", "rm", "--force", vm}
+		default:
+			args = []string{"vm", step.op, vm}
+		}
+		r := d.CLI(args...)
+		select {
+		case <-d.Exited():
+		case <-time.After(2 * time.Minute):
+			t.Fatalf("%s at %s: the daemon did not crash: %s", step.op, step.crash, r)
+		}
+		d.Crash() // reap
+		d.SetEnv()
+		d.Start()
+
+		o := outcome{step: step}
+		v, exists = tryVM(d, vm)
+		if exists {
+			o.after = string(v.State)
+		} else {
+			o.after = "(removed)"
+		}
+		o.left = d.Leftovers(t, 2)
+		o.ok = len(o.left) == 0
+		// A VM shown running must really run; one being removed may be
+		// gone; any other must still exist (no lost VM).
+		switch {
+		case !exists && step.op != "rm":
+			o.ok = false
+			o.detail = "VM lost"
+		case exists && v.State == "running":
+			if r := d.CLI("exec", vm, "--", "true"); r.Code != 0 {
+				o.ok = false
+				o.detail = "shown running but exec fails: " + r.Stderr
+			}
+		}
+		if o.detail == "" && !o.ok {
+			o.detail = strings.Join(o.left, "; ")
+		}
+		results = append(results, o)
+		if !o.ok {
+			t.Errorf("%s crashed at %s: after restart %s: %s", step.op, step.crash, o.after, o.detail)
+		}
+	}
+
+	var b strings.Builder
+	fmt.Fprintf(&b, "\nfault matrix: daemon SIGKILLed at each step, then restarted\n")
+	fmt.Fprintf(&b, "%-6s %-26s %-10s %-9s %s\n", "OP", "CRASH AT", "VM AFTER", "LEFTOVERS", "RESULT")
+	for _, o := range results {
+		res := "ok"
+		if !o.ok {
+			res = "FAIL " + o.detail
+		}
+		fmt.Fprintf(&b, "%-6s %-26s %-10s %-9d %s\n", o.step.op, o.step.crash, o.after, len(o.left), res)
+	}
+	t.Log(b.String())
+	if out := os.Getenv("BANGER_FAULT_TABLE"); out != "" {
+		os.WriteFile(out, []byte(b.String()), 0o644)
+	}
+}
+
+func tryVM(d *harness.Daemon, name string) (v vmState, ok bool) {
+	r := d.CLI("vm", "inspect", name, "--json")
+	if r.Code != 0 {
+		return vmState{}, false
+	}
+	if strings.Contains(r.Stdout, `"state": "running"`) {
+		return vmState{State: "running"}, true
+	}
+	for _, s := range []string{"created", "stopped", "error"} {
+		if strings.Contains(r.Stdout, `"state": "`+s+`"`) {
+			return vmState{State: s}, true
+		}
+	}
+	return vmState{State: "?"}, true
+}
+
+type vmState struct{ State string }
+
+// TestSweepNoticesDeadVMM kills a VMM from outside and times how long the
+// stale sweep takes to clean it up.
+func TestSweepNoticesDeadVMM(t *testing.T) {
+	a := harness.RequireArtifacts(t)
+	d := harness.NewE2EDaemon(t, a, `stale_sweep_interval = "3s"`)
+	d.MustCLI("vm", "create", "victim", "--nat", "--vcpus", "1", "--memory", "384M")
+	v := d.VM(t, "victim")
+	pid := v.PID
+	if pid == 0 {
+		t.Fatalf("no pid in inspect: %+v", v)
+	}
+	killed := time.Now()
+	if err := syscallKill(pid); err != nil {
+		t.Fatal(err)
+	}
+	harness.WaitFor(t, 30*time.Second, "the sweep to mark the VM stopped", func() bool {
+		return d.VM(t, "victim").State == "stopped"
+	})
+	took := time.Since(killed)
+	t.Logf("VMM death to sweep cleanup: %s (sweep interval 3s)", took.Round(10*time.Millisecond))
+	if out := os.Getenv("BANGER_SWEEP_TIME"); out != "" {
+		os.WriteFile(out, []byte(took.String()), 0o644)
+	}
+	if lo := d.Leftovers(t, 2); len(lo) > 0 {
+		t.Errorf("leftovers after the sweep: %v", lo)
+	}
+	if v := d.VM(t, "victim"); !strings.Contains(v.Runtime.LastError, "VMM exited") {
+		t.Errorf("last error %q", v.Runtime.LastError)
+	}
+	// It starts again with its disks.
+	d.MustCLI("vm", "start", "victim")
+}
+
+// TestHandlesJSONLossIsTolerated corrupts, then removes, a running VM's
+// handles.json, restarts the daemon each time, and checks the VM is
+// adopted and still reachable.
+func TestHandlesJSONLossIsTolerated(t *testing.T) {
+	a := harness.RequireArtifacts(t)
+	d := harness.NewE2EDaemon(t, a, "")
+	d.MustCLI("vm", "create", "sturdy", "--nat", "--vcpus", "1", "--memory", "384M")
+	v := d.VM(t, "sturdy")
+	hj := filepath.Join(v.Runtime.VMDir, "handles.json")
+	for _, damage := range []string{"corrupt", "remove"} {
+		d.Stop()
+		if damage == "corrupt" {
+			os.WriteFile(hj, []byte("{not json"), 0o600)
+		} else {
+			os.Remove(hj)
+		}
+		d.Start()
+		if got := d.VM(t, "sturdy"); got.State != "running" || got.Runtime.TapDevice != v.Runtime.TapDevice {
+			t.Errorf("%s handles.json: state %s tap %q", damage, got.State, got.Runtime.TapDevice)
+		}
+		if r := d.CLI("exec", "sturdy", "--", "true"); r.Code != 0 {
+			t.Errorf("%s handles.json: exec: %s", damage, r)
+		}
+		if lo := d.Leftovers(t, 2); len(lo) > 0 {
+			t.Errorf("%s handles.json: leftovers %v", damage, lo)
+		}
+		if _, err := os.Stat(hj); err != nil {
+			t.Errorf("%s handles.json: not rewritten on adoption: %v", damage, err)
+		}
+	}
+	// The adopted VM stops cleanly, NAT rules and tap included.
+	d.MustCLI("vm", "stop", "sturdy")
+	if lo := d.Leftovers(t, 2); len(lo) > 0 {
+		t.Errorf("leftovers after stop: %v", lo)
+	}
+}
