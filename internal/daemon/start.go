@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"syscall"
 	"time"
 
 	"banger/internal/api"
@@ -54,6 +55,9 @@ func (d *Daemon) startLocked(ctx context.Context, vm model.VMRecord, progress ap
 	var undo []func()
 	var h vmHandles
 	fail := func(err error) (model.VMRecord, error) {
+		if errors.Is(err, syscall.ENOSPC) {
+			err = &model.Error{Code: model.EUNAVAILABLE, Err: err, Message: fmt.Sprintf("%v (the disk holding %s is full: free space there, or give the VM smaller disks)", err, d.cfg.StateDir)}
+		}
 		for i := len(undo) - 1; i >= 0; i-- {
 			undo[i]()
 		}
