@@ -159,7 +159,7 @@ or G suffixes (a bare number means MiB). Unset sizes come from the daemon's
 	f.StringVar(&overlay, "overlay-size", "", "system disk size (default from [vm_defaults], else 8G)")
 	f.StringVar(&disk, "disk-size", "", "work disk (/root) size (default from [vm_defaults], else 8G)")
 	f.BoolVar(&req.NATEnabled, "nat", false, "give the VM outbound internet access through NAT")
-	f.BoolVar(&req.NoStart, "no-start", false, "only create the VM; start it later with `banger vm start`")
+	f.BoolVar(&req.NoStart, "no-start", false, "only create the VM; start it later with 'banger vm start'")
 	f.StringVar(&autoStop, "auto-stop", "", "stop the VM after this much idle time (e.g. 30m, 2h, never)")
 	f.BoolVar(&asJSON, "json", false, "print the VM as JSON")
 	f.BoolVarP(&quiet, "quiet", "q", false, "no progress output")
