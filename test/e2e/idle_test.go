@@ -20,6 +20,10 @@ stats_poll_interval = "2s"`)
 	d.MustCLI("vm", "create", "busy", "--vcpus", "1", "--memory", "384M")
 	d.MustCLI("vm", "create", "idle", "--vcpus", "1", "--memory", "384M")
 	d.MustCLI("exec", "idle", "--", "sh", "-c", "echo kept > /root/kept.txt; sync")
+	// Two boots of the same image have different SSH host keys.
+	if a, b := d.VM(t, "busy").Runtime.SSHHostKey, d.VM(t, "idle").Runtime.SSHHostKey; a == "" || a == b {
+		t.Errorf("host keys not unique per VM: %q %q", a, b)
+	}
 	// A detached busy loop: the agent-at-work case.
 	d.MustCLI("exec", "busy", "--", "sh", "-c", "nohup sh -c 'while :; do :; done' >/dev/null 2>&1 &")
 

@@ -80,6 +80,16 @@ func TestVMLifecycle(t *testing.T) {
 	if r := d.MustCLI("logs", "dev", "--tail", "500"); !strings.Contains(r.Stdout, "Linux version") && !strings.Contains(r.Stdout, "login") && !strings.Contains(r.Stdout, "systemd") {
 		t.Errorf("logs: %.500s", r.Stdout)
 	}
+	// The daemon answers DNS for the VM's name on the bridge IP.
+	self, _ := os.Executable()
+	out, err := d.InNetns("env", "BANGER_DNS_QUERY=dev.banger@172.16.0.1:53", self)
+	if err != nil || !strings.Contains(out, "A: "+vm.Runtime.GuestIP) {
+		t.Errorf("dns dev.banger: %v %s", err, out)
+	}
+	out, _ = d.InNetns("env", "BANGER_DNS_QUERY=nope.banger@172.16.0.1:53", self)
+	if !strings.Contains(out, "rcode: NXDOMAIN") {
+		t.Errorf("dns nope.banger: %s", out)
+	}
 	// ssh-config names the VM.
 	if r := d.MustCLI("ssh-config"); !strings.Contains(r.Stdout, "Host dev dev.banger") || !strings.Contains(r.Stdout, "ssh-proxy dev") {
 		t.Errorf("ssh-config: %s", r.Stdout)
