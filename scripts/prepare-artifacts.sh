@@ -56,6 +56,6 @@ fi
 echo "BANGER_TEST_KERNEL=$kernel"
 echo "BANGER_TEST_IMAGE_DIR=$dir"
 echo "BANGER_TEST_SSH_KEY=$cache/state/ssh/id_ed25519"
-echo "BANGER_TEST_CACHE=$cache/cache"
+echo "BANGER_TEST_CACHE=$cache/cache/images"
 [ -n "$bz" ] && echo "BANGER_TEST_BZIMAGE=$bz"
 exit 0
