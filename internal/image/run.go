@@ -1,0 +1,175 @@
+package image
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// step is one long build command. Its output goes to the build log; a
+// cancelled context kills it together with everything it started.
+type step struct {
+	Argv []string
+	Dir  string
+	// Env is added to the environment (which always has LC_ALL=C).
+	Env []string
+	// Isolate runs the command in new PID and mount namespaces, for the
+	// steps that chroot into the image: when the command ends or is
+	// killed, every process it left behind dies with it (the namespace's
+	// init is gone) and every mount it made inside the image disappears
+	// with the namespace, so a cancelled build leaves no process and no
+	// mount behind.
+	Isolate bool
+}
+
+// stepRunner runs build steps. The real one is procRunner; unit tests
+// record the argv instead.
+type stepRunner interface {
+	RunStep(ctx context.Context, log *os.File, s step) error
+}
+
+// procRunner runs a step as its own process group (and namespaces when
+// Isolate is set) and kills the whole group on cancellation.
+type procRunner struct{}
+
+// RunStep implements stepRunner.
+func (procRunner) RunStep(ctx context.Context, log *os.File, s step) error {
+	cmd := exec.CommandContext(ctx, s.Argv[0], s.Argv[1:]...)
+	cmd.Dir = s.Dir
+	cmd.Env = append(append(os.Environ(), "LC_ALL=C"), s.Env...)
+	cmd.Stdin = nil
+	// The log is an *os.File, so the children write to it directly and no
+	// copying goroutine can keep Wait from returning.
+	cmd.Stdout, cmd.Stderr = log, log
+	attr := &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if s.Isolate {
+		attr.Cloneflags = syscall.CLONE_NEWPID
+		// With CLONE_NEWNS among the unshare flags, Go makes the new mount
+		// namespace's root private, so mounts inside it never reach the
+		// host's namespace.
+		attr.Unshareflags = syscall.CLONE_NEWNS
+	}
+	cmd.SysProcAttr = attr
+	cmd.Cancel = func() error {
+		// The negative pid is the process group: make and its compilers,
+		// or debootstrap and its chroot, all go.
+		return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	}
+	cmd.WaitDelay = 10 * time.Second
+	fmt.Fprintf(log, "+ %s\n", strings.Join(s.Argv, " "))
+	err := cmd.Run()
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %w", strings.Join(s.Argv, " "), err)
+	}
+	return nil
+}
+
+// killChrootProcesses kills every process whose root directory is dir or
+// below it: a last resort for processes that escaped a step's namespaces.
+func killChrootProcesses(dir string) {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		root, err := os.Readlink(filepath.Join("/proc", e.Name(), "root"))
+		if err != nil {
+			continue
+		}
+		if root == dir || strings.HasPrefix(root, dir+"/") {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+}
+
+// unmountUnder detaches every mount at or below dir in the host's mount
+// namespace, deepest first. Steps mount only inside their own namespace,
+// so this finds something only after a bug or a manual mount; removing a
+// directory tree with a mount in it would otherwise delete the mounted
+// filesystem's files.
+func unmountUnder(dir string) error {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return fmt.Errorf("read mountinfo: %w", err)
+	}
+	defer f.Close()
+	var points []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 5 {
+			continue
+		}
+		mp := unescapeMountinfo(fields[4])
+		if mp == dir || strings.HasPrefix(mp, dir+"/") {
+			points = append(points, mp)
+		}
+	}
+	sort.Sort(sort.Reverse(sort.StringSlice(points)))
+	var errs []error
+	for _, mp := range points {
+		if err := unix.Unmount(mp, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+			errs = append(errs, fmt.Errorf("unmount %s: %w", mp, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// unescapeMountinfo undoes the octal escapes (\040 for a space, ...) of a
+// path in /proc/self/mountinfo.
+func unescapeMountinfo(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// removeTree removes a build's working tree safely: it kills processes
+// still rooted in it, detaches mounts below it, then deletes it.
+func removeTree(dir string) error {
+	if dir == "" || dir == "/" {
+		return fmt.Errorf("remove tree: refusing %q", dir)
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return fmt.Errorf("remove tree: %w", err)
+	}
+	killChrootProcesses(abs)
+	if err := unmountUnder(abs); err != nil {
+		// A mount that stays must not have its files deleted.
+		return fmt.Errorf("remove tree %s: %w", abs, err)
+	}
+	if err := os.RemoveAll(abs); err != nil {
+		return fmt.Errorf("remove tree: %w", err)
+	}
+	return nil
+}
