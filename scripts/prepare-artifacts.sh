@@ -57,5 +57,6 @@ echo "BANGER_TEST_KERNEL=$kernel"
 echo "BANGER_TEST_IMAGE_DIR=$dir"
 echo "BANGER_TEST_SSH_KEY=$cache/state/ssh/id_ed25519"
 echo "BANGER_TEST_CACHE=$cache/cache/images"
+echo "BANGER_TEST_KERNEL_CACHE=$cache/cache/kernels"
 [ -n "$bz" ] && echo "BANGER_TEST_BZIMAGE=$bz"
 exit 0
