@@ -21,6 +21,9 @@ for i in $(seq "$n"); do
 done
 grep -o 'msg="instance started".*host_side_ms=[0-9]*' "$bench_dir/bangerd.log" | sed 's/.*host_side_ms=//' > "$bench_dir/host.txt"
 echo "   samples: $(wc -l < "$bench_dir/host.txt"), p50 $(percentile 50 < "$bench_dir/host.txt") ms, p99 $(percentile 99 < "$bench_dir/host.txt") ms, max $(sort -n "$bench_dir/host.txt" | tail -1) ms"
+grep -o 'msg="vm running".*ready_ms=[0-9]*' "$bench_dir/bangerd.log" | sed 's/.*ready_ms=//' > "$bench_dir/ready.txt"
+paste "$bench_dir/ready.txt" "$bench_dir/host.txt" | awk '{print $1 - $2}' > "$bench_dir/boot.txt"
+echo "   InstanceStart → SSH answering: p50 $(percentile 50 < "$bench_dir/boot.txt") ms, p99 $(percentile 99 < "$bench_dir/boot.txt") ms"
 "$bin/banger" vm rm s1 >/dev/null
 
 echo "== 2. create → SSH ready: banger vs plain QEMU, same image, $runs runs each"
