@@ -39,6 +39,8 @@ type Backend interface {
 	// Connect opens a byte stream to a TCP port of the guest. The caller
 	// closes the connection; the daemon counts it as activity while open.
 	Connect(ctx context.Context, ref string, port int) (net.Conn, error)
+
+	WorkspaceBackend
 }
 
 // Progress is one step of a long operation.

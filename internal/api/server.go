@@ -162,6 +162,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET "+p+"/vms/{ref}/logs", s.handleLogs)
 	mux.HandleFunc("GET "+p+"/vms/{ref}/stats", s.handleStats)
 	mux.HandleFunc("POST "+p+"/vms/{ref}/connect", s.handleConnect)
+	s.workspaceRoutes(mux)
 
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, model.Errorf(model.ENOTFOUND, "no route %s %s; this daemon serves %s", r.Method, r.URL.Path, Prefix))

@@ -21,12 +21,6 @@ func (a *App) accessCommands() []*cobra.Command {
 	return []*cobra.Command{a.sshCommand(), a.execCommand(), a.cpCommand(), a.logsCommand(), a.sshConfigCommand(), a.sshProxyCommand()}
 }
 
-// createWithFileSync creates a VM. (File sync joins it in the workspace
-// issue.)
-func (a *App) createWithFileSync(ctx context.Context, req model.VMCreateRequest, progress func(api.Event)) (api.VMView, error) {
-	return a.api().CreateVM(ctx, req, progress)
-}
-
 // sshTarget is what ssh needs to reach one VM through the daemon.
 type sshTarget struct {
 	vm         api.VMView

@@ -136,6 +136,7 @@ $` + EnvSocket + ` to use another).`,
 		a.kernelCommand(),
 		a.vmCommand(),
 		a.topCommand(),
+		a.workspaceCommand(),
 	)
 	root.AddCommand(a.accessCommands()...)
 	return root

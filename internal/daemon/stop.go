@@ -110,6 +110,11 @@ func (d *Daemon) stopLocked(ctx context.Context, vm model.VMRecord, kill bool, p
 		}
 		return vm, nil
 	}
+	if !kill && vm.State == model.VMStateRunning && h.PID > 0 {
+		// The guest's workspace work is captured while it still runs, so
+		// it can be fetched from the stopped VM.
+		d.captureBeforeStop(ctx, vm, progress)
+	}
 	if h.PID > 0 {
 		if kill {
 			progress(api.Progress{Step: op, Message: "killing the VMM"})
@@ -271,6 +276,12 @@ func (d *Daemon) applySet(ctx context.Context, vm *model.VMRecord, next model.VM
 func (d *Daemon) deleteLocked(ctx context.Context, vm model.VMRecord, opts api.VMDeleteOptions, progress api.ProgressFunc) error {
 	if vm.State == model.VMStateRunning && !opts.Force {
 		return model.Errorf(model.ECONFLICT, "vm %q is running; stop it first or pass --force", vm.Name)
+	}
+	if !opts.Force {
+		// Workspace work the user has not fetched dies with the vm.
+		if err := d.checkUnfetched(ctx, vm); err != nil {
+			return err
+		}
 	}
 	var err error
 	if vm, err = d.stopLocked(ctx, vm, true, progress); err != nil {

@@ -191,8 +191,13 @@ func (d *Daemon) waitSSH(ctx context.Context, vm model.VMRecord, proc *firecrack
 }
 
 // firstBoot does the per-start guest setup over the daemon's SSH
-// connection: the user's keys go into /root/.ssh/authorized_keys.
+// connection: a pending file sync tar is extracted into /root, then the
+// user's keys go into /root/.ssh/authorized_keys (after file sync, so a
+// synced file cannot drop them).
 func (d *Daemon) firstBoot(ctx context.Context, conn *guest.Conn, vm model.VMRecord) error {
+	if err := d.applyFileSync(ctx, conn, vm); err != nil {
+		return err
+	}
 	keysFile := userKeysPath(vm.Runtime.VMDir)
 	if keys, err := os.ReadFile(keysFile); err == nil {
 		script := `umask 077; mkdir -p /root/.ssh; touch /root/.ssh/authorized_keys; while IFS= read -r k; do [ -n "$k" ] || continue; grep -qxF "$k" /root/.ssh/authorized_keys || printf '%s\n' "$k" >> /root/.ssh/authorized_keys; done`
