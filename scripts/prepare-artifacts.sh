@@ -20,6 +20,9 @@ cache_dir = "$cache/cache"
 socket_path = "$sock"
 firecracker_bin = "$bin/banger-vmm-qemu"
 dns_listen = "off"
+# The daemon lives in a namespace with no way out; debootstrap downloads
+# through the host's network.
+build_netns = "/proc/1/ns/net"
 TOML
 ip netns add "$ns"
 cleanup() {

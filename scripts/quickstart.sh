@@ -42,6 +42,8 @@ else
 		nohup bangerd >>/var/log/bangerd.log 2>&1 &
 	else
 		ip netns list | grep -qw '^banger' || ip netns add banger
+		# Image builds download through the host's network.
+		grep -q '^build_netns' /etc/banger/bangerd.toml || printf '\n# Set by quickstart.sh: bangerd runs in netns "banger".\nbuild_netns = "/proc/1/ns/net"\n' >> /etc/banger/bangerd.toml
 		ip netns exec banger ip link set lo up
 		nohup ip netns exec banger bangerd >>/var/log/bangerd.log 2>&1 &
 	fi

@@ -69,6 +69,7 @@ type file struct {
 	SocketGroup        *string         `toml:"socket_group"`
 	DNSDomain          *string         `toml:"dns_domain"`
 	DNSListen          *string         `toml:"dns_listen"`
+	BuildNetNS         *string         `toml:"build_netns"`
 	FileSync           []fileSyncEntry `toml:"file_sync"`
 	VMDefaults         *vmDefaults     `toml:"vm_defaults"`
 }
@@ -220,6 +221,7 @@ func apply(cfg *model.DaemonConfig, f *file, lines map[string]int) error {
 	setString(&cfg.SocketGroup, f.SocketGroup)
 	setString(&cfg.DNSDomain, f.DNSDomain)
 	setString(&cfg.DNSListen, f.DNSListen)
+	setString(&cfg.BuildNetNS, f.BuildNetNS)
 	if f.VMMArgs != nil {
 		cfg.VMMArgs = f.VMMArgs
 	}
@@ -362,7 +364,7 @@ func validate(cfg *model.DaemonConfig, lines map[string]int) error {
 		}
 	}
 	for _, p := range []struct{ key, v string }{
-		{"cache_dir", cfg.CacheDir}, {"ssh_key_path", cfg.SSHKeyPath},
+		{"cache_dir", cfg.CacheDir}, {"ssh_key_path", cfg.SSHKeyPath}, {"build_netns", cfg.BuildNetNS},
 	} {
 		if p.v != "" && !filepath.IsAbs(p.v) {
 			return valueError(lines, p.key, "%q must be an absolute path", p.v)

@@ -127,7 +127,7 @@ func (d *Daemon) BuildImage(ctx context.Context, req api.ImageBuildRequest, prog
 	art, err := image.BuildImage(ctx, image.ImageOptions{
 		Name: req.Name, OutDir: outDir, CacheDir: filepath.Join(d.cfg.CacheDir, "images"),
 		Release: req.Release, Mirror: req.Mirror, Packages: req.Packages, Docker: req.Docker,
-		KernelPath: kernel, SSHPublicKey: pub, DNS: d.cfg.DefaultDNS, SizeBytes: req.SizeBytes,
+		KernelPath: kernel, SSHPublicKey: pub, DNS: d.cfg.DefaultDNS, SizeBytes: req.SizeBytes, NetNS: d.cfg.BuildNetNS,
 		Logger: d.logger.With("sub", "image", "image", req.Name),
 	}, progressAdapter(progress))
 	if err != nil {

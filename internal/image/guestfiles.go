@@ -155,7 +155,8 @@ AuthorizedKeysFile .ssh/authorized_keys ` + authorizedKeys + `
 
 // resolvScriptText writes /etc/resolv.conf at boot from the DNS servers of
 // the kernel's ip= parameter, which the kernel shows only in /proc/net/pnp,
-// and falls back to the nameserver the image was built with.
+// and falls back to the nameserver the image was built with; and it maps
+// the hostname to 127.0.1.1 in /etc/hosts.
 func resolvScriptText(dns string) string {
 	return `#!/bin/sh
 # banger-resolv: /etc/resolv.conf from the kernel's ip= DNS servers
@@ -169,6 +170,12 @@ else
 fi
 chmod 0644 "$tmp"
 mv -f "$tmp" /etc/resolv.conf
+# The hostname (from the kernel command line) resolves locally, so tools
+# that look it up (git, sudo) never wait on a DNS server they cannot reach.
+h=$(hostname)
+if [ -n "$h" ] && ! grep -qE "[[:space:]]$h([[:space:]]|\$)" /etc/hosts; then
+	printf '127.0.1.1\t%s\n' "$h" >>/etc/hosts
+fi
 `
 }
 

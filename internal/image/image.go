@@ -50,6 +50,9 @@ type ImageOptions struct {
 	// SizeBytes is the root filesystem's size; 0 fits the contents with
 	// headroom.
 	SizeBytes int64
+	// NetNS, when set, is the network namespace (a file such as
+	// /proc/1/ns/net) the downloads run in.
+	NetNS string
 	// Logger receives progress and failures; nil discards.
 	Logger *slog.Logger
 }
@@ -337,7 +340,7 @@ func baseSystem(ctx context.Context, deps imageDeps, opts ImageOptions, root str
 		return "still running: " + truncate(last, 100)
 	}
 	stop := rep.every("debootstrap", progressInterval, status)
-	err := deps.steps.RunStep(ctx, logf, step{Argv: debootstrapArgv(opts.Release, opts.Mirror, root), Isolate: true})
+	err := deps.steps.RunStep(ctx, logf, step{Argv: debootstrapArgv(opts.Release, opts.Mirror, root), Isolate: true, NetNS: opts.NetNS})
 	stop()
 	if err != nil {
 		return false, fmt.Errorf("debootstrap: %w", err)
@@ -354,7 +357,7 @@ func baseSystem(ctx context.Context, deps imageDeps, opts ImageOptions, root str
 			return false, err
 		}
 		stop := rep.every("packages", progressInterval, status)
-		err := deps.steps.RunStep(ctx, logf, step{Argv: packagesArgv(root, extra), Isolate: true})
+		err := deps.steps.RunStep(ctx, logf, step{Argv: packagesArgv(root, extra), Isolate: true, NetNS: opts.NetNS})
 		stop()
 		if err != nil {
 			return false, fmt.Errorf("packages: %w", err)

@@ -31,6 +31,11 @@ type step struct {
 	// with the namespace, so a cancelled build leaves no process and no
 	// mount behind.
 	Isolate bool
+	// NetNS, when set, names a network namespace file (such as
+	// /proc/1/ns/net) the command runs in: the steps that download from
+	// the mirror, when the daemon itself lives in a namespace without a
+	// way out.
+	NetNS string
 }
 
 // stepRunner runs build steps. The real one is procRunner; unit tests
@@ -45,7 +50,11 @@ type procRunner struct{}
 
 // RunStep implements stepRunner.
 func (procRunner) RunStep(ctx context.Context, log *os.File, s step) error {
-	cmd := exec.CommandContext(ctx, s.Argv[0], s.Argv[1:]...)
+	argv := s.Argv
+	if s.NetNS != "" {
+		argv = append([]string{"nsenter", "--net=" + s.NetNS, "--"}, argv...)
+	}
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Dir = s.Dir
 	cmd.Env = append(append(os.Environ(), "LC_ALL=C"), s.Env...)
 	cmd.Stdin = nil
@@ -67,7 +76,7 @@ func (procRunner) RunStep(ctx context.Context, log *os.File, s step) error {
 		return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 	}
 	cmd.WaitDelay = 10 * time.Second
-	fmt.Fprintf(log, "+ %s\n", strings.Join(s.Argv, " "))
+	fmt.Fprintf(log, "+ %s\n", strings.Join(argv, " "))
 	err := cmd.Run()
 	if ctx.Err() != nil {
 		return ctx.Err()

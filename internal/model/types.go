@@ -85,6 +85,10 @@ type DaemonConfig struct {
 	StopTimeout time.Duration
 	// VMMArgs are extra arguments passed to FirecrackerBin after its own.
 	VMMArgs []string
+	// BuildNetNS is the network namespace (a file such as /proc/1/ns/net)
+	// image builds download in; empty means the daemon's own. It lets a
+	// daemon kept in an isolated namespace still reach the mirror.
+	BuildNetNS string
 }
 
 // VMDefaultsOverride holds the VM sizes used when a create request leaves

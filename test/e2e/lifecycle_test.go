@@ -49,6 +49,10 @@ func TestVMLifecycle(t *testing.T) {
 	if !strings.Contains(r.Stdout, "dev\n") || !strings.Contains(r.Stdout, vm.Runtime.GuestIP+"/24") || !strings.Contains(r.Stdout, "/dev/vdb ext4") {
 		t.Errorf("guest identity: %s", r.Stdout)
 	}
+	// The hostname resolves locally (no DNS wait for git and friends).
+	if r := d.MustCLI("exec", "dev", "--", "getent", "hosts", "dev"); !strings.HasPrefix(r.Stdout, "127.0.1.1") {
+		t.Errorf("getent hosts dev: %q", r.Stdout)
+	}
 	// ssh with a command.
 	if r := d.MustCLI("ssh", "dev", "--", "echo", "via-ssh"); !strings.Contains(r.Stdout, "via-ssh") {
 		t.Errorf("ssh: %s", r)
