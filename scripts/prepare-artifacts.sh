@@ -21,13 +21,16 @@ socket_path = "$sock"
 firecracker_bin = "$bin/banger-vmm-qemu"
 dns_listen = "off"
 # The daemon lives in a namespace with no way out; debootstrap downloads
-# through the host's network.
-build_netns = "/proc/1/ns/net"
+# through the host's network, named for it below.
+build_netns = "/run/netns/$ns-host"
 TOML
 ip netns add "$ns"
+ip netns attach "$ns-host" $$
 cleanup() {
   [ -n "${dpid:-}" ] && kill "$dpid" 2>/dev/null && wait "$dpid" 2>/dev/null
   ip netns del "$ns" 2>/dev/null || true
+  # Only the name goes: the host's namespace lives on.
+  ip netns del "$ns-host" 2>/dev/null || true
 }
 trap cleanup EXIT
 ip netns exec "$ns" "$bin/bangerd" --config "$cache/prep.toml" >>"$cache/prep-bangerd.log" 2>&1 &

@@ -42,8 +42,9 @@ else
 		nohup bangerd >>/var/log/bangerd.log 2>&1 &
 	else
 		ip netns list | grep -qw '^banger' || ip netns add banger
-		# Image builds download through the host's network.
-		grep -q '^build_netns' /etc/banger/bangerd.toml || printf '\n# Set by quickstart.sh: bangerd runs in netns "banger".\nbuild_netns = "/proc/1/ns/net"\n' >> /etc/banger/bangerd.toml
+		# Image builds download through the host's network, named here.
+		[ -e /run/netns/banger-host ] || ip netns attach banger-host $$
+		grep -q '^build_netns' /etc/banger/bangerd.toml || printf '\n# Set by quickstart.sh: bangerd runs in netns "banger" and downloads\n# through the host network, named banger-host.\nbuild_netns = "/run/netns/banger-host"\n' >> /etc/banger/bangerd.toml
 		ip netns exec banger ip link set lo up
 		nohup ip netns exec banger bangerd >>/var/log/bangerd.log 2>&1 &
 	fi

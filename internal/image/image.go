@@ -51,7 +51,7 @@ type ImageOptions struct {
 	// headroom.
 	SizeBytes int64
 	// NetNS, when set, is the network namespace (a file such as
-	// /proc/1/ns/net) the downloads run in.
+	// /run/netns/NAME) the downloads run in.
 	NetNS string
 	// Logger receives progress and failures; nil discards.
 	Logger *slog.Logger

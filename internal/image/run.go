@@ -32,7 +32,7 @@ type step struct {
 	// mount behind.
 	Isolate bool
 	// NetNS, when set, names a network namespace file (such as
-	// /proc/1/ns/net) the command runs in: the steps that download from
+	// /run/netns/NAME) the command runs in: the steps that download from
 	// the mirror, when the daemon itself lives in a namespace without a
 	// way out.
 	NetNS string

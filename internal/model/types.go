@@ -85,7 +85,7 @@ type DaemonConfig struct {
 	StopTimeout time.Duration
 	// VMMArgs are extra arguments passed to FirecrackerBin after its own.
 	VMMArgs []string
-	// BuildNetNS is the network namespace (a file such as /proc/1/ns/net)
+	// BuildNetNS is the network namespace (a file such as /run/netns/NAME)
 	// image builds download in; empty means the daemon's own. It lets a
 	// daemon kept in an isolated namespace still reach the mirror.
 	BuildNetNS string
