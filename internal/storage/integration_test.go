@@ -57,7 +57,7 @@ func guardLoops(t *testing.T, dir string) {
 	t.Cleanup(func() {
 		// The kernel defers the detach of a loop that is still open
 		// (btrfs may hold it for a moment after umount) to its last
-		// close: give it a few seconds.
+		// close: give it up to 30 seconds (btrfs on a loaded host is slow).
 		var out []byte
 		for try := 0; ; try++ {
 			var err error
@@ -65,7 +65,7 @@ func guardLoops(t *testing.T, dir string) {
 				t.Errorf("losetup -a: %v", err)
 				return
 			}
-			if !strings.Contains(string(out), dir) || try == 50 {
+			if !strings.Contains(string(out), dir) || try == 300 {
 				break
 			}
 			time.Sleep(100 * time.Millisecond)

@@ -8,6 +8,8 @@ package testutil
 import (
 	"os"
 	"os/exec"
+	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -78,4 +80,50 @@ func Slow(t testing.TB) {
 	if testing.Short() && !CI() {
 		t.Skip("skipping slow test under -short")
 	}
+}
+
+// EnvAsNobody marks a test binary re-run by RerunAsNobody.
+const EnvAsNobody = "BANGER_TEST_AS_NOBODY"
+
+// RerunAsNobody lets a test that checks what an unprivileged user cannot
+// do run as root too: as root it re-runs just this test in a copy of the
+// test binary as uid/gid 65534, reports that run's result, and returns
+// true (the caller returns). Otherwise it returns false and the test
+// carries on as the user it runs as.
+func RerunAsNobody(t *testing.T) bool {
+	t.Helper()
+	if os.Geteuid() != 0 || os.Getenv(EnvAsNobody) == "1" {
+		return false
+	}
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp("", "banger-nobody-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	os.Chmod(dir, 0o755)
+	bin := dir + "/test.bin"
+	data, err := os.ReadFile(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "-test.run=^"+t.Name()+"$", "-test.v")
+	cmd.Dir = "/"
+	cmd.Env = append(os.Environ(), EnvAsNobody+"=1", "HOME="+dir, "TMPDIR=/tmp")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, err := cmd.CombinedOutput()
+	t.Logf("re-ran as uid 65534:\n%s", out)
+	if err != nil {
+		t.Fatalf("as uid 65534: %v", err)
+	}
+	if !strings.Contains(string(out), "--- PASS: "+t.Name()) {
+		t.Fatalf("as uid 65534 the test did not pass")
+	}
+	return true
 }

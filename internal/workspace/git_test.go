@@ -1,6 +1,8 @@
 package workspace
 
 import (
+	"banger/internal/testutil"
+
 	"context"
 	"os"
 	"path/filepath"
@@ -74,8 +76,9 @@ func TestInspectRefuses(t *testing.T) {
 
 func TestInspectUnreadable(t *testing.T) {
 	isolateGit(t)
-	if os.Geteuid() == 0 {
-		t.Skip("root reads every directory; the end-to-end test checks this as an unprivileged user")
+	// Root reads everything: check it as an unprivileged user.
+	if testutil.RerunAsNobody(t) {
+		return
 	}
 	root, _ := testRepo(t)
 	os.Chmod(root, 0o000)
