@@ -118,36 +118,7 @@ func (c *Client) callStream(ctx context.Context, method, path string, body, out 
 		data, _ := io.ReadAll(resp.Body)
 		return errorFromBody(resp.StatusCode, data)
 	}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 16<<20)
-	for sc.Scan() {
-		var ev Event
-		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
-			return fmt.Errorf("decode stream from %s %s: %w", method, path, err)
-		}
-		switch ev.Type {
-		case EventProgress:
-			if progress != nil {
-				progress(ev)
-			}
-		case EventError:
-			if ev.Error == nil {
-				return errors.New("daemon reported an error without details")
-			}
-			return &model.Error{Code: ev.Error.Code, Message: ev.Error.Message}
-		case EventResult:
-			if out != nil {
-				if err := json.Unmarshal(ev.Result, out); err != nil {
-					return fmt.Errorf("decode result of %s %s: %w", method, path, err)
-				}
-			}
-			return nil
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return fmt.Errorf("%s %s: stream broken: %w", method, path, err)
-	}
-	return fmt.Errorf("%s %s: the daemon closed the stream without a result (did it crash? see its log)", method, path)
+	return readEvents(resp.Body, method, path, out, progress)
 }
 
 // Version returns the daemon's version.

@@ -25,15 +25,11 @@ func (d *Daemon) FileSyncEntries(context.Context) ([]model.FileSyncEntry, error)
 // /root) and kept in the VM's directory until the first boot applies it.
 // The daemon never reads the user's files itself.
 func (d *Daemon) UploadFileSync(ctx context.Context, ref string, open api.OpenFunc) (api.FileSyncUpload, error) {
-	vm, err := d.findVM(ctx, ref)
+	vm, unlock, err := d.lockVM(ctx, ref)
 	if err != nil {
 		return api.FileSyncUpload{}, err
 	}
-	unlock := d.locks.lock(vm.ID)
 	defer unlock()
-	if vm, err = d.store.GetVM(ctx, vm.ID); err != nil {
-		return api.FileSyncUpload{}, err
-	}
 	if vm.State == model.VMStateRunning {
 		return api.FileSyncUpload{}, model.Errorf(model.ECONFLICT, "vm %q is running; file sync is applied when a vm boots, so upload it before `banger vm start %s`", vm.Name, vm.Name)
 	}

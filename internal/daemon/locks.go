@@ -1,6 +1,11 @@
 package daemon
 
-import "sync"
+import (
+	"context"
+	"sync"
+
+	"banger/internal/model"
+)
 
 // vmLocks hands out one mutex per VM ID. Every lifecycle operation holds
 // its VM's lock, so start, stop, set and delete of one VM never interleave,
@@ -45,4 +50,20 @@ func (l *vmLocks) tryLock(id string) (func(), bool) {
 		return nil, false
 	}
 	return m.Unlock, true
+}
+
+// lockVM finds ref as the caller sees it, takes the VM's lock and reads
+// the row again under it, since another operation may have changed it
+// while this one waited. The caller calls unlock.
+func (d *Daemon) lockVM(ctx context.Context, ref string) (vm model.VMRecord, unlock func(), err error) {
+	vm, err = d.findVM(ctx, ref)
+	if err != nil {
+		return vm, nil, err
+	}
+	unlock = d.locks.lock(vm.ID)
+	if vm, err = d.store.GetVM(ctx, vm.ID); err != nil {
+		unlock()
+		return vm, nil, err
+	}
+	return vm, unlock, nil
 }

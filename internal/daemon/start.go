@@ -16,15 +16,11 @@ import (
 
 // StartVM implements api.Backend.
 func (d *Daemon) StartVM(ctx context.Context, ref string, progress api.ProgressFunc) (api.VMView, error) {
-	vm, err := d.findVM(ctx, ref)
+	vm, unlock, err := d.lockVM(ctx, ref)
 	if err != nil {
 		return api.VMView{}, err
 	}
-	unlock := d.locks.lock(vm.ID)
 	defer unlock()
-	if vm, err = d.store.GetVM(ctx, vm.ID); err != nil {
-		return api.VMView{}, err
-	}
 	if vm.State == model.VMStateRunning {
 		return api.VMView{}, model.Errorf(model.ECONFLICT, "vm %q is already running", vm.Name)
 	}

@@ -38,15 +38,11 @@ func (d *Daemon) currentHandles(ctx context.Context, vm model.VMRecord) vmHandle
 
 // StopVM implements api.Backend.
 func (d *Daemon) StopVM(ctx context.Context, ref string, progress api.ProgressFunc) (api.VMView, error) {
-	vm, err := d.findVM(ctx, ref)
+	vm, unlock, err := d.lockVM(ctx, ref)
 	if err != nil {
 		return api.VMView{}, err
 	}
-	unlock := d.locks.lock(vm.ID)
 	defer unlock()
-	if vm, err = d.store.GetVM(ctx, vm.ID); err != nil {
-		return api.VMView{}, err
-	}
 	if _, err := d.stopLocked(context.WithoutCancel(ctx), vm, false, progress); err != nil {
 		return api.VMView{}, err
 	}
@@ -55,15 +51,11 @@ func (d *Daemon) StopVM(ctx context.Context, ref string, progress api.ProgressFu
 
 // KillVM implements api.Backend.
 func (d *Daemon) KillVM(ctx context.Context, ref string) (api.VMView, error) {
-	vm, err := d.findVM(ctx, ref)
+	vm, unlock, err := d.lockVM(ctx, ref)
 	if err != nil {
 		return api.VMView{}, err
 	}
-	unlock := d.locks.lock(vm.ID)
 	defer unlock()
-	if vm, err = d.store.GetVM(ctx, vm.ID); err != nil {
-		return api.VMView{}, err
-	}
 	if _, err := d.stopLocked(context.WithoutCancel(ctx), vm, true, api.NoProgress); err != nil {
 		return api.VMView{}, err
 	}
@@ -72,15 +64,11 @@ func (d *Daemon) KillVM(ctx context.Context, ref string) (api.VMView, error) {
 
 // RestartVM implements api.Backend.
 func (d *Daemon) RestartVM(ctx context.Context, ref string, progress api.ProgressFunc) (api.VMView, error) {
-	vm, err := d.findVM(ctx, ref)
+	vm, unlock, err := d.lockVM(ctx, ref)
 	if err != nil {
 		return api.VMView{}, err
 	}
-	unlock := d.locks.lock(vm.ID)
 	defer unlock()
-	if vm, err = d.store.GetVM(ctx, vm.ID); err != nil {
-		return api.VMView{}, err
-	}
 	ctx = context.WithoutCancel(ctx)
 	if vm, err = d.stopLocked(ctx, vm, false, progress); err != nil {
 		return api.VMView{}, err
@@ -203,15 +191,11 @@ func (d *Daemon) cleanupRuntime(ctx context.Context, vm *model.VMRecord, h vmHan
 // ResetSystem implements api.Backend: a stopped VM gets a fresh system
 // overlay from its image; /root is kept.
 func (d *Daemon) ResetSystem(ctx context.Context, ref string) (api.VMView, error) {
-	vm, err := d.findVM(ctx, ref)
+	vm, unlock, err := d.lockVM(ctx, ref)
 	if err != nil {
 		return api.VMView{}, err
 	}
-	unlock := d.locks.lock(vm.ID)
 	defer unlock()
-	if vm, err = d.store.GetVM(ctx, vm.ID); err != nil {
-		return api.VMView{}, err
-	}
 	if vm.State == model.VMStateRunning {
 		return api.VMView{}, model.Errorf(model.ECONFLICT, "vm %q is running; stop it first (`banger vm stop %s`)", vm.Name, vm.Name)
 	}

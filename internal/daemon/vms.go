@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"time"
@@ -281,16 +280,11 @@ func (d *Daemon) deleteCreated(vm model.VMRecord) {
 
 // SetVM implements api.Backend.
 func (d *Daemon) SetVM(ctx context.Context, req model.VMSetRequest) (api.VMView, error) {
-	vm, err := d.findVM(ctx, req.IDOrName)
+	vm, unlock, err := d.lockVM(ctx, req.IDOrName)
 	if err != nil {
 		return api.VMView{}, err
 	}
-	unlock := d.locks.lock(vm.ID)
 	defer unlock()
-	vm, err = d.store.GetVM(ctx, vm.ID)
-	if err != nil {
-		return api.VMView{}, err
-	}
 	if req.VCPUCount == nil && req.MemoryMiB == nil && req.WorkDiskSizeBytes == nil && req.NATEnabled == nil && req.AutoStopAfterSeconds == nil {
 		return api.VMView{}, model.Errorf(model.EINVALID, "nothing to change; pass --vcpus, --memory, --disk-size, --nat or --auto-stop")
 	}
@@ -346,19 +340,11 @@ func (d *Daemon) SetVM(ctx context.Context, req model.VMSetRequest) (api.VMView,
 
 // DeleteVM implements api.Backend.
 func (d *Daemon) DeleteVM(ctx context.Context, ref string, opts api.VMDeleteOptions, progress api.ProgressFunc) error {
-	vm, err := d.findVM(ctx, ref)
+	vm, unlock, err := d.lockVM(ctx, ref)
 	if err != nil {
 		return err
 	}
-	unlock := d.locks.lock(vm.ID)
 	defer unlock()
-	vm, err = d.store.GetVM(ctx, vm.ID)
-	if errors.Is(err, context.Canceled) {
-		return err
-	}
-	if err != nil {
-		return err
-	}
 	if err := d.deleteLocked(context.WithoutCancel(ctx), vm, opts, progress); err != nil {
 		return err
 	}

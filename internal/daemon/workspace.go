@@ -187,15 +187,11 @@ func checkPrepareRequest(vm model.VMRecord, req api.WorkspacePrepareRequest) (mo
 // path. The daemon never reads the host repository: the stream comes
 // from the user's CLI.
 func (d *Daemon) PrepareWorkspace(ctx context.Context, ref string, req api.WorkspacePrepareRequest, open api.OpenFunc, progress api.ProgressFunc) (api.Workspace, error) {
-	vm, err := d.findVM(ctx, ref)
+	vm, unlock, err := d.lockVM(ctx, ref)
 	if err != nil {
 		return api.Workspace{}, err
 	}
-	unlock := d.locks.lock(vm.ID)
 	defer unlock()
-	if vm, err = d.store.GetVM(ctx, vm.ID); err != nil {
-		return api.Workspace{}, err
-	}
 	if vm.State != model.VMStateRunning {
 		return api.Workspace{}, model.Errorf(model.ECONFLICT, "vm %q is %s; start it with `banger vm start %s`", vm.Name, vm.State, vm.Name)
 	}
