@@ -36,7 +36,7 @@ trap cleanup EXIT
 ip netns exec "$ns" "$bin/bangerd" --config "$cache/prep.toml" >>"$cache/prep-bangerd.log" 2>&1 &
 dpid=$!
 export BANGER_SOCKET="$sock"
-for _ in $(seq 100); do "$bin/banger" version >/dev/null 2>&1 && break; sleep 0.1; done
+for _ in $(seq 100); do "$bin/banger" version 2>/dev/null | grep -q '^daemon: bangerd' && break; sleep 0.1; done
 
 log "kernel (log: $cache/state/kernels/*.log)"
 "$bin/banger" kernel build >&2

@@ -33,7 +33,7 @@ TOML
 	ip netns exec "$bench_ns" "$bin/bangerd" --config "$bench_dir/cfg.toml" > "$bench_dir/bangerd.log" 2>&1 &
 	bench_pid=$!
 	export BANGER_SOCKET=$bench_dir/sock
-	for _ in $(seq 100); do "$bin/banger" version >/dev/null 2>&1 && break; sleep 0.1; done
+	for _ in $(seq 100); do "$bin/banger" version 2>/dev/null | grep -q '^daemon: bangerd' && break; sleep 0.1; done
 	"$bin/banger" image register base --kernel "$image_dir/vmlinux" --rootfs "$image_dir/rootfs.ext4" --work-seed "$image_dir/work-seed.ext4" >/dev/null
 	trap bench_daemon_stop EXIT
 }
