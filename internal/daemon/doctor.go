@@ -42,7 +42,8 @@ func (d *Daemon) Doctor(ctx context.Context) []api.DoctorCheck {
 	return doctor.Host(ctx, in, d.runner)
 }
 
-// overlayStrategy says how system overlays are made here.
+// overlayStrategy says how system overlays are made here (detected at
+// Start).
 func (d *Daemon) overlayStrategy(ctx context.Context) (string, string) {
-	return "", ""
+	return string(d.strategy), d.strategyReason
 }
