@@ -54,13 +54,16 @@ func (l *vmLocks) tryLock(id string) (func(), bool) {
 
 // lockVM finds ref as the caller sees it, takes the VM's lock and reads
 // the row again under it, since another operation may have changed it
-// while this one waited. The caller calls unlock.
+// while this one waited. The caller calls unlock. Every operation that
+// takes the lock this way is use of the VM: it touches LastTouchedAt, so
+// the idle auto-stop counts it.
 func (d *Daemon) lockVM(ctx context.Context, ref string) (vm model.VMRecord, unlock func(), err error) {
 	vm, err = d.findVM(ctx, ref)
 	if err != nil {
 		return vm, nil, err
 	}
 	unlock = d.locks.lock(vm.ID)
+	d.touch(vm.ID)
 	if vm, err = d.store.GetVM(ctx, vm.ID); err != nil {
 		unlock()
 		return vm, nil, err
