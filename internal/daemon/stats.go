@@ -53,11 +53,16 @@ func (d *Daemon) pollStats(ctx context.Context) {
 		d.logger.Warn("stats poller", "err", err)
 		return
 	}
+	// One pass over /proc per poll serves every VM's process tree.
+	var procs procTable
 	for _, vm := range vms {
 		if vm.State != model.VMStateRunning {
 			continue
 		}
-		stats, err := d.collectStats(ctx, vm)
+		if procs.procs == nil {
+			procs = readProcTable()
+		}
+		stats, err := d.collectStats(ctx, vm, procs)
 		if err != nil {
 			d.logger.Debug("stats", "vm", vm.Name, "err", err)
 			continue
@@ -75,15 +80,20 @@ func (d *Daemon) pollStats(ctx context.Context) {
 // collectStats measures one VM: CPU percent since the last poll, RSS and
 // VSZ of the VMM and its children, allocated bytes of its disks, and
 // Firecracker's latest metrics line.
-func (d *Daemon) collectStats(ctx context.Context, vm model.VMRecord) (model.VMStats, error) {
+func (d *Daemon) collectStats(ctx context.Context, vm model.VMRecord, procs procTable) (model.VMStats, error) {
 	st := vm.Stats
 	now := time.Now()
 	st.CollectedAt = now.UTC().Truncate(time.Second)
-	pid, err := firecracker.FindPID(vm.Runtime.APISockPath)
-	if err != nil || pid == 0 {
+	pid := 0
+	if h, ok := d.handles.get(vm.ID); ok && firecracker.Serves(h.PID, vm.Runtime.APISockPath) {
+		pid = h.PID
+	} else if p, err := firecracker.FindPID(vm.Runtime.APISockPath); err == nil {
+		pid = p
+	}
+	if pid == 0 {
 		return st, fmt.Errorf("no vmm process")
 	}
-	ticks, rss, vsz := processTree(pid)
+	ticks, rss, vsz := procs.tree(pid)
 	st.RSSBytes, st.VSZBytes = rss, vsz
 	d.poll.mu.Lock()
 	if d.poll.cpu == nil {
@@ -103,7 +113,7 @@ func (d *Daemon) collectStats(ctx context.Context, vm model.VMRecord) (model.VMS
 	st.WorkDiskBytes, _ = storage.AllocatedBytes(vm.Runtime.WorkDiskPath)
 
 	fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	err = firecracker.NewClient(vm.Runtime.APISockPath).FlushMetrics(fctx)
+	err := firecracker.NewClient(vm.Runtime.APISockPath).FlushMetrics(fctx)
 	cancel()
 	if err != nil {
 		d.logger.Debug("flush metrics", "vm", vm.Name, "err", err)
@@ -159,40 +169,59 @@ func latest(ts ...time.Time) time.Time {
 	return out
 }
 
-// processTree sums CPU ticks, RSS and VSZ over pid and its descendants
-// (banger-vmm-qemu's guest runs in a QEMU child).
-func processTree(pid int) (ticks uint64, rss, vsz int64) {
-	children := map[int][]int{}
+// procEntry is one process's /proc/pid/stat fields after the command.
+type procEntry struct {
+	ppid     int
+	ticks    uint64
+	rss, vsz int64
+}
+
+// procTable is a snapshot of /proc: every process's stat fields and its
+// children, read once per poll.
+type procTable struct {
+	procs    map[int]procEntry
+	children map[int][]int
+}
+
+func readProcTable() procTable {
+	t := procTable{procs: map[int]procEntry{}, children: map[int][]int{}}
 	entries, _ := os.ReadDir("/proc")
+	page := int64(os.Getpagesize())
 	for _, e := range entries {
-		p, err := strconv.Atoi(e.Name())
+		pid, err := strconv.Atoi(e.Name())
 		if err != nil {
 			continue
 		}
-		if f := procStatFields(p); len(f) > 3 {
-			if ppid, err := strconv.Atoi(f[1]); err == nil {
-				children[ppid] = append(children[ppid], p)
-			}
+		// Fields after the command: state(0) ppid(1) ... utime(11)
+		// stime(12) ... vsize(20) rss(21).
+		f := procStatFields(pid)
+		if len(f) <= 21 {
+			continue
 		}
+		ppid, _ := strconv.Atoi(f[1])
+		u, _ := strconv.ParseUint(f[11], 10, 64)
+		s, _ := strconv.ParseUint(f[12], 10, 64)
+		v, _ := strconv.ParseInt(f[20], 10, 64)
+		r, _ := strconv.ParseInt(f[21], 10, 64)
+		t.procs[pid] = procEntry{ppid: ppid, ticks: u + s, vsz: v, rss: r * page}
+		t.children[ppid] = append(t.children[ppid], pid)
 	}
-	page := int64(os.Getpagesize())
+	return t
+}
+
+// tree sums CPU ticks, RSS and VSZ over pid and its descendants
+// (banger-vmm-qemu's guest runs in a QEMU child).
+func (t procTable) tree(pid int) (ticks uint64, rss, vsz int64) {
 	queue := []int{pid}
 	for len(queue) > 0 {
 		p := queue[0]
 		queue = queue[1:]
-		f := procStatFields(p)
-		// Fields after the command: state(0) ppid(1) ... utime(11)
-		// stime(12) ... vsize(20) rss(21).
-		if len(f) > 21 {
-			u, _ := strconv.ParseUint(f[11], 10, 64)
-			s, _ := strconv.ParseUint(f[12], 10, 64)
-			v, _ := strconv.ParseInt(f[20], 10, 64)
-			r, _ := strconv.ParseInt(f[21], 10, 64)
-			ticks += u + s
-			vsz += v
-			rss += r * page
+		if e, ok := t.procs[p]; ok {
+			ticks += e.ticks
+			rss += e.rss
+			vsz += e.vsz
 		}
-		queue = append(queue, children[p]...)
+		queue = append(queue, t.children[p]...)
 	}
 	return ticks, rss, vsz
 }

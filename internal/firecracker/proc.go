@@ -24,6 +24,20 @@ func FindPID(apiSock string) (int, error) {
 	return findPID("/proc", apiSock)
 }
 
+// Serves reports whether the live process pid is the VMM serving apiSock:
+// a cheap check of a remembered PID (one /proc read instead of a scan),
+// safe against PID reuse because the argv must name the socket.
+func Serves(pid int, apiSock string) bool {
+	if pid <= 0 {
+		return false
+	}
+	raw, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cmdline"))
+	if err != nil || !servesSocket(raw, apiSock) {
+		return false
+	}
+	return procState("/proc", pid) != 'Z'
+}
+
 // findPID is FindPID over the proc file system at procRoot.
 func findPID(procRoot, apiSock string) (int, error) {
 	entries, err := os.ReadDir(procRoot)
