@@ -1,5 +1,5 @@
 #!/bin/bash
-# bench-workspace.sh IMAGE_DIR SSH_PRIVATE_KEY
+# scripts/bench/workspace.sh IMAGE_DIR SSH_PRIVATE_KEY
 #
 # Measures `banger workspace prepare` on a real tree, in one run, into one
 # VM: full_copy against the plain `tar -c | ssh ... tar -x` of the same
@@ -32,7 +32,7 @@ blob=${BLOB_BYTES:-8192}
 reps=${REPS:-2}
 vcpus=${VCPUS:-2}
 memory=${MEMORY:-2G}
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 export PATH="$PATH:/usr/local/go/bin"
 
 for f in vmlinux rootfs.ext4 work-seed.ext4; do
