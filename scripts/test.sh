@@ -60,7 +60,10 @@ say "artifacts: kernel $BANGER_TEST_KERNEL, image $BANGER_TEST_IMAGE_DIR"
 
 export BANGER_CI=1
 run_tier integration -count=1 -timeout 40m ./internal/... ./test/integration/...
-run_tier e2e -count=1 -timeout 60m -p 1 ./test/e2e/...
+fault_table=$(mktemp)
+BANGER_FAULT_TABLE="$fault_table" run_tier e2e -count=1 -timeout 60m -p 1 ./test/e2e/...
+[ -s "$fault_table" ] && cat "$fault_table"
+rm -f "$fault_table"
 
 read -r p f s < <(awk '{p+=$1; f+=$2; s+=$3} END {print p+0, f+0, s+0}' "$tally")
 say "done: $s skipped across tiers (unit-tier skips are the integration tests, run later)"
