@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"banger/internal/api"
-	"banger/internal/model"
 )
 
 // printJSON writes v as indented JSON: the one stable schema of every
@@ -100,13 +99,6 @@ func roughDuration(d time.Duration) string {
 		return fmt.Sprintf("%dh%02dm", int(d.Hours()), int(d.Minutes())%60)
 	}
 	return fmt.Sprintf("%dd", int(d.Hours()/24))
-}
-
-func sizeOrDash(n int64) string {
-	if n <= 0 {
-		return "-"
-	}
-	return model.FormatSizeBytes(n)
 }
 
 // humanBytes prints a byte count with one decimal in the largest unit.

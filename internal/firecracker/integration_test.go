@@ -213,7 +213,7 @@ func TestVMMBootsAndStopsCleanly(t *testing.T) {
 	writeFile(t, s.data, make([]byte, 1<<20), 0o644)
 	vm := launchVM(t, s)
 	vm.configure(t, s)
-	console, bootTime := vm.start(t)
+	_, bootTime := vm.start(t)
 	t.Logf("api ready %v after launch; userspace %v after InstanceStart", vm.apiReady, bootTime)
 
 	ctx, cancel := context.WithTimeout(context.Background(), bootTimeout)
@@ -223,7 +223,7 @@ func TestVMMBootsAndStopsCleanly(t *testing.T) {
 		t.Errorf("Describe: got %+v, %v; want it-vm Running", info, err)
 	}
 	// The kernel configured eth0 from ip= before init ran.
-	console, err = waitConsole(ctx, vm.console, "nameserver 172.30.0.1")
+	console, err := waitConsole(ctx, vm.console, "nameserver 172.30.0.1")
 	if err != nil {
 		t.Fatalf("%v\n%s", err, tail(console, 30))
 	}

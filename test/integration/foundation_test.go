@@ -3,6 +3,7 @@
 package integration
 
 import (
+	"context"
 	"encoding/json"
 	"net"
 	"net/http"
@@ -170,8 +171,9 @@ func TestMalformedRequestsGet400(t *testing.T) {
 	testutil.RequireRoot(t)
 	d := harness.NewDaemon(t, harness.Options{})
 	d.Start()
-	client := &http.Client{Transport: &http.Transport{Dial: func(_, _ string) (net.Conn, error) {
-		return net.Dial("unix", d.Socket)
+	client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var dl net.Dialer
+		return dl.DialContext(ctx, "unix", d.Socket)
 	}}, Timeout: 10 * time.Second}
 	bodies := []string{``, `{`, `[]`, `{"name": 5}`, `{"name":"ok","bogus":1}`, `{"name":"ok"} trailing`, strings.Repeat("x", 2<<20)}
 	for _, b := range bodies {

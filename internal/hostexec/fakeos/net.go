@@ -558,7 +558,7 @@ func iptCanonical(spec []string) (string, error) {
 		}
 	}
 	if neg {
-		return "", errors.New("dangling !")
+		return "", errors.New("dangling negation")
 	}
 	var words []string
 	for _, k := range []string{"-s", "-d", "-i", "-o", "-p"} {
