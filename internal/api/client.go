@@ -256,6 +256,16 @@ func (c *Client) Logs(ctx context.Context, ref string, opts LogsOptions, w io.Wr
 	if len(q) > 0 {
 		path += "?" + q.Encode()
 	}
+	err := c.copyGET(ctx, path, w)
+	if ctx.Err() != nil {
+		// Following until interrupted is the normal end of `logs -f`.
+		return nil
+	}
+	return err
+}
+
+// copyGET copies the body of a streamed GET to w.
+func (c *Client) copyGET(ctx context.Context, path string, w io.Writer) error {
 	resp, err := c.do(ctx, "GET", path, nil)
 	if err != nil {
 		return err
@@ -266,9 +276,6 @@ func (c *Client) Logs(ctx context.Context, ref string, opts LogsOptions, w io.Wr
 		return errorFromBody(resp.StatusCode, data)
 	}
 	_, err = io.Copy(w, resp.Body)
-	if ctx.Err() != nil {
-		return nil
-	}
 	return err
 }
 

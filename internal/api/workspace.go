@@ -677,17 +677,7 @@ func (c *Client) WorkspaceGit(ctx context.Context, ref string, req WorkspaceGitR
 	if len(q) > 0 {
 		path += "?" + q.Encode()
 	}
-	resp, err := c.do(ctx, "GET", path, nil)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode >= 300 {
-		data, _ := io.ReadAll(resp.Body)
-		return errorFromBody(resp.StatusCode, data)
-	}
-	_, err = io.Copy(w, resp.Body)
-	return err
+	return c.copyGET(ctx, path, w)
 }
 
 // FileSyncEntries returns the daemon's file sync entries.

@@ -40,6 +40,21 @@ func (a *App) prepareSSH(ctx context.Context, name string) (*sshTarget, error) {
 	if vm.State != model.VMStateRunning {
 		return nil, model.Errorf(model.ECONFLICT, "vm %s is %s; start it with `banger vm start %s`", vm.Name, vm.State, vm.Name)
 	}
+	t, err := a.sshFiles()
+	if err != nil {
+		return nil, err
+	}
+	t.vm = vm
+	if err := updateKnownHosts(t.knownHosts, hostKeyAlias(vm), vm.Runtime.SSHHostKey); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// sshFiles returns the files every ssh invocation needs: the user's banger
+// key (made on first use), this binary (for the ProxyCommand) and banger's
+// known_hosts.
+func (a *App) sshFiles() (*sshTarget, error) {
 	key, err := a.bangerKey()
 	if err != nil {
 		return nil, err
@@ -52,11 +67,7 @@ func (a *App) prepareSSH(ctx context.Context, name string) (*sshTarget, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := &sshTarget{vm: vm, key: key, knownHosts: filepath.Join(dir, "known_hosts"), self: self}
-	if err := updateKnownHosts(t.knownHosts, hostKeyAlias(vm), vm.Runtime.SSHHostKey); err != nil {
-		return nil, err
-	}
-	return t, nil
+	return &sshTarget{key: key, knownHosts: filepath.Join(dir, "known_hosts"), self: self}, nil
 }
 
 func hostKeyAlias(vm api.VMView) string { return "banger-" + model.ShortID(vm.ID) }
@@ -277,19 +288,11 @@ func (a *App) sshConfigCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			key, err := a.bangerKey()
+			files, err := a.sshFiles()
 			if err != nil {
 				return err
 			}
-			self, err := os.Executable()
-			if err != nil {
-				return err
-			}
-			dir, err := a.configDir()
-			if err != nil {
-				return err
-			}
-			kh := filepath.Join(dir, "known_hosts")
+			key, self, kh := files.key, files.self, files.knownHosts
 			var b strings.Builder
 			fmt.Fprintf(&b, "# Written by `banger ssh-config`; VMs reach their guests through bangerd.\n")
 			for _, v := range vms {

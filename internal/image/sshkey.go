@@ -1,11 +1,13 @@
 package image
 
 import (
+	"bytes"
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -81,13 +83,19 @@ func Fingerprint(pubKey string) (string, error) {
 // writeFileAtomic writes data to a temporary file next to path and renames
 // it over path, so a reader sees the old file or the whole new one.
 func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	return writeAtomic(path, bytes.NewReader(data), mode)
+}
+
+// writeAtomic writes r to a temporary file next to path, syncs it and
+// renames it over path, so readers see the old file or the whole new one.
+func writeAtomic(path string, r io.Reader, mode os.FileMode) error {
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
 		return err
 	}
 	tmp := f.Name()
 	defer os.Remove(tmp)
-	if _, err := f.Write(data); err != nil {
+	if _, err := io.Copy(f, r); err != nil {
 		f.Close()
 		return err
 	}
