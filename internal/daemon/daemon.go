@@ -12,6 +12,7 @@ import (
 	"sync"
 
 	"banger/internal/api"
+	"banger/internal/cgroup"
 	"banger/internal/hostexec"
 	"banger/internal/image"
 	"banger/internal/model"
@@ -30,6 +31,9 @@ type Options struct {
 	// Storage configures the disk manager (tests force a strategy and
 	// fake device nodes).
 	Storage storage.Options
+	// CgroupRoot is where the cgroup hierarchies are mounted; empty
+	// means /sys/fs/cgroup. Tests point it at a fake tree.
+	CgroupRoot string
 }
 
 // Daemon is bangerd.
@@ -48,6 +52,9 @@ type Daemon struct {
 	storage *storage.Manager
 	caps    []capability
 	boot    booter
+	// cgroups puts each VMM in a group with its VM's limits; nil when
+	// cgroup_parent is "off" or the host has no usable hierarchy.
+	cgroups *cgroup.Manager
 
 	// strategy is how system overlays are made on this host.
 	strategy       storage.Strategy
@@ -111,6 +118,19 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 	}
 	d.net = netm
 	d.boot = vmmBooter{d: d}
+	if d.cfg.CgroupParent != "off" && d.cfg.CgroupParent != "" {
+		root := opts.CgroupRoot
+		if root == "" {
+			root = "/sys/fs/cgroup"
+		}
+		cg := cgroup.Detect(root, d.cfg.CgroupParent)
+		if cg.Mode() == cgroup.ModeNone {
+			logger.Warn("VMs run without resource limits", "why", cg.Why())
+		} else {
+			d.cgroups = cg
+			logger.Info("VM limits", "cgroups", cg.Why())
+		}
+	}
 	d.storage = storage.New(runner, logger.With("sub", "storage"), opts.Storage)
 	db, err := store.Open(ctx, d.layout.dbPath())
 	if err != nil {

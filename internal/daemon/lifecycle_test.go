@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -25,18 +26,23 @@ type fakeBooter struct {
 
 func (fakeBooter) check() error { return nil }
 
-func (b fakeBooter) boot(ctx context.Context, vm model.VMRecord, img model.Image, h *vmHandles, _ time.Time, _ api.ProgressFunc) (string, error) {
+func (b fakeBooter) boot(ctx context.Context, vm model.VMRecord, img model.Image, h *vmHandles, _ time.Time, _ api.ProgressFunc) error {
 	if b.fail != nil {
-		return "", b.fail
+		return b.fail
+	}
+	if vm.Runtime.SSHHostKey == "" || !vm.Runtime.HostKeyInstalled {
+		return fmt.Errorf("fake boot: vm %s has no host key on its system disk", vm.Name)
 	}
 	h.PID = 4242
-	return "ssh-ed25519 AAAAfake", b.d.setVMHandles(vm.ID, vm.Runtime.VMDir, *h)
+	return b.d.setVMHandles(vm.ID, vm.Runtime.VMDir, *h)
 }
 
 type testEnv struct {
 	d   *Daemon
 	os  *fakeos.OS
 	ctx context.Context
+	// owners records which uid each disk was given to.
+	owners map[string]int
 }
 
 // newTestDaemon is a daemon on a fake host: commands go to fakeos, the VMM
@@ -57,8 +63,30 @@ func newTestDaemon(t *testing.T, dm bool) *testEnv {
 		SSHKeyPath: filepath.Join(dir, "key"),
 		VMDefaults: model.VMDefaultsOverride{VCPUCount: 1, MemoryMiB: 256, SystemOverlaySizeByte: 64 << 20, WorkDiskSizeBytes: 64 << 20},
 	}
-	sopts := storage.Options{Strategy: storage.StrategyCopy}
+	// Disks are given to each VM's uid; without root, the test records it.
+	owners := map[string]int{}
+	sopts := storage.Options{Strategy: storage.StrategyCopy, Chown: func(f *os.File, uid, _ int) error {
+		owners[f.Name()] = uid
+		return nil
+	}}
 	if dm {
+		// dm nodes are files of the test, with an ext4 superblock as the
+		// fake e2fsprogs want it.
+		devs := filepath.Join(dir, "dev")
+		os.MkdirAll(devs, 0o755)
+		sopts.OpenDevice = func(p string, flag int, perm os.FileMode) (*os.File, error) {
+			if name, ok := strings.CutPrefix(p, "/dev/mapper/"); ok {
+				if o.DM[name] == nil {
+					return nil, os.ErrNotExist
+				}
+				p = filepath.Join(devs, name)
+				if _, err := os.Stat(p); err != nil {
+					os.WriteFile(p, make([]byte, 64<<10), 0o600)
+					fakeos.WriteExt4Magic(p)
+				}
+			}
+			return os.OpenFile(p, flag, perm)
+		}
 		sopts.Strategy = storage.StrategyDMSnapshot
 		sopts.Exists = func(p string) bool {
 			switch {
@@ -94,7 +122,7 @@ func newTestDaemon(t *testing.T, dm bool) *testEnv {
 	if err := d.store.CreateImage(ctx, img); err != nil {
 		t.Fatal(err)
 	}
-	return &testEnv{d: d, os: o, ctx: ctx}
+	return &testEnv{d: d, os: o, ctx: ctx, owners: owners}
 }
 
 // hostState is the fake host's state with temp paths made stable.
@@ -370,5 +398,62 @@ func TestReconcileCleansDeadRunningVMAndOrphans(t *testing.T) {
 	want(t, "reconciled", e.hostState(), hostWith("bgtap1", "bgtap2"))
 	if _, err := os.Stat(stray); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("stray dir kept: %v", err)
+	}
+}
+
+// TestHostKeyMadeByTheDaemon: the daemon makes the VM's host key, puts
+// it on the system disk before the first boot with debugfs running as the
+// VM's uid, gives the disks to that uid, and installs the key again on a
+// fresh system disk after reset-system, without a new key.
+func TestHostKeyMadeByTheDaemon(t *testing.T) {
+	e := newTestDaemon(t, false)
+	e.create(t, "dev", false)
+	if _, err := e.d.StartVM(e.ctx, "dev", api.NoProgress); err != nil {
+		t.Fatal(err)
+	}
+	vm := e.vm(t, "dev")
+	const uid = defaultVMMUIDBase + 2 // 172.16.0.2 in 172.16.0.0/24
+	if vm.Runtime.VMMUID != uid || !vm.Runtime.HostKeyInstalled || !strings.HasPrefix(vm.Runtime.SSHHostKey, "ssh-ed25519 ") {
+		t.Fatalf("runtime: uid %d installed %v key %q", vm.Runtime.VMMUID, vm.Runtime.HostKeyInstalled, vm.Runtime.SSHHostKey)
+	}
+	if got := strings.TrimSpace(e.os.HostKeys[vm.Runtime.SystemOverlay]); got != vm.Runtime.SSHHostKey {
+		t.Errorf("key on the system disk %q; want %q", got, vm.Runtime.SSHHostKey)
+	}
+	for _, p := range []string{vm.Runtime.SystemOverlay, vm.Runtime.WorkDiskPath} {
+		if e.owners[p] != uid {
+			t.Errorf("%s given to uid %d; want %d", p, e.owners[p], uid)
+		}
+	}
+	sb := e.os.Runner().Sandboxed()
+	if len(sb) == 0 {
+		t.Fatal("nothing ran sandboxed")
+	}
+	for _, c := range sb {
+		if !strings.HasPrefix(c, fmt.Sprintf("uid=%d gid=%d debugfs ", uid, uid)) {
+			t.Errorf("not run as the VM's uid: %s", c)
+		}
+	}
+	fi, err := os.Stat(hostKeyPath(vm.Runtime.VMDir))
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("private key file: %v %v", fi, err)
+	}
+	key := vm.Runtime.SSHHostKey
+
+	if _, err := e.d.StopVM(e.ctx, "dev", api.NoProgress); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.d.ResetSystem(e.ctx, "dev"); err != nil {
+		t.Fatal(err)
+	}
+	if vm := e.vm(t, "dev"); vm.Runtime.HostKeyInstalled {
+		t.Error("a fresh system disk is marked as having the host key")
+	}
+	delete(e.os.HostKeys, vm.Runtime.SystemOverlay)
+	if _, err := e.d.StartVM(e.ctx, "dev", api.NoProgress); err != nil {
+		t.Fatal(err)
+	}
+	vm = e.vm(t, "dev")
+	if vm.Runtime.SSHHostKey != key || strings.TrimSpace(e.os.HostKeys[vm.Runtime.SystemOverlay]) != key {
+		t.Errorf("after reset-system: key %q, on disk %q; want the same key %q", vm.Runtime.SSHHostKey, e.os.HostKeys[vm.Runtime.SystemOverlay], key)
 	}
 }

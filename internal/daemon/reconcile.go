@@ -32,7 +32,7 @@ func (d *Daemon) reconcile(ctx context.Context, why string) error {
 	}
 	plan := planReconcile(d.layout.vmsDir(), rows, host)
 	err = d.applyPlan(ctx, plan, rows)
-	if n := len(plan.Adopt) + len(plan.Cleanup) + len(plan.KillVMMs) + len(plan.RemoveDMs) + len(plan.DetachLoops) + len(plan.RemoveDirs); n > 0 || why == "startup" {
+	if n := len(plan.Adopt) + len(plan.Cleanup) + len(plan.KillVMMs) + len(plan.RemoveDMs) + len(plan.DetachLoops) + len(plan.RemoveDirs) + len(plan.RemoveCgroups); n > 0 || why == "startup" {
 		d.logger.Info("reconciled", "why", why, "adopted", len(plan.Adopt), "cleaned", len(plan.Cleanup),
 			"orphan_vmms", len(plan.KillVMMs), "orphan_dms", len(plan.RemoveDMs), "orphan_loops", len(plan.DetachLoops),
 			"orphan_dirs", len(plan.RemoveDirs), "took", time.Since(start).Round(time.Millisecond), "err", err)
@@ -69,6 +69,13 @@ func (d *Daemon) observeHost(ctx context.Context) (hostObservation, error) {
 		errs = append(errs, err)
 	}
 	host.VMMs = findVMMs(d.layout.vmsDir())
+	if d.cgroups != nil {
+		if names, err := d.cgroups.List(); err == nil {
+			host.Cgroups = names
+		} else {
+			errs = append(errs, err)
+		}
+	}
 	if entries, err := os.ReadDir(d.layout.vmsDir()); err == nil {
 		for _, e := range entries {
 			host.VMDirs = append(host.VMDirs, e.Name())
@@ -250,6 +257,12 @@ func (d *Daemon) applyPlan(ctx context.Context, p reconcilePlan, rows []vmObserv
 	}
 	if d.netReady() {
 		if err := d.net.Sync(ctx, p.TapsInUse); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, name := range p.RemoveCgroups {
+		d.logger.Warn("removing a cgroup no running VM owns", "cgroup", name)
+		if err := d.cgroups.Remove(name); err != nil {
 			errs = append(errs, err)
 		}
 	}

@@ -43,6 +43,8 @@ type hostObservation struct {
 	// root filesystems and anything under the state dir.
 	StateDir    string
 	ImageRootfs []string
+	// Cgroups are the groups under the daemon's cgroup parent.
+	Cgroups []string
 }
 
 type vmmProcess struct {
@@ -69,6 +71,8 @@ type reconcilePlan struct {
 	TapsInUse []string
 	// RemoveDirs are VM dirs no row owns.
 	RemoveDirs []string
+	// RemoveCgroups are cgroups of no live VM.
+	RemoveCgroups []string
 }
 
 type adoptAction struct {
@@ -98,6 +102,7 @@ func planReconcile(vmsDir string, rows []vmObservation, host hostObservation) re
 	liveDM := map[string]bool{}
 	liveDeps := map[string]bool{}
 	rowSocks := map[string]bool{}
+	keepCgroup := map[string]bool{}
 	busy := false
 
 	sort.Slice(rows, func(i, j int) bool { return rows[i].VM.Name < rows[j].VM.Name })
@@ -108,6 +113,7 @@ func planReconcile(vmsDir string, rows []vmObservation, host hostObservation) re
 		switch {
 		case r.Busy:
 			busy = true
+			keepCgroup[vmCgroupName(vm.ID)] = true
 			if r.Handles.Tap != "" {
 				p.TapsInUse = append(p.TapsInUse, r.Handles.Tap)
 			}
@@ -117,6 +123,7 @@ func planReconcile(vmsDir string, rows []vmObservation, host hostObservation) re
 			p.NATKeep = append(p.NATKeep, vm.ID)
 		case r.PID > 0 && vm.State == model.VMStateRunning:
 			live[vm.ID] = true
+			keepCgroup[vmCgroupName(vm.ID)] = true
 			p.Adopt = append(p.Adopt, adoptAction{
 				VMID: vm.ID, Handles: r.Handles,
 				RestoreNAT: vm.Spec.NATEnabled && !r.NATFull,
@@ -186,6 +193,12 @@ func planReconcile(vmsDir string, rows []vmObservation, host hostObservation) re
 			p.RemoveDirs = append(p.RemoveDirs, filepath.Join(vmsDir, name))
 		}
 	}
+	for _, name := range host.Cgroups {
+		if !keepCgroup[name] {
+			p.RemoveCgroups = append(p.RemoveCgroups, name)
+		}
+	}
+	sort.Strings(p.RemoveCgroups)
 	sort.Strings(p.NATKeep)
 	sort.Strings(p.TapsInUse)
 	sort.Strings(p.RemoveDMs)

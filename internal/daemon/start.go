@@ -82,6 +82,9 @@ func (d *Daemon) startLocked(ctx context.Context, vm model.VMRecord, progress ap
 
 	// Disks: the overlay and work disk are made once and kept across
 	// stops; the overlay is attached for this run.
+	// Paths follow the current layout (a VM made by an older daemon had
+	// its API socket beside its disks, not in the VMM's own directory).
+	d.layout.vmPaths(vm.ID, &vm.Runtime)
 	progress(api.Progress{Step: "disks", Message: "preparing system and work disks"})
 	if err := os.MkdirAll(vm.Runtime.VMDir, 0o700); err != nil {
 		return fail(fmt.Errorf("vm dir: %w", err))
@@ -102,6 +105,18 @@ func (d *Daemon) startLocked(ctx context.Context, vm model.VMRecord, progress ap
 			return fail(err)
 		}
 	}
+	uid, err := d.vmmUID(vm)
+	if err != nil {
+		return fail(err)
+	}
+	vm.Runtime.VMMUID = uid
+	// The disks belong to the VM's own uid: its VMM and the sandboxed
+	// tools that work on them run as that uid, not as root.
+	for _, p := range []string{spec.OverlayPath, vm.Runtime.WorkDiskPath} {
+		if err := d.storage.OwnDisk(p, uid); err != nil {
+			return fail(err)
+		}
+	}
 	d.crashPoint("start:disks")
 	att, err := d.storage.AttachOverlay(ctx, spec)
 	if err != nil {
@@ -116,7 +131,14 @@ func (d *Daemon) startLocked(ctx context.Context, vm model.VMRecord, progress ap
 	if err := d.setVMHandles(vm.ID, vm.Runtime.VMDir, h); err != nil {
 		return fail(err)
 	}
+	if err := d.storage.OwnAttached(att, uid); err != nil {
+		return fail(err)
+	}
 	d.crashPoint("start:overlay-attached")
+	if err := d.ensureHostKey(ctx, &vm, att.Device, uid); err != nil {
+		return fail(err)
+	}
+	d.crashPoint("start:host-key")
 
 	// The tap is recorded in the cache, handles.json and the row, so its
 	// cleanup survives losing any one of them.
@@ -156,11 +178,9 @@ func (d *Daemon) startLocked(ctx context.Context, vm model.VMRecord, progress ap
 
 	// The VMM: launched detached, so it outlives this request and the
 	// daemon; booted; and waited for until the guest answers SSH.
-	hostKey, err := d.boot.boot(ctx, vm, img, &h, received, progress)
-	if err != nil {
+	if err := d.boot.boot(ctx, vm, img, &h, received, progress); err != nil {
 		return fail(err)
 	}
-	vm.Runtime.SSHHostKey = hostKey
 	vm.State = model.VMStateRunning
 	vm.Runtime.LastError = ""
 	vm.Runtime.StartedAt = model.Now()

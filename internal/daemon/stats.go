@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"banger/internal/api"
@@ -113,16 +114,17 @@ func (d *Daemon) collectStats(ctx context.Context, vm model.VMRecord, procs proc
 	st.WorkDiskBytes, _ = storage.AllocatedBytes(vm.Runtime.WorkDiskPath)
 
 	fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	err := firecracker.NewClient(vm.Runtime.APISockPath).FlushMetrics(fctx)
+	err := d.vmmClient(vm).FlushMetrics(fctx)
 	cancel()
 	if err != nil {
 		d.logger.Debug("flush metrics", "vm", vm.Name, "err", err)
 	}
 	moved := int64(0)
-	if m, err := lastJSONLine(vm.Runtime.MetricsPath); err == nil {
+	if m, err := lastJSONLine(vm.Runtime.MetricsPath, vm.Runtime.VMMUID); err == nil {
 		st.MetricsRaw = m
 		moved = ioBytes(m)
 	}
+	st.Limits = d.vmLimitStats(vm)
 	active := (ok && st.CPUPercent > activeCPUPercent) || moved > activeIOBytes
 	if active {
 		st.LastActiveAt = st.CollectedAt
@@ -241,8 +243,11 @@ func procStatFields(pid int) []string {
 }
 
 // lastJSONLine reads the last complete JSON object of a metrics file.
-func lastJSONLine(path string) (map[string]any, error) {
-	f, err := os.Open(path)
+func lastJSONLine(path string, uid int) (map[string]any, error) {
+	// The metrics file is in the VMM's own directory, written by the VMM:
+	// never a link followed by root, never a FIFO that blocks the poller,
+	// only a regular file of the VM's uid.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -250,6 +255,12 @@ func lastJSONLine(path string) (map[string]any, error) {
 	fi, err := f.Stat()
 	if err != nil {
 		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("metrics file %s is not a regular file", path)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && uid > 0 && int(st.Uid) != uid {
+		return nil, fmt.Errorf("metrics file %s belongs to uid %d, not the VM's %d", path, st.Uid, uid)
 	}
 	start := fi.Size() - 256<<10
 	if start < 0 {

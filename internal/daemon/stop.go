@@ -112,7 +112,7 @@ func (d *Daemon) stopLocked(ctx context.Context, vm model.VMRecord, kill bool, p
 		var client *firecracker.Client
 		timeout := time.Duration(0)
 		if !kill {
-			client = firecracker.NewClient(vm.Runtime.APISockPath)
+			client = d.vmmClient(vm)
 			timeout = d.cfg.StopTimeout
 		}
 		d.crashPoint(op + ":signalled")
@@ -180,6 +180,9 @@ func (d *Daemon) cleanupRuntime(ctx context.Context, vm *model.VMRecord, h vmHan
 		}
 	}
 	d.crashPoint("cleanup:overlay-detached")
+	if err := d.removeCgroup(*vm); err != nil {
+		errs = append(errs, err)
+	}
 	os.Remove(vm.Runtime.APISockPath)
 	d.clearVMHandles(vm.ID, vm.Runtime.VMDir)
 	if len(errs) == 0 {
@@ -211,6 +214,8 @@ func (d *Daemon) ResetSystem(ctx context.Context, ref string) (api.VMView, error
 	if err := d.storage.ResetOverlay(context.WithoutCancel(ctx), spec); err != nil {
 		return api.VMView{}, err
 	}
+	// The fresh system disk has the image's files, not the VM's host key.
+	vm.Runtime.HostKeyInstalled = false
 	vm.UpdatedAt = model.Now()
 	if err := d.store.UpdateVM(ctx, vm); err != nil {
 		return api.VMView{}, err

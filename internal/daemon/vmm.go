@@ -25,8 +25,9 @@ import (
 type booter interface {
 	// check says why VMs cannot boot here, before anything is touched.
 	check() error
-	// boot returns the guest's SSH host key.
-	boot(ctx context.Context, vm model.VMRecord, img model.Image, h *vmHandles, received time.Time, progress api.ProgressFunc) (string, error)
+	// boot returns once the guest answers SSH with the host key the
+	// daemon made for it (vm.Runtime.SSHHostKey).
+	boot(ctx context.Context, vm model.VMRecord, img model.Image, h *vmHandles, received time.Time, progress api.ProgressFunc) error
 }
 
 // vmmBooter boots through the Firecracker API: firecracker itself, or
@@ -45,22 +46,24 @@ func (b vmmBooter) check() error {
 	return nil
 }
 
-func (b vmmBooter) boot(ctx context.Context, vm model.VMRecord, img model.Image, h *vmHandles, received time.Time, progress api.ProgressFunc) (hostKey string, err error) {
+func (b vmmBooter) boot(ctx context.Context, vm model.VMRecord, img model.Image, h *vmHandles, received time.Time, progress api.ProgressFunc) (err error) {
 	d := b.d
 	log := d.logger.With("vm", vm.Name, "id", model.ShortID(vm.ID))
 	signer, err := guest.LoadSigner(d.cfg.SSHKeyPath)
 	if err != nil {
-		return "", model.Errorf(model.EUNAVAILABLE, "the daemon's SSH key: %v", err)
+		return model.Errorf(model.EUNAVAILABLE, "the daemon's SSH key: %v", err)
 	}
 	bin := d.vmmBinary()
-	progress(api.Progress{Step: "vmm", Message: "launching " + bin})
-	os.Remove(vm.Runtime.MetricsPath)
-	proc, err := firecracker.Launch(firecracker.LaunchConfig{
-		Bin: bin, APISock: vm.Runtime.APISockPath, ID: model.ShortID(vm.ID),
-		ExtraArgs: d.cfg.VMMArgs, LogPath: vm.Runtime.LogPath,
-	})
+	progress(api.Progress{Step: "vmm", Message: fmt.Sprintf("launching %s as uid %d", bin, vm.Runtime.VMMUID)})
+	l, err := d.prepareVMM(vm, img, *h, bin)
 	if err != nil {
-		return "", err
+		return err
+	}
+	proc, err := firecracker.Launch(l.cfg)
+	l.close()
+	if err != nil {
+		d.removeCgroup(vm)
+		return err
 	}
 	defer func() {
 		if err != nil {
@@ -68,26 +71,32 @@ func (b vmmBooter) boot(ctx context.Context, vm model.VMRecord, img model.Image,
 				log.Warn("undo: kill vmm", "pid", proc.PID, "err", kerr)
 			}
 			os.Remove(vm.Runtime.APISockPath)
+			if cerr := d.removeCgroup(vm); cerr != nil {
+				log.Warn("undo: remove cgroup", "err", cerr)
+			}
 		}
 	}()
 	h.PID = proc.PID
 	if err := d.setVMHandles(vm.ID, vm.Runtime.VMDir, *h); err != nil {
-		return "", err
+		return err
+	}
+	if err := d.enterCgroup(vm, proc.PID); err != nil {
+		return err
 	}
 	d.crashPoint("start:vmm-launched")
 	apiCtx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	err = proc.WaitAPI(apiCtx, vm.Runtime.APISockPath)
 	cancel()
 	if err != nil {
-		return "", fmt.Errorf("vmm api: %w; see %s", err, vm.Runtime.LogPath)
+		return fmt.Errorf("vmm api: %w; see %s", err, vm.Runtime.LogPath)
 	}
-	client := firecracker.NewClient(vm.Runtime.APISockPath)
-	if err := d.configureVMM(ctx, client, vm, img, *h); err != nil {
-		return "", err
+	client := d.vmmClient(vm)
+	if err := d.configureVMM(ctx, client, vm, l, h.Tap); err != nil {
+		return err
 	}
 	d.crashPoint("start:configured")
 	if err := client.InstanceStart(ctx); err != nil {
-		return "", err
+		return err
 	}
 	hostSide := time.Since(received)
 	log.Info("instance started", "host_side_ms", hostSide.Milliseconds())
@@ -96,17 +105,14 @@ func (b vmmBooter) boot(ctx context.Context, vm model.VMRecord, img model.Image,
 
 	conn, err := d.waitSSH(ctx, vm, proc, signer)
 	if err != nil {
-		return "", err
+		return err
 	}
 	defer conn.Close()
-	if err := d.firstBoot(ctx, conn, vm); err != nil {
-		return "", err
-	}
-	return guest.AuthorizedKey(conn.HostKey), nil
+	return d.firstBoot(ctx, conn, vm)
 }
 
 // configureVMM sends the machine's configuration over the Firecracker API.
-func (d *Daemon) configureVMM(ctx context.Context, c *firecracker.Client, vm model.VMRecord, img model.Image, h vmHandles) error {
+func (d *Daemon) configureVMM(ctx context.Context, c *firecracker.Client, vm model.VMRecord, l *vmmLaunch, tap string) error {
 	logger, err := firecracker.NewLogger(vmmLogPath(vm.Runtime.VMDir), "Info")
 	if err != nil {
 		return err
@@ -136,28 +142,32 @@ func (d *Daemon) configureVMM(ctx context.Context, c *firecracker.Client, vm mod
 	if err != nil {
 		return err
 	}
-	bs, err := firecracker.NewBootSource(img.KernelPath, img.InitrdPath, args)
+	bs, err := firecracker.NewBootSource(l.kernel, l.initrd, args)
 	if err != nil {
 		return err
 	}
 	if err := c.PutBootSource(ctx, bs); err != nil {
 		return err
 	}
-	root, err := firecracker.NewDrive("rootfs", h.Overlay.Device, true, false)
+	root, err := firecracker.NewDrive("rootfs", l.root, true, false)
 	if err != nil {
 		return err
 	}
 	if err := c.PutDrive(ctx, root); err != nil {
 		return err
 	}
-	work, err := firecracker.NewDrive("work", vm.Runtime.WorkDiskPath, false, false)
+	work, err := firecracker.NewDrive("work", l.work, false, false)
 	if err != nil {
 		return err
 	}
+	// /root keeps what the guest flushed: its fsync reaches the disk
+	// (the system disk can be rebuilt from the image, so it keeps the
+	// faster default).
+	work.CacheType = "Writeback"
 	if err := c.PutDrive(ctx, work); err != nil {
 		return err
 	}
-	nic, err := firecracker.NewNetworkInterface("eth0", h.Tap, vm.Runtime.GuestMAC)
+	nic, err := firecracker.NewNetworkInterface("eth0", tap, vm.Runtime.GuestMAC)
 	if err != nil {
 		return err
 	}
@@ -177,7 +187,7 @@ func (d *Daemon) waitSSH(ctx context.Context, vm model.VMRecord, proc *firecrack
 		}
 	}()
 	addr := net.JoinHostPort(vm.Runtime.GuestIP, "22")
-	conn, err := guest.WaitReady(ctx, addr, signer, 250*time.Millisecond)
+	conn, err := guest.WaitReady(ctx, addr, signer, vm.Runtime.SSHHostKey, 250*time.Millisecond)
 	if err == nil {
 		return conn, nil
 	}

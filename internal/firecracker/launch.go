@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"sort"
 	"sync"
 	"syscall"
 	"time"
@@ -32,13 +33,38 @@ type LaunchConfig struct {
 	LogPath string
 	// Env, if not nil, is the VMM's environment; nil inherits ours.
 	Env []string
+	// UID and GID, when not 0, are the unprivileged user the VMM runs
+	// as, with no supplementary groups (and so no capabilities).
+	UID, GID int
+	// ExtraFiles are inherited as descriptors 3, 4, ...: the files the
+	// daemon opened for the VMM (disks, kernel, tap), named to it as
+	// /dev/fd/N.
+	ExtraFiles []*os.File
+	// CgroupFD, when above 0, is an open cgroup v2 directory the VMM
+	// starts in (clone3 CLONE_INTO_CGROUP).
+	CgroupFD int
+	// TapFDs maps tap names to descriptor numbers (among ExtraFiles'),
+	// passed as --tap-fd NAME=N.
+	TapFDs map[string]int
 }
+
+// FDPath is the path under which the VMM finds ExtraFiles[i].
+func FDPath(i int) string { return fmt.Sprintf("/dev/fd/%d", 3+i) }
 
 var instanceIDRe = regexp.MustCompile(`^[A-Za-z0-9-]{1,64}$`)
 
 // Args returns the VMM's argv after the binary name.
 func (c LaunchConfig) Args() []string {
-	return append([]string{"--api-sock", c.APISock, "--id", c.ID}, c.ExtraArgs...)
+	args := []string{"--api-sock", c.APISock, "--id", c.ID}
+	names := make([]string, 0, len(c.TapFDs))
+	for n := range c.TapFDs {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		args = append(args, "--tap-fd", fmt.Sprintf("%s=%d", n, c.TapFDs[n]))
+	}
+	return append(args, c.ExtraArgs...)
 }
 
 // Process is a VMM started by Launch. The daemon is its parent while the
@@ -90,7 +116,15 @@ func Launch(cfg LaunchConfig) (*Process, error) {
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	cmd.Env = cfg.Env
+	cmd.ExtraFiles = cfg.ExtraFiles
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if cfg.UID != 0 {
+		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(cfg.UID), Gid: uint32(cfg.GID), Groups: []uint32{}}
+	}
+	if cfg.CgroupFD > 0 {
+		cmd.SysProcAttr.UseCgroupFD = true
+		cmd.SysProcAttr.CgroupFD = cfg.CgroupFD
+	}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("launch vmm %s: %w", cfg.Bin, err)
 	}

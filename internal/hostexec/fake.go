@@ -18,6 +18,7 @@ type Fake struct {
 	mu         sync.Mutex
 	calls      []string
 	unexpected []string
+	sandboxed  []string
 }
 
 // ErrUnexpected is returned by a Handler for a command it does not know.
@@ -77,4 +78,5 @@ func (f *Fake) Reset() {
 	defer f.mu.Unlock()
 	f.calls = nil
 	f.unexpected = nil
+	f.sandboxed = nil
 }

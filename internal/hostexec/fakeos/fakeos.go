@@ -46,6 +46,8 @@ type OS struct {
 	Sysctl map[string]string
 	Loops  map[string]*Loop     // by device
 	DM     map[string]*DMDevice // by name
+	// HostKeys are the SSH host public keys debugfs wrote, by disk path.
+	HostKeys map[string]string
 
 	// Fail makes the next command whose argv starts with the key fail
 	// with the value as its output.
@@ -66,6 +68,7 @@ func New() *OS {
 		Sysctl:   map[string]string{"net.ipv4.ip_forward": "0"},
 		Loops:    map[string]*Loop{},
 		DM:       map[string]*DMDevice{},
+		HostKeys: map[string]string{},
 		Fail:     map[string]string{},
 		handlers: map[string]handler{},
 	}
