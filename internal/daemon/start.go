@@ -110,6 +110,9 @@ func (d *Daemon) startLocked(ctx context.Context, vm model.VMRecord, progress ap
 		return fail(err)
 	}
 	vm.Runtime.VMMUID = uid
+	if d.cgroups != nil {
+		vm.Runtime.Cgroup = d.cgroups.Path(vmCgroupName(vm.ID))
+	}
 	// The disks belong to the VM's own uid: its VMM and the sandboxed
 	// tools that work on them run as that uid, not as root.
 	for _, p := range []string{spec.OverlayPath, vm.Runtime.WorkDiskPath} {

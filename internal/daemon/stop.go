@@ -187,6 +187,7 @@ func (d *Daemon) cleanupRuntime(ctx context.Context, vm *model.VMRecord, h vmHan
 	d.clearVMHandles(vm.ID, vm.Runtime.VMDir)
 	if len(errs) == 0 {
 		vm.Runtime.TapDevice = ""
+		vm.Runtime.Cgroup = ""
 	}
 	return errors.Join(errs...)
 }
