@@ -17,6 +17,7 @@ import (
 	"banger/internal/image"
 	"banger/internal/model"
 	"banger/internal/network"
+	"banger/internal/proc"
 	"banger/internal/storage"
 	"banger/internal/store"
 )
@@ -34,6 +35,8 @@ type Options struct {
 	// CgroupRoot is where the cgroup hierarchies are mounted; empty
 	// means /sys/fs/cgroup. Tests point it at a fake tree.
 	CgroupRoot string
+	// Proc reads processes; the zero value means the host's /proc.
+	Proc proc.Reader
 }
 
 // Daemon is bangerd.
@@ -55,6 +58,8 @@ type Daemon struct {
 	// cgroups puts each VMM in a group with its VM's limits; nil when
 	// cgroup_parent is "off" or the host has no usable hierarchy.
 	cgroups *cgroup.Manager
+	// procs reads the host's processes (a fake tree in tests).
+	procs proc.Reader
 
 	// strategy is how system overlays are made on this host.
 	strategy       storage.Strategy
@@ -118,6 +123,10 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 	}
 	d.net = netm
 	d.boot = vmmBooter{d: d}
+	d.procs = opts.Proc
+	if d.procs.Root == "" {
+		d.procs = proc.Host
+	}
 	if d.cfg.CgroupParent != "off" && d.cfg.CgroupParent != "" {
 		root := opts.CgroupRoot
 		if root == "" {

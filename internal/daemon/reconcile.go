@@ -5,9 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
-	"strconv"
-	"strings"
 	"time"
 
 	"banger/internal/firecracker"
@@ -68,7 +65,12 @@ func (d *Daemon) observeHost(ctx context.Context) (hostObservation, error) {
 	} else {
 		errs = append(errs, err)
 	}
-	host.VMMs = findVMMs(d.layout.vmsDir())
+	procs, err := d.procs.List()
+	if err != nil {
+		errs = append(errs, err)
+	}
+	host.Procs = procs
+	host.VMMs = d.strayVMMs(procs)
 	if d.cgroups != nil {
 		if names, err := d.cgroups.List(); err == nil {
 			host.Cgroups = names
@@ -142,9 +144,16 @@ func (d *Daemon) observeRows(ctx context.Context, host hostObservation) ([]vmObs
 				obs.HandlesNote = fmt.Sprintf("%v; rebuilt from the OS", err)
 			}
 		}
-		if pid, err := firecracker.FindPID(vm.Runtime.APISockPath); err == nil && pid > 0 {
-			obs.PID = pid
+		m := d.findVMM(vm, h.PID, host.Procs)
+		if m.Ambiguous {
+			// Someone copies the VMM's command line: which process is
+			// the VMM cannot be told, so nothing of the VM is touched.
+			obs.Busy = true
+			obs.Handles = h
+			out = append(out, obs)
+			continue
 		}
+		obs.PID = m.PID
 		h.PID = obs.PID
 		if h.Tap == "" {
 			h.Tap = vm.Runtime.TapDevice
@@ -280,40 +289,4 @@ func (d *Daemon) netReady() bool {
 	d.netMu.Lock()
 	defer d.netMu.Unlock()
 	return d.netOK
-}
-
-// findVMMs lists live processes whose argv has --api-sock with a path
-// under dir: VMMs banger started.
-func findVMMs(dir string) []vmmProcess {
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil
-	}
-	prefix := strings.TrimSuffix(dir, "/") + "/"
-	var out []vmmProcess
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil {
-			continue
-		}
-		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
-		for i, a := range args {
-			sock := ""
-			switch {
-			case a == "--api-sock" && i+1 < len(args):
-				sock = args[i+1]
-			case strings.HasPrefix(a, "--api-sock="):
-				sock = strings.TrimPrefix(a, "--api-sock=")
-			}
-			if sock != "" && strings.HasPrefix(sock, prefix) && firecracker.Alive(pid) {
-				out = append(out, vmmProcess{PID: pid, APISock: sock})
-				break
-			}
-		}
-	}
-	return out
 }

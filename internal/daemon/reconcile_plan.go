@@ -7,6 +7,7 @@ import (
 
 	"banger/internal/model"
 	"banger/internal/network"
+	"banger/internal/proc"
 	"banger/internal/storage"
 )
 
@@ -45,11 +46,14 @@ type hostObservation struct {
 	ImageRootfs []string
 	// Cgroups are the groups under the daemon's cgroup parent.
 	Cgroups []string
+	// Procs are the host's processes when observed.
+	Procs []proc.Process
 }
 
 type vmmProcess struct {
 	PID     int
 	APISock string
+	UID     int
 }
 
 // reconcilePlan is what to do to make the host and the database agree.

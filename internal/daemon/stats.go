@@ -8,8 +8,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -18,6 +16,7 @@ import (
 	"banger/internal/api"
 	"banger/internal/firecracker"
 	"banger/internal/model"
+	"banger/internal/proc"
 	"banger/internal/storage"
 )
 
@@ -55,13 +54,16 @@ func (d *Daemon) pollStats(ctx context.Context) {
 		return
 	}
 	// One pass over /proc per poll serves every VM's process tree.
-	var procs procTable
+	var procs proc.Table
 	for _, vm := range vms {
 		if vm.State != model.VMStateRunning {
 			continue
 		}
-		if procs.procs == nil {
-			procs = readProcTable()
+		if procs.Procs == nil {
+			if procs, err = d.procs.Snapshot(); err != nil {
+				d.logger.Warn("stats: read processes", "err", err)
+				return
+			}
 		}
 		stats, err := d.collectStats(ctx, vm, procs)
 		if err != nil {
@@ -81,20 +83,26 @@ func (d *Daemon) pollStats(ctx context.Context) {
 // collectStats measures one VM: CPU percent since the last poll, RSS and
 // VSZ of the VMM and its children, allocated bytes of its disks, and
 // Firecracker's latest metrics line.
-func (d *Daemon) collectStats(ctx context.Context, vm model.VMRecord, procs procTable) (model.VMStats, error) {
+func (d *Daemon) collectStats(ctx context.Context, vm model.VMRecord, procs proc.Table) (model.VMStats, error) {
 	st := vm.Stats
 	now := time.Now()
 	st.CollectedAt = now.UTC().Truncate(time.Second)
-	pid := 0
-	if h, ok := d.handles.get(vm.ID); ok && firecracker.Serves(h.PID, vm.Runtime.APISockPath) {
-		pid = h.PID
-	} else if p, err := firecracker.FindPID(vm.Runtime.APISockPath); err == nil {
-		pid = p
+	hint := 0
+	if h, ok := d.handles.get(vm.ID); ok {
+		hint = h.PID
 	}
+	var list []proc.Process
+	if hint == 0 || !d.isVMM(d.procs, procs.Procs[hint], vm) {
+		for _, p := range procs.Procs {
+			list = append(list, p)
+		}
+		hint = d.findVMM(vm, 0, list).PID
+	}
+	pid := hint
 	if pid == 0 {
 		return st, fmt.Errorf("no vmm process")
 	}
-	ticks, rss, vsz := procs.tree(pid)
+	ticks, rss, vsz := procs.Usage(pid)
 	st.RSSBytes, st.VSZBytes = rss, vsz
 	d.poll.mu.Lock()
 	if d.poll.cpu == nil {
@@ -169,77 +177,6 @@ func latest(ts ...time.Time) time.Time {
 		}
 	}
 	return out
-}
-
-// procEntry is one process's /proc/pid/stat fields after the command.
-type procEntry struct {
-	ppid     int
-	ticks    uint64
-	rss, vsz int64
-}
-
-// procTable is a snapshot of /proc: every process's stat fields and its
-// children, read once per poll.
-type procTable struct {
-	procs    map[int]procEntry
-	children map[int][]int
-}
-
-func readProcTable() procTable {
-	t := procTable{procs: map[int]procEntry{}, children: map[int][]int{}}
-	entries, _ := os.ReadDir("/proc")
-	page := int64(os.Getpagesize())
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		// Fields after the command: state(0) ppid(1) ... utime(11)
-		// stime(12) ... vsize(20) rss(21).
-		f := procStatFields(pid)
-		if len(f) <= 21 {
-			continue
-		}
-		ppid, _ := strconv.Atoi(f[1])
-		u, _ := strconv.ParseUint(f[11], 10, 64)
-		s, _ := strconv.ParseUint(f[12], 10, 64)
-		v, _ := strconv.ParseInt(f[20], 10, 64)
-		r, _ := strconv.ParseInt(f[21], 10, 64)
-		t.procs[pid] = procEntry{ppid: ppid, ticks: u + s, vsz: v, rss: r * page}
-		t.children[ppid] = append(t.children[ppid], pid)
-	}
-	return t
-}
-
-// tree sums CPU ticks, RSS and VSZ over pid and its descendants
-// (banger-vmm-qemu's guest runs in a QEMU child).
-func (t procTable) tree(pid int) (ticks uint64, rss, vsz int64) {
-	queue := []int{pid}
-	for len(queue) > 0 {
-		p := queue[0]
-		queue = queue[1:]
-		if e, ok := t.procs[p]; ok {
-			ticks += e.ticks
-			rss += e.rss
-			vsz += e.vsz
-		}
-		queue = append(queue, t.children[p]...)
-	}
-	return ticks, rss, vsz
-}
-
-// procStatFields returns /proc/pid/stat's fields after the command name.
-func procStatFields(pid int) []string {
-	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
-	if err != nil {
-		return nil
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return nil
-	}
-	return strings.Fields(s[i+1:])
 }
 
 // lastJSONLine reads the last complete JSON object of a metrics file.

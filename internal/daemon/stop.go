@@ -14,9 +14,17 @@ import (
 )
 
 // currentHandles returns a VM's handles: the cache, else handles.json,
-// else what the OS shows. The PID is always checked against the process
-// that owns the VM's API socket, so a reused PID is never signalled.
+// else what the OS shows. The PID is always checked against what the
+// daemon knows of the VM's VMM (its socket, uid and binary), so a reused
+// PID or a process copying the VMM's argv is never signalled.
 func (d *Daemon) currentHandles(ctx context.Context, vm model.VMRecord) vmHandles {
+	h, _ := d.currentHandlesMatch(ctx, vm)
+	return h
+}
+
+// currentHandlesMatch is currentHandles that also says whether the VMM
+// was ambiguous (several processes fit).
+func (d *Daemon) currentHandlesMatch(ctx context.Context, vm model.VMRecord) (vmHandles, vmmMatch) {
 	h, ok := d.handles.get(vm.ID)
 	if !ok {
 		if fh, err := readHandlesFile(vm.Runtime.VMDir); err == nil {
@@ -25,15 +33,12 @@ func (d *Daemon) currentHandles(ctx context.Context, vm model.VMRecord) vmHandle
 			d.logger.Warn("ignoring handles.json", "vm", vm.Name, "err", err)
 		}
 	}
-	pid, err := firecracker.FindPID(vm.Runtime.APISockPath)
-	if err != nil {
-		pid = 0
-	}
-	h.PID = pid
+	m := d.findVMM(vm, h.PID, nil)
+	h.PID = m.PID
 	if h.Tap == "" {
 		h.Tap = vm.Runtime.TapDevice
 	}
-	return h
+	return h, m
 }
 
 // StopVM implements api.Backend.
@@ -88,7 +93,10 @@ func (d *Daemon) stopLocked(ctx context.Context, vm model.VMRecord, kill bool, p
 		op = "kill"
 	}
 	log := d.logger.With("vm", vm.Name, "id", model.ShortID(vm.ID))
-	h := d.currentHandles(ctx, vm)
+	h, m := d.currentHandlesMatch(ctx, vm)
+	if m.Ambiguous {
+		return vm, model.Errorf(model.ECONFLICT, "%s vm %s: several processes claim to be its VMM; check `ps` for processes naming %s", op, vm.Name, vm.Runtime.APISockPath)
+	}
 	if vm.State != model.VMStateRunning && h.PID == 0 && tapFor(vm, h) == "" && h.Overlay.DMName == "" && len(h.Overlay.Loops) == 0 {
 		// Nothing runs and nothing is held: just make the state honest.
 		if vm.State == model.VMStateError {
