@@ -84,7 +84,14 @@ type Daemon struct {
 	// poll is the stats poller's memory.
 	poll pollState
 
+	// watchMu guards watching: the VMM PID each running VM is watched
+	// for (see watch.go).
+	watchMu  sync.Mutex
+	watching map[string]int
+
+	// bg is the daemon's lifetime context: background work runs in it.
 	// wg tracks background goroutines; cancel stops them.
+	bg     context.Context
 	wg     sync.WaitGroup
 	cancel context.CancelFunc
 }
@@ -154,6 +161,7 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 func (d *Daemon) Start(ctx context.Context) error {
 	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	d.cancel = cancel
+	d.bg = bg
 	if _, _, err := image.EnsureSSHKey(d.cfg.SSHKeyPath); err != nil {
 		return fmt.Errorf("daemon ssh key: %w", err)
 	}

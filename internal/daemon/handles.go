@@ -6,6 +6,7 @@ import (
 	"os"
 	"sync"
 
+	"banger/internal/firecracker"
 	"banger/internal/storage"
 )
 
@@ -18,6 +19,10 @@ type vmHandles struct {
 	PID     int              `json:"pid,omitempty"`
 	Tap     string           `json:"tap,omitempty"`
 	Overlay storage.Attached `json:"overlay,omitempty"`
+
+	// launched is the VMM process when this daemon started it (its
+	// exit is then seen as its parent); in memory only.
+	launched *firecracker.Process
 }
 
 // handleCache is the in-memory side of the handles.

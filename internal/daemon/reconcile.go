@@ -246,6 +246,7 @@ func (d *Daemon) applyPlan(ctx context.Context, p reconcilePlan, rows []vmObserv
 		if a.Note != "" {
 			log.Warn("reconcile: adopted", "note", a.Note)
 		}
+		d.watchVMM(vm, a.Handles.PID, nil)
 	}
 	for _, name := range p.RemoveDMs {
 		d.logger.Warn("removing an orphan dm device", "name", name)

@@ -196,6 +196,7 @@ func (d *Daemon) startLocked(ctx context.Context, vm model.VMRecord, progress ap
 	log.Info("vm running", "ready_ms", ready.Milliseconds(), "pid", h.PID, "tap", tap)
 	progress(api.Progress{Step: "ready", Message: fmt.Sprintf("SSH answered after %.1fs", ready.Seconds())})
 	d.crashPoint("start:ready")
+	d.watchVMM(vm, h.PID, h.launched)
 	// Keep the pool full for the next start, off the path to SSH.
 	if err := d.net.Refill(ctx); err != nil {
 		log.Warn("refill tap pool", "err", err)

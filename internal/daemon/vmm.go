@@ -77,6 +77,7 @@ func (b vmmBooter) boot(ctx context.Context, vm model.VMRecord, img model.Image,
 		}
 	}()
 	h.PID = proc.PID
+	h.launched = proc
 	if err := d.setVMHandles(vm.ID, vm.Runtime.VMDir, *h); err != nil {
 		return err
 	}
