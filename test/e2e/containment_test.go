@@ -101,7 +101,7 @@ func TestVMMSandbox(t *testing.T) {
 			t.Errorf("pid %d: supplementary groups %q", pid, st["Groups"])
 		}
 		cg, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
-		if !strings.Contains(string(cg), "/banger/vm-"+short) {
+		if !strings.Contains(string(cg), "/"+d.CgroupParent+"/vm-"+short) {
 			t.Errorf("pid %d is not in the VM's cgroup:\n%s", pid, cg)
 		}
 		if i > 0 {
@@ -122,15 +122,15 @@ func TestVMMSandbox(t *testing.T) {
 	}
 	// The cgroup's limits, read from the kernel.
 	limitFiles := map[string]string{
-		"memory/banger/vm-" + short + "/memory.limit_in_bytes": strconv.Itoa((512 + 512) << 20),
-		"cpu/banger/vm-" + short + "/cpu.cfs_quota_us":         "100000",
-		"pids/banger/vm-" + short + "/pids.max":                "512",
+		"memory/" + d.CgroupParent + "/vm-" + short + "/memory.limit_in_bytes": strconv.Itoa((512 + 512) << 20),
+		"cpu/" + d.CgroupParent + "/vm-" + short + "/cpu.cfs_quota_us":         "100000",
+		"pids/" + d.CgroupParent + "/vm-" + short + "/pids.max":                "512",
 	}
 	if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err == nil {
 		limitFiles = map[string]string{
-			"banger/vm-" + short + "/memory.max": strconv.Itoa((512 + 512) << 20),
-			"banger/vm-" + short + "/cpu.max":    "100000 100000",
-			"banger/vm-" + short + "/pids.max":   "512",
+			d.CgroupParent + "/vm-" + short + "/memory.max": strconv.Itoa((512 + 512) << 20),
+			d.CgroupParent + "/vm-" + short + "/cpu.max":    "100000 100000",
+			d.CgroupParent + "/vm-" + short + "/pids.max":   "512",
 		}
 	}
 	for f, want := range limitFiles {
@@ -162,10 +162,10 @@ func TestVMMSandbox(t *testing.T) {
 		}
 	}
 	d.MustCLI("vm", "rm", "--force", "box")
-	if _, err := os.Stat("/sys/fs/cgroup/memory/banger/vm-" + short); err == nil {
+	if _, err := os.Stat("/sys/fs/cgroup/memory/" + d.CgroupParent + "/vm-" + short); err == nil {
 		t.Error("the VM's cgroup outlived it")
 	}
-	if _, err := os.Stat("/sys/fs/cgroup/banger/vm-" + short); err == nil {
+	if _, err := os.Stat("/sys/fs/cgroup/" + d.CgroupParent + "/vm-" + short); err == nil {
 		t.Error("the VM's cgroup outlived it")
 	}
 }
