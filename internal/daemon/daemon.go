@@ -13,6 +13,7 @@ import (
 
 	"banger/internal/api"
 	"banger/internal/cgroup"
+	"banger/internal/firecracker"
 	"banger/internal/hostexec"
 	"banger/internal/image"
 	"banger/internal/model"
@@ -37,6 +38,13 @@ type Options struct {
 	CgroupRoot string
 	// Proc reads processes; the zero value means the host's /proc.
 	Proc proc.Reader
+	// OpenProc opens a handle on a VMM process (signal it, wait for
+	// it); nil means the host's pidfds. Unit tests fake it along with
+	// Proc and VMMClient.
+	OpenProc func(pid int) (vmmProc, error)
+	// VMMClient returns the API client for a VMM running as uid at
+	// apiSock; nil means one that checks the peer's uid.
+	VMMClient func(apiSock string, uid int) *firecracker.Client
 }
 
 // Daemon is bangerd.
@@ -58,8 +66,11 @@ type Daemon struct {
 	// cgroups puts each VMM in a group with its VM's limits; nil when
 	// cgroup_parent is "off" or the host has no usable hierarchy.
 	cgroups *cgroup.Manager
-	// procs reads the host's processes (a fake tree in tests).
-	procs proc.Reader
+	// procs reads the host's processes (a fake tree in tests);
+	// openProc and newVMMClient reach them (fakes in tests).
+	procs        proc.Reader
+	openProc     func(pid int) (vmmProc, error)
+	newVMMClient func(apiSock string, uid int) *firecracker.Client
 
 	// strategy is how system overlays are made on this host.
 	strategy       storage.Strategy
@@ -78,6 +89,13 @@ type Daemon struct {
 
 	// crashAt is the fault-injection step (EnvCrashAt), for tests.
 	crashAt string
+	// onCrashPoint, when set, sees every crash point passed (tests).
+	onCrashPoint func(step string)
+	// noWatch turns off the VMM watcher (EnvNoWatch), for tests of the
+	// sweep.
+	noWatch bool
+	// stepTimes are the last durations of each lifecycle step.
+	stepTimes stepTimes
 
 	// sessions counts open connect streams per VM, for idle detection.
 	sessions *sessionCounter
@@ -115,6 +133,7 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 		locks:    newVMLocks(),
 		handles:  newHandleCache(),
 		crashAt:  os.Getenv(EnvCrashAt),
+		noWatch:  os.Getenv(EnvNoWatch) == "1",
 		sessions: newSessionCounter(),
 	}
 	// The state dir holds VM disks and the daemon's private key: only
@@ -129,10 +148,18 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 		return nil, err
 	}
 	d.net = netm
-	d.boot = vmmBooter{d: d}
+	d.boot = d.newVMMBooter()
 	d.procs = opts.Proc
 	if d.procs.Root == "" {
 		d.procs = proc.Host
+	}
+	d.openProc = opts.OpenProc
+	if d.openProc == nil {
+		d.openProc = openHostProc
+	}
+	d.newVMMClient = opts.VMMClient
+	if d.newVMMClient == nil {
+		d.newVMMClient = firecracker.NewClientAs
 	}
 	if d.cfg.CgroupParent != "off" && d.cfg.CgroupParent != "" {
 		root := opts.CgroupRoot

@@ -12,35 +12,73 @@ import (
 	"time"
 
 	"banger/internal/api"
+	"banger/internal/firecracker"
 	"banger/internal/hostexec/fakeos"
 	"banger/internal/model"
+	"banger/internal/proc"
 	"banger/internal/storage"
 )
 
-// fakeBooter stands in for the VMM in unit tests: it "boots" by recording
-// a PID, or fails.
+// fakeBooter stands in for the VMM in unit tests: it "launches" a fake
+// VMM process (fakeVMMs), or fails at the step named by failAt with fail.
 type fakeBooter struct {
-	d    *Daemon
-	fail error
+	vmms   *fakeVMMs
+	fail   error
+	failAt string // "launch" (the default), "configure", "start" or "ready"
 }
 
 func (fakeBooter) check() error { return nil }
 
-func (b fakeBooter) boot(ctx context.Context, vm model.VMRecord, img model.Image, h *vmHandles, _ time.Time, _ api.ProgressFunc) error {
-	if b.fail != nil {
+func (b fakeBooter) failed(phase string) error {
+	at := b.failAt
+	if at == "" {
+		at = "launch"
+	}
+	if b.fail != nil && at == phase {
 		return b.fail
 	}
-	if vm.Runtime.SSHHostKey == "" || !vm.Runtime.HostKeyInstalled {
-		return fmt.Errorf("fake boot: vm %s has no host key on its system disk", vm.Name)
+	return nil
+}
+
+func (b fakeBooter) launch(ctx context.Context, s *startRun) error {
+	if err := b.failed("launch"); err != nil {
+		return err
 	}
-	h.PID = 4242
-	return b.d.setVMHandles(vm.ID, vm.Runtime.VMDir, *h)
+	pid, err := b.vmms.start(s.vm)
+	if err != nil {
+		return err
+	}
+	s.h.PID = pid
+	return nil
+}
+
+func (b fakeBooter) kill(ctx context.Context, s *startRun) {
+	if s.h.PID > 0 {
+		b.vmms.exit(s.h.PID)
+	}
+	s.h.PID = 0
+}
+
+func (b fakeBooter) configure(ctx context.Context, s *startRun) error {
+	if s.vm.Runtime.SSHHostKey == "" || !s.vm.Runtime.HostKeyInstalled {
+		return fmt.Errorf("fake boot: vm %s has no host key on its system disk", s.vm.Name)
+	}
+	return b.failed("configure")
+}
+
+func (b fakeBooter) instanceStart(ctx context.Context, s *startRun) error {
+	return b.failed("start")
+}
+
+func (b fakeBooter) waitReady(ctx context.Context, s *startRun) error {
+	return b.failed("ready")
 }
 
 type testEnv struct {
-	d   *Daemon
-	os  *fakeos.OS
-	ctx context.Context
+	d    *Daemon
+	os   *fakeos.OS
+	vmms *fakeVMMs
+	ctx  context.Context
 	// owners records which uid each disk was given to.
 	owners map[string]int
 }
@@ -55,9 +93,17 @@ func newTestDaemon(t *testing.T, dm bool) *testEnv {
 			t.Errorf("commands the fake does not know: %q", u)
 		}
 	})
-	dir := t.TempDir()
+	// A short dir: unix socket paths are limited to 108 bytes.
+	dir, err := os.MkdirTemp("", "bgd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	vmms := newFakeVMMs(filepath.Join(dir, "proc"), "/bin/true")
+	os.MkdirAll(vmms.root, 0o755)
 	cfg := model.DaemonConfig{
-		StateDir: filepath.Join(dir, "state"), BridgeName: "br-fc", BridgeIP: "172.16.0.1", CIDR: "24",
+		FirecrackerBin: "/bin/true",
+		StateDir:       filepath.Join(dir, "state"), BridgeName: "br-fc", BridgeIP: "172.16.0.1", CIDR: "24",
 		TapPoolSize: 2, DefaultDNS: "1.1.1.1", DNSDomain: "banger", DNSListen: "off",
 		StatsPollInterval: time.Hour, StaleSweepInterval: time.Hour, BootTimeout: time.Minute, StopTimeout: time.Second,
 		SSHKeyPath: filepath.Join(dir, "key"),
@@ -100,12 +146,16 @@ func newTestDaemon(t *testing.T, dm bool) *testEnv {
 		}
 	}
 	ctx := context.Background()
-	d, err := New(ctx, Options{Config: cfg, Logger: slog.New(slog.DiscardHandler), Runner: o.Runner(), Storage: sopts})
+	d, err := New(ctx, Options{
+		Config: cfg, Logger: slog.New(slog.DiscardHandler), Runner: o.Runner(), Storage: sopts,
+		Proc: proc.Reader{Root: vmms.root}, OpenProc: vmms.open,
+		VMMClient: func(sock string, _ int) *firecracker.Client { return firecracker.NewClient(sock) },
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { d.Close() })
-	d.boot = fakeBooter{d: d}
+	d.boot = fakeBooter{vmms: vmms}
 	if err := d.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -122,7 +172,7 @@ func newTestDaemon(t *testing.T, dm bool) *testEnv {
 	if err := d.store.CreateImage(ctx, img); err != nil {
 		t.Fatal(err)
 	}
-	return &testEnv{d: d, os: o, ctx: ctx, owners: owners}
+	return &testEnv{d: d, os: o, vmms: vmms, ctx: ctx, owners: owners}
 }
 
 // hostState is the fake host's state with temp paths made stable.
@@ -297,7 +347,7 @@ sysctl net.ipv4.ip_forward=0
 func TestFailedStartUndoesEverything(t *testing.T) {
 	e := newTestDaemon(t, true)
 	e.create(t, "bad", true)
-	e.d.boot = fakeBooter{d: e.d, fail: errors.New("vmm exploded")}
+	e.d.boot = fakeBooter{vmms: e.vmms, fail: errors.New("vmm exploded")}
 	_, err := e.d.StartVM(e.ctx, "bad", api.NoProgress)
 	if err == nil || !strings.Contains(err.Error(), "vmm exploded") {
 		t.Fatalf("start error %v", err)
@@ -310,7 +360,7 @@ func TestFailedStartUndoesEverything(t *testing.T) {
 		t.Errorf("after failed start: state %s error %q tap %q", vm.State, vm.Runtime.LastError, vm.Runtime.TapDevice)
 	}
 	// It starts fine once the cause is gone.
-	e.d.boot = fakeBooter{d: e.d}
+	e.d.boot = fakeBooter{vmms: e.vmms}
 	if _, err := e.d.StartVM(e.ctx, "bad", api.NoProgress); err != nil {
 		t.Fatal(err)
 	}
@@ -381,11 +431,13 @@ func TestStopAfterHandleLossUsesRuntimeTap(t *testing.T) {
 
 func TestReconcileCleansDeadRunningVMAndOrphans(t *testing.T) {
 	e := newTestDaemon(t, false)
+	e.d.noWatch = true
 	e.create(t, "dev", true)
 	if _, err := e.d.StartVM(e.ctx, "dev", api.NoProgress); err != nil {
 		t.Fatal(err)
 	}
-	// The "VMM" (no real process) is dead; a stray dir and rule exist.
+	// The VMM dies unwatched; a stray dir exists.
+	e.vmms.exit(e.pid(t, "dev"))
 	stray := filepath.Join(e.d.layout.vmsDir(), "stray")
 	os.MkdirAll(stray, 0o700)
 	if err := e.d.reconcile(e.ctx, "test"); err != nil {

@@ -7,7 +7,6 @@ import (
 	"os"
 	"time"
 
-	"banger/internal/firecracker"
 	"banger/internal/model"
 	"banger/internal/network"
 )
@@ -190,7 +189,7 @@ func (d *Daemon) applyPlan(ctx context.Context, p reconcilePlan, rows []vmObserv
 	var errs []error
 	for _, v := range p.KillVMMs {
 		d.logger.Warn("killing a VMM no VM owns", "pid", v.PID, "api_sock", v.APISock)
-		if _, err := firecracker.Stop(ctx, nil, v.PID, 0); err != nil {
+		if err := d.killVMM(ctx, v.PID); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -198,7 +197,7 @@ func (d *Daemon) applyPlan(ctx context.Context, p reconcilePlan, rows []vmObserv
 		vm := byID[c.VMID]
 		log := d.logger.With("vm", vm.Name, "id", model.ShortID(vm.ID))
 		if c.KillPID > 0 {
-			if _, err := firecracker.Stop(ctx, nil, c.KillPID, 0); err != nil {
+			if err := d.killVMM(ctx, c.KillPID); err != nil {
 				errs = append(errs, err)
 				continue
 			}

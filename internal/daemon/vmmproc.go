@@ -1,11 +1,14 @@
 package daemon
 
 import (
+	"context"
 	"fmt"
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 
+	"banger/internal/firecracker"
 	"banger/internal/model"
 	"banger/internal/proc"
 )
@@ -121,4 +124,45 @@ func (d *Daemon) strayVMMs(procs []proc.Process) []vmmProcess {
 		out = append(out, vmmProcess{PID: p.PID, APISock: sock, UID: p.UID})
 	}
 	return out
+}
+
+// vmmProc is a handle on a VMM process that may not be the daemon's
+// child: firecracker.Proc on the host (a pidfd), a fake in unit tests.
+type vmmProc interface {
+	Kill() error
+	// Wait waits up to d for the process to exit and says whether it did.
+	Wait(ctx context.Context, d time.Duration) (bool, error)
+	Close()
+}
+
+// openHostProc opens a handle on a host process; nil when it is gone.
+func openHostProc(pid int) (vmmProc, error) {
+	p, err := firecracker.OpenProc(pid)
+	if err != nil || p == nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// killVMM SIGKILLs a VMM and waits until it is gone.
+func (d *Daemon) killVMM(ctx context.Context, pid int) error {
+	p, err := d.openProc(pid)
+	if err != nil {
+		return fmt.Errorf("kill vmm %d: %w", pid, err)
+	}
+	if p == nil {
+		return nil
+	}
+	defer p.Close()
+	if err := p.Kill(); err != nil {
+		return fmt.Errorf("kill vmm %d: %w", pid, err)
+	}
+	gone, err := p.Wait(context.WithoutCancel(ctx), firecracker.KillWait)
+	if err != nil {
+		return fmt.Errorf("kill vmm %d: %w", pid, err)
+	}
+	if !gone {
+		return fmt.Errorf("kill vmm %d: still alive %s after SIGKILL", pid, firecracker.KillWait)
+	}
+	return nil
 }

@@ -196,10 +196,7 @@ func (d *Daemon) removeCgroup(vm model.VMRecord) error {
 // vmmClient is the API client for a VM's VMM, which talks only to a
 // process running as the VM's uid.
 func (d *Daemon) vmmClient(vm model.VMRecord) *firecracker.Client {
-	if vm.Runtime.VMMUID > 0 {
-		return firecracker.NewClientAs(vm.Runtime.APISockPath, vm.Runtime.VMMUID)
-	}
-	return firecracker.NewClient(vm.Runtime.APISockPath)
+	return d.newVMMClient(vm.Runtime.APISockPath, vm.Runtime.VMMUID)
 }
 
 // vmLimitStats reads a running VM's cgroup: its limits and how often it

@@ -2,13 +2,10 @@ package daemon
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"banger/internal/firecracker"
 	"banger/internal/fsutil"
@@ -35,7 +32,7 @@ type vmmExit struct {
 // this daemon started it, nil for an adopted one. It does nothing when
 // the VMM is already watched.
 func (d *Daemon) watchVMM(vm model.VMRecord, pid int, launched *firecracker.Process) {
-	if pid <= 0 || d.bg == nil {
+	if pid <= 0 || d.bg == nil || d.noWatch {
 		return
 	}
 	d.watchMu.Lock()
@@ -60,32 +57,27 @@ func (d *Daemon) watchVMM(vm model.VMRecord, pid int, launched *firecracker.Proc
 			}
 		}
 	} else {
-		fd, err := unix.PidfdOpen(pid, 0)
-		if err != nil {
+		h, err := d.openProc(pid)
+		if err != nil || h == nil {
 			d.logger.Warn("cannot watch an adopted VMM; the sweep will notice its exit", "vm", vm.Name, "pid", pid, "err", err)
 			d.unwatch(vm.ID, pid)
 			return
 		}
-		// The pidfd names the process for good; check it is still the
+		// The handle names the process for good; check it is still the
 		// VM's VMM (and not a process that took a reused PID).
 		if p, err := d.procs.Get(pid); err != nil || !d.isVMM(d.procs, p, vm) {
-			unix.Close(fd)
+			h.Close()
 			d.unwatch(vm.ID, pid)
 			return
 		}
 		wait = func(ctx context.Context) (vmmExit, bool) {
-			defer unix.Close(fd)
+			defer h.Close()
 			for {
-				fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-				n, err := unix.Poll(fds, 500)
-				if n > 0 {
+				exited, err := h.Wait(ctx, 500*time.Millisecond)
+				if exited {
 					return d.exitOfAdopted(vm), true
 				}
-				if err != nil && !errors.Is(err, syscall.EINTR) {
-					d.logger.Warn("watch vmm", "vm", vm.Name, "err", err)
-					return vmmExit{}, false
-				}
-				if ctx.Err() != nil {
+				if err != nil || ctx.Err() != nil {
 					return vmmExit{}, false
 				}
 			}

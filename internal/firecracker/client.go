@@ -50,6 +50,10 @@ func NewClient(apiSock string) *Client {
 // command sent to the wrong VM.
 func NewClientAs(apiSock string, uid int) *Client {
 	c := NewClient(apiSock)
+	if uid <= 0 {
+		// A VMM from before per-VM uids runs as root.
+		uid = 0
+	}
 	c.http.Transport.(*http.Transport).DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
 		var d net.Dialer
 		conn, err := d.DialContext(ctx, "unix", apiSock)
