@@ -2,6 +2,7 @@ package qemuvmm
 
 import (
 	"fmt"
+	"os"
 	"strconv"
 	"strings"
 )
@@ -26,16 +27,30 @@ type MachineSpec struct {
 	VsockCID uint32
 	// QMPSocket is the path of QEMU's QMP unix socket.
 	QMPSocket string
+	// Files are inherited by QEMU as descriptors 3, 4, ...: the drives,
+	// taps, kernel and initrd given as descriptors. DriveSpec.FD,
+	// NICSpec.FD and /dev/fd/N paths refer to these numbers.
+	Files []*os.File
+	// Incoming makes QEMU wait for a migration stream (-incoming defer)
+	// instead of running the guest: the start of a snapshot load.
+	Incoming bool
 }
 
 // DriveSpec is one virtio-blk drive.
 type DriveSpec struct {
-	ID       string
+	ID string
+	// Path is the file QEMU opens, when FD is 0.
 	Path     string
 	ReadOnly bool
 	// Cache is Firecracker's cache_type: "Unsafe" (flushes ignored, the
 	// default) or "Writeback".
 	Cache string
+	// FD, when not 0, is QEMU's descriptor of the drive (see
+	// MachineSpec.Files), opened read-only or read-write as ReadOnly
+	// says; QEMU gets it through an fd set and never opens a path.
+	FD int
+	// BlockDev says the descriptor is a block device, not a file.
+	BlockDev bool
 }
 
 // NICSpec is one virtio-net interface on an existing tap device.
@@ -46,7 +61,16 @@ type NICSpec struct {
 	MAC string
 	// MTU is advertised to the guest when not 0.
 	MTU int
+	// FD, when not 0, is QEMU's descriptor of the tap (see
+	// MachineSpec.Files); else QEMU opens Tap by name.
+	FD int
 }
+
+// sandboxOpts is QEMU's seccomp sandbox: obsolete system calls,
+// privilege changes, spawning processes and changing scheduling or
+// resource limits all denied. QEMU then cannot exec anything (no exec:
+// migration; snapshots go through fd:).
+const sandboxOpts = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 
 // blockNodeID and netdevID are the QEMU ids of a drive and a NIC.
 // Firecracker ids may start with a digit, which QEMU ids may not, hence
@@ -108,6 +132,7 @@ func withTSCHint(args string, tscKHz uint64) string {
 // the VMM's stdout, as with Firecracker.
 func QEMUArgs(spec MachineSpec) []string {
 	args := []string{
+		"-sandbox", sandboxOpts,
 		"-M", "microvm,acpi=on,pit=on,pic=on,rtc=on",
 		"-accel", spec.Accel,
 	}
@@ -137,9 +162,20 @@ func QEMUArgs(spec MachineSpec) []string {
 		if d.Cache == "Writeback" {
 			cache = "writeback"
 		}
+		file := "file=" + qemuOpt(d.Path)
+		if d.FD != 0 {
+			// An fd set holds the one descriptor; QEMU dups it when it
+			// opens /dev/fdset/N with the same access mode.
+			driver := "file"
+			if d.BlockDev {
+				driver = "host_device"
+			}
+			args = append(args, "-add-fd", fmt.Sprintf("fd=%d,set=%d", d.FD, d.FD))
+			file = fmt.Sprintf("file.driver=%s,file.filename=/dev/fdset/%d", driver, d.FD)
+		}
 		args = append(args,
-			"-drive", fmt.Sprintf("id=%s,file=%s,format=raw,if=none,readonly=%s,cache=%s",
-				blockNodeID(d.ID), qemuOpt(d.Path), onOff(d.ReadOnly), cache),
+			"-drive", fmt.Sprintf("id=%s,%s,format=raw,if=none,readonly=%s,cache=%s",
+				blockNodeID(d.ID), file, onOff(d.ReadOnly), cache),
 			"-device", "virtio-blk-device,drive="+blockNodeID(d.ID),
 		)
 	}
@@ -151,13 +187,17 @@ func QEMUArgs(spec MachineSpec) []string {
 		if n.MTU != 0 {
 			dev += ",host_mtu=" + strconv.Itoa(n.MTU)
 		}
-		args = append(args,
-			"-netdev", fmt.Sprintf("tap,id=%s,ifname=%s,script=no,downscript=no", netdevID(n.ID), qemuOpt(n.Tap)),
-			"-device", dev,
-		)
+		netdev := fmt.Sprintf("tap,id=%s,ifname=%s,script=no,downscript=no", netdevID(n.ID), qemuOpt(n.Tap))
+		if n.FD != 0 {
+			netdev = fmt.Sprintf("tap,id=%s,fd=%d", netdevID(n.ID), n.FD)
+		}
+		args = append(args, "-netdev", netdev, "-device", dev)
 	}
 	if spec.VsockCID != 0 {
 		args = append(args, "-device", fmt.Sprintf("vhost-vsock-device,guest-cid=%d", spec.VsockCID))
+	}
+	if spec.Incoming {
+		args = append(args, "-incoming", "defer")
 	}
 	return args
 }

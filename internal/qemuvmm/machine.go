@@ -77,6 +77,7 @@ func (s *QEMUStarter) Start(ctx context.Context, spec MachineSpec) (Machine, err
 		cmd.Stdin = nil // /dev/null
 		cmd.Stdout = s.Stdout
 		cmd.Stderr = s.Stderr
+		cmd.ExtraFiles = spec.Files
 		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 		if err := cmd.Start(); err != nil {
 			started <- err

@@ -11,16 +11,19 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Identity reported by the API.
@@ -80,20 +83,52 @@ type Config struct {
 	StartTimeout time.Duration
 	// Now is the clock; default time.Now.
 	Now func() time.Time
-	// TapExists checks a tap device at PUT /network-interfaces; default
-	// looks the interface up in this network namespace.
-	TapExists func(name string) error
+	// InheritedFD reports whether descriptor n was inherited at start
+	// and may be named as /dev/fd/N; nil accepts any n above 2.
+	InheritedFD func(n int) bool
+	// TapFiles are taps opened by whoever started the VMM (--tap-fd
+	// NAME=N), used by PUT /network-interfaces for host_dev_name NAME.
+	TapFiles map[string]*os.File
+	// OpenTap attaches to a tap by name, for a host_dev_name without a
+	// TapFiles entry; firecracker.OpenTap in production. Nil refuses.
+	OpenTap func(name string) (*os.File, error)
 }
 
 type bootConfig struct {
 	kernel, initrd, args string
 	argsSet              bool
+	// kernelFile and initrdFile are set when kernel or initrd name an
+	// inherited descriptor.
+	kernelFile, initrdFile *inheritedFile
+}
+
+func (b *bootConfig) close() {
+	if b != nil {
+		b.kernelFile.close()
+		b.initrdFile.close()
+	}
 }
 
 type driveConfig struct {
 	DriveSpec
 	root     bool
 	partUUID string
+	// file is set when path_on_host names an inherited descriptor.
+	file *inheritedFile
+}
+
+type nicConfig struct {
+	NICSpec
+	// tap is the tap's descriptor; owned says the VMM opened it (and
+	// closes it), rather than being given it with --tap-fd.
+	tap   *os.File
+	owned bool
+}
+
+func (n nicConfig) close() {
+	if n.owned && n.tap != nil {
+		n.tap.Close()
+	}
 }
 
 type vsockConfig struct {
@@ -113,7 +148,7 @@ type VMM struct {
 	memMiB      int
 	boot        *bootConfig
 	drives      []driveConfig
-	nics        []NICSpec
+	nics        []nicConfig
 	vsock       *vsockConfig
 	metricsFile *os.File
 	metricsPrev counters
@@ -146,10 +181,9 @@ func New(cfg Config) *VMM {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	if cfg.TapExists == nil {
-		cfg.TapExists = func(name string) error {
-			_, err := net.InterfaceByName(name)
-			return err
+	if cfg.OpenTap == nil {
+		cfg.OpenTap = func(name string) (*os.File, error) {
+			return nil, errors.New("this VMM was given no way to open taps; pass --tap-fd")
 		}
 	}
 	if cfg.Accel == nil {
@@ -201,6 +235,13 @@ func (v *VMM) Close() {
 	if v.logFile != nil {
 		v.logp.Store(newLogger(v.cfg.LogOutput, v.cfg.ID, slog.LevelInfo, true, false))
 		v.logFile.Close()
+	}
+	v.boot.close()
+	for _, d := range v.drives {
+		d.file.close()
+	}
+	for _, n := range v.nics {
+		n.close()
 	}
 }
 
@@ -406,21 +447,46 @@ func (v *VMM) putBootSource(body []byte) error {
 	if req.KernelImagePath == nil {
 		return missing("kernel_image_path")
 	}
-	if err := checkReadable(*req.KernelImagePath); err != nil {
+	b := &bootConfig{kernel: *req.KernelImagePath}
+	kf, err := v.openBootFile(b.kernel, "kernel")
+	if err != nil {
 		return faultf("The kernel file cannot be opened: %v", err)
 	}
-	b := &bootConfig{kernel: *req.KernelImagePath}
+	b.kernelFile = kf
 	if req.InitrdPath != nil {
-		if err := checkReadable(*req.InitrdPath); err != nil {
+		b.initrd = *req.InitrdPath
+		inf, err := v.openBootFile(b.initrd, "initrd")
+		if err != nil {
+			b.close()
 			return faultf("The initrd file cannot be opened: %v", err)
 		}
-		b.initrd = *req.InitrdPath
+		b.initrdFile = inf
 	}
 	if req.BootArgs != nil {
 		b.args, b.argsSet = *req.BootArgs, true
 	}
+	v.boot.close()
 	v.boot = b
 	return nil
+}
+
+// openBootFile checks a kernel or initrd path: an inherited descriptor is
+// duplicated and must be a readable regular file; any other path must
+// open for reading with the VMM's rights (QEMU opens it again at start).
+func (v *VMM) openBootFile(path, what string) (*inheritedFile, error) {
+	n, ok := fdFromPath(path)
+	if !ok {
+		return nil, checkReadable(path)
+	}
+	f, err := v.openInherited(n, what)
+	if err != nil {
+		return nil, err
+	}
+	if f.blockDev || !f.readable() {
+		f.close()
+		return nil, fmt.Errorf("%s: descriptor %d must be a regular file open for reading", what, n)
+	}
+	return f, nil
 }
 
 func checkReadable(path string) error {
@@ -453,9 +519,6 @@ func (v *VMM) putDrive(id string, body []byte) error {
 	case req.IOEngine != nil && *req.IOEngine != "Sync" && *req.IOEngine != "Async":
 		return faultf("An error occurred when deserializing the json body of a request: unknown variant `%s`, expected `Sync` or `Async`.", *req.IOEngine)
 	}
-	if err := checkReadable(*req.PathOnHost); err != nil {
-		return faultf("Unable to create the block device: %v", err)
-	}
 	d := driveConfig{DriveSpec: DriveSpec{ID: id, Path: *req.PathOnHost, Cache: "Unsafe"}, root: *req.IsRootDevice}
 	if req.IsReadOnly != nil {
 		d.ReadOnly = *req.IsReadOnly
@@ -473,14 +536,52 @@ func (v *VMM) putDrive(id string, body []byte) error {
 			}
 		}
 	}
+	f, err := v.openDriveFile(d.Path, d.ReadOnly)
+	if err != nil {
+		return faultf("Unable to create the block device: %v", err)
+	}
+	d.file = f
 	for i := range v.drives {
 		if v.drives[i].ID == id {
+			v.drives[i].file.close()
 			v.drives[i] = d
 			return nil
 		}
 	}
 	v.drives = append(v.drives, d)
 	return nil
+}
+
+// openDriveFile checks a drive's path_on_host: an inherited descriptor is
+// duplicated and must be open for reading, and for writing unless the
+// drive is read-only (QEMU takes it through an fd set, which matches the
+// access mode exactly); any other path must open with the VMM's rights.
+func (v *VMM) openDriveFile(path string, readOnly bool) (*inheritedFile, error) {
+	n, ok := fdFromPath(path)
+	if !ok {
+		mode := os.O_RDWR
+		if readOnly {
+			mode = os.O_RDONLY
+		}
+		f, err := os.OpenFile(path, mode, 0)
+		if err != nil {
+			return nil, err
+		}
+		return nil, f.Close()
+	}
+	f, err := v.openInherited(n, "drive")
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case readOnly && f.accMode != unix.O_RDONLY:
+		f.close()
+		return nil, fmt.Errorf("drive: descriptor %d is open for writing but the drive is read-only: pass a read-only descriptor (O_RDONLY)", n)
+	case !readOnly && f.accMode != unix.O_RDWR:
+		f.close()
+		return nil, fmt.Errorf("drive: descriptor %d is not open for reading and writing (O_RDWR) but the drive is writable", n)
+	}
+	return f, nil
 }
 
 func (v *VMM) putNIC(id string, body []byte) error {
@@ -501,7 +602,7 @@ func (v *VMM) putNIC(id string, body []byte) error {
 	case req.MTU != nil && (*req.MTU < 68 || *req.MTU > 65535):
 		return faultf("Invalid MTU %d: must be between 68 and 65535.", *req.MTU)
 	}
-	n := NICSpec{ID: id, Tap: *req.HostDevName}
+	n := nicConfig{NICSpec: NICSpec{ID: id, Tap: *req.HostDevName}}
 	if req.GuestMAC != nil {
 		n.MAC = *req.GuestMAC
 	}
@@ -519,17 +620,34 @@ func (v *VMM) putNIC(id string, body []byte) error {
 			return faultf("Could not create the network device: the guest MAC address %s is already in use.", n.MAC)
 		}
 	}
-	if err := v.cfg.TapExists(n.Tap); err != nil {
+	tap, owned, err := v.tapFile(n.Tap)
+	if err != nil {
 		return faultf("Could not create the network device: Open tap device failed: %s: %v", n.Tap, err)
 	}
+	n.tap, n.owned = tap, owned
 	for i := range v.nics {
 		if v.nics[i].ID == id {
+			v.nics[i].close()
 			v.nics[i] = n
 			return nil
 		}
 	}
 	v.nics = append(v.nics, n)
 	return nil
+}
+
+// tapFile returns the descriptor of the tap name: the one given with
+// --tap-fd, or one the VMM opens itself (owned), as Firecracker opens its
+// taps when the interface is configured.
+func (v *VMM) tapFile(name string) (*os.File, bool, error) {
+	if f, ok := v.cfg.TapFiles[name]; ok {
+		return f, false, nil
+	}
+	f, err := v.cfg.OpenTap(name)
+	if err != nil {
+		return nil, false, err
+	}
+	return f, true, nil
 }
 
 func (v *VMM) putVsock(body []byte) error {
@@ -624,26 +742,72 @@ func (v *VMM) patchVM(ctx context.Context, body []byte) error {
 
 // machineSpec gathers the configuration into a MachineSpec. The root drive
 // goes first, the others follow in the order they were first PUT.
-func (v *VMM) machineSpec(accel string, tscKHz uint64) (MachineSpec, error) {
+// Inherited descriptors become QEMU's descriptors 3, 4, ...; a kernel or
+// initrd given as a descriptor is copied into a memfd QEMU opens as
+// /dev/fd/N. The returned memfds are the caller's to truncate and close
+// once QEMU has loaded them.
+func (v *VMM) machineSpec(accel string, tscKHz uint64) (spec MachineSpec, memfds []*os.File, err error) {
 	if v.boot == nil {
-		return MachineSpec{}, faultf("Start microvm error: Cannot start microvm without kernel configuration.")
+		return MachineSpec{}, nil, faultf("Start microvm error: Cannot start microvm without kernel configuration.")
 	}
-	spec := MachineSpec{
+	defer func() {
+		if err != nil {
+			for _, m := range memfds {
+				m.Close()
+			}
+			memfds = nil
+		}
+	}()
+	spec = MachineSpec{
 		Accel: accel, VCPUs: v.vcpus, MemMiB: v.memMiB,
 		Kernel: v.boot.kernel, Initrd: v.boot.initrd,
-		NICs: append([]NICSpec(nil), v.nics...), QMPSocket: v.QMPSocket(),
+		QMPSocket: v.QMPSocket(),
+	}
+	addFile := func(f *os.File) int {
+		spec.Files = append(spec.Files, f)
+		return 2 + len(spec.Files)
+	}
+	bootFile := func(what string, in *inheritedFile) (string, error) {
+		m, err := copyToMemfd("banger-vmm-"+what, in.f, in.size)
+		if err != nil {
+			return "", faultf("Start microvm error: %s: %v", what, err)
+		}
+		memfds = append(memfds, m)
+		return "/dev/fd/" + strconv.Itoa(addFile(m)), nil
+	}
+	if v.boot.kernelFile != nil {
+		if spec.Kernel, err = bootFile("kernel", v.boot.kernelFile); err != nil {
+			return MachineSpec{}, nil, err
+		}
+	}
+	if v.boot.initrdFile != nil {
+		if spec.Initrd, err = bootFile("initrd", v.boot.initrdFile); err != nil {
+			return MachineSpec{}, nil, err
+		}
 	}
 	var root *driveConfig
+	addDrive := func(d *driveConfig) {
+		ds := d.DriveSpec
+		if d.file != nil {
+			ds.FD, ds.BlockDev = addFile(d.file.f), d.file.blockDev
+		}
+		spec.Drives = append(spec.Drives, ds)
+	}
 	for i := range v.drives {
 		if v.drives[i].root {
 			root = &v.drives[i]
-			spec.Drives = append(spec.Drives, root.DriveSpec)
+			addDrive(root)
 		}
 	}
-	for _, d := range v.drives {
-		if !d.root {
-			spec.Drives = append(spec.Drives, d.DriveSpec)
+	for i := range v.drives {
+		if !v.drives[i].root {
+			addDrive(&v.drives[i])
 		}
+	}
+	for _, n := range v.nics {
+		ns := n.NICSpec
+		ns.FD = addFile(n.tap)
+		spec.NICs = append(spec.NICs, ns)
 	}
 	args := defaultBootArgs
 	if v.boot.argsSet {
@@ -660,7 +824,18 @@ func (v *VMM) machineSpec(accel string, tscKHz uint64) (MachineSpec, error) {
 	if v.vsock != nil {
 		spec.VsockCID = v.vsock.cid
 	}
-	return spec, nil
+	return spec, memfds, nil
+}
+
+// releaseMemfds frees the kernel and initrd copies once QEMU has loaded
+// them (QEMU's main loop, and so its QMP greeting, starts after the
+// machine is built): truncating frees the memory although QEMU keeps its
+// descriptor.
+func releaseMemfds(memfds []*os.File) {
+	for _, m := range memfds {
+		m.Truncate(0)
+		m.Close()
+	}
 }
 
 func (v *VMM) instanceStart(ctx context.Context) error {
@@ -670,10 +845,11 @@ func (v *VMM) instanceStart(ctx context.Context) error {
 	if err != nil {
 		return faultf("Start microvm error: %v", err)
 	}
-	spec, err := v.machineSpec(choice.Accel, choice.TSCkHz)
+	spec, memfds, err := v.machineSpec(choice.Accel, choice.TSCkHz)
 	if err != nil {
 		return err
 	}
+	defer releaseMemfds(memfds)
 	v.logger().Info("starting microvm", "accel", choice.Accel, "accel_reason", choice.Why,
 		"vcpus", spec.VCPUs, "mem_mib", spec.MemMiB, "cmdline", spec.Cmdline)
 	m, err := v.cfg.Start(ctx, spec)

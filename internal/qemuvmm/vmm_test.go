@@ -99,6 +99,7 @@ type harness struct {
 	rootImg string
 	dataImg string
 	now     time.Time
+	opened  int // taps opened by OpenTap
 }
 
 func newHarness(t *testing.T, mod func(*Config)) *harness {
@@ -120,11 +121,12 @@ func newHarness(t *testing.T, mod func(*Config)) *harness {
 		SysClassNet:    h.sysfs,
 		MetricsPeriod:  time.Hour,
 		Now:            func() time.Time { return h.now },
-		TapExists: func(name string) error {
+		OpenTap: func(name string) (*os.File, error) {
 			if _, err := os.Stat(filepath.Join(h.sysfs, name)); err != nil {
-				return errors.New("no such device")
+				return nil, errors.New("no such device")
 			}
-			return nil
+			h.opened++
+			return os.Open(filepath.Join(h.sysfs, name))
 		},
 	}
 	if mod != nil {
@@ -243,11 +245,20 @@ func TestStartBuildsSpec(t *testing.T) {
 			{ID: "rootfs", Path: h.rootImg, ReadOnly: true, Cache: "Unsafe"},
 			{ID: "data", Path: h.dataImg, Cache: "Unsafe"},
 		},
-		NICs:      []NICSpec{{ID: "eth0", Tap: "tap0", MAC: "06:00:AC:10:00:02"}},
+		NICs:      []NICSpec{{ID: "eth0", Tap: "tap0", MAC: "06:00:AC:10:00:02", FD: 3}},
 		QMPSocket: filepath.Join(h.dir, "api.sock.qmp"),
 	}
-	if len(h.specs) != 1 || !reflect.DeepEqual(h.specs[0], want) {
-		t.Errorf("spec:\n got %+v\nwant %+v", h.specs, want)
+	if len(h.specs) != 1 {
+		t.Fatalf("started %d machines", len(h.specs))
+	}
+	got := h.specs[0]
+	// The tap the VMM opened itself is QEMU's descriptor 3.
+	if len(got.Files) != 1 || got.Files[0].Name() != filepath.Join(h.sysfs, "tap0") || h.opened != 1 {
+		t.Errorf("files: got %v (opened %d taps), want the tap0 descriptor", got.Files, h.opened)
+	}
+	got.Files = nil
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("spec:\n got %+v\nwant %+v", got, want)
 	}
 	// Starting twice is refused, as is any pre-boot call now.
 	h.fault("PUT", "/actions", `{"action_type":"InstanceStart"}`, msgNotAfterBoot)
