@@ -31,8 +31,9 @@ type MachineSpec struct {
 	// taps, kernel and initrd given as descriptors. DriveSpec.FD,
 	// NICSpec.FD and /dev/fd/N paths refer to these numbers.
 	Files []*os.File
-	// Incoming makes QEMU wait for a migration stream (-incoming defer)
-	// instead of running the guest: the start of a snapshot load.
+	// Incoming makes QEMU wait, paused, for a migration stream (-S
+	// -incoming defer) instead of running the guest: the start of a
+	// snapshot load.
 	Incoming bool
 }
 
@@ -197,7 +198,9 @@ func QEMUArgs(spec MachineSpec) []string {
 		args = append(args, "-device", fmt.Sprintf("vhost-vsock-device,guest-cid=%d", spec.VsockCID))
 	}
 	if spec.Incoming {
-		args = append(args, "-incoming", "defer")
+		// -S keeps the loaded VM paused until cont, as Firecracker
+		// leaves a loaded VM.
+		args = append(args, "-S", "-incoming", "defer")
 	}
 	return args
 }

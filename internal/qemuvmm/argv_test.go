@@ -100,7 +100,7 @@ func TestQEMUArgs(t *testing.T) {
 					"-device", "virtio-blk-device,drive=blk_work",
 					"-netdev", "tap,id=net_eth0,fd=6",
 					"-device", "virtio-net-device,netdev=net_eth0",
-					"-incoming", "defer"},
+					"-S", "-incoming", "defer"},
 			),
 		},
 	}

@@ -11,19 +11,14 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // Identity reported by the API.
@@ -100,6 +95,8 @@ type bootConfig struct {
 	// kernelFile and initrdFile are set when kernel or initrd name an
 	// inherited descriptor.
 	kernelFile, initrdFile *inheritedFile
+	// kernelELF says the kernel is an ELF (booted by PVH), not a bzImage.
+	kernelELF bool
 }
 
 func (b *bootConfig) close() {
@@ -132,7 +129,8 @@ func (n nicConfig) close() {
 }
 
 type vsockConfig struct {
-	cid uint32
+	cid     uint32
+	udsPath string
 }
 
 // VMM is one Firecracker-API instance. It handles one request at a time,
@@ -153,6 +151,17 @@ type VMM struct {
 	metricsFile *os.File
 	metricsPrev counters
 	m           Machine
+	// configured says a boot-specific resource was configured, after
+	// which a snapshot load is refused, as in Firecracker.
+	configured bool
+	// smt is machine-config's smt.
+	smt bool
+	// accel and qemuVersion are those of the running machine.
+	accel, qemuVersion string
+	// restored says the VM was loaded from a snapshot: it has no boot
+	// source of its own, and cmdline is the one it was booted with.
+	restored bool
+	cmdline  string
 
 	wg      sync.WaitGroup
 	closing chan struct{}
@@ -289,8 +298,8 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 // unsupportedPaths are Firecracker endpoints banger-vmm-qemu does not
 // implement; they get a clear refusal rather than "invalid path".
 var unsupportedPaths = []string{
-	"/balloon", "/mmds", "/snapshot/", "/entropy", "/serial", "/cpu-config",
-	"/vm/config", "/hotplug/", "/pmem/",
+	"/balloon", "/mmds", "/entropy", "/serial", "/cpu-config",
+	"/hotplug/", "/pmem/",
 }
 
 // handle routes one request; the caller holds v.mu. A nil reply with a
@@ -334,6 +343,12 @@ func (v *VMM) handle(ctx context.Context, method, path string, body []byte) (any
 		return nil, v.action(ctx, body)
 	case route == "PATCH /vm":
 		return nil, v.patchVM(ctx, body)
+	case route == "PUT /snapshot/create":
+		return nil, v.createSnapshot(ctx, body)
+	case route == "PUT /snapshot/load":
+		return nil, v.loadSnapshot(ctx, body)
+	case route == "GET /vm/config":
+		return v.vmConfig(), nil
 	}
 	for _, p := range unsupportedPaths {
 		if path == strings.TrimSuffix(p, "/") || strings.HasPrefix(path, p) {
@@ -357,321 +372,6 @@ func (v *VMM) preBoot(body []byte, f func([]byte) error) error {
 		return faultf(msgNotAfterBoot)
 	}
 	return f(body)
-}
-
-func (v *VMM) putLogger(body []byte) error {
-	var req loggerReq
-	if err := decodeStrict(body, &req); err != nil {
-		return err
-	}
-	level := slog.LevelInfo
-	if req.Level != nil {
-		l, err := parseLevel(*req.Level)
-		if err != nil {
-			return faultf("Cannot initialize the logger: %v.", err)
-		}
-		level = l
-	}
-	out := v.cfg.LogOutput
-	var f *os.File
-	if req.LogPath != nil {
-		var err error
-		f, err = os.OpenFile(*req.LogPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
-		if err != nil {
-			return faultf("Cannot initialize the logger: cannot open %s: %v.", *req.LogPath, err)
-		}
-		out = f
-	}
-	v.logp.Store(newLogger(out, v.cfg.ID, level, req.ShowLevel != nil && *req.ShowLevel, req.ShowLogOrigin != nil && *req.ShowLogOrigin))
-	if v.logFile != nil {
-		v.logFile.Close()
-	}
-	v.logFile = f
-	if req.Module != nil {
-		v.logger().Info("logger module filter is ignored", "module", *req.Module)
-	}
-	return nil
-}
-
-func (v *VMM) putMetrics(body []byte) error {
-	var req metricsReq
-	if err := decodeStrict(body, &req); err != nil {
-		return err
-	}
-	if req.MetricsPath == nil {
-		return missing("metrics_path")
-	}
-	if v.metricsFile != nil {
-		return faultf("Reinitialization of metrics not allowed.")
-	}
-	// Opened as Firecracker opens it: created if missing, neither
-	// truncated nor appended to, so callers give a fresh file or a FIFO.
-	f, err := os.OpenFile(*req.MetricsPath, os.O_WRONLY|os.O_CREATE|syscall.O_NONBLOCK, 0o640)
-	if err != nil {
-		return faultf("Cannot initialize the metrics system: cannot open %s: %v.", *req.MetricsPath, err)
-	}
-	v.metricsFile = f
-	return nil
-}
-
-func (v *VMM) putMachineConfig(body []byte) error {
-	var req machineReq
-	if err := decodeStrict(body, &req); err != nil {
-		return err
-	}
-	switch {
-	case req.VCPUCount == nil:
-		return missing("vcpu_count")
-	case req.MemSizeMiB == nil:
-		return missing("mem_size_mib")
-	case *req.VCPUCount < 1 || *req.VCPUCount > 32:
-		return faultf("The vCPU number is invalid! The vCPU number can only be 1 or an even number when SMT is enabled.")
-	case *req.MemSizeMiB < 1:
-		return faultf("The memory size (MiB) is invalid.")
-	case req.SMT != nil && *req.SMT:
-		return faultf("SMT is not supported by %s.", AppName)
-	case req.CPUTemplate != nil && *req.CPUTemplate != "None":
-		return faultf("CPU templates are not supported by %s.", AppName)
-	case req.HugePages != nil && *req.HugePages != "None":
-		return faultf("Huge pages are not supported by %s.", AppName)
-	}
-	v.vcpus, v.memMiB = *req.VCPUCount, *req.MemSizeMiB
-	return nil
-}
-
-func (v *VMM) putBootSource(body []byte) error {
-	var req bootReq
-	if err := decodeStrict(body, &req); err != nil {
-		return err
-	}
-	if req.KernelImagePath == nil {
-		return missing("kernel_image_path")
-	}
-	b := &bootConfig{kernel: *req.KernelImagePath}
-	kf, err := v.openBootFile(b.kernel, "kernel")
-	if err != nil {
-		return faultf("The kernel file cannot be opened: %v", err)
-	}
-	b.kernelFile = kf
-	if req.InitrdPath != nil {
-		b.initrd = *req.InitrdPath
-		inf, err := v.openBootFile(b.initrd, "initrd")
-		if err != nil {
-			b.close()
-			return faultf("The initrd file cannot be opened: %v", err)
-		}
-		b.initrdFile = inf
-	}
-	if req.BootArgs != nil {
-		b.args, b.argsSet = *req.BootArgs, true
-	}
-	v.boot.close()
-	v.boot = b
-	return nil
-}
-
-// openBootFile checks a kernel or initrd path: an inherited descriptor is
-// duplicated and must be a readable regular file; any other path must
-// open for reading with the VMM's rights (QEMU opens it again at start).
-func (v *VMM) openBootFile(path, what string) (*inheritedFile, error) {
-	n, ok := fdFromPath(path)
-	if !ok {
-		return nil, checkReadable(path)
-	}
-	f, err := v.openInherited(n, what)
-	if err != nil {
-		return nil, err
-	}
-	if f.blockDev || !f.readable() {
-		f.close()
-		return nil, fmt.Errorf("%s: descriptor %d must be a regular file open for reading", what, n)
-	}
-	return f, nil
-}
-
-func checkReadable(path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	return f.Close()
-}
-
-func (v *VMM) putDrive(id string, body []byte) error {
-	var req driveReq
-	if err := decodeStrict(body, &req); err != nil {
-		return err
-	}
-	if err := checkPathID("drive", id, req.DriveID, "drive_id"); err != nil {
-		return err
-	}
-	switch {
-	case req.IsRootDevice == nil:
-		return missing("is_root_device")
-	case req.Socket != nil:
-		return faultf("vhost-user block devices are not supported by %s.", AppName)
-	case req.PathOnHost == nil:
-		return faultf("Unable to create the block device: path_on_host is required.")
-	case rawSet(req.RateLimiter):
-		return faultf("Rate limiters are not supported by %s.", AppName)
-	case req.CacheType != nil && *req.CacheType != "Unsafe" && *req.CacheType != "Writeback":
-		return faultf("An error occurred when deserializing the json body of a request: unknown variant `%s`, expected `Unsafe` or `Writeback`.", *req.CacheType)
-	case req.IOEngine != nil && *req.IOEngine != "Sync" && *req.IOEngine != "Async":
-		return faultf("An error occurred when deserializing the json body of a request: unknown variant `%s`, expected `Sync` or `Async`.", *req.IOEngine)
-	}
-	d := driveConfig{DriveSpec: DriveSpec{ID: id, Path: *req.PathOnHost, Cache: "Unsafe"}, root: *req.IsRootDevice}
-	if req.IsReadOnly != nil {
-		d.ReadOnly = *req.IsReadOnly
-	}
-	if req.CacheType != nil {
-		d.Cache = *req.CacheType
-	}
-	if req.PartUUID != nil {
-		d.partUUID = *req.PartUUID
-	}
-	if d.root {
-		for _, o := range v.drives {
-			if o.root && o.ID != id {
-				return faultf("A root block device already exists!")
-			}
-		}
-	}
-	f, err := v.openDriveFile(d.Path, d.ReadOnly)
-	if err != nil {
-		return faultf("Unable to create the block device: %v", err)
-	}
-	d.file = f
-	for i := range v.drives {
-		if v.drives[i].ID == id {
-			v.drives[i].file.close()
-			v.drives[i] = d
-			return nil
-		}
-	}
-	v.drives = append(v.drives, d)
-	return nil
-}
-
-// openDriveFile checks a drive's path_on_host: an inherited descriptor is
-// duplicated and must be open for reading, and for writing unless the
-// drive is read-only (QEMU takes it through an fd set, which matches the
-// access mode exactly); any other path must open with the VMM's rights.
-func (v *VMM) openDriveFile(path string, readOnly bool) (*inheritedFile, error) {
-	n, ok := fdFromPath(path)
-	if !ok {
-		mode := os.O_RDWR
-		if readOnly {
-			mode = os.O_RDONLY
-		}
-		f, err := os.OpenFile(path, mode, 0)
-		if err != nil {
-			return nil, err
-		}
-		return nil, f.Close()
-	}
-	f, err := v.openInherited(n, "drive")
-	if err != nil {
-		return nil, err
-	}
-	switch {
-	case readOnly && f.accMode != unix.O_RDONLY:
-		f.close()
-		return nil, fmt.Errorf("drive: descriptor %d is open for writing but the drive is read-only: pass a read-only descriptor (O_RDONLY)", n)
-	case !readOnly && f.accMode != unix.O_RDWR:
-		f.close()
-		return nil, fmt.Errorf("drive: descriptor %d is not open for reading and writing (O_RDWR) but the drive is writable", n)
-	}
-	return f, nil
-}
-
-func (v *VMM) putNIC(id string, body []byte) error {
-	var req nicReq
-	if err := decodeStrict(body, &req); err != nil {
-		return err
-	}
-	if err := checkPathID("network interface", id, req.IfaceID, "iface_id"); err != nil {
-		return err
-	}
-	switch {
-	case req.HostDevName == nil:
-		return missing("host_dev_name")
-	case rawSet(req.RxRateLimiter) || rawSet(req.TxRateLimiter):
-		return faultf("Rate limiters are not supported by %s.", AppName)
-	case req.GuestMAC != nil && !macRe.MatchString(*req.GuestMAC):
-		return faultf("An error occurred when deserializing the json body of a request: invalid MAC address %q.", *req.GuestMAC)
-	case req.MTU != nil && (*req.MTU < 68 || *req.MTU > 65535):
-		return faultf("Invalid MTU %d: must be between 68 and 65535.", *req.MTU)
-	}
-	n := nicConfig{NICSpec: NICSpec{ID: id, Tap: *req.HostDevName}}
-	if req.GuestMAC != nil {
-		n.MAC = *req.GuestMAC
-	}
-	if req.MTU != nil {
-		n.MTU = *req.MTU
-	}
-	for _, o := range v.nics {
-		if o.ID == id {
-			continue
-		}
-		if o.Tap == n.Tap {
-			return faultf("Could not create the network device: the host device %s is already in use.", n.Tap)
-		}
-		if n.MAC != "" && strings.EqualFold(o.MAC, n.MAC) {
-			return faultf("Could not create the network device: the guest MAC address %s is already in use.", n.MAC)
-		}
-	}
-	tap, owned, err := v.tapFile(n.Tap)
-	if err != nil {
-		return faultf("Could not create the network device: Open tap device failed: %s: %v", n.Tap, err)
-	}
-	n.tap, n.owned = tap, owned
-	for i := range v.nics {
-		if v.nics[i].ID == id {
-			v.nics[i].close()
-			v.nics[i] = n
-			return nil
-		}
-	}
-	v.nics = append(v.nics, n)
-	return nil
-}
-
-// tapFile returns the descriptor of the tap name: the one given with
-// --tap-fd, or one the VMM opens itself (owned), as Firecracker opens its
-// taps when the interface is configured.
-func (v *VMM) tapFile(name string) (*os.File, bool, error) {
-	if f, ok := v.cfg.TapFiles[name]; ok {
-		return f, false, nil
-	}
-	f, err := v.cfg.OpenTap(name)
-	if err != nil {
-		return nil, false, err
-	}
-	return f, true, nil
-}
-
-func (v *VMM) putVsock(body []byte) error {
-	var req vsockReq
-	if err := decodeStrict(body, &req); err != nil {
-		return err
-	}
-	switch {
-	case req.GuestCID == nil:
-		return missing("guest_cid")
-	case req.UDSPath == nil:
-		return missing("uds_path")
-	case *req.GuestCID < 3 || *req.GuestCID > 0xFFFFFFFF:
-		return faultf("Invalid guest CID %d: must be 3 or more.", *req.GuestCID)
-	}
-	if _, err := os.Stat(v.cfg.VhostVsockPath); err != nil {
-		return faultf("Cannot create the vsock device: %s maps vsock to vhost-vsock and %s is not available on this host (%v); load the vhost_vsock module.", AppName, v.cfg.VhostVsockPath, err)
-	}
-	// vhost-vsock is the kernel's AF_VSOCK: the host reaches the guest
-	// with AF_VSOCK sockets on guest_cid, not through Firecracker's
-	// hybrid unix socket, so uds_path is not served.
-	v.logger().Warn("vsock: uds_path is not served; use AF_VSOCK to the guest cid", "uds_path", *req.UDSPath, "guest_cid", *req.GuestCID)
-	v.vsock = &vsockConfig{cid: uint32(*req.GuestCID)}
-	return nil
 }
 
 func (v *VMM) action(ctx context.Context, body []byte) error {
@@ -737,133 +437,6 @@ func (v *VMM) patchVM(ctx context.Context, body []byte) error {
 		return faultf("Failed to set the VM state to %s: %v", *req.State, err)
 	}
 	v.state = next
-	return nil
-}
-
-// machineSpec gathers the configuration into a MachineSpec. The root drive
-// goes first, the others follow in the order they were first PUT.
-// Inherited descriptors become QEMU's descriptors 3, 4, ...; a kernel or
-// initrd given as a descriptor is copied into a memfd QEMU opens as
-// /dev/fd/N. The returned memfds are the caller's to truncate and close
-// once QEMU has loaded them.
-func (v *VMM) machineSpec(accel string, tscKHz uint64) (spec MachineSpec, memfds []*os.File, err error) {
-	if v.boot == nil {
-		return MachineSpec{}, nil, faultf("Start microvm error: Cannot start microvm without kernel configuration.")
-	}
-	defer func() {
-		if err != nil {
-			for _, m := range memfds {
-				m.Close()
-			}
-			memfds = nil
-		}
-	}()
-	spec = MachineSpec{
-		Accel: accel, VCPUs: v.vcpus, MemMiB: v.memMiB,
-		Kernel: v.boot.kernel, Initrd: v.boot.initrd,
-		QMPSocket: v.QMPSocket(),
-	}
-	addFile := func(f *os.File) int {
-		spec.Files = append(spec.Files, f)
-		return 2 + len(spec.Files)
-	}
-	bootFile := func(what string, in *inheritedFile) (string, error) {
-		m, err := copyToMemfd("banger-vmm-"+what, in.f, in.size)
-		if err != nil {
-			return "", faultf("Start microvm error: %s: %v", what, err)
-		}
-		memfds = append(memfds, m)
-		return "/dev/fd/" + strconv.Itoa(addFile(m)), nil
-	}
-	if v.boot.kernelFile != nil {
-		if spec.Kernel, err = bootFile("kernel", v.boot.kernelFile); err != nil {
-			return MachineSpec{}, nil, err
-		}
-	}
-	if v.boot.initrdFile != nil {
-		if spec.Initrd, err = bootFile("initrd", v.boot.initrdFile); err != nil {
-			return MachineSpec{}, nil, err
-		}
-	}
-	var root *driveConfig
-	addDrive := func(d *driveConfig) {
-		ds := d.DriveSpec
-		if d.file != nil {
-			ds.FD, ds.BlockDev = addFile(d.file.f), d.file.blockDev
-		}
-		spec.Drives = append(spec.Drives, ds)
-	}
-	for i := range v.drives {
-		if v.drives[i].root {
-			root = &v.drives[i]
-			addDrive(root)
-		}
-	}
-	for i := range v.drives {
-		if !v.drives[i].root {
-			addDrive(&v.drives[i])
-		}
-	}
-	for _, n := range v.nics {
-		ns := n.NICSpec
-		ns.FD = addFile(n.tap)
-		spec.NICs = append(spec.NICs, ns)
-	}
-	args := defaultBootArgs
-	if v.boot.argsSet {
-		args = v.boot.args
-	}
-	if accel == AccelTCG {
-		args = withTSCHint(args, tscKHz)
-	}
-	if root != nil {
-		spec.Cmdline = KernelCmdline(args, &root.DriveSpec, root.partUUID)
-	} else {
-		spec.Cmdline = KernelCmdline(args, nil, "")
-	}
-	if v.vsock != nil {
-		spec.VsockCID = v.vsock.cid
-	}
-	return spec, memfds, nil
-}
-
-// releaseMemfds frees the kernel and initrd copies once QEMU has loaded
-// them (QEMU's main loop, and so its QMP greeting, starts after the
-// machine is built): truncating frees the memory although QEMU keeps its
-// descriptor.
-func releaseMemfds(memfds []*os.File) {
-	for _, m := range memfds {
-		m.Truncate(0)
-		m.Close()
-	}
-}
-
-func (v *VMM) instanceStart(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), v.cfg.StartTimeout)
-	defer cancel()
-	choice, err := v.cfg.Accel.Result(ctx)
-	if err != nil {
-		return faultf("Start microvm error: %v", err)
-	}
-	spec, memfds, err := v.machineSpec(choice.Accel, choice.TSCkHz)
-	if err != nil {
-		return err
-	}
-	defer releaseMemfds(memfds)
-	v.logger().Info("starting microvm", "accel", choice.Accel, "accel_reason", choice.Why,
-		"vcpus", spec.VCPUs, "mem_mib", spec.MemMiB, "cmdline", spec.Cmdline)
-	m, err := v.cfg.Start(ctx, spec)
-	if err != nil {
-		return faultf("Start microvm error: %v", err)
-	}
-	v.m = m
-	v.state = stateRunning
-	v.wg.Add(1)
-	go v.watch(m)
-	if v.metricsFile != nil {
-		v.wg.Add(1)
-		go v.metricsLoop(v.cfg.MetricsPeriod, m.Done())
-	}
 	return nil
 }
 

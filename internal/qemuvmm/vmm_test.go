@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -16,8 +17,10 @@ import (
 	"time"
 )
 
-// fakeMachine stands in for QEMU: it records QMP commands and answers
-// query-blockstats from its counters.
+// fakeMachine stands in for QEMU: it records QMP commands, answers
+// query-blockstats from its counters, and migrates: migrate writes
+// stream to the descriptor passed under the URI's name, migrate-incoming
+// reads one into loaded.
 type fakeMachine struct {
 	mu     sync.Mutex
 	calls  []string
@@ -27,10 +30,49 @@ type fakeMachine struct {
 	killed bool
 	err    error
 	fail   map[string]error
+	// version is query-version's micro (major and minor are 7.2).
+	version int
+	fds     map[string]*os.File
+	stream  []byte
+	// migrateStatus is query-migrate's final status ("completed").
+	migrateStatus string
+	loaded        []byte
 }
 
 func newFakeMachine() *fakeMachine {
-	return &fakeMachine{done: make(chan struct{}), fail: map[string]error{}}
+	return &fakeMachine{
+		done: make(chan struct{}), fail: map[string]error{}, version: 22, fds: map[string]*os.File{},
+		stream: []byte("FAKE-QEMU-MIGRATION-STREAM\n" + strings.Repeat("guest memory and device state\n", 100)), migrateStatus: "completed",
+	}
+}
+
+func (f *fakeMachine) SendFD(_ context.Context, name string, file *os.File) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls = append(f.calls, "getfd "+name)
+	if err := f.fail["getfd"]; err != nil {
+		return err
+	}
+	f.fds[name] = file
+	return nil
+}
+
+// migrate does what QEMU does with an fd: URI.
+func (f *fakeMachine) migrate(cmd string, args any) error {
+	uri := args.(map[string]any)["uri"].(string)
+	name := strings.TrimPrefix(uri, "fd:")
+	file, ok := f.fds[name]
+	if !ok {
+		return &QMPError{Command: cmd, Class: "GenericError", Desc: "File descriptor named '" + name + "' has not been found"}
+	}
+	delete(f.fds, name)
+	if cmd == "migrate" {
+		_, err := file.Write(f.stream)
+		return err
+	}
+	raw, err := io.ReadAll(file)
+	f.loaded = raw
+	return err
 }
 
 func (f *fakeMachine) Execute(_ context.Context, cmd string, args, out any) error {
@@ -45,8 +87,19 @@ func (f *fakeMachine) Execute(_ context.Context, cmd string, args, out any) erro
 	if err := f.fail[cmd]; err != nil {
 		return err
 	}
-	if cmd == "query-blockstats" {
-		raw, _ := json.Marshal(f.stats)
+	var reply any
+	switch cmd {
+	case "query-blockstats":
+		reply = f.stats
+	case "query-version":
+		reply = map[string]any{"qemu": map[string]int{"major": 7, "minor": 2, "micro": f.version}, "package": ""}
+	case "query-migrate":
+		reply = map[string]string{"status": f.migrateStatus, "error-desc": "fake failure"}
+	case "migrate", "migrate-incoming":
+		return f.migrate(cmd, args)
+	}
+	if reply != nil {
+		raw, _ := json.Marshal(reply)
 		return json.Unmarshal(raw, out)
 	}
 	return nil
@@ -290,6 +343,7 @@ func TestPostBootActions(t *testing.T) {
 	}
 	h.ok("PUT", "/actions", `{"action_type":"FlushMetrics"}`) // no metrics configured: nothing to do
 	want := []string{
+		"query-version",
 		`send-key {"keys":[{"data":"ctrl","type":"qcode"},{"data":"alt","type":"qcode"},{"data":"delete","type":"qcode"}]}`,
 		"stop",
 		"cont",
@@ -380,7 +434,6 @@ func TestBadRequests(t *testing.T) {
 		{"unknown path", "GET", "/nope", ``, "Invalid request method and/or path: GET /nope."},
 		{"wrong method", "DELETE", "/drives/rootfs", ``, "Invalid request method and/or path: DELETE /drives/rootfs."},
 		{"unsupported endpoint", "PUT", "/balloon", `{"amount_mib":1,"deflate_on_oom":true}`, "not supported by banger-vmm-qemu"},
-		{"unsupported snapshot", "PUT", "/snapshot/create", `{"snapshot_path":"/s","mem_file_path":"/m"}`, "not supported by banger-vmm-qemu"},
 		{"patch drive", "PATCH", "/drives/rootfs", `{"drive_id":"rootfs"}`, "not supported by banger-vmm-qemu"},
 		{"oversized body", "PUT", "/boot-source", `{"kernel_image_path":"` + strings.Repeat("a", maxPayload) + `"}`, "larger than the limit"},
 	}
