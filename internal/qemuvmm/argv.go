@@ -11,8 +11,11 @@ import (
 // API calls before InstanceStart.
 type MachineSpec struct {
 	// Accel is AccelKVM or AccelTCG.
-	Accel  string
-	VCPUs  int
+	Accel string
+	VCPUs int
+	// SMT presents the vCPUs as pairs of hyperthreads, as Firecracker's
+	// smt does.
+	SMT    bool
 	MemMiB int
 	Kernel string
 	// Initrd is "" for none.
@@ -31,6 +34,8 @@ type MachineSpec struct {
 	// taps, kernel and initrd given as descriptors. DriveSpec.FD,
 	// NICSpec.FD and /dev/fd/N paths refer to these numbers.
 	Files []*os.File
+	// NoSandbox leaves QEMU's seccomp sandbox off (--no-seccomp).
+	NoSandbox bool
 	// Incoming makes QEMU wait, paused, for a migration stream (-S
 	// -incoming defer) instead of running the guest: the start of a
 	// snapshot load.
@@ -124,6 +129,14 @@ func withTSCHint(args string, tscKHz uint64) string {
 	return strings.TrimSpace(args + " tsc_early_khz=" + strconv.FormatUint(tscKHz, 10))
 }
 
+// smpArg is -smp's value: n vCPUs, as n/2 cores of two threads with SMT.
+func smpArg(n int, smt bool) string {
+	if smt && n > 1 && n%2 == 0 {
+		return fmt.Sprintf("%d,sockets=1,cores=%d,threads=2", n, n/2)
+	}
+	return strconv.Itoa(n)
+}
+
 // QEMUArgs returns QEMU's argv (after the binary name) for spec: the
 // Firecracker-equivalent machine. microvm with ACPI describes the
 // virtio-mmio devices and the i8042 to the guest; the PIT is needed for
@@ -132,11 +145,14 @@ func withTSCHint(args string, tscKHz uint64) string {
 // ends Firecracker. The serial console goes to QEMU's stdout, which is
 // the VMM's stdout, as with Firecracker.
 func QEMUArgs(spec MachineSpec) []string {
-	args := []string{
-		"-sandbox", sandboxOpts,
+	var args []string
+	if !spec.NoSandbox {
+		args = append(args, "-sandbox", sandboxOpts)
+	}
+	args = append(args,
 		"-M", "microvm,acpi=on,pit=on,pic=on,rtc=on",
 		"-accel", spec.Accel,
-	}
+	)
 	if spec.Accel == AccelKVM {
 		args = append(args, "-cpu", "host")
 	}
@@ -144,7 +160,7 @@ func QEMUArgs(spec MachineSpec) []string {
 		"-device", "i8042",
 		"-nodefaults", "-no-user-config", "-no-reboot",
 		"-display", "none",
-		"-smp", strconv.Itoa(spec.VCPUs),
+		"-smp", smpArg(spec.VCPUs, spec.SMT),
 		"-m", strconv.Itoa(spec.MemMiB)+"M",
 		"-kernel", spec.Kernel,
 	)

@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"os"
 	"strings"
-	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -29,12 +28,11 @@ func (v *VMM) putLogger(body []byte) error {
 		level = l
 	}
 	out := v.cfg.LogOutput
-	var f *os.File
+	var f *nonblockFile
 	if req.LogPath != nil {
 		var err error
-		f, err = os.OpenFile(*req.LogPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
-		if err != nil {
-			return faultf("Cannot initialize the logger: cannot open %s: %v.", *req.LogPath, err)
+		if f, err = openNonblock(*req.LogPath, true); err != nil {
+			return faultf("Cannot initialize the logger: %v.", err)
 		}
 		out = f
 	}
@@ -62,9 +60,9 @@ func (v *VMM) putMetrics(body []byte) error {
 	}
 	// Opened as Firecracker opens it: created if missing, neither
 	// truncated nor appended to, so callers give a fresh file or a FIFO.
-	f, err := os.OpenFile(*req.MetricsPath, os.O_WRONLY|os.O_CREATE|syscall.O_NONBLOCK, 0o640)
+	f, err := openNonblock(*req.MetricsPath, false)
 	if err != nil {
-		return faultf("Cannot initialize the metrics system: cannot open %s: %v.", *req.MetricsPath, err)
+		return faultf("Cannot initialize the metrics system: %v.", err)
 	}
 	v.metricsFile = f
 	return nil
@@ -80,18 +78,56 @@ func (v *VMM) putMachineConfig(body []byte) error {
 		return missing("vcpu_count")
 	case req.MemSizeMiB == nil:
 		return missing("mem_size_mib")
-	case *req.VCPUCount < 1 || *req.VCPUCount > 32:
-		return faultf("The vCPU number is invalid! The vCPU number can only be 1 or an even number when SMT is enabled.")
-	case *req.MemSizeMiB < 1:
-		return faultf("The memory size (MiB) is invalid.")
-	case req.SMT != nil && *req.SMT:
-		return faultf("SMT is not supported by %s.", AppName)
-	case req.CPUTemplate != nil && *req.CPUTemplate != "None":
-		return faultf("CPU templates are not supported by %s.", AppName)
-	case req.HugePages != nil && *req.HugePages != "None":
-		return faultf("Huge pages are not supported by %s.", AppName)
 	}
-	v.vcpus, v.memMiB = *req.VCPUCount, *req.MemSizeMiB
+	// A PUT resets every optional field it leaves out, as Firecracker's.
+	return v.setMachineConfig(machineConfig{vcpus: 1, memMiB: 128}, req)
+}
+
+// patchMachineConfig is PATCH /machine-config: only the fields given
+// change.
+func (v *VMM) patchMachineConfig(body []byte) error {
+	var req machineReq
+	if err := decodeStrict(body, &req); err != nil {
+		return err
+	}
+	return v.setMachineConfig(machineConfig{vcpus: v.vcpus, memMiB: v.memMiB, smt: v.smt, trackDirty: v.trackDirty}, req)
+}
+
+type machineConfig struct {
+	vcpus, memMiB   int
+	smt, trackDirty bool
+}
+
+// setMachineConfig applies req over base with Firecracker's rules: 1 to
+// 32 vCPUs, 1 or an even number of them with SMT, memory above 0, no CPU
+// template or huge pages (which QEMU's TCG cannot honour).
+func (v *VMM) setMachineConfig(c machineConfig, req machineReq) error {
+	if req.VCPUCount != nil {
+		c.vcpus = *req.VCPUCount
+	}
+	if req.MemSizeMiB != nil {
+		c.memMiB = *req.MemSizeMiB
+	}
+	if req.SMT != nil {
+		c.smt = *req.SMT
+	}
+	if req.TrackDirtyPages != nil {
+		c.trackDirty = *req.TrackDirtyPages
+	}
+	switch {
+	case c.vcpus < 1 || c.vcpus > 32 || c.smt && c.vcpus > 1 && c.vcpus%2 == 1:
+		return faultf("The number of vCPUs must be greater than 0, less than 32 and must be 1 or an even number if SMT is enabled.")
+	case c.memMiB < 1:
+		return faultf("The memory size (MiB) is either 0, or not a multiple of the configured page size.")
+	case req.CPUTemplate != nil && *req.CPUTemplate != "None":
+		return faultf("CPU templates are not available on %s: QEMU runs the guest with its own CPU model.", AppName)
+	case req.HugePages != nil && *req.HugePages != "None":
+		return faultf("Huge pages are not available on %s.", AppName)
+	}
+	if c.trackDirty && !v.trackDirty {
+		v.logger().Info("track_dirty_pages is recorded but has no effect: diff snapshots are not supported")
+	}
+	v.vcpus, v.memMiB, v.smt, v.trackDirty = c.vcpus, c.memMiB, c.smt, c.trackDirty
 	v.configured = true
 	return nil
 }

@@ -536,6 +536,6 @@ func (v *VMM) resetConfig() {
 		n.close()
 	}
 	v.drives, v.nics, v.vsock = nil, nil, nil
-	v.vcpus, v.memMiB, v.smt = 1, 128, false
+	v.vcpus, v.memMiB, v.smt, v.trackDirty = 1, 128, false, false
 	v.configured = false
 }

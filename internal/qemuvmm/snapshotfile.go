@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -33,9 +34,11 @@ import (
 // the memory file first; the id ties the pair together, and the recorded
 // size tells a whole memory file from a partial one.
 
-// snapshotFormat is the version of the snapshot files this build writes
+// SnapshotFormat is the version of the snapshot files this build writes
 // and reads.
-const snapshotFormat = 1
+const SnapshotFormat = 1
+
+const snapshotFormat = SnapshotFormat
 
 const (
 	stateMagic   = "banger-vmm-qemu-snapshot v"
@@ -114,6 +117,27 @@ var (
 	errOtherVersion  = errors.New("snapshot format version")
 	errSnapshotShort = errors.New("the state file is incomplete")
 )
+
+// DescribeSnapshot returns the format version of the snapshot state file
+// at path (--describe-snapshot), whichever version it is.
+func DescribeSnapshot(path string) (int, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	line := make([]byte, len(stateMagic)+10)
+	n, _ := io.ReadFull(f, line)
+	first, _, _ := bytes.Cut(line[:n], []byte("\n"))
+	if !bytes.HasPrefix(first, []byte(stateMagic)) {
+		return 0, fmt.Errorf("%s: %w", path, errNotSnapshot)
+	}
+	v, err := strconv.Atoi(string(first[len(stateMagic):]))
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", path, errNotSnapshot)
+	}
+	return v, nil
+}
 
 // decodeState parses a state file.
 func decodeState(raw []byte) (snapshotState, error) {

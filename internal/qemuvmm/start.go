@@ -25,9 +25,9 @@ func (v *VMM) machineSpec(accel string, tscKHz uint64) (spec MachineSpec, memfds
 		}
 	}()
 	spec = MachineSpec{
-		Accel: accel, VCPUs: v.vcpus, MemMiB: v.memMiB,
+		Accel: accel, VCPUs: v.vcpus, SMT: v.smt, MemMiB: v.memMiB,
 		Kernel: v.boot.kernel, Initrd: v.boot.initrd,
-		QMPSocket: v.QMPSocket(),
+		QMPSocket: v.QMPSocket(), NoSandbox: v.cfg.NoSandbox,
 	}
 	addFile := func(f *os.File) int {
 		spec.Files = append(spec.Files, f)

@@ -50,8 +50,8 @@ const (
 // out.
 const defaultBootArgs = "reboot=k panic=1 nomodule 8250.nr_uarts=0 i8042.noaux i8042.nomux i8042.dumbkbd swiotlb=noforce"
 
-// maxPayload is Firecracker's default --http-api-max-payload-size.
-const maxPayload = 51200
+// DefaultMaxPayload is Firecracker's default --http-api-max-payload-size.
+const DefaultMaxPayload = 51200
 
 // Config configures a VMM.
 type Config struct {
@@ -87,6 +87,11 @@ type Config struct {
 	// OpenTap attaches to a tap by name, for a host_dev_name without a
 	// TapFiles entry; firecracker.OpenTap in production. Nil refuses.
 	OpenTap func(name string) (*os.File, error)
+	// MaxPayload bounds a request body (--http-api-max-payload-size);
+	// default DefaultMaxPayload.
+	MaxPayload int
+	// NoSandbox starts QEMU without -sandbox (--no-seccomp).
+	NoSandbox bool
 }
 
 type bootConfig struct {
@@ -141,21 +146,22 @@ type VMM struct {
 
 	mu          sync.Mutex
 	state       string
-	logFile     *os.File
+	logFile     *nonblockFile
 	vcpus       int
 	memMiB      int
 	boot        *bootConfig
 	drives      []driveConfig
 	nics        []nicConfig
 	vsock       *vsockConfig
-	metricsFile *os.File
+	metricsFile *nonblockFile
 	metricsPrev counters
 	m           Machine
 	// configured says a boot-specific resource was configured, after
 	// which a snapshot load is refused, as in Firecracker.
 	configured bool
-	// smt is machine-config's smt.
-	smt bool
+	// smt and trackDirty are machine-config's smt and
+	// track_dirty_pages.
+	smt, trackDirty bool
 	// accel and qemuVersion are those of the running machine.
 	accel, qemuVersion string
 	// restored says the VM was loaded from a snapshot: it has no boot
@@ -197,6 +203,9 @@ func New(cfg Config) *VMM {
 	}
 	if cfg.Accel == nil {
 		cfg.Accel = FixedAccel(AccelTCG)
+	}
+	if cfg.MaxPayload <= 0 {
+		cfg.MaxPayload = DefaultMaxPayload
 	}
 	v := &VMM{
 		cfg: cfg, state: stateNotStarted, vcpus: 1, memMiB: 128,
@@ -256,13 +265,14 @@ func (v *VMM) Close() {
 
 // ServeHTTP answers one API request.
 func (v *VMM) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	body, err := io.ReadAll(io.LimitReader(r.Body, maxPayload+1))
+	limit := v.cfg.MaxPayload
+	body, err := io.ReadAll(io.LimitReader(r.Body, int64(limit)+1))
 	var reply any
 	switch {
 	case err != nil:
 		err = faultf("Cannot read the request body: %v.", err)
-	case len(body) > maxPayload:
-		err = faultf("Request payload with size %d is larger than the limit of %d allowed by server.", len(body), maxPayload)
+	case len(body) > limit:
+		err = faultf("Request payload with size %d is larger than the limit of %d allowed by server.", len(body), limit)
 	default:
 		v.mu.Lock()
 		reply, err = v.handle(r.Context(), r.Method, r.URL.Path, body)
@@ -283,6 +293,15 @@ func (v *VMM) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, reply)
+}
+
+// Do runs one API request as if it came over the socket (for
+// --config-file and the command-line logger and metrics) and returns the
+// reply of a 200, or the fault.
+func (v *VMM) Do(ctx context.Context, method, path string, body []byte) (any, error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.handle(ctx, method, path, body)
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -322,13 +341,15 @@ func (v *VMM) handle(ctx context.Context, method, path string, body []byte) (any
 	case route == "GET /version":
 		return map[string]string{"firecracker_version": APIVersion}, nil
 	case route == "GET /machine-config":
-		return map[string]any{"vcpu_count": v.vcpus, "mem_size_mib": v.memMiB, "smt": false, "track_dirty_pages": false}, nil
+		return map[string]any{"vcpu_count": v.vcpus, "mem_size_mib": v.memMiB, "smt": v.smt, "track_dirty_pages": v.trackDirty, "huge_pages": "None"}, nil
 	case route == "PUT /logger":
 		return nil, v.preBoot(body, v.putLogger)
 	case route == "PUT /metrics":
 		return nil, v.preBoot(body, v.putMetrics)
 	case route == "PUT /machine-config":
 		return nil, v.preBoot(body, v.putMachineConfig)
+	case route == "PATCH /machine-config":
+		return nil, v.preBoot(body, v.patchMachineConfig)
 	case route == "PUT /boot-source":
 		return nil, v.preBoot(body, v.putBootSource)
 	case route == "PUT /vsock":

@@ -271,7 +271,7 @@ func TestDescribeBeforeStart(t *testing.T) {
 		t.Errorf("GET /version: got %d %s, want 200 %s", code, reply, want)
 	}
 	code, reply = h.do("GET", "/machine-config", "")
-	if want := `{"mem_size_mib":128,"smt":false,"track_dirty_pages":false,"vcpu_count":1}`; code != 200 || reply != want {
+	if want := `{"huge_pages":"None","mem_size_mib":128,"smt":false,"track_dirty_pages":false,"vcpu_count":1}`; code != 200 || reply != want {
 		t.Errorf("GET /machine-config: got %d %s, want 200 %s", code, reply, want)
 	}
 }
@@ -403,8 +403,10 @@ func TestBadRequests(t *testing.T) {
 		{"wrong type", "PUT", "/machine-config", `{"vcpu_count":"two","mem_size_mib":128}`, "deserializing the json body"},
 		{"fractional vcpus", "PUT", "/machine-config", `{"vcpu_count":1.5,"mem_size_mib":128}`, "deserializing the json body"},
 		{"missing vcpu_count", "PUT", "/machine-config", `{"mem_size_mib":128}`, "missing field `vcpu_count`"},
-		{"too many vcpus", "PUT", "/machine-config", `{"vcpu_count":33,"mem_size_mib":128}`, "vCPU number is invalid"},
-		{"smt", "PUT", "/machine-config", `{"vcpu_count":2,"mem_size_mib":128,"smt":true}`, "SMT is not supported"},
+		{"too many vcpus", "PUT", "/machine-config", `{"vcpu_count":33,"mem_size_mib":128}`, "number of vCPUs must be greater than 0, less than 32"},
+		{"smt with an odd vcpu count", "PUT", "/machine-config", `{"vcpu_count":3,"mem_size_mib":128,"smt":true}`, "must be 1 or an even number if SMT is enabled"},
+		{"cpu template", "PUT", "/machine-config", `{"vcpu_count":2,"mem_size_mib":128,"cpu_template":"T2"}`, "CPU templates are not available"},
+		{"patch to odd with smt", "PATCH", "/machine-config", `{"vcpu_count":3,"smt":true}`, "must be 1 or an even number if SMT is enabled"},
 		{"missing kernel", "PUT", "/boot-source", `{"boot_args":"x"}`, "missing field `kernel_image_path`"},
 		{"kernel not there", "PUT", "/boot-source", `{"kernel_image_path":"/nonexistent/vmlinux"}`, "kernel file cannot be opened"},
 		{"initrd not there", "PUT", "/boot-source", fmt.Sprintf(`{"kernel_image_path":%q,"initrd_path":"/nonexistent/initrd"}`, h.kernel), "initrd file cannot be opened"},
@@ -435,7 +437,7 @@ func TestBadRequests(t *testing.T) {
 		{"wrong method", "DELETE", "/drives/rootfs", ``, "Invalid request method and/or path: DELETE /drives/rootfs."},
 		{"unsupported endpoint", "PUT", "/balloon", `{"amount_mib":1,"deflate_on_oom":true}`, "not supported by banger-vmm-qemu"},
 		{"patch drive", "PATCH", "/drives/rootfs", `{"drive_id":"rootfs"}`, "not supported by banger-vmm-qemu"},
-		{"oversized body", "PUT", "/boot-source", `{"kernel_image_path":"` + strings.Repeat("a", maxPayload) + `"}`, "larger than the limit"},
+		{"oversized body", "PUT", "/boot-source", `{"kernel_image_path":"` + strings.Repeat("a", DefaultMaxPayload) + `"}`, "larger than the limit"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -572,5 +574,36 @@ func TestDecodeStrict(t *testing.T) {
 		if (err == nil) != tt.ok {
 			t.Errorf("decodeStrict(%q): got %v, want ok=%v", tt.body, err, tt.ok)
 		}
+	}
+}
+
+// TestMachineConfigSMT follows Firecracker's rules for smt (what firectl
+// sends unless told not to): accepted with 1 or an even number of vCPUs,
+// presented to the guest as hyperthread pairs; PATCH merges, PUT resets.
+func TestMachineConfigSMT(t *testing.T) {
+	h := newHarness(t, nil)
+	h.ok("PUT", "/machine-config", `{"vcpu_count":1,"mem_size_mib":256,"smt":true}`)
+	h.ok("PUT", "/machine-config", `{"vcpu_count":2,"mem_size_mib":256,"smt":true,"track_dirty_pages":false}`)
+	h.ok("PATCH", "/machine-config", `{"vcpu_count":4}`)
+	code, reply := h.do("GET", "/machine-config", "")
+	if want := `{"huge_pages":"None","mem_size_mib":256,"smt":true,"track_dirty_pages":false,"vcpu_count":4}`; code != 200 || reply != want {
+		t.Errorf("after PATCH: got %d %s, want %s", code, reply, want)
+	}
+	h.fault("PATCH", "/machine-config", `{"vcpu_count":5}`, "must be 1 or an even number if SMT is enabled")
+	h.ok("PUT", "/boot-source", fmt.Sprintf(`{"kernel_image_path":%q}`, h.kernel))
+	h.ok("PUT", "/actions", `{"action_type":"InstanceStart"}`)
+	if s := h.specs[0]; s.VCPUs != 4 || !s.SMT || s.MemMiB != 256 {
+		t.Errorf("spec: %+v", s)
+	}
+	if args := strings.Join(QEMUArgs(h.specs[0]), " "); !strings.Contains(args, "-smp 4,sockets=1,cores=2,threads=2") {
+		t.Errorf("qemu args lack the SMT topology: %s", args)
+	}
+	h.fault("PATCH", "/machine-config", `{"vcpu_count":2}`, msgNotAfterBoot)
+	// A PUT resets smt to false.
+	h2 := newHarness(t, nil)
+	h2.ok("PUT", "/machine-config", `{"vcpu_count":2,"mem_size_mib":256,"smt":true}`)
+	h2.ok("PUT", "/machine-config", `{"vcpu_count":3,"mem_size_mib":256}`)
+	if h2.v.smt || h2.v.vcpus != 3 {
+		t.Errorf("PUT did not reset smt: %v %d", h2.v.smt, h2.v.vcpus)
 	}
 }
