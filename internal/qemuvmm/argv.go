@@ -34,6 +34,10 @@ type MachineSpec struct {
 	// taps, kernel and initrd given as descriptors. DriveSpec.FD,
 	// NICSpec.FD and /dev/fd/N paths refer to these numbers.
 	Files []*os.File
+	// Balloon and Entropy are the optional virtio-balloon and virtio-rng
+	// devices (nil for none).
+	Balloon *BalloonSpec
+	Entropy *EntropySpec
 	// NoSandbox leaves QEMU's seccomp sandbox off (--no-seccomp).
 	NoSandbox bool
 	// Incoming makes QEMU wait, paused, for a migration stream (-S
@@ -72,6 +76,20 @@ type NICSpec struct {
 	FD int
 }
 
+// BalloonSpec is a virtio-balloon device.
+type BalloonSpec struct {
+	DeflateOnOOM, FreePageReporting bool
+}
+
+// EntropySpec is a virtio-rng device fed from the host's /dev/urandom,
+// limited to MaxBytes per PeriodMS when both are set.
+type EntropySpec struct {
+	MaxBytes, PeriodMS int64
+}
+
+// balloonID is the balloon device's QEMU id.
+const balloonID = "balloon0"
+
 // sandboxOpts is QEMU's seccomp sandbox: obsolete system calls,
 // privilege changes, spawning processes and changing scheduling or
 // resource limits all denied. QEMU then cannot exec anything (no exec:
@@ -83,6 +101,17 @@ const sandboxOpts = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resource
 // the prefix; query-blockstats reports blockNodeID back.
 func blockNodeID(id string) string { return "blk_" + id }
 func netdevID(id string) string    { return "net_" + id }
+
+// formatNodeID and fileNodeID name a drive's block nodes: the raw format
+// node the device reads through, and the file node under it (n counts the
+// backing files PATCH /drives has swapped in).
+func formatNodeID(id string) string { return "fmt_" + id }
+func fileNodeID(id string, n int) string {
+	if n == 0 {
+		return "file_" + id
+	}
+	return fmt.Sprintf("file%d_%s", n, id)
+}
 
 // driveIDFromNode inverts blockNodeID.
 func driveIDFromNode(node string) (string, bool) { return strings.CutPrefix(node, "blk_") }
@@ -188,11 +217,13 @@ func QEMUArgs(spec MachineSpec) []string {
 				driver = "host_device"
 			}
 			args = append(args, "-add-fd", fmt.Sprintf("fd=%d,set=%d", d.FD, d.FD))
-			file = fmt.Sprintf("file.driver=%s,file.filename=/dev/fdset/%d", driver, d.FD)
+			// auto-read-only=off: QEMU would first open the set read-only
+			// and find no descriptor of that mode.
+			file = fmt.Sprintf("file.driver=%s,file.filename=/dev/fdset/%d,file.auto-read-only=off", driver, d.FD)
 		}
 		args = append(args,
-			"-drive", fmt.Sprintf("id=%s,%s,format=raw,if=none,readonly=%s,cache=%s",
-				blockNodeID(d.ID), file, onOff(d.ReadOnly), cache),
+			"-drive", fmt.Sprintf("id=%s,%s,format=raw,if=none,readonly=%s,cache=%s,node-name=%s,file.node-name=%s",
+				blockNodeID(d.ID), file, onOff(d.ReadOnly), cache, formatNodeID(d.ID), fileNodeID(d.ID, 0)),
 			"-device", "virtio-blk-device,drive="+blockNodeID(d.ID),
 		)
 	}
@@ -212,6 +243,17 @@ func QEMUArgs(spec MachineSpec) []string {
 	}
 	if spec.VsockCID != 0 {
 		args = append(args, "-device", fmt.Sprintf("vhost-vsock-device,guest-cid=%d", spec.VsockCID))
+	}
+	if b := spec.Balloon; b != nil {
+		args = append(args, "-device", fmt.Sprintf("virtio-balloon-device,id=%s,deflate-on-oom=%s,free-page-reporting=%s",
+			balloonID, onOff(b.DeflateOnOOM), onOff(b.FreePageReporting)))
+	}
+	if e := spec.Entropy; e != nil {
+		dev := "virtio-rng-device,rng=rng0"
+		if e.MaxBytes > 0 && e.PeriodMS > 0 {
+			dev += fmt.Sprintf(",max-bytes=%d,period=%d", e.MaxBytes, e.PeriodMS)
+		}
+		args = append(args, "-object", "rng-random,id=rng0,filename=/dev/urandom", "-device", dev)
 	}
 	if spec.Incoming {
 		// -S keeps the loaded VM paused until cont, as Firecracker

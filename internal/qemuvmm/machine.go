@@ -20,8 +20,9 @@ type Machine interface {
 	// Execute runs a QMP command; out, if not nil, receives its return
 	// value.
 	Execute(ctx context.Context, cmd string, args, out any) error
-	// SendFD hands f to QEMU under name, for a QMP fd:name URI.
-	SendFD(ctx context.Context, name string, f *os.File) error
+	// ExecuteFD runs a QMP command that takes a descriptor (getfd,
+	// add-fd), passing f with it.
+	ExecuteFD(ctx context.Context, cmd string, args, out any, f *os.File) error
 	// Done is closed when the VM has ended (QEMU exited).
 	Done() <-chan struct{}
 	// ExitErr is how it ended, once Done is closed: nil for a clean exit
@@ -123,13 +124,13 @@ func (m *qemuMachine) Execute(ctx context.Context, cmd string, args, out any) er
 	return m.qmp.Execute(ctx, cmd, args, out)
 }
 
-func (m *qemuMachine) SendFD(ctx context.Context, name string, f *os.File) error {
+func (m *qemuMachine) ExecuteFD(ctx context.Context, cmd string, args, out any, f *os.File) error {
 	select {
 	case <-m.done:
 		return errors.New("qemu has exited")
 	default:
 	}
-	return m.qmp.SendFD(ctx, name, f)
+	return m.qmp.ExecuteFD(ctx, cmd, args, out, f)
 }
 
 func (m *qemuMachine) Done() <-chan struct{} { return m.done }

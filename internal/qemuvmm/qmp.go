@@ -98,10 +98,10 @@ func (q *qmpConn) Execute(ctx context.Context, cmd string, args, out any) error 
 	return q.execute(ctx, cmd, args, out, nil)
 }
 
-// SendFD passes f to QEMU under name (QMP getfd, the descriptor riding
-// along as SCM_RIGHTS), for a later fd:name URI.
-func (q *qmpConn) SendFD(ctx context.Context, name string, f *os.File) error {
-	return q.execute(ctx, "getfd", map[string]string{"fdname": name}, nil, f)
+// ExecuteFD is Execute with f passed along as SCM_RIGHTS, for the
+// commands that take a descriptor (getfd, add-fd).
+func (q *qmpConn) ExecuteFD(ctx context.Context, cmd string, args, out any, f *os.File) error {
+	return q.execute(ctx, cmd, args, out, f)
 }
 
 func (q *qmpConn) execute(ctx context.Context, cmd string, args, out any, f *os.File) error {

@@ -102,6 +102,11 @@ func queryQEMUVersion(ctx context.Context, m Machine) (string, error) {
 	return fmt.Sprintf("%d.%d.%d", v.QEMU.Major, v.QEMU.Minor, v.QEMU.Micro), nil
 }
 
+// sendFD hands f to QEMU under name, for an fd:name URI.
+func sendFD(ctx context.Context, m Machine, name string, f *os.File) error {
+	return m.ExecuteFD(ctx, "getfd", map[string]string{"fdname": name}, nil, f)
+}
+
 func newSnapshotID() string {
 	b := make([]byte, 16)
 	rand.Read(b)
@@ -132,6 +137,14 @@ func (v *VMM) snapshotState() (snapshotState, error) {
 	}
 	if v.vsock != nil {
 		st.VsockCID, st.VsockUDS = v.vsock.cid, v.vsock.udsPath
+	}
+	if v.balloon != nil {
+		b := *v.balloon
+		st.Balloon = &b
+	}
+	if v.entropy != nil {
+		e := *v.entropy
+		st.Entropy = &e
 	}
 	return st, nil
 }
@@ -239,7 +252,7 @@ func (v *VMM) saveMemory(ctx context.Context, path, id string) (int64, error) {
 	if err := v.m.Execute(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": int64(1) << 40}, nil); err != nil {
 		return 0, err
 	}
-	if err := v.m.SendFD(ctx, snapshotFDName, pf.f); err != nil {
+	if err := sendFD(ctx, v.m, snapshotFDName, pf.f); err != nil {
 		return 0, err
 	}
 	if err := v.m.Execute(ctx, "migrate", map[string]any{"uri": "fd:" + snapshotFDName}, nil); err != nil {
@@ -442,6 +455,7 @@ func (v *VMM) restore(ctx context.Context, statePath, memPath string, overrides 
 	if st.VsockCID != 0 {
 		v.vsock = &vsockConfig{cid: st.VsockCID, udsPath: st.VsockUDS}
 	}
+	v.balloon, v.entropy = st.Balloon, st.Entropy
 	boot, err := v.restoreBoot(st)
 	if err != nil {
 		return err
@@ -464,6 +478,13 @@ func (v *VMM) restore(ctx context.Context, statePath, memPath string, overrides 
 	}
 	v.m, v.state, v.restored = m, statePaused, true
 	v.accel, v.qemuVersion, v.cmdline = st.Accel, st.QEMUVersion, st.Cmdline
+	// The balloon's target travels in the device state; the statistics
+	// timer does not.
+	if v.balloon != nil && v.balloon.StatsInterval > 0 {
+		if err := v.setBalloonStatsInterval(ctx, v.balloon.StatsInterval); err != nil {
+			v.logger().Warn("balloon statistics after load", "err", err)
+		}
+	}
 	v.wg.Add(1)
 	go v.watch(m)
 	if v.metricsFile != nil {
@@ -512,7 +533,7 @@ func (v *VMM) receive(ctx context.Context, m Machine, mem *os.File, st snapshotS
 	if ver != st.QEMUVersion {
 		return fmt.Errorf("the snapshot was taken with QEMU %s and this host runs QEMU %s; QEMU's microvm machine has no cross-version migration", st.QEMUVersion, ver)
 	}
-	if err := m.SendFD(ctx, snapshotFDName, mem); err != nil {
+	if err := sendFD(ctx, m, snapshotFDName, mem); err != nil {
 		return err
 	}
 	if err := m.Execute(ctx, "migrate-incoming", map[string]any{"uri": "fd:" + snapshotFDName}, nil); err != nil {
@@ -535,7 +556,7 @@ func (v *VMM) resetConfig() {
 	for _, n := range v.nics {
 		n.close()
 	}
-	v.drives, v.nics, v.vsock = nil, nil, nil
+	v.drives, v.nics, v.vsock, v.balloon, v.entropy = nil, nil, nil, nil, nil
 	v.vcpus, v.memMiB, v.smt, v.trackDirty = 1, 128, false, false
 	v.configured = false
 }

@@ -128,7 +128,7 @@ func TestSnapshotCreate(t *testing.T) {
 	if !reflect.DeepEqual(st, want) {
 		t.Errorf("state:\n got %+v\nwant %+v", st, want)
 	}
-	for _, c := range []string{`migrate-set-parameters {"max-bandwidth":1099511627776}`, "getfd banger-snapshot", `migrate {"uri":"fd:banger-snapshot"}`} {
+	for _, c := range []string{`migrate-set-parameters {"max-bandwidth":1099511627776}`, `getfd {"fdname":"banger-snapshot"} +fd`, `migrate {"uri":"fd:banger-snapshot"}`} {
 		if !strings.Contains(strings.Join(h.m.recorded(), "\n"), c) {
 			t.Errorf("qmp calls lack %q: %q", c, h.m.recorded())
 		}

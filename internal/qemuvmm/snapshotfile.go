@@ -76,6 +76,8 @@ type snapshotState struct {
 	NICs     []snapshotNIC   `json:"network_interfaces"`
 	VsockCID uint32          `json:"vsock_cid,omitempty"`
 	VsockUDS string          `json:"vsock_uds_path,omitempty"`
+	Balloon  *balloonConfig  `json:"balloon,omitempty"`
+	Entropy  *entropyConfig  `json:"entropy,omitempty"`
 }
 
 type snapshotDrive struct {

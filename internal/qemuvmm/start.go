@@ -56,6 +56,7 @@ func (v *VMM) machineSpec(accel string, tscKHz uint64) (spec MachineSpec, memfds
 		ds := d.DriveSpec
 		if d.file != nil {
 			ds.FD, ds.BlockDev = addFile(d.file.f), d.file.blockDev
+			d.fdset = ds.FD
 		}
 		spec.Drives = append(spec.Drives, ds)
 	}
@@ -89,6 +90,12 @@ func (v *VMM) machineSpec(accel string, tscKHz uint64) (spec MachineSpec, memfds
 	}
 	if v.vsock != nil {
 		spec.VsockCID = v.vsock.cid
+	}
+	if v.balloon != nil {
+		spec.Balloon = &BalloonSpec{DeflateOnOOM: v.balloon.DeflateOnOOM, FreePageReporting: v.balloon.FreePageReporting}
+	}
+	if v.entropy != nil {
+		spec.Entropy = &EntropySpec{MaxBytes: v.entropy.MaxBytes, PeriodMS: v.entropy.PeriodMS}
 	}
 	return spec, memfds, nil
 }
@@ -127,6 +134,9 @@ func (v *VMM) instanceStart(ctx context.Context) error {
 	v.accel, v.cmdline = choice.Accel, spec.Cmdline
 	if v.qemuVersion, err = queryQEMUVersion(ctx, m); err != nil {
 		v.logger().Warn("qemu version unknown: snapshots will not load", "err", err)
+	}
+	if err := v.applyRuntimeDevices(ctx); err != nil {
+		v.logger().Warn("device setup after start failed", "err", err)
 	}
 	v.wg.Add(1)
 	go v.watch(m)

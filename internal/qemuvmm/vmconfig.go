@@ -39,12 +39,22 @@ func (v *VMM) vmConfig() map[string]any {
 			"rx_rate_limiter": nil, "tx_rate_limiter": nil,
 		})
 	}
-	var vsock any
+	var vsock, balloon, entropy any
 	if v.vsock != nil {
 		vsock = map[string]any{"guest_cid": v.vsock.cid, "uds_path": v.vsock.udsPath}
 	}
+	if v.balloon != nil {
+		balloon, _ = v.getBalloon()
+	}
+	if v.entropy != nil {
+		var rl any
+		if v.entropy.MaxBytes > 0 {
+			rl = map[string]any{"bandwidth": map[string]any{"size": v.entropy.MaxBytes, "refill_time": v.entropy.PeriodMS}, "ops": nil}
+		}
+		entropy = map[string]any{"rate_limiter": rl}
+	}
 	return map[string]any{
-		"balloon":     nil,
+		"balloon":     balloon,
 		"drives":      drives,
 		"boot-source": boot,
 		"cpu-config":  nil,
@@ -57,7 +67,7 @@ func (v *VMM) vmConfig() map[string]any {
 		"mmds-config":        nil,
 		"network-interfaces": nics,
 		"vsock":              vsock,
-		"entropy":            nil,
+		"entropy":            entropy,
 		"pmem":               []any{},
 		"memory-hotplug":     nil,
 	}

@@ -117,6 +117,9 @@ type driveConfig struct {
 	partUUID string
 	// file is set when path_on_host names an inherited descriptor.
 	file *inheritedFile
+	// gen counts the backing files PATCH has swapped in; fdset is the
+	// QEMU fd set of the current descriptor (0 for a path).
+	gen, fdset int
 }
 
 type nicConfig struct {
@@ -168,6 +171,10 @@ type VMM struct {
 	// source of its own, and cmdline is the one it was booted with.
 	restored bool
 	cmdline  string
+	balloon  *balloonConfig
+	entropy  *entropyConfig
+	// fdsetSeq numbers the fd sets of descriptors passed at run time.
+	fdsetSeq int
 
 	wg      sync.WaitGroup
 	closing chan struct{}
@@ -314,13 +321,6 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Write(bytes.TrimRight(buf.Bytes(), "\n"))
 }
 
-// unsupportedPaths are Firecracker endpoints banger-vmm-qemu does not
-// implement; they get a clear refusal rather than "invalid path".
-var unsupportedPaths = []string{
-	"/balloon", "/mmds", "/entropy", "/serial", "/cpu-config",
-	"/hotplug/", "/pmem/",
-}
-
 // handle routes one request; the caller holds v.mu. A nil reply with a
 // nil error is a 204.
 func (v *VMM) handle(ctx context.Context, method, path string, body []byte) (any, error) {
@@ -370,15 +370,25 @@ func (v *VMM) handle(ctx context.Context, method, path string, body []byte) (any
 		return nil, v.loadSnapshot(ctx, body)
 	case route == "GET /vm/config":
 		return v.vmConfig(), nil
+	case method == http.MethodPatch && strings.HasPrefix(path, "/drives/"):
+		return nil, v.patchDrive(ctx, strings.TrimPrefix(path, "/drives/"), body)
+	case method == http.MethodPatch && strings.HasPrefix(path, "/network-interfaces/"):
+		return nil, v.patchNIC(strings.TrimPrefix(path, "/network-interfaces/"), body)
+	case route == "PUT /balloon":
+		return nil, v.preBoot(body, v.putBalloon)
+	case route == "GET /balloon":
+		return v.getBalloon()
+	case route == "PATCH /balloon":
+		return nil, v.patchBalloon(ctx, body)
+	case route == "GET /balloon/statistics":
+		return v.getBalloonStats(ctx)
+	case route == "PATCH /balloon/statistics":
+		return nil, v.patchBalloonStats(ctx, body)
+	case route == "PUT /entropy":
+		return nil, v.preBoot(body, v.putEntropy)
 	}
-	for _, p := range unsupportedPaths {
-		if path == strings.TrimSuffix(p, "/") || strings.HasPrefix(path, p) {
-			return nil, faultf("%s %s is not supported by %s.", method, path, AppName)
-		}
-	}
-	if (method == http.MethodPatch && (strings.HasPrefix(path, "/drives/") || strings.HasPrefix(path, "/network-interfaces/") || path == "/machine-config")) ||
-		(method == http.MethodPut && path == "/vm") {
-		return nil, faultf("%s %s is not supported by %s.", method, path, AppName)
+	if err := unavailableFault(path); err != nil {
+		return nil, err
 	}
 	return nil, faultf("Invalid request method and/or path: %s %s.", method, path)
 }

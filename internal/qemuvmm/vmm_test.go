@@ -46,14 +46,20 @@ func newFakeMachine() *fakeMachine {
 	}
 }
 
-func (f *fakeMachine) SendFD(_ context.Context, name string, file *os.File) error {
+func (f *fakeMachine) ExecuteFD(_ context.Context, cmd string, args, out any, file *os.File) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.calls = append(f.calls, "getfd "+name)
-	if err := f.fail["getfd"]; err != nil {
+	raw, _ := json.Marshal(args)
+	f.calls = append(f.calls, cmd+" "+string(raw)+" +fd")
+	if err := f.fail[cmd]; err != nil {
 		return err
 	}
-	f.fds[name] = file
+	switch cmd {
+	case "getfd":
+		f.fds[args.(map[string]string)["fdname"]] = file
+	case "add-fd":
+		f.fds[fmt.Sprintf("set%v", args.(map[string]any)["fdset-id"])] = file
+	}
 	return nil
 }
 
@@ -398,7 +404,7 @@ func TestBadRequests(t *testing.T) {
 		{"get with body", "GET", "/", `{}`, "GET request cannot have a body."},
 		{"not json", "PUT", "/metrics", `metrics_path=/x`, "deserializing the json body"},
 		{"null body", "PUT", "/metrics", `null`, "deserializing the json body"},
-		{"trailing data", "PUT", "/vm", `{"state":"Paused"} {}`, "PUT /vm is not supported"},
+		{"trailing data", "PUT", "/vm", `{"state":"Paused"} {}`, "Invalid request method and/or path: PUT /vm."},
 		{"trailing data in action", "PUT", "/actions", `{"action_type":"InstanceStart"} x`, "trailing characters"},
 		{"wrong type", "PUT", "/machine-config", `{"vcpu_count":"two","mem_size_mib":128}`, "deserializing the json body"},
 		{"fractional vcpus", "PUT", "/machine-config", `{"vcpu_count":1.5,"mem_size_mib":128}`, "deserializing the json body"},
@@ -435,8 +441,19 @@ func TestBadRequests(t *testing.T) {
 		{"unknown vm state", "PATCH", "/vm", `{"state":"Stopped"}`, "unknown variant `Stopped`"},
 		{"unknown path", "GET", "/nope", ``, "Invalid request method and/or path: GET /nope."},
 		{"wrong method", "DELETE", "/drives/rootfs", ``, "Invalid request method and/or path: DELETE /drives/rootfs."},
-		{"unsupported endpoint", "PUT", "/balloon", `{"amount_mib":1,"deflate_on_oom":true}`, "not supported by banger-vmm-qemu"},
-		{"patch drive", "PATCH", "/drives/rootfs", `{"drive_id":"rootfs"}`, "not supported by banger-vmm-qemu"},
+		{"mmds", "PUT", "/mmds/config", `{"network_interfaces":["eth0"]}`, "MMDS is not available on banger-vmm-qemu"},
+		{"mmds data", "GET", "/mmds", ``, "MMDS is not available on banger-vmm-qemu"},
+		{"pmem", "PUT", "/pmem/p0", `{"id":"p0","path_on_host":"/p"}`, "virtio-pmem devices are not available"},
+		{"serial", "PUT", "/serial", `{"serial_out_path":"/s"}`, "Serial output redirection is not available"},
+		{"cpu config", "PUT", "/cpu-config", `{}`, "Custom CPU templates are not available"},
+		{"hotplug", "PUT", "/hotplug/memory", `{"total_size_mib":1024}`, "Memory hotplug (virtio-mem) is not available"},
+		{"hinting", "PATCH", "/balloon/hinting/start", `{}`, "free page hinting is not available"},
+		{"balloon hinting", "PUT", "/balloon", `{"amount_mib":1,"deflate_on_oom":true,"free_page_hinting":true}`, "free page hinting is not available"},
+		{"balloon without deflate", "PUT", "/balloon", `{"amount_mib":1}`, "missing field `deflate_on_oom`"},
+		{"balloon stats before config", "GET", "/balloon/statistics", ``, "balloon device is not configured"},
+		{"entropy ops limit", "PUT", "/entropy", `{"rate_limiter":{"ops":{"size":1,"refill_time":1}}}`, "ops rate limit for the entropy device is not available"},
+		{"patch drive before boot", "PATCH", "/drives/rootfs", `{"drive_id":"rootfs"}`, msgNotBeforeBoot},
+		{"patch nic before boot", "PATCH", "/network-interfaces/eth0", `{"iface_id":"eth0"}`, msgNotBeforeBoot},
 		{"oversized body", "PUT", "/boot-source", `{"kernel_image_path":"` + strings.Repeat("a", DefaultMaxPayload) + `"}`, "larger than the limit"},
 	}
 	for _, tt := range tests {
