@@ -201,6 +201,16 @@ func TestVMMSnapshotAndLoad(t *testing.T) {
 	if memInfo.Size() > 200<<20 {
 		t.Errorf("memory file %d bytes: zero pages were not left out", memInfo.Size())
 	}
+	// A second snapshot of the same paused VM works too, and the VM
+	// resumes after them as Firecracker's does.
+	again := must(NewSnapshotCreate(filepath.Join(vmmDir, "again.snap"), filepath.Join(vmmDir, "again.mem")))
+	if err := c.CreateSnapshot(ctx, again); err != nil {
+		t.Fatalf("second snapshot: %v\n%s", err, readTail(consoleA))
+	}
+	if err := c.Resume(ctx); err != nil {
+		t.Fatalf("resume after the snapshots: %v\n%s", err, readTail(consoleA))
+	}
+	waitTick(ctx, t, consoleA, saved+1)
 	if err := unix.Kill(pA.PID, unix.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
