@@ -9,7 +9,9 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strings"
 	"sync"
+	"time"
 
 	"banger/internal/api"
 	"banger/internal/cgroup"
@@ -191,6 +193,18 @@ func (d *Daemon) Start(ctx context.Context) error {
 	d.bg = bg
 	if _, _, err := image.EnsureSSHKey(d.cfg.SSHKeyPath); err != nil {
 		return fmt.Errorf("daemon ssh key: %w", err)
+	}
+	if bin := d.vmmBinary(); isQEMUVMM(bin) {
+		// banger-vmm-qemu runs unprivileged and cannot cache its choice
+		// of accelerator under /run itself: choose once, as root.
+		pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		out, err := d.runner.Run(pctx, bin, "--probe-accel")
+		cancel()
+		if err != nil {
+			d.logger.Warn("accelerator probe failed; each VMM will probe on its own", "err", err)
+		} else {
+			d.logger.Info("accelerator", "choice", strings.TrimSpace(string(out)))
+		}
 	}
 	d.strategy, d.strategyReason = d.storage.DetectStrategy(ctx, d.layout.vmsDir())
 	d.logger.Info("system overlays", "strategy", d.strategy, "why", d.strategyReason)

@@ -69,7 +69,7 @@ func (l *vmmLaunch) close() {
 func (l *vmmLaunch) addFile(f *os.File) string {
 	l.files = append(l.files, f)
 	l.cfg.ExtraFiles = append(l.cfg.ExtraFiles, f)
-	return firecracker.FDPath(len(l.cfg.ExtraFiles) - 1)
+	return firecracker.FDPath(firecracker.ExtraFileFD(len(l.cfg.ExtraFiles) - 1))
 }
 
 // prepareVMMDir makes <vm dir>/vmm owned by the VM's uid, mode 0700,
@@ -121,7 +121,7 @@ func (d *Daemon) prepareVMM(vm model.VMRecord, img model.Image, h vmHandles, bin
 	l.cfg = firecracker.LaunchConfig{
 		Bin: bin, APISock: vm.Runtime.APISockPath, ID: model.ShortID(vm.ID),
 		ExtraArgs: d.cfg.VMMArgs, LogPath: vm.Runtime.LogPath,
-		UID: uid, GID: uid,
+		UID: uint32(uid), GID: uint32(uid),
 	}
 	defer func() {
 		if err != nil {
@@ -156,7 +156,7 @@ func (d *Daemon) prepareVMM(vm model.VMRecord, img model.Image, h vmHandles, bin
 			return nil, err
 		}
 		l.addFile(tap)
-		l.cfg.TapFDs = map[string]int{h.Tap: 2 + len(l.cfg.ExtraFiles)}
+		l.cfg.TapFDs = map[string]int{h.Tap: firecracker.ExtraFileFD(len(l.cfg.ExtraFiles) - 1)}
 	}
 	if d.cgroups != nil {
 		name := vmCgroupName(vm.ID)

@@ -28,6 +28,10 @@ type Client struct {
 	// non-nil error stops the request. Tests set it to a validator of the
 	// official API spec so that no body the spec refuses leaves the client.
 	Check func(method, path string, body []byte) error
+	// CheckReply, when set, is called with every 2xx reply that has a
+	// body; a non-nil error fails the call. Tests set it to a validator
+	// of the spec's response schemas.
+	CheckReply func(method, path string, status int, body []byte) error
 }
 
 // NewClient returns a client for the API socket at apiSock.
@@ -228,6 +232,11 @@ func (c *Client) do(ctx context.Context, method, path string, body, reply any) e
 	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		return &APIError{Method: method, Path: path, Status: resp.StatusCode, FaultMessage: faultMessage(data)}
+	}
+	if c.CheckReply != nil && len(data) > 0 {
+		if err := c.CheckReply(method, path, resp.StatusCode, data); err != nil {
+			return fmt.Errorf("vmm api %s %s: reply refused: %w", method, path, err)
+		}
 	}
 	if reply != nil {
 		if err := json.Unmarshal(data, reply); err != nil {
