@@ -163,7 +163,9 @@ func TestWaitReadyNeverTrustsAnImpostor(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	// Long enough for a handshake on a loaded machine; the impostor is
+	// refused every time until then.
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 	_, err = WaitReady(ctx, addr, signer, real, 50*time.Millisecond)
 	var mismatch *HostKeyMismatchError
