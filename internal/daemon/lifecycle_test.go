@@ -57,7 +57,9 @@ func newTestDaemon(t *testing.T, dm bool) *testEnv {
 		SSHKeyPath: filepath.Join(dir, "key"),
 		VMDefaults: model.VMDefaultsOverride{VCPUCount: 1, MemoryMiB: 256, SystemOverlaySizeByte: 64 << 20, WorkDiskSizeBytes: 64 << 20},
 	}
-	sopts := storage.Options{Strategy: storage.StrategyCopy}
+	// Work disks go to the VM's user; the unit tier runs without the
+	// right to chown, and ownership is the storage tests' business.
+	sopts := storage.Options{Strategy: storage.StrategyCopy, Chown: func(*os.File, int, int) error { return nil }}
 	if dm {
 		sopts.Strategy = storage.StrategyDMSnapshot
 		sopts.Exists = func(p string) bool {

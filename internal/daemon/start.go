@@ -98,7 +98,11 @@ func (d *Daemon) startLocked(ctx context.Context, vm model.VMRecord, progress ap
 	}
 	if _, err := os.Stat(vm.Runtime.WorkDiskPath); errors.Is(err, os.ErrNotExist) {
 		progress(api.Progress{Step: "disks", Message: fmt.Sprintf("creating the work disk (%s)", model.FormatSizeBytes(vm.Spec.WorkDiskSizeBytes))})
-		if err := d.storage.CreateWorkDisk(ctx, img.WorkSeedPath, vm.Runtime.WorkDiskPath, vm.Spec.WorkDiskSizeBytes); err != nil {
+		owner, err := d.vmUser(vm)
+		if err != nil {
+			return fail(err)
+		}
+		if err := d.storage.CreateWorkDisk(ctx, img.WorkSeedPath, vm.Runtime.WorkDiskPath, vm.Spec.WorkDiskSizeBytes, owner); err != nil {
 			return fail(err)
 		}
 	}

@@ -59,6 +59,10 @@ type Options struct {
 	// (the device-mapper control node, /dev/mapper entries). Callers'
 	// unit tests use it with a fake host to run the dm-snapshot path.
 	Exists func(path string) bool
+	// Chown, when set, replaces giving a work disk file to the VM's
+	// user (fchown). Callers' unit tests, which run without root, use
+	// it.
+	Chown func(f *os.File, uid, gid int) error
 }
 
 // Manager makes, attaches and removes VM disks. It keeps no state of its
@@ -80,6 +84,7 @@ type Manager struct {
 	release    func() string
 	exists     func(path string) bool
 	clone      func(dst, src *os.File) error
+	chown      func(f *os.File, uid, gid int) error
 	sleep      func(ctx context.Context, d time.Duration) error
 	// removeTries bounds the attempts at removing a busy dm device.
 	removeTries int
@@ -95,6 +100,10 @@ func New(run hostexec.Runner, logger *slog.Logger, opts Options) *Manager {
 	if opts.Exists != nil {
 		exists = opts.Exists
 	}
+	chown := (*os.File).Chown
+	if opts.Chown != nil {
+		chown = opts.Chown
+	}
 	return &Manager{
 		run:         run,
 		logger:      logger,
@@ -108,6 +117,7 @@ func New(run hostexec.Runner, logger *slog.Logger, opts Options) *Manager {
 		release:     kernelRelease,
 		exists:      exists,
 		clone:       cloneFile,
+		chown:       chown,
 		sleep:       sleepCtx,
 		removeTries: 5,
 	}
