@@ -12,6 +12,7 @@ import (
 	"banger/internal/api"
 	"banger/internal/model"
 	"banger/internal/storage"
+	"banger/internal/termsafe"
 )
 
 // StartVM implements api.Backend.
@@ -184,7 +185,9 @@ func (d *Daemon) startLocked(ctx context.Context, vm model.VMRecord, progress ap
 	return vm, nil
 }
 
-// lastLines returns up to n trailing lines of a file.
+// lastLines returns up to n trailing lines of a file (the guest's
+// console), its control characters made visible: the text becomes an
+// error message, stored as the VM's LastError and shown to users.
 func lastLines(path string, n int) string {
 	f, err := os.Open(path)
 	if err != nil {
@@ -203,5 +206,5 @@ func lastLines(path string, n int) string {
 	if len(lines) > n {
 		lines = lines[len(lines)-n:]
 	}
-	return strings.Join(lines, "\n")
+	return termsafe.String(strings.Join(lines, "\n"))
 }
