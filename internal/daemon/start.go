@@ -14,6 +14,7 @@ import (
 	"banger/internal/fsutil"
 	"banger/internal/model"
 	"banger/internal/storage"
+	"banger/internal/termsafe"
 )
 
 // StartVM implements api.Backend. It returns ENOTFOUND for a VM the
@@ -153,7 +154,11 @@ func (d *Daemon) startDisks(ctx context.Context, s *startRun) error {
 	}
 	if _, err := os.Stat(vm.Runtime.WorkDiskPath); errors.Is(err, os.ErrNotExist) {
 		s.progress(api.Progress{Step: "disks", Message: fmt.Sprintf("creating the work disk (%s)", model.FormatSizeBytes(vm.Spec.WorkDiskSizeBytes))})
-		if err := d.storage.CreateWorkDisk(ctx, s.img.WorkSeedPath, vm.Runtime.WorkDiskPath, vm.Spec.WorkDiskSizeBytes); err != nil {
+		owner, err := d.vmUser(*vm)
+		if err != nil {
+			return err
+		}
+		if err := d.storage.CreateWorkDisk(ctx, s.img.WorkSeedPath, vm.Runtime.WorkDiskPath, vm.Spec.WorkDiskSizeBytes, owner); err != nil {
 			return err
 		}
 	}
@@ -282,11 +287,13 @@ func (d *Daemon) startSaveRunning(ctx context.Context, s *startRun) error {
 	return nil
 }
 
-// lastLines returns up to n trailing lines of a file.
+// lastLines returns up to n trailing lines of a file (the guest's
+// console), its control characters made visible: the text becomes an
+// error message, stored as the VM's LastError and shown to users.
 func lastLines(path string, n int) string {
 	s, err := fsutil.Tail(path, n, 16384)
 	if err != nil {
 		return "(no console output)"
 	}
-	return s
+	return termsafe.String(s)
 }

@@ -1,12 +1,12 @@
 package daemon
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"strings"
 	"sync"
@@ -18,6 +18,8 @@ import (
 	"banger/internal/model"
 	"banger/internal/proc"
 	"banger/internal/storage"
+
+	"golang.org/x/sys/unix"
 )
 
 // Idle detection thresholds: a guest using more CPU than this (percent of
@@ -179,15 +181,30 @@ func latest(ts ...time.Time) time.Time {
 	return out
 }
 
-// lastJSONLine reads the last complete JSON object of a metrics file.
+// Bounds on reading a VM's metrics file. The VMM writes it, and a VMM a
+// guest took over writes what it likes: only the file's tail is read,
+// and a line longer than a real metrics line is skipped.
+const (
+	maxMetricsTail = 256 << 10
+	maxMetricsLine = 64 << 10
+	// maxIOBytes bounds one counter of one metrics line (a delta since
+	// the previous flush); a larger value is not believed.
+	maxIOBytes = 1 << 50
+)
+
+// lastJSONLine reads the last complete JSON object of a metrics file: a
+// regular file (a FIFO, device or symlink put in its place is refused
+// without blocking), of which at most the last 256 KiB are read, lines
+// over 64 KiB skipped.
 func lastJSONLine(path string, uid int) (map[string]any, error) {
-	// The metrics file is in the VMM's own directory, written by the VMM:
-	// never a link followed by root, never a FIFO that blocks the poller,
-	// only a regular file of the VM's uid.
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	// The file is in the VMM's own directory: never a link followed by
+	// root, never a FIFO that blocks the poller, only a regular file of
+	// the VM's uid.
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, err
+		return nil, &os.PathError{Op: "open", Path: path, Err: err}
 	}
+	f := os.NewFile(uintptr(fd), path)
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
@@ -199,47 +216,49 @@ func lastJSONLine(path string, uid int) (map[string]any, error) {
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok && uid > 0 && int(st.Uid) != uid {
 		return nil, fmt.Errorf("metrics file %s belongs to uid %d, not the VM's %d", path, st.Uid, uid)
 	}
-	start := fi.Size() - 256<<10
-	if start < 0 {
-		start = 0
-	}
-	if _, err := f.Seek(start, io.SeekStart); err != nil {
+	start := max(fi.Size()-maxMetricsTail, 0)
+	buf := make([]byte, fi.Size()-start)
+	n, err := f.ReadAt(buf, start)
+	if err != nil && !errors.Is(err, io.EOF) {
 		return nil, err
 	}
-	var last string
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		if l := strings.TrimSpace(sc.Text()); strings.HasPrefix(l, "{") && strings.HasSuffix(l, "}") {
-			last = l
+	lines := strings.Split(string(buf[:n]), "\n")
+	if start > 0 && len(lines) > 0 {
+		lines = lines[1:] // the first is likely cut
+	}
+	for i := len(lines) - 1; i >= 0; i-- {
+		l := strings.TrimSpace(lines[i])
+		if len(l) > maxMetricsLine || !strings.HasPrefix(l, "{") || !strings.HasSuffix(l, "}") {
+			continue
 		}
+		var m map[string]any
+		if err := json.Unmarshal([]byte(l), &m); err != nil {
+			continue
+		}
+		return m, nil
 	}
-	if last == "" {
-		return nil, errors.New("no metrics yet")
-	}
-	var m map[string]any
-	if err := json.Unmarshal([]byte(last), &m); err != nil {
-		return nil, err
-	}
-	return m, nil
+	return nil, errors.New("no metrics yet")
 }
 
 // ioBytes sums the byte counters of a Firecracker metrics line: block
 // read/write and network rx/tx, which are deltas since the previous flush.
+// A counter that is not a whole number from 0 to maxIOBytes is ignored.
 func ioBytes(m map[string]any) int64 {
-	var total float64
+	var total int64
 	for k, v := range m {
 		sub, ok := v.(map[string]any)
 		if !ok || !(strings.HasPrefix(k, "block_") || strings.HasPrefix(k, "net_")) {
 			continue
 		}
 		for _, c := range []string{"read_bytes", "write_bytes", "rx_bytes_count", "tx_bytes_count"} {
-			if n, ok := sub[c].(float64); ok {
-				total += n
+			n, ok := sub[c].(float64)
+			if !ok || n < 0 || n > maxIOBytes || n != math.Trunc(n) {
+				continue
 			}
+			total = min(total+int64(n), maxIOBytes)
 		}
 	}
-	return int64(total)
+	return total
 }
 
 // VMStats implements api.Backend: the stats the poller last collected.

@@ -375,7 +375,11 @@ func (d *Daemon) applySet(ctx context.Context, vm *model.VMRecord, next model.VM
 	ctx = context.WithoutCancel(ctx)
 	if next.WorkDiskSizeBytes != vm.Spec.WorkDiskSizeBytes {
 		if _, err := os.Stat(vm.Runtime.WorkDiskPath); err == nil {
-			if err := d.storage.GrowWorkDisk(ctx, vm.Runtime.WorkDiskPath, next.WorkDiskSizeBytes); err != nil {
+			owner, err := d.vmUser(*vm)
+			if err != nil {
+				return err
+			}
+			if err := d.storage.GrowWorkDisk(ctx, vm.Runtime.WorkDiskPath, next.WorkDiskSizeBytes, owner); err != nil {
 				return err
 			}
 		}

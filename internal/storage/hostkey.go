@@ -84,9 +84,9 @@ func memFile(name string, data []byte) (*os.File, error) {
 // image or an earlier boot of the guest wrote. The result is read back
 // and compared.
 func (m *Manager) InstallHostKey(ctx context.Context, device string, uid int, key HostKey) error {
-	sr, ok := m.run.(hostexec.SandboxRunner)
+	or, ok := m.run.(hostexec.OptionRunner)
 	if !ok {
-		return fmt.Errorf("install host key: the command runner cannot run sandboxed commands")
+		return fmt.Errorf("install host key: the command runner cannot run commands as another user")
 	}
 	disk, err := m.openDevice(device, os.O_RDWR, 0)
 	if err != nil {
@@ -104,17 +104,18 @@ func (m *Manager) InstallHostKey(ctx context.Context, device string, uid int, ke
 	}
 	defer pub.Close()
 
-	sb := hostexec.Sandbox{UID: uid, GID: uid, Files: []*os.File{disk, priv, pub}}
-	sb.Stdin = strings.NewReader(hostKeyScript(sb.FDPath(1), sb.FDPath(2)))
-	ctx, cancel := context.WithTimeout(ctx, sandboxTimeout)
-	defer cancel()
+	as := &hostexec.Credential{UID: uint32(uid), GID: uint32(uid)}
+	opts := hostexec.Options{
+		As: as, ExtraFiles: []*os.File{disk, priv, pub}, Timeout: sandboxTimeout,
+		Stdin: strings.NewReader(hostKeyScript(hostexec.FDPath(1), hostexec.FDPath(2))),
+	}
 	// debugfs exits 0 whatever its commands did; the read-back below is
 	// what says whether the key is there.
-	if _, err := sr.RunSandboxed(ctx, sb, "debugfs", "-w", "-f", "-", sb.FDPath(0)); err != nil {
+	if _, err := or.RunWith(ctx, opts, "debugfs", "-w", "-f", "-", hostexec.FDPath(0)); err != nil {
 		return fmt.Errorf("install host key: %w", err)
 	}
-	check := hostexec.Sandbox{UID: uid, GID: uid, Files: []*os.File{disk}}
-	out, err := sr.RunSandboxed(ctx, check, "debugfs", "-R", "cat "+hostKeyDir+"/ssh_host_ed25519_key.pub", check.FDPath(0))
+	check := hostexec.Options{As: as, ExtraFiles: []*os.File{disk}, Timeout: sandboxTimeout}
+	out, err := or.RunWith(ctx, check, "debugfs", "-R", "cat "+hostKeyDir+"/ssh_host_ed25519_key.pub", hostexec.FDPath(0))
 	if err != nil {
 		return fmt.Errorf("install host key: read back: %w", err)
 	}

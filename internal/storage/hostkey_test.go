@@ -55,9 +55,9 @@ func TestInstallHostKeyFake(t *testing.T) {
 	if err := m.InstallHostKey(context.Background(), disk, 1500000002, key); err != nil {
 		t.Fatal(err)
 	}
-	for _, c := range f.Sandboxed() {
-		if !strings.HasPrefix(c, "uid=1500000002 gid=1500000002 debugfs ") || !strings.Contains(c, disk) {
-			t.Errorf("not sandboxed as the VM's uid on the disk: %s", c)
+	for _, c := range f.Calls() {
+		if !strings.HasPrefix(c, "[as 1500000002:1500000002, fd 3="+disk) || !strings.Contains(c, "debugfs ") {
+			t.Errorf("not run as the VM's uid on the disk: %s", c)
 		}
 	}
 	if len(f.Unexpected()) > 0 {

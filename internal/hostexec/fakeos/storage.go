@@ -363,9 +363,15 @@ func (o *OS) resize2fs(args []string, _ string) (string, error) {
 // and `-R "cat /etc/ssh/ssh_host_ed25519_key.pub" PATH`. The key is kept
 // in OS.HostKeys by the disk's path.
 func (o *OS) debugfs(args []string, stdin string) (string, error) {
+	// The disk comes as an inherited descriptor; the key is the file's
+	// own path.
+	disk := args[len(args)-1]
+	if p, err := os.Readlink(disk); err == nil && strings.HasPrefix(disk, "/proc/self/fd/") {
+		disk = p
+	}
 	switch {
 	case len(args) == 4 && args[0] == "-w" && args[1] == "-f" && args[2] == "-":
-		if out, err := checkExt4("debugfs", args[3]); err != nil {
+		if out, err := checkExt4("debugfs", disk); err != nil {
 			return out, err
 		}
 		for _, line := range strings.Split(stdin, "\n") {
@@ -375,12 +381,12 @@ func (o *OS) debugfs(args []string, stdin string) (string, error) {
 				if err != nil {
 					return "", fmt.Errorf("fake debugfs: %v", err)
 				}
-				o.HostKeys[args[3]] = string(b)
+				o.HostKeys[disk] = string(b)
 			}
 		}
 		return "", nil
 	case len(args) == 3 && args[0] == "-R" && args[1] == "cat /etc/ssh/ssh_host_ed25519_key.pub":
-		return o.HostKeys[args[2]], nil
+		return o.HostKeys[disk], nil
 	}
 	return "", hostexec.ErrUnexpected
 }
