@@ -89,6 +89,12 @@ type DaemonConfig struct {
 	// image builds download in; empty means the daemon's own. It lets a
 	// daemon kept in an isolated namespace still reach the mirror.
 	BuildNetNS string
+	// UpstreamDNS are the nameservers the daemon's DNS forwards guests'
+	// queries to, in order (default_dns; DefaultDNS is the first).
+	UpstreamDNS []string
+	// EgressLogGroup is the NFLOG group the kernel reports denied guest
+	// connections on, read by the daemon.
+	EgressLogGroup int
 }
 
 // VMDefaultsOverride holds the VM sizes used when a create request leaves
@@ -102,6 +108,8 @@ type VMDefaultsOverride struct {
 	// AutoStopAfter overrides DaemonConfig.AutoStopStaleAfter for new VMs
 	// when non-zero.
 	AutoStopAfter time.Duration
+	// Egress is the egress policy of new VMs; the zero value is open.
+	Egress EgressPolicy
 }
 
 // FileSyncEntry is a user-declared host→guest file or directory copy
@@ -150,6 +158,8 @@ type VMSpec struct {
 	// AutoStopAfterSeconds overrides the daemon's idle auto-stop for this
 	// VM: nil means the daemon default, 0 means never.
 	AutoStopAfterSeconds *int64 `json:"auto_stop_after_seconds,omitempty"`
+	// Egress is where the guest may connect beyond the host.
+	Egress EgressPolicy `json:"egress"`
 }
 
 // VMRuntime holds the durable runtime state that the daemon needs to reach
@@ -202,6 +212,10 @@ type VMStats struct {
 	// LastActiveAt is the last time the poller saw the guest working
 	// (CPU, block or network activity).
 	LastActiveAt time.Time `json:"last_active_at,omitempty"`
+	// EgressDenied counts the connections the guest tried to open that
+	// its egress policy refused, since it last started (read from the
+	// kernel when asked).
+	EgressDenied int64 `json:"egress_denied,omitempty"`
 }
 
 // VMRecord is a VM as stored and as shown.
@@ -239,6 +253,8 @@ type VMCreateRequest struct {
 	AutoStopAfterSeconds *int64 `json:"auto_stop_after_seconds,omitempty"`
 	// SSHPublicKeys are the caller's public keys, authorized in the guest.
 	SSHPublicKeys []string `json:"ssh_public_keys,omitempty"`
+	// Egress is the VM's egress policy; nil means the configured default.
+	Egress *EgressPolicy `json:"egress,omitempty"`
 }
 
 // VMSetRequest changes a VM. Nil fields are left alone.
@@ -252,6 +268,8 @@ type VMSetRequest struct {
 	// AutoStopAfterSeconds changes the idle auto-stop for this VM; a
 	// negative value goes back to the daemon default.
 	AutoStopAfterSeconds *int64 `json:"auto_stop_after_seconds,omitempty"`
+	// Egress changes the egress policy, live when the VM runs.
+	Egress *EgressPolicy `json:"egress,omitempty"`
 }
 
 // WorkspacePrepareMode says how much of a repository goes into a VM.
