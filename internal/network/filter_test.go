@@ -129,7 +129,9 @@ func TestFilterValidateRefusesHostileValues(t *testing.T) {
 		func(f *Filter) { f.GuestIP = "::1" },
 		func(f *Filter) { f.GuestMAC = "06:00:ac:10:00:02 accept" },
 		func(f *Filter) { f.GuestMAC = "06:00:ac:10:00:02:00:00:00:00" },
-		func(f *Filter) { f.Egress = model.EgressPolicy{Mode: model.EgressAllow, Allow: []string{"1.2.3.4 } ; flush ruleset ; {"}} },
+		func(f *Filter) {
+			f.Egress = model.EgressPolicy{Mode: model.EgressAllow, Allow: []string{"1.2.3.4 } ; flush ruleset ; {"}}
+		},
 		func(f *Filter) { f.Egress = model.EgressPolicy{Mode: "all"} },
 	}
 	for i, mutate := range bad {
