@@ -48,6 +48,8 @@ type Daemon struct {
 	storage *storage.Manager
 	caps    []capability
 	boot    booter
+	// denied remembers which denied guest connections were logged.
+	denied *deniedLog
 
 	// strategy is how system overlays are made on this host.
 	strategy       storage.Strategy
@@ -97,6 +99,7 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 		handles:  newHandleCache(),
 		crashAt:  os.Getenv(EnvCrashAt),
 		sessions: newSessionCounter(),
+		denied:   newDeniedLog(),
 	}
 	// The state dir holds VM disks and the daemon's private key: only
 	// root may list it.
@@ -136,15 +139,19 @@ func (d *Daemon) Start(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		if err := dns.SetForwarding(d.forwardConfig()); err != nil {
+			return err
+		}
 		d.dns = dns
 	}
-	d.caps = []capability{natCapability{net: d.net}, dnsCapability{dns: d.dns}}
+	d.caps = []capability{filterCapability{net: d.net, denied: d.denied}, natCapability{net: d.net}, dnsCapability{dns: d.dns}}
 	if err := d.setupNetwork(ctx); err != nil {
 		d.logger.Error("network setup failed; VMs cannot start until it works", "err", err)
 	}
 	if err := d.reconcile(ctx, "startup"); err != nil {
 		d.logger.Error("reconcile at startup", "err", err)
 	}
+	d.listenDenied(bg)
 	d.startLoops(bg)
 	return nil
 }
@@ -166,6 +173,11 @@ func (d *Daemon) setupNetwork(ctx context.Context) error {
 func (d *Daemon) setupNetworkLocked(ctx context.Context) error {
 	if err := d.net.EnsureBridge(ctx); err != nil {
 		return fmt.Errorf("bridge %s: %w", d.cfg.BridgeName, err)
+	}
+	// Guests are isolated before any can start: without the filter, no
+	// VM gets a network.
+	if err := d.net.EnsureFilter(ctx); err != nil {
+		return fmt.Errorf("packet filter (is nft installed?): %w", err)
 	}
 	if d.dns != nil && d.dns.Addr() == "" {
 		addr := d.cfg.DNSListen

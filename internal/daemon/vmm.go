@@ -128,7 +128,7 @@ func (d *Daemon) configureVMM(ctx context.Context, c *firecracker.Client, vm mod
 	if err := c.PutMachineConfig(ctx, mc); err != nil {
 		return err
 	}
-	ipArg, err := network.KernelIPArg(vm.Runtime.GuestIP, d.cfg.BridgeIP, d.cfg.CIDR, vm.Name, d.cfg.DefaultDNS)
+	ipArg, err := network.KernelIPArg(vm.Runtime.GuestIP, d.cfg.BridgeIP, d.cfg.CIDR, vm.Name, d.guestNameserver())
 	if err != nil {
 		return err
 	}
