@@ -191,7 +191,8 @@ func planFilters(rows []vmObservation) filterPlan {
 	return p
 }
 
-// applyFilterPlan rebuilds the filters of live VMs that lost theirs and
+// applyFilterPlan remakes the base filter (someone may have flushed the
+// host's ruleset), rebuilds the filters of live VMs that lost theirs and
 // removes every filter no kept VM owns.
 func (d *Daemon) applyFilterPlan(ctx context.Context, p filterPlan, rows []vmObservation) error {
 	byID := map[string]vmObservation{}
@@ -199,6 +200,11 @@ func (d *Daemon) applyFilterPlan(ctx context.Context, p filterPlan, rows []vmObs
 		byID[r.VM.ID] = r
 	}
 	var errs []error
+	if d.netReady() {
+		if err := d.net.EnsureFilter(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	for _, id := range p.Restore {
 		r := byID[id]
 		f, err := guestFilter(r.VM, r.Handles.Tap)
@@ -211,7 +217,19 @@ func (d *Daemon) applyFilterPlan(ctx context.Context, p filterPlan, rows []vmObs
 		}
 		d.logger.Info("reconcile: restored the packet filter", "vm", r.VM.Name)
 	}
-	if removed, err := d.net.RemoveOrphanFilters(ctx, p.Keep); err != nil {
+	// A VM created since the rows were read may be starting now, its
+	// filter already made: it is no orphan.
+	keep := p.Keep
+	vms, err := d.store.ListVMs(ctx)
+	if err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	for _, vm := range vms {
+		if _, observed := byID[vm.ID]; !observed {
+			keep = append(keep, vm.ID)
+		}
+	}
+	if removed, err := d.net.RemoveOrphanFilters(ctx, keep); err != nil {
 		errs = append(errs, err)
 	} else if len(removed) > 0 {
 		d.logger.Warn("removed orphan packet filters", "vms", len(removed))

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"banger/internal/api"
+	"banger/internal/hostexec/fakeos"
 	"banger/internal/model"
 	"banger/internal/network"
 )
@@ -152,6 +153,13 @@ add counter inet banger vm-0123456789ab-denied
 		t.Fatal(err)
 	}
 	want(t, "orphan filter removed", e.hostState(), idleHost)
+
+	// A flushed ruleset (a firewall reload) gets the base back.
+	e.os.Nft = map[string]*fakeos.NftTable{}
+	if err := e.d.reconcile(e.ctx, "test"); err != nil {
+		t.Fatal(err)
+	}
+	want(t, "base filter remade", e.hostState(), idleHost)
 }
 
 func TestPlanFilters(t *testing.T) {
