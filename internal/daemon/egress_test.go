@@ -238,3 +238,28 @@ func TestGuestNameserver(t *testing.T) {
 		}
 	}
 }
+
+// TestFilterPlanKeepsVMsCreatedMeanwhile: a VM whose row appeared after
+// reconcile read the rows may be starting with its filter made; reconcile
+// must not take it for an orphan.
+func TestFilterPlanKeepsVMsCreatedMeanwhile(t *testing.T) {
+	e := newTestDaemon(t, false)
+	v, err := e.d.CreateVM(e.ctx, model.VMCreateRequest{Name: "fresh", ImageName: "base"}, api.NoProgress)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain := "nft inet banger chain vm-" + model.ShortID(v.ID)
+	if err := e.d.applyFilterPlan(e.ctx, filterPlan{}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(e.os.String(), chain) {
+		t.Fatal("the filter of a VM reconcile had not seen was removed")
+	}
+	// Seen, and not live: an orphan.
+	if err := e.d.applyFilterPlan(e.ctx, filterPlan{}, []vmObservation{{VM: v.VMRecord}}); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(e.os.String(), chain) {
+		t.Error("the filter of a VM reconcile saw as not live was kept")
+	}
+}
