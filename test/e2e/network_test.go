@@ -42,7 +42,7 @@ func TestNetworkContainment(t *testing.T) {
 	serveEcho(t, d.Netns, "10.99.0.254:8082")
 
 	create := func(name string, extra ...string) harness.Result {
-		args := append([]string{"vm", "create", name, "--nat", "--vcpus", "1", "--memory", "384M", "--disk-size", "1G", "--overlay-size", "2G"}, extra...)
+		args := append([]string{"vm", "create", name, "--nat", "--vcpus", "1", "--memory", "512M", "--disk-size", "1G", "--overlay-size", "2G"}, extra...)
 		return d.MustCLI(args...)
 	}
 	create("neta", "--egress", "allow=10.99.0.1/32,allowed.test")
@@ -57,6 +57,7 @@ func TestNetworkContainment(t *testing.T) {
 	}
 	for _, vm := range []string{"neta", "netb"} {
 		d.MustCLI("cp", "/bin/busybox", vm+":busybox")
+		d.MustCLI("exec", vm, "--", "chmod", "755", "/root/busybox")
 	}
 	if left := d.Leftovers(t, 2); len(left) > 0 {
 		t.Errorf("leftovers with two VMs running:\n%s", strings.Join(left, "\n"))
