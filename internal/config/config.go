@@ -45,6 +45,9 @@ const (
 	DefaultCacheDirSubpath = "cache"
 	DefaultVMMUIDBase      = 1500000000
 	DefaultCgroupParent    = "banger"
+	// DefaultEgressLogGroup is the NFLOG group of denied guest
+	// connections.
+	DefaultEgressLogGroup = 1701
 )
 
 // file is the TOML shape of the configuration. Durations and sizes are
@@ -64,7 +67,8 @@ type file struct {
 	BridgeIP           *string         `toml:"bridge_ip"`
 	CIDR               *string         `toml:"cidr"`
 	TapPoolSize        *int            `toml:"tap_pool_size"`
-	DefaultDNS         *string         `toml:"default_dns"`
+	DefaultDNS         any             `toml:"default_dns"` // a string or a list of strings
+	EgressLogGroup     *int            `toml:"egress_log_group"`
 	DefaultImageName   *string         `toml:"default_image_name"`
 	StateDir           *string         `toml:"state_dir"`
 	CacheDir           *string         `toml:"cache_dir"`
@@ -93,6 +97,7 @@ type vmDefaults struct {
 	DiskSize      *string `toml:"disk_size"`
 	NAT           *bool   `toml:"nat"`
 	AutoStopAfter *string `toml:"auto_stop_after"`
+	Egress        *string `toml:"egress"`
 }
 
 // Default returns the configuration used when no file exists.
@@ -111,6 +116,8 @@ func Default() model.DaemonConfig {
 		CIDR:               model.DefaultCIDR,
 		TapPoolSize:        DefaultTapPoolSize,
 		DefaultDNS:         model.DefaultDNS,
+		UpstreamDNS:        []string{model.DefaultDNS},
+		EgressLogGroup:     DefaultEgressLogGroup,
 		DefaultImageName:   DefaultImageName,
 		StateDir:           DefaultStateDir,
 		SocketPath:         DefaultSocketPath,
@@ -223,7 +230,17 @@ func apply(cfg *model.DaemonConfig, f *file, lines map[string]int) error {
 	setString(&cfg.BridgeName, f.BridgeName)
 	setString(&cfg.BridgeIP, f.BridgeIP)
 	setString(&cfg.CIDR, f.CIDR)
-	setString(&cfg.DefaultDNS, f.DefaultDNS)
+	if f.DefaultDNS != nil {
+		list, err := dnsList(f.DefaultDNS)
+		if err != nil {
+			return valueError(lines, "default_dns", "%v", err)
+		}
+		cfg.UpstreamDNS = list
+		cfg.DefaultDNS = list[0]
+	}
+	if f.EgressLogGroup != nil {
+		cfg.EgressLogGroup = *f.EgressLogGroup
+	}
 	setString(&cfg.DefaultImageName, f.DefaultImageName)
 	setString(&cfg.StateDir, f.StateDir)
 	setString(&cfg.CacheDir, f.CacheDir)
@@ -323,6 +340,13 @@ func apply(cfg *model.DaemonConfig, f *file, lines map[string]int) error {
 			}
 			cfg.VMDefaults.AutoStopAfter = v
 		}
+		if vd.Egress != nil {
+			p, err := model.ParseEgress(*vd.Egress)
+			if err != nil {
+				return valueError(lines, "vm_defaults.egress", "%v", err)
+			}
+			cfg.VMDefaults.Egress = p
+		}
 	}
 
 	for i, e := range f.FileSync {
@@ -367,6 +391,14 @@ func validate(cfg *model.DaemonConfig, lines map[string]int) error {
 	}
 	if ip := net.ParseIP(cfg.DefaultDNS); ip == nil {
 		return valueError(lines, "default_dns", "%q is not an IP address", cfg.DefaultDNS)
+	}
+	for _, u := range cfg.UpstreamDNS {
+		if ip := net.ParseIP(u); ip == nil {
+			return valueError(lines, "default_dns", "%q is not an IP address", u)
+		}
+	}
+	if cfg.EgressLogGroup < 0 || cfg.EgressLogGroup > 65535 {
+		return valueError(lines, "egress_log_group", "%d must be between 1 and 65535, or 0 to log no denied connections", cfg.EgressLogGroup)
 	}
 	if cfg.BridgeName == "" || len(cfg.BridgeName) > 15 || strings.ContainsAny(cfg.BridgeName, " /") {
 		return valueError(lines, "bridge_name", "%q must be a network interface name of 1-15 characters", cfg.BridgeName)
@@ -420,6 +452,28 @@ func finish(cfg *model.DaemonConfig) error {
 		cfg.SSHKeyPath = filepath.Join(cfg.StateDir, "ssh", "id_ed25519")
 	}
 	return nil
+}
+
+// dnsList reads default_dns: one address, or a non-empty list of them.
+func dnsList(v any) ([]string, error) {
+	switch v := v.(type) {
+	case string:
+		return []string{v}, nil
+	case []any:
+		if len(v) == 0 {
+			return nil, fmt.Errorf("the list is empty; name at least one nameserver")
+		}
+		var out []string
+		for _, e := range v {
+			s, ok := e.(string)
+			if !ok {
+				return nil, fmt.Errorf("%v is not a string; use addresses such as \"1.1.1.1\"", e)
+			}
+			out = append(out, s)
+		}
+		return out, nil
+	}
+	return nil, fmt.Errorf("must be an address or a list of addresses, such as [\"1.1.1.1\", \"9.9.9.9\"]")
 }
 
 func parseDuration(s string, allowZero bool, minimum time.Duration) (time.Duration, error) {

@@ -73,6 +73,8 @@ type Daemon struct {
 	procs        proc.Reader
 	openProc     func(pid int) (vmmProc, error)
 	newVMMClient func(apiSock string, uid int) *firecracker.Client
+	// denied remembers which denied guest connections were logged.
+	denied *deniedLog
 
 	// strategy is how system overlays are made on this host.
 	strategy       storage.Strategy
@@ -137,6 +139,7 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 		crashAt:  os.Getenv(EnvCrashAt),
 		noWatch:  os.Getenv(EnvNoWatch) == "1",
 		sessions: newSessionCounter(),
+		denied:   newDeniedLog(),
 	}
 	// The state dir holds VM disks and the daemon's private key: only
 	// root may list it.
@@ -214,15 +217,19 @@ func (d *Daemon) Start(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		if err := dns.SetForwarding(d.forwardConfig()); err != nil {
+			return err
+		}
 		d.dns = dns
 	}
-	d.caps = []capability{natCapability{net: d.net}, dnsCapability{dns: d.dns}}
+	d.caps = []capability{filterCapability{net: d.net, denied: d.denied}, natCapability{net: d.net}, dnsCapability{dns: d.dns}}
 	if err := d.setupNetwork(ctx); err != nil {
 		d.logger.Error("network setup failed; VMs cannot start until it works", "err", err)
 	}
 	if err := d.reconcile(ctx, "startup"); err != nil {
 		d.logger.Error("reconcile at startup", "err", err)
 	}
+	d.listenDenied(bg)
 	d.startLoops(bg)
 	return nil
 }
@@ -244,6 +251,11 @@ func (d *Daemon) setupNetwork(ctx context.Context) error {
 func (d *Daemon) setupNetworkLocked(ctx context.Context) error {
 	if err := d.net.EnsureBridge(ctx); err != nil {
 		return fmt.Errorf("bridge %s: %w", d.cfg.BridgeName, err)
+	}
+	// Guests are isolated before any can start: without the filter, no
+	// VM gets a network.
+	if err := d.net.EnsureFilter(ctx); err != nil {
+		return fmt.Errorf("packet filter (is nft installed?): %w", err)
 	}
 	if d.dns != nil && d.dns.Addr() == "" {
 		addr := d.cfg.DNSListen

@@ -175,10 +175,79 @@ func newTestDaemon(t *testing.T, dm bool) *testEnv {
 	return &testEnv{d: d, os: o, vmms: vmms, ctx: ctx, owners: owners}
 }
 
-// hostState is the fake host's state with temp paths made stable.
+// baseFilter are the lines of the fake host's state that banger's base
+// packet filter makes (network.EnsureFilter); its maps are printed with
+// their elements, which are per VM.
+var baseFilter = []string{
+	`nft bridge banger chain prerouting { type filter hook prerouting priority -300 ; policy accept ; }`,
+	`nft bridge banger rule prerouting iifname vmap @ports`,
+	`nft bridge banger rule prerouting iifname "bgtap*" drop`,
+	`nft inet banger chain forward { type filter hook forward priority -10 ; policy accept ; }`,
+	`nft inet banger rule forward iifname "br-fc" oifname "br-fc" drop`,
+	`nft inet banger rule forward iifname "br-fc" ip saddr vmap @guests`,
+	`nft inet banger rule forward iifname "br-fc" drop`,
+	`nft inet banger chain guest-in`,
+	`nft inet banger rule guest-in ct state established,related accept`,
+	`nft inet banger rule guest-in ip daddr 172.16.0.1 udp dport 53 accept`,
+	`nft inet banger rule guest-in ip daddr 172.16.0.1 tcp dport 53 accept`,
+	`nft inet banger rule guest-in drop`,
+	`nft inet banger chain input { type filter hook input priority -10 ; policy accept ; }`,
+	`nft inet banger rule input iifname "br-fc" jump guest-in`,
+}
+
+// Empty maps of the base filter.
+const (
+	emptyPorts  = `nft bridge banger map ports { type ifname : verdict ; }`
+	emptyGuests = `nft inet banger map guests { type ipv4_addr : verdict ; }`
+)
+
+// hostState is the fake host's state with temp paths made stable, and the
+// base filter, when all of it is there, as one last line "nft base
+// filter" (empty maps included, so a VM's map elements show).
 func (e *testEnv) hostState() string {
-	s := e.os.String()
-	return strings.ReplaceAll(s, e.d.cfg.StateDir, "$STATE")
+	s := strings.ReplaceAll(e.os.String(), e.d.cfg.StateDir, "$STATE")
+	lines := strings.Split(strings.TrimSuffix(s, "\n"), "\n")
+	base := map[string]bool{emptyPorts: true, emptyGuests: true}
+	for _, l := range baseFilter {
+		base[l] = true
+	}
+	var kept []string
+	found := 0
+	for _, l := range lines {
+		if base[l] {
+			found++
+			continue
+		}
+		kept = append(kept, l)
+	}
+	if found >= len(baseFilter) {
+		kept = append(kept, "nft base filter")
+	} else if found > 0 {
+		kept = append(kept, fmt.Sprintf("nft base filter: only %d of its %d lines", found, len(baseFilter)))
+	}
+	return strings.Join(kept, "\n") + "\n"
+}
+
+// vmFilter is the fake host's state of a running VM's filter with egress
+// open, on its tap and address, in the order the fake prints.
+func vmFilter(short, tap, ip, mac string) (bridge, inet string) {
+	b := "nft bridge banger chain vm-" + short + "\n"
+	for _, r := range []string{
+		"ether saddr != " + mac + " drop", "arp htype != 1 drop", "arp ptype != ip drop", "arp hlen != 6 drop", "arp plen != 4 drop",
+		"arp saddr ether != " + mac + " drop", "arp saddr ip != " + ip + " drop", "ether type arp accept",
+		"ip saddr != " + ip + " drop", "udp sport 67 drop", "ether type ip accept", "drop",
+	} {
+		b += "nft bridge banger rule vm-" + short + " " + r + "\n"
+	}
+	b += "nft bridge banger map ports { type ifname : verdict ; } = " + tap + " : jump vm-" + short + "\n"
+	i := "nft inet banger chain vm-" + short + "\n" +
+		"nft inet banger rule vm-" + short + " accept\n" +
+		"nft inet banger map guests { type ipv4_addr : verdict ; } = " + ip + " : jump vm-" + short + "\n" +
+		"nft inet banger set vm-" + short + "-allow { type ipv4_addr ; flags interval ; }\n" +
+		"nft inet banger set vm-" + short + "-dns { type ipv4_addr ; flags timeout ; }\n" +
+		"nft inet banger set vm-" + short + "-seen { type ipv4_addr . inet_proto . inet_service . inet_service ; flags dynamic,timeout ; timeout 1m ; size 4096 ; }\n" +
+		"nft inet banger counter vm-" + short + "-denied packets 0\n"
+	return b, i
 }
 
 func (e *testEnv) create(t *testing.T, name string, nat bool) model.VMRecord {
@@ -207,10 +276,11 @@ func want(t *testing.T, step, got, want string) {
 }
 
 const idleHost = `
-link bgtap0 tap master=br-fc up
-link bgtap1 tap master=br-fc up
+link bgtap0 tap master=br-fc up isolated
+link bgtap1 tap master=br-fc up isolated
 link br-fc bridge up 172.16.0.1/24
 sysctl net.ipv4.ip_forward=0
+nft base filter
 `
 
 // hostWith is the fake host's state with exactly these taps and no rules
@@ -219,9 +289,9 @@ func hostWith(taps ...string) string {
 	var b strings.Builder
 	b.WriteString("\n")
 	for _, t := range taps {
-		b.WriteString("link " + t + " tap master=br-fc up\n")
+		b.WriteString("link " + t + " tap master=br-fc up isolated\n")
 	}
-	b.WriteString("link br-fc bridge up 172.16.0.1/24\nsysctl net.ipv4.ip_forward=1\n")
+	b.WriteString("link br-fc bridge up 172.16.0.1/24\nsysctl net.ipv4.ip_forward=1\nnft base filter\n")
 	return b.String()
 }
 
@@ -243,13 +313,15 @@ loop /dev/loop1 $STATE/vms/` + short + `/system.img
 dm banger-` + short + ` 0 65536 snapshot /dev/loop0 /dev/loop1 P 8
 `
 	// The running VM holds bgtap0; the pool was refilled to two idle taps.
+	// Its filter: the tap sends only as the VM; egress open.
+	bridgeFilter, inetFilter := vmFilter(short, "bgtap0", "172.16.0.2", "06:00:ac:10:00:02")
 	running := `
-link bgtap0 tap master=br-fc up
-link bgtap1 tap master=br-fc up
-link bgtap2 tap master=br-fc up
+link bgtap0 tap master=br-fc up isolated
+link bgtap1 tap master=br-fc up isolated
+link bgtap2 tap master=br-fc up isolated
 link br-fc bridge up 172.16.0.1/24
 ` + rules + `sysctl net.ipv4.ip_forward=1
-` + devices
+` + devices + bridgeFilter + inetFilter + "nft base filter\n"
 	got := strings.ReplaceAll(e.hostState(), filepath.Dir(e.d.cfg.StateDir), "$STATE/..")
 	want(t, "started with nat", got, running)
 	vm := e.vm(t, "dev")
@@ -265,7 +337,7 @@ link br-fc bridge up 172.16.0.1/24
 	if _, err := e.d.SetVM(e.ctx, model.VMSetRequest{IDOrName: "dev", NATEnabled: &off}); err != nil {
 		t.Fatal(err)
 	}
-	if strings.Contains(e.hostState(), "rule ") {
+	if strings.Contains(e.hostState(), "\nrule ") {
 		t.Errorf("nat off left rules:\n%s", e.hostState())
 	}
 	on := true
@@ -323,15 +395,17 @@ func TestStartCopyStrategyAndSecondVMGetsNextTap(t *testing.T) {
 	if got, w := e.vm(t, "three").Runtime.TapDevice, "bgtap2"; got != w {
 		t.Errorf("third tap %q; want %q", got, w)
 	}
-	want(t, "three running", e.hostState(), `
-link bgtap0 tap master=br-fc up
-link bgtap1 tap master=br-fc up
-link bgtap2 tap master=br-fc up
-link bgtap3 tap master=br-fc up
-link bgtap4 tap master=br-fc up
+	if got := e.hostState(); !strings.HasPrefix(got, `link bgtap0 tap master=br-fc up isolated
+link bgtap1 tap master=br-fc up isolated
+link bgtap2 tap master=br-fc up isolated
+link bgtap3 tap master=br-fc up isolated
+link bgtap4 tap master=br-fc up isolated
 link br-fc bridge up 172.16.0.1/24
 sysctl net.ipv4.ip_forward=0
-`)
+`) || !strings.Contains(got, "nft bridge banger map ports { type ifname : verdict ; } = bgtap0 : jump vm-") ||
+		strings.Count(got, "nft inet banger rule vm-") != 3 || !strings.HasSuffix(got, "nft base filter\n") {
+		t.Errorf("three running: host state\n%s", got)
+	}
 	if got := e.vm(t, "one").Runtime.OverlayStrategy; got != "copy" {
 		t.Errorf("strategy %q", got)
 	}
@@ -397,7 +471,7 @@ func TestNATCleanupFallsBackToRuntimeTapDevice(t *testing.T) {
 	if deletes != 3 {
 		t.Errorf("cleanup deleted %d tagged rules through the runner; want 3\n%s", deletes, strings.Join(e.os.Runner().Calls(), "\n"))
 	}
-	if strings.Contains(e.hostState(), "rule ") {
+	if strings.Contains(e.hostState(), "\nrule ") {
 		t.Errorf("rules left:\n%s", e.hostState())
 	}
 

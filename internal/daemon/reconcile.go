@@ -28,6 +28,11 @@ func (d *Daemon) reconcile(ctx context.Context, why string) error {
 	}
 	plan := planReconcile(d.layout.vmsDir(), rows, host)
 	err = d.applyPlan(ctx, plan, rows)
+	if host.FiltersSeen {
+		if ferr := d.applyFilterPlan(ctx, planFilters(rows), rows); ferr != nil {
+			err = errors.Join(err, ferr)
+		}
+	}
 	if n := len(plan.Adopt) + len(plan.Cleanup) + len(plan.KillVMMs) + len(plan.RemoveDMs) + len(plan.DetachLoops) + len(plan.RemoveDirs) + len(plan.RemoveCgroups); n > 0 || why == "startup" {
 		d.logger.Info("reconciled", "why", why, "adopted", len(plan.Adopt), "cleaned", len(plan.Cleanup),
 			"orphan_vmms", len(plan.KillVMMs), "orphan_dms", len(plan.RemoveDMs), "orphan_loops", len(plan.DetachLoops),
@@ -51,6 +56,14 @@ func (d *Daemon) observeHost(ctx context.Context) (hostObservation, error) {
 		host.NAT = nat
 	} else {
 		errs = append(errs, err)
+	}
+	// A host where nft fails has no filters to see (and starts no VMs);
+	// the rest of reconcile goes on.
+	if filters, err := d.net.ListFilters(ctx); err == nil {
+		host.Filters = filters
+		host.FiltersSeen = true
+	} else {
+		d.logger.Warn("reconcile: cannot list packet filters", "err", err)
 	}
 	if d.strategy == "dm-snapshot" {
 		if dms, err := d.storage.ListDM(ctx); err == nil {
@@ -174,6 +187,11 @@ func (d *Daemon) observeRows(ctx context.Context, host hostObservation) ([]vmObs
 				}
 			}
 		}
+		for _, f := range host.Filters {
+			if f.VMID == short {
+				obs.FilterFull = !f.Partial && f.Tap == h.Tap && f.GuestIP == vm.Runtime.GuestIP
+			}
+		}
 		obs.Handles = h
 		out = append(out, obs)
 	}
@@ -238,7 +256,7 @@ func (d *Daemon) applyPlan(ctx context.Context, p reconcilePlan, rows []vmObserv
 			log.Info("reconcile: restored NAT rules")
 		}
 		if d.dns != nil {
-			if err := d.dns.Set(vm.Name, vm.Runtime.GuestIP); err != nil {
+			if err := d.dns.SetVM(vm.Name, vm.Runtime.GuestIP, vm.ID, vm.Spec.Egress); err != nil {
 				errs = append(errs, err)
 			}
 		}

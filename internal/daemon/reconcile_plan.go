@@ -25,6 +25,8 @@ type vmObservation struct {
 	// NAT is the state of the VM's tagged rules: none, all, or some.
 	NATRules bool
 	NATFull  bool
+	// FilterFull says the VM's packet filter is whole on the host.
+	FilterFull bool
 	// Busy says another operation holds the VM's lock: reconcile leaves
 	// it and everything it holds alone.
 	Busy bool
@@ -32,10 +34,14 @@ type vmObservation struct {
 
 // hostObservation is everything banger-shaped on the host.
 type hostObservation struct {
-	Taps  []string
-	NAT   []network.NAT
-	DMs   []storage.DMDevice
-	Loops []storage.LoopDevice
+	Taps []string
+	NAT  []network.NAT
+	// Filters are the VMs with packet filter objects; FiltersSeen says
+	// nft could list them.
+	Filters     []network.FilterInfo
+	FiltersSeen bool
+	DMs         []storage.DMDevice
+	Loops       []storage.LoopDevice
 	// VMMs are live VMM processes whose API socket is under the vms dir.
 	VMMs []vmmProcess
 	// VMDirs are the entries of the vms dir.

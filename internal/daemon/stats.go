@@ -269,5 +269,11 @@ func (d *Daemon) VMStats(ctx context.Context, ref string) (model.VMStats, error)
 	if err != nil {
 		return model.VMStats{}, err
 	}
+	if vm.State == model.VMStateRunning {
+		// Denied connections are counted by the kernel, read when asked.
+		if n, err := d.net.DeniedCount(ctx, vm.ID); err == nil {
+			vm.Stats.EgressDenied = n
+		}
+	}
 	return vm.Stats, nil
 }

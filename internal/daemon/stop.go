@@ -402,6 +402,11 @@ func (d *Daemon) applySet(ctx context.Context, vm *model.VMRecord, next model.VM
 			return err
 		}
 	}
+	if vm.State == model.VMStateRunning && next.Egress.String() != vm.Spec.Egress.String() {
+		if err := d.applyEgressLive(ctx, *vm, next.Egress); err != nil {
+			return err
+		}
+	}
 	vm.Spec = next
 	vm.UpdatedAt = model.Now()
 	return d.store.UpdateVM(ctx, *vm)

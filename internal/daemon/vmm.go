@@ -57,6 +57,8 @@ type vmmBooter struct {
 	firstBoot func(ctx context.Context, conn *guest.Conn, vm model.VMRecord) error
 	// killVMM SIGKILLs a VMM and waits for it to go.
 	killVMM func(ctx context.Context, pid int) error
+	// nameserver is the DNS server guests are told to use.
+	nameserver func() string
 }
 
 func (d *Daemon) newVMMBooter() vmmBooter {
@@ -64,6 +66,7 @@ func (d *Daemon) newVMMBooter() vmmBooter {
 		cfg: d.cfg, binary: d.vmmBinary, prepare: d.prepareVMM,
 		enterCgroup: d.enterCgroup, releaseCgroup: d.removeCgroup,
 		client: d.vmmClient, firstBoot: d.firstBoot, killVMM: d.killVMM,
+		nameserver: d.guestNameserver,
 	}
 }
 
@@ -126,7 +129,7 @@ func (b vmmBooter) configure(ctx context.Context, s *startRun) error {
 	if err != nil {
 		return fmt.Errorf("vmm api: %w; see %s", err, s.vm.Runtime.LogPath)
 	}
-	return configureVMM(ctx, b.cfg, b.client(s.vm), s.vm, s.launch, s.h.Tap)
+	return configureVMM(ctx, b.cfg, b.nameserver(), b.client(s.vm), s.vm, s.launch, s.h.Tap)
 }
 
 func (b vmmBooter) instanceStart(ctx context.Context, s *startRun) error {
@@ -153,7 +156,7 @@ func (b vmmBooter) waitReady(ctx context.Context, s *startRun) error {
 }
 
 // configureVMM sends the machine's configuration over the Firecracker API.
-func configureVMM(ctx context.Context, cfg model.DaemonConfig, c *firecracker.Client, vm model.VMRecord, l *vmmLaunch, tap string) error {
+func configureVMM(ctx context.Context, cfg model.DaemonConfig, nameserver string, c *firecracker.Client, vm model.VMRecord, l *vmmLaunch, tap string) error {
 	logger, err := firecracker.NewLogger(vmmLogPath(vm.Runtime.VMDir), "Info")
 	if err != nil {
 		return err
@@ -175,7 +178,7 @@ func configureVMM(ctx context.Context, cfg model.DaemonConfig, c *firecracker.Cl
 	if err := c.PutMachineConfig(ctx, mc); err != nil {
 		return err
 	}
-	ipArg, err := network.KernelIPArg(vm.Runtime.GuestIP, cfg.BridgeIP, cfg.CIDR, vm.Name, cfg.DefaultDNS)
+	ipArg, err := network.KernelIPArg(vm.Runtime.GuestIP, cfg.BridgeIP, cfg.CIDR, vm.Name, nameserver)
 	if err != nil {
 		return err
 	}

@@ -46,6 +46,7 @@ func Host(ctx context.Context, in Input, runner hostexec.Runner) []api.DoctorChe
 		c.loop(),
 		c.tun(),
 		c.iptables(ctx),
+		c.nft(ctx),
 		c.ipForward(),
 		c.disk(),
 		c.sshKey(),
@@ -174,6 +175,19 @@ func (c *checker) tun() api.DoctorCheck {
 		return fail(name, "no /dev/net/tun: VMs cannot get a network interface", "modprobe tun")
 	}
 	return pass(name, "/dev/net/tun present")
+}
+
+// nft checks the tool that installs the guests' packet filter (isolation,
+// anti-spoofing, egress policy); without it no VM gets a network.
+func (c *checker) nft(ctx context.Context) api.DoctorCheck {
+	const name = "nft"
+	if _, err := exec.LookPath("nft"); err != nil {
+		return fail(name, "nft not found: guests cannot be isolated, so no VM can start", "apt-get install nftables")
+	}
+	if _, err := c.runner.Run(ctx, "nft", "-j", "list", "tables"); err != nil {
+		return fail(name, fmt.Sprintf("nft does not work: %v", err), "load the nf_tables module (and nft_chain_nat, br_netfilter's bridge family)")
+	}
+	return pass(name, "nft works (guest isolation and egress policy)")
 }
 
 func (c *checker) iptables(ctx context.Context) api.DoctorCheck {

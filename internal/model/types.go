@@ -99,6 +99,12 @@ type DaemonConfig struct {
 	// CgroupParent names the cgroup subtree VMs are put in (one group per
 	// VM, with limits from its size); "off" puts them in none.
 	CgroupParent string
+	// UpstreamDNS are the nameservers the daemon's DNS forwards guests'
+	// queries to, in order (default_dns; DefaultDNS is the first).
+	UpstreamDNS []string
+	// EgressLogGroup is the NFLOG group the kernel reports denied guest
+	// connections on, read by the daemon.
+	EgressLogGroup int
 }
 
 // VMDefaultsOverride holds the VM sizes used when a create request leaves
@@ -112,6 +118,8 @@ type VMDefaultsOverride struct {
 	// AutoStopAfter overrides DaemonConfig.AutoStopStaleAfter for new VMs
 	// when non-zero.
 	AutoStopAfter time.Duration
+	// Egress is the egress policy of new VMs; the zero value is open.
+	Egress EgressPolicy
 }
 
 // FileSyncEntry is a user-declared host→guest file or directory copy
@@ -160,6 +168,8 @@ type VMSpec struct {
 	// AutoStopAfterSeconds overrides the daemon's idle auto-stop for this
 	// VM: nil means the daemon default, 0 means never.
 	AutoStopAfterSeconds *int64 `json:"auto_stop_after_seconds,omitempty"`
+	// Egress is where the guest may connect beyond the host.
+	Egress EgressPolicy `json:"egress"`
 }
 
 // VMRuntime holds the durable runtime state that the daemon needs to reach
@@ -237,6 +247,10 @@ type VMStats struct {
 	LastActiveAt time.Time `json:"last_active_at,omitempty"`
 	// Limits are the VMM's cgroup limits and how often they were hit.
 	Limits *VMLimits `json:"limits,omitempty"`
+	// EgressDenied counts the connections the guest tried to open that
+	// its egress policy refused, since it last started (read from the
+	// kernel when asked).
+	EgressDenied int64 `json:"egress_denied,omitempty"`
 }
 
 // VMRecord is a VM as stored and as shown.
@@ -274,6 +288,8 @@ type VMCreateRequest struct {
 	AutoStopAfterSeconds *int64 `json:"auto_stop_after_seconds,omitempty"`
 	// SSHPublicKeys are the caller's public keys, authorized in the guest.
 	SSHPublicKeys []string `json:"ssh_public_keys,omitempty"`
+	// Egress is the VM's egress policy; nil means the configured default.
+	Egress *EgressPolicy `json:"egress,omitempty"`
 }
 
 // VMSetRequest changes a VM. Nil fields are left alone.
@@ -287,6 +303,8 @@ type VMSetRequest struct {
 	// AutoStopAfterSeconds changes the idle auto-stop for this VM; a
 	// negative value goes back to the daemon default.
 	AutoStopAfterSeconds *int64 `json:"auto_stop_after_seconds,omitempty"`
+	// Egress changes the egress policy, live when the VM runs.
+	Egress *EgressPolicy `json:"egress,omitempty"`
 }
 
 // WorkspacePrepareMode says how much of a repository goes into a VM.

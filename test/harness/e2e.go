@@ -71,7 +71,8 @@ func (d *Daemon) VM(t testing.TB, name string) api.VMView {
 
 // Leftovers lists what exists in the daemon's netns and state dir that
 // its rows do not explain: taps beyond the pool or held by no running VM,
-// tagged rules of VMs not running with NAT, untagged rules, loop devices
+// tagged rules of VMs not running with NAT, untagged rules, packet filter
+// objects of VMs not running (and running VMs without one), loop devices
 // on state files, dm devices, VMM processes and VM dirs without a row.
 func (d *Daemon) Leftovers(t testing.TB, poolSize int) []string {
 	t.Helper()
@@ -129,6 +130,7 @@ func (d *Daemon) Leftovers(t testing.TB, poolSize int) []string {
 			}
 		}
 	}
+	out = append(out, d.filterLeftovers(running)...)
 	// Loop devices on state files; dm devices.
 	if lo, err := exec.Command("losetup", "-a").Output(); err == nil {
 		for _, l := range strings.Split(string(lo), "\n") {
@@ -150,6 +152,77 @@ func (d *Daemon) Leftovers(t testing.TB, poolSize int) []string {
 	for _, e := range entries {
 		if !dirs[e.Name()] {
 			out = append(out, "vm dir without a row: "+e.Name())
+		}
+	}
+	return out
+}
+
+// filterLeftovers checks banger's nftables objects: every per-VM object
+// (chains, sets, counters named vm-<short id>..., map elements that jump
+// to them) must belong to a running VM, and every running VM must have
+// its filter chains.
+func (d *Daemon) filterLeftovers(running map[string]api.VMView) []string {
+	live := map[string]string{} // short id → name
+	for _, v := range running {
+		live[v.ID[:12]] = v.Name
+	}
+	raw, err := d.InNetns("nft", "-j", "list", "ruleset")
+	if err != nil {
+		return []string{"nft list ruleset: " + err.Error() + ": " + raw}
+	}
+	var doc struct {
+		Nftables []map[string]struct {
+			Family string            `json:"family"`
+			Table  string            `json:"table"`
+			Name   string            `json:"name"`
+			Elem   []json.RawMessage `json:"elem"`
+		} `json:"nftables"`
+	}
+	if err := json.Unmarshal([]byte(raw), &doc); err != nil {
+		return []string{"nft -j list ruleset: " + err.Error()}
+	}
+	owner := func(name string) (string, bool) {
+		rest, ok := strings.CutPrefix(name, "vm-")
+		if !ok {
+			return "", false
+		}
+		for _, suf := range []string{"-allow", "-dns", "-seen", "-denied"} {
+			rest = strings.TrimSuffix(rest, suf)
+		}
+		return rest, true
+	}
+	var out []string
+	chains := map[string]int{}
+	for _, obj := range doc.Nftables {
+		for kind, o := range obj {
+			if o.Table != "banger" || (kind != "chain" && kind != "set" && kind != "map" && kind != "counter") {
+				continue
+			}
+			if short, ok := owner(o.Name); ok {
+				if kind == "chain" {
+					chains[short]++
+				}
+				if live[short] == "" {
+					out = append(out, fmt.Sprintf("orphan nft %s %s %s", o.Family, kind, o.Name))
+				}
+			}
+			for _, e := range o.Elem {
+				var pair []json.RawMessage
+				var v struct {
+					Jump struct{ Target string } `json:"jump"`
+				}
+				if json.Unmarshal(e, &pair) != nil || len(pair) != 2 || json.Unmarshal(pair[1], &v) != nil {
+					continue
+				}
+				if short, ok := owner(v.Jump.Target); ok && live[short] == "" {
+					out = append(out, fmt.Sprintf("orphan nft %s map element %s %s", o.Family, o.Name, pair[0]))
+				}
+			}
+		}
+	}
+	for short, name := range live {
+		if chains[short] != 2 {
+			out = append(out, fmt.Sprintf("running vm %s has %d of its 2 filter chains", name, chains[short]))
 		}
 	}
 	return out
