@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"banger/internal/api"
+	"banger/internal/fsutil"
 	"banger/internal/model"
 	"banger/internal/termsafe"
 
@@ -94,11 +95,7 @@ func updateKnownHosts(path, alias, key string) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return err
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(strings.Join(lines, "\n")+"\n"), 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	return fsutil.WriteFileAtomic(path, []byte(strings.Join(lines, "\n")+"\n"), 0o600)
 }
 
 // sshOptions are the -o options that route ssh through the daemon.

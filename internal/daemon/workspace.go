@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"banger/internal/api"
+	"banger/internal/fsutil"
 	"banger/internal/guest"
 	"banger/internal/model"
 	"banger/internal/store"
@@ -428,22 +429,18 @@ func (d *Daemon) captureLocked(ctx context.Context, conn *guest.Conn, vm model.V
 	capture := store.WorkspaceCapture{At: model.Now(), Head: c.Head, WIP: c.WIP}
 	path := workspaceBundlePath(vm.Runtime.VMDir, w.GuestPath)
 	if c.Bundle {
-		tmp := path + ".tmp"
-		f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+		f, err := fsutil.CreateAtomic(path, 0o600)
 		if err != nil {
 			return fail(fmt.Errorf("capture %s: %w", w.GuestPath, err))
 		}
 		max := vm.Spec.WorkDiskSizeBytes + vm.Spec.SystemOverlaySizeByte
 		lw := &limitWriter{w: f, max: max, over: fmt.Errorf("bundle is larger than the vm's disks (%d bytes)", max)}
 		err = conn.Run(ctx, workspace.BundleScript(w.GuestPath, w.BranchName, w.BaseCommit, c.WIP != ""), nil, lw, nil)
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
 		if err == nil {
-			err = os.Rename(tmp, path)
+			err = f.Commit()
 		}
 		if err != nil {
-			os.Remove(tmp)
+			f.Abort()
 			return fail(fmt.Errorf("bundle %s: %w", w.GuestPath, err))
 		}
 		capture.BundlePath, capture.BundleBytes = path, lw.n

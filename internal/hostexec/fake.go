@@ -108,10 +108,11 @@ func (f *Fake) Unexpected() []string {
 	return append([]string(nil), f.unexpected...)
 }
 
-// Reset forgets the recorded calls.
+// Reset forgets the recorded calls, not the unexpected ones.
 func (f *Fake) Reset() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls = nil
-	f.unexpected = nil
+	// Unexpected is kept: a command the fake did not know before a reset
+	// must still fail the test at its end.
 }

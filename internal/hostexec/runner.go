@@ -42,6 +42,9 @@ type OptionRunner interface {
 type Credential struct {
 	UID uint32
 	GID uint32
+	// Groups are the supplementary groups; none by default (a VM's
+	// user), a user's own when a check must see what that user sees.
+	Groups []uint32
 }
 
 // String prints c as "uid:gid".
@@ -120,7 +123,7 @@ func (Real) RunWith(ctx context.Context, opts Options, name string, args ...stri
 		cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "LC_ALL=C"}
 		cmd.Dir = "/"
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{
-			Uid: opts.As.UID, Gid: opts.As.GID, Groups: []uint32{},
+			Uid: opts.As.UID, Gid: opts.As.GID, Groups: append([]uint32{}, opts.As.Groups...),
 		}}
 	}
 	cmd.Stdin = opts.Stdin
@@ -208,6 +211,12 @@ func (e *ExitError) ExitCode() int {
 	}
 	return -1
 }
+
+// ErrNotFound is the error of running a command that is not on PATH.
+var ErrNotFound = exec.ErrNotFound
+
+// LookPath finds a command on PATH, as the runner would.
+func LookPath(name string) (string, error) { return exec.LookPath(name) }
 
 // Available reports whether a command is on PATH.
 func Available(name string) bool {

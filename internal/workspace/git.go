@@ -15,7 +15,6 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -57,7 +56,7 @@ type Repo struct {
 // git runs git in dir with the given runner.
 func git(ctx context.Context, r hostexec.Runner, dir string, args ...string) (string, error) {
 	out, err := r.Run(ctx, "git", append([]string{"-C", dir}, args...)...)
-	if err != nil && errors.Is(err, exec.ErrNotFound) {
+	if err != nil && errors.Is(err, hostexec.ErrNotFound) {
 		return "", model.Errorf(model.EUNAVAILABLE, "git is not installed on this host; install it (apt-get install git)")
 	}
 	return string(out), err
@@ -461,7 +460,7 @@ func CheckBranchWithGit(ctx context.Context, r hostexec.Runner, name string) err
 		return err
 	}
 	if _, err := r.Run(ctx, "git", "check-ref-format", "--branch", name); err != nil {
-		if errors.Is(err, exec.ErrNotFound) {
+		if errors.Is(err, hostexec.ErrNotFound) {
 			return model.Errorf(model.EUNAVAILABLE, "git is not installed on this host; install it (apt-get install git)")
 		}
 		return model.Errorf(model.EINVALID, "branch name %q: git refuses it (see `git check-ref-format --help`)", name)
