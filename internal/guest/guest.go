@@ -132,11 +132,15 @@ func (e *HostKeyMismatchError) Error() string {
 // presents another key is retried (the address may still belong to
 // someone else for a moment) but never trusted.
 func WaitReady(ctx context.Context, addr string, signer ssh.Signer, hostKey string, interval time.Duration) (*Conn, error) {
-	var last error
+	var last, impostor error
 	for {
 		c, err := Dial(ctx, addr, signer, hostKey)
 		if errors.Is(err, ErrNoHostKey) {
 			return nil, err
+		}
+		var mismatch *HostKeyMismatchError
+		if errors.As(err, &mismatch) {
+			impostor = err
 		}
 		if err == nil {
 			if _, err = c.Output(ctx, "true"); err == nil {
@@ -149,6 +153,10 @@ func WaitReady(ctx context.Context, addr string, signer ssh.Signer, hostKey stri
 		case <-ctx.Done():
 			if last == nil {
 				last = ctx.Err()
+			}
+			if impostor != nil {
+				// Say what matters most: something else answered there.
+				last = impostor
 			}
 			return nil, fmt.Errorf("guest ssh at %s not ready: %w", addr, last)
 		case <-time.After(interval):
