@@ -129,13 +129,18 @@ func (m *Manager) dirs(name string) []string {
 }
 
 // Path is a group's directory in the unified hierarchy (v2), or in the
-// memory controller's (v1): where a user would look.
+// memory controller's (v1): where a user would look (in the host's mount
+// namespace, when the manager reaches it through another process's root).
 func (m *Manager) Path(name string) string {
+	root := m.root
+	if r, ok := strings.CutPrefix(root, "/proc/1/root"); ok && strings.HasPrefix(r, "/") {
+		root = r
+	}
 	switch m.mode {
 	case ModeV2:
-		return filepath.Join(m.root, m.parent, name)
+		return filepath.Join(root, m.parent, name)
 	case ModeV1:
-		return filepath.Join(m.root, "memory", m.parent, name)
+		return filepath.Join(root, "memory", m.parent, name)
 	}
 	return ""
 }
