@@ -110,6 +110,9 @@ func guestFiles(c guestConfig) []guestFile {
 		{Path: unitDir + "/serial-getty@ttyS0.service", Mode: 0o644, Content: serialGettyUnit()},
 		{Path: unitDir + "/ssh.service.d/banger.conf", Mode: 0o644, Content: sshDropIn()},
 		{Path: "/etc/systemd/system.conf.d/banger.conf", Mode: 0o644, Content: systemConf()},
+		{Path: "/usr/local/sbin/poweroff", Mode: 0o755, Content: powerScript()},
+		{Path: "/usr/local/sbin/reboot", Mode: 0o755, Content: powerScript()},
+		{Path: "/usr/local/sbin/halt", Mode: 0o755, Content: powerScript()},
 		// A first boot (empty machine-id) makes systemd enable units by
 		// preset; only the ones named in presets, not every unit.
 		{Path: "/etc/systemd/system-preset/99-banger.preset", Mode: 0o644, Content: "# banger enables what it needs itself.\ndisable *\n"},
@@ -215,6 +218,28 @@ ExecStart=/bin/mount -o noatime LABEL=` + WorkDiskLabel + ` /root
 
 [Install]
 WantedBy=local-fs.target
+`
+}
+
+// powerScript stands before systemctl's poweroff, reboot and halt on
+// root's PATH. The image has no D-Bus (and so no logind), and systemctl
+// first asks logind to power off, printing "Failed to connect to bus"
+// before it falls back to systemd itself; this asks systemd directly.
+// Under Firecracker a reboot ends the VM, as a power-off does (poweroff
+// and halt are reboot.target here). Forced and special modes still go to
+// systemctl.
+func powerScript() string {
+	return `#!/bin/sh
+# banger: this image has no D-Bus, so systemctl's own poweroff would first
+# fail to reach logind ("Failed to connect to bus"); ask systemd directly.
+# A reboot ends the VM, as a poweroff does.
+for a in "$@"; do
+	case "$a" in
+	-f|--force|-w|--wtmp-only|-d|--no-wtmp|-n|--no-sync|--help|-p|--poweroff|--halt|--reboot)
+		exec /usr/bin/systemctl "$(basename "$0")" "$@" ;;
+	esac
+done
+exec /usr/bin/systemctl start reboot.target --job-mode=replace-irreversibly --no-block
 `
 }
 

@@ -88,6 +88,8 @@ func TestGuestUnits(t *testing.T) {
 		{path: "/etc/resolv.conf", want: []string{"nameserver 192.0.2.53\n"}},
 		{path: "/etc/ssh/banger_authorized_keys", want: []string{testKey + "\n"}},
 		{path: "/root/.ssh/authorized_keys", want: []string{testKey + "\n"}},
+		{path: "/usr/local/sbin/poweroff", want: []string{"systemctl start reboot.target --job-mode=replace-irreversibly"}},
+		{path: "/usr/local/sbin/reboot", want: []string{"systemctl start reboot.target"}},
 		{path: "/etc/banger-image", want: []string{`BANGER_IMAGE_NAME="dev"`, `BANGER_IMAGE_BUILT="2026-11-26T01:00:00Z"`}},
 	}
 	for _, tt := range tests {

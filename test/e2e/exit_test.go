@@ -102,7 +102,9 @@ func TestVMMExitIsSeen(t *testing.T) {
 	d.Stop()
 	d.Start()
 	pid = d.VM(t, "bye").PID
-	d.CLI("exec", "bye", "--", "sh", "-c", "(sleep 1; poweroff) >/dev/null 2>&1 &")
+	// poweroff on a terminal, as a user types it; what it prints is kept
+	// on /root to be read after the next start.
+	d.CLI("exec", "bye", "--", "sh", "-c", "(sleep 1; script -qc poweroff /dev/null >/root/poweroff.out 2>&1) >/dev/null 2>&1 &")
 	gone = waitGone(t, pid, 2*time.Minute)
 	took = waitState(t, d, "bye", "stopped", gone, 10*time.Second)
 	t.Logf("poweroff of an adopted VM: stopped %s after the VMM exited", took.Round(time.Millisecond))
@@ -110,5 +112,9 @@ func TestVMMExitIsSeen(t *testing.T) {
 		t.Errorf("adopted VM's poweroff noticed after %s; want within 2s", took)
 	}
 	check("after poweroff of an adopted VM", "stopped")
-	d.MustCLI("vm", "rm", "bye")
+	d.MustCLI("vm", "start", "bye")
+	if r := d.MustCLI("exec", "bye", "--", "cat", "/root/poweroff.out"); strings.Contains(r.Stdout, "Failed to connect to bus") {
+		t.Errorf("poweroff printed: %q", r.Stdout)
+	}
+	d.MustCLI("vm", "rm", "--force", "bye")
 }
