@@ -297,23 +297,41 @@ func (o *outside) pings() map[byte]int {
 }
 
 // inNetns runs fn on a thread in netns; sockets it opens stay there. The
-// thread is not unlocked, so the runtime discards it afterwards.
+// thread goes back to the test's namespace before it is unlocked: the
+// runtime may have picked the main thread, and a main thread left in a
+// test namespace would be killed with it by the harness's cleanup.
 func inNetns(t *testing.T, netns string, fn func() error) {
 	t.Helper()
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
+		home, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- err
+			return
+		}
+		defer home.Close()
 		f, err := os.Open("/run/netns/" + netns)
 		if err != nil {
+			runtime.UnlockOSThread()
 			errc <- err
 			return
 		}
 		defer f.Close()
 		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
 			errc <- err
 			return
 		}
-		errc <- fn()
+		ferr := fn()
+		if err := unix.Setns(int(home.Fd()), unix.CLONE_NEWNET); err != nil {
+			// Stuck in netns: keep the thread locked so it is not reused.
+			errc <- fmt.Errorf("back from netns %s: %w", netns, err)
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
 	}()
 	if err := <-errc; err != nil {
 		t.Fatalf("in netns %s: %v", netns, err)
