@@ -33,7 +33,7 @@ import (
 func TestNetworkContainment(t *testing.T) {
 	a := harness.RequireArtifacts(t)
 	testutil.RequireTools(t, "nft", "busybox")
-	d := harness.NewE2EDaemon(t, a, `default_dns = "10.99.0.1"`)
+	d := harness.NewE2EDaemon(t, a, "default_dns = \"10.99.0.1\"\nstale_sweep_interval = \"3s\"")
 	out := newOutside(t, d)
 
 	// Services on the host itself: one on the bridge address, one on
@@ -160,6 +160,19 @@ true`, strings.TrimSpace(brMAC), ipB, ipB, ipB)
 	if b, _ := os.ReadFile(d.LogPath()); strings.Count(string(b), "dst=10.99.0.2:8080/tcp") != 1 || !strings.Contains(string(b), "egress denied") {
 		t.Errorf("denied 10.99.0.2:8080 logged %d times; want once", strings.Count(string(b), "dst=10.99.0.2:8080/tcp"))
 	}
+
+	// A firewall reload that flushes the host's ruleset: the next sweep
+	// puts the base filter and both VMs' filters back.
+	for _, fam := range []string{"inet", "bridge"} {
+		if o, err := d.InNetns("nft", "delete", "table", fam, "banger"); err != nil {
+			t.Fatalf("nft delete table %s banger: %v %s", fam, err, o)
+		}
+	}
+	harness.WaitFor(t, 30*time.Second, "the sweep to restore the filters", func() bool {
+		return len(d.Leftovers(t, 2)) == 0
+	})
+	got = probe(t, d, "neta", tcp("10.99.0.1", 8080), tcp("10.99.0.2", 8080), tcp("172.16.0.1", 8081))
+	wantProbes(t, "neta after the filters were restored", got, map[string]bool{"tcp 10.99.0.1:8080": true, "tcp 10.99.0.2:8080": false, "tcp 172.16.0.1:8081": false})
 
 	// Bad input changes nothing.
 	for _, bad := range []string{"closed", "allow=10.0.0.1/8", "allow=exa mple.com", "allow="} {
