@@ -273,6 +273,17 @@ func (a *App) printVM(v api.VMView) {
 	if v.PID > 0 {
 		kv("vmm pid", strconv.Itoa(v.PID))
 	}
+	if rt.VMMUID > 0 {
+		kv("vmm uid", fmt.Sprintf("%d (unprivileged, no capabilities)", rt.VMMUID))
+	}
+	if rt.Cgroup != "" {
+		kv("cgroup", rt.Cgroup)
+	}
+	if l := v.Stats.Limits; l != nil {
+		kv("limits", fmt.Sprintf("cpu %d%%, memory %s, %d tasks", l.CPUQuotaPercent, humanBytes(l.MemoryMaxBytes), l.PidsMax))
+		kv("limits hit", fmt.Sprintf("cpu throttled %d times (%dms), memory limit %d times, %d OOM kills, task limit %d times",
+			l.CPUThrottledPeriods, l.CPUThrottledMs, l.MemoryMaxHits, l.OOMKills, l.PidsMaxHits))
+	}
 	kv("vm dir", rt.VMDir)
 	kv("console log", rt.LogPath)
 	kv("created", v.CreatedAt.Local().Format("2006-01-02 15:04:05"))

@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -42,6 +43,8 @@ const (
 	DefaultLogFormat       = "text"
 	DefaultFirecrackerBin  = "firecracker"
 	DefaultCacheDirSubpath = "cache"
+	DefaultVMMUIDBase      = 1500000000
+	DefaultCgroupParent    = "banger"
 	// DefaultEgressLogGroup is the NFLOG group of denied guest
 	// connections.
 	DefaultEgressLogGroup = 1701
@@ -74,6 +77,9 @@ type file struct {
 	DNSDomain          *string         `toml:"dns_domain"`
 	DNSListen          *string         `toml:"dns_listen"`
 	BuildNetNS         *string         `toml:"build_netns"`
+	VMMUIDBase         *int            `toml:"vmm_uid_base"`
+	JailerBin          *string         `toml:"jailer_bin"`
+	CgroupParent       *string         `toml:"cgroup_parent"`
 	FileSync           []fileSyncEntry `toml:"file_sync"`
 	VMDefaults         *vmDefaults     `toml:"vm_defaults"`
 }
@@ -117,6 +123,8 @@ func Default() model.DaemonConfig {
 		SocketPath:         DefaultSocketPath,
 		SocketGroup:        DefaultSocketGroup,
 		DNSDomain:          DefaultDNSDomain,
+		VMMUIDBase:         DefaultVMMUIDBase,
+		CgroupParent:       DefaultCgroupParent,
 		VMDefaults: model.VMDefaultsOverride{
 			VCPUCount:             model.DefaultVCPUCount,
 			MemoryMiB:             model.DefaultMemoryMiB,
@@ -207,6 +215,8 @@ func valueError(lines map[string]int, key, format string, args ...any) error {
 	return model.Errorf(model.EINVALID, "key %q: %s", key, msg)
 }
 
+var cgroupParentRe = regexp.MustCompile(`^[a-z0-9][a-z0-9.-]{0,63}$`)
+
 func apply(cfg *model.DaemonConfig, f *file, lines map[string]int) error {
 	setString := func(dst *string, src *string) {
 		if src != nil {
@@ -239,6 +249,19 @@ func apply(cfg *model.DaemonConfig, f *file, lines map[string]int) error {
 	setString(&cfg.DNSDomain, f.DNSDomain)
 	setString(&cfg.DNSListen, f.DNSListen)
 	setString(&cfg.BuildNetNS, f.BuildNetNS)
+	setString(&cfg.JailerBin, f.JailerBin)
+	setString(&cfg.CgroupParent, f.CgroupParent)
+	if f.VMMUIDBase != nil {
+		// The range must stay clear of root and system users and fit a
+		// /16's worth of VMs below the largest uid.
+		if *f.VMMUIDBase < 100000 || *f.VMMUIDBase > 4294967294-65536 {
+			return valueError(lines, "vmm_uid_base", "%d is out of range: use a uid from 100000 to %d whose next 65536 uids no user has", *f.VMMUIDBase, 4294967294-65536)
+		}
+		cfg.VMMUIDBase = *f.VMMUIDBase
+	}
+	if cp := cfg.CgroupParent; cp != "off" && !cgroupParentRe.MatchString(cp) {
+		return valueError(lines, "cgroup_parent", "%q: want a name of lowercase letters, digits, '-' or '.', or \"off\"", cp)
+	}
 	if f.VMMArgs != nil {
 		cfg.VMMArgs = f.VMMArgs
 	}

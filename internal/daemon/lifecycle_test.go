@@ -12,32 +12,75 @@ import (
 	"time"
 
 	"banger/internal/api"
+	"banger/internal/firecracker"
 	"banger/internal/hostexec/fakeos"
 	"banger/internal/model"
+	"banger/internal/proc"
 	"banger/internal/storage"
 )
 
-// fakeBooter stands in for the VMM in unit tests: it "boots" by recording
-// a PID, or fails.
+// fakeBooter stands in for the VMM in unit tests: it "launches" a fake
+// VMM process (fakeVMMs), or fails at the step named by failAt with fail.
 type fakeBooter struct {
-	d    *Daemon
-	fail error
+	vmms   *fakeVMMs
+	fail   error
+	failAt string // "launch" (the default), "configure", "start" or "ready"
 }
 
 func (fakeBooter) check() error { return nil }
 
-func (b fakeBooter) boot(ctx context.Context, vm model.VMRecord, img model.Image, h *vmHandles, _ time.Time, _ api.ProgressFunc) (string, error) {
-	if b.fail != nil {
-		return "", b.fail
+func (b fakeBooter) failed(phase string) error {
+	at := b.failAt
+	if at == "" {
+		at = "launch"
 	}
-	h.PID = 4242
-	return "ssh-ed25519 AAAAfake", b.d.setVMHandles(vm.ID, vm.Runtime.VMDir, *h)
+	if b.fail != nil && at == phase {
+		return b.fail
+	}
+	return nil
+}
+
+func (b fakeBooter) launch(ctx context.Context, s *startRun) error {
+	if err := b.failed("launch"); err != nil {
+		return err
+	}
+	pid, err := b.vmms.start(s.vm)
+	if err != nil {
+		return err
+	}
+	s.h.PID = pid
+	return nil
+}
+
+func (b fakeBooter) kill(ctx context.Context, s *startRun) {
+	if s.h.PID > 0 {
+		b.vmms.exit(s.h.PID)
+	}
+	s.h.PID = 0
+}
+
+func (b fakeBooter) configure(ctx context.Context, s *startRun) error {
+	if s.vm.Runtime.SSHHostKey == "" || !s.vm.Runtime.HostKeyInstalled {
+		return fmt.Errorf("fake boot: vm %s has no host key on its system disk", s.vm.Name)
+	}
+	return b.failed("configure")
+}
+
+func (b fakeBooter) instanceStart(ctx context.Context, s *startRun) error {
+	return b.failed("start")
+}
+
+func (b fakeBooter) waitReady(ctx context.Context, s *startRun) error {
+	return b.failed("ready")
 }
 
 type testEnv struct {
-	d   *Daemon
-	os  *fakeos.OS
-	ctx context.Context
+	d    *Daemon
+	os   *fakeos.OS
+	vmms *fakeVMMs
+	ctx  context.Context
+	// owners records which uid each disk was given to.
+	owners map[string]int
 }
 
 // newTestDaemon is a daemon on a fake host: commands go to fakeos, the VMM
@@ -50,16 +93,46 @@ func newTestDaemon(t *testing.T, dm bool) *testEnv {
 			t.Errorf("commands the fake does not know: %q", u)
 		}
 	})
-	dir := t.TempDir()
+	// A short dir: unix socket paths are limited to 108 bytes.
+	dir, err := os.MkdirTemp("", "bgd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	vmms := newFakeVMMs(filepath.Join(dir, "proc"), "/bin/true")
+	os.MkdirAll(vmms.root, 0o755)
 	cfg := model.DaemonConfig{
-		StateDir: filepath.Join(dir, "state"), BridgeName: "br-fc", BridgeIP: "172.16.0.1", CIDR: "24",
+		FirecrackerBin: "/bin/true",
+		StateDir:       filepath.Join(dir, "state"), BridgeName: "br-fc", BridgeIP: "172.16.0.1", CIDR: "24",
 		TapPoolSize: 2, DefaultDNS: "1.1.1.1", DNSDomain: "banger", DNSListen: "off",
 		StatsPollInterval: time.Hour, StaleSweepInterval: time.Hour, BootTimeout: time.Minute, StopTimeout: time.Second,
 		SSHKeyPath: filepath.Join(dir, "key"),
 		VMDefaults: model.VMDefaultsOverride{VCPUCount: 1, MemoryMiB: 256, SystemOverlaySizeByte: 64 << 20, WorkDiskSizeBytes: 64 << 20},
 	}
-	sopts := storage.Options{Strategy: storage.StrategyCopy}
+	// Disks are given to each VM's uid; without root, the test records it.
+	owners := map[string]int{}
+	sopts := storage.Options{Strategy: storage.StrategyCopy, Chown: func(f *os.File, uid, _ int) error {
+		owners[f.Name()] = uid
+		return nil
+	}}
 	if dm {
+		// dm nodes are files of the test, with an ext4 superblock as the
+		// fake e2fsprogs want it.
+		devs := filepath.Join(dir, "dev")
+		os.MkdirAll(devs, 0o755)
+		sopts.OpenDevice = func(p string, flag int, perm os.FileMode) (*os.File, error) {
+			if name, ok := strings.CutPrefix(p, "/dev/mapper/"); ok {
+				if o.DM[name] == nil {
+					return nil, os.ErrNotExist
+				}
+				p = filepath.Join(devs, name)
+				if _, err := os.Stat(p); err != nil {
+					os.WriteFile(p, make([]byte, 64<<10), 0o600)
+					fakeos.WriteExt4Magic(p)
+				}
+			}
+			return os.OpenFile(p, flag, perm)
+		}
 		sopts.Strategy = storage.StrategyDMSnapshot
 		sopts.Exists = func(p string) bool {
 			switch {
@@ -73,12 +146,16 @@ func newTestDaemon(t *testing.T, dm bool) *testEnv {
 		}
 	}
 	ctx := context.Background()
-	d, err := New(ctx, Options{Config: cfg, Logger: slog.New(slog.DiscardHandler), Runner: o.Runner(), Storage: sopts})
+	d, err := New(ctx, Options{
+		Config: cfg, Logger: slog.New(slog.DiscardHandler), Runner: o.Runner(), Storage: sopts,
+		Proc: proc.Reader{Root: vmms.root}, OpenProc: vmms.open,
+		VMMClient: func(sock string, _ int) *firecracker.Client { return firecracker.NewClient(sock) },
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { d.Close() })
-	d.boot = fakeBooter{d: d}
+	d.boot = fakeBooter{vmms: vmms}
 	if err := d.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -95,7 +172,7 @@ func newTestDaemon(t *testing.T, dm bool) *testEnv {
 	if err := d.store.CreateImage(ctx, img); err != nil {
 		t.Fatal(err)
 	}
-	return &testEnv{d: d, os: o, ctx: ctx}
+	return &testEnv{d: d, os: o, vmms: vmms, ctx: ctx, owners: owners}
 }
 
 // baseFilter are the lines of the fake host's state that banger's base
@@ -344,7 +421,7 @@ sysctl net.ipv4.ip_forward=0
 func TestFailedStartUndoesEverything(t *testing.T) {
 	e := newTestDaemon(t, true)
 	e.create(t, "bad", true)
-	e.d.boot = fakeBooter{d: e.d, fail: errors.New("vmm exploded")}
+	e.d.boot = fakeBooter{vmms: e.vmms, fail: errors.New("vmm exploded")}
 	_, err := e.d.StartVM(e.ctx, "bad", api.NoProgress)
 	if err == nil || !strings.Contains(err.Error(), "vmm exploded") {
 		t.Fatalf("start error %v", err)
@@ -357,7 +434,7 @@ func TestFailedStartUndoesEverything(t *testing.T) {
 		t.Errorf("after failed start: state %s error %q tap %q", vm.State, vm.Runtime.LastError, vm.Runtime.TapDevice)
 	}
 	// It starts fine once the cause is gone.
-	e.d.boot = fakeBooter{d: e.d}
+	e.d.boot = fakeBooter{vmms: e.vmms}
 	if _, err := e.d.StartVM(e.ctx, "bad", api.NoProgress); err != nil {
 		t.Fatal(err)
 	}
@@ -428,11 +505,13 @@ func TestStopAfterHandleLossUsesRuntimeTap(t *testing.T) {
 
 func TestReconcileCleansDeadRunningVMAndOrphans(t *testing.T) {
 	e := newTestDaemon(t, false)
+	e.d.noWatch = true
 	e.create(t, "dev", true)
 	if _, err := e.d.StartVM(e.ctx, "dev", api.NoProgress); err != nil {
 		t.Fatal(err)
 	}
-	// The "VMM" (no real process) is dead; a stray dir and rule exist.
+	// The VMM dies unwatched; a stray dir exists.
+	e.vmms.exit(e.pid(t, "dev"))
 	stray := filepath.Join(e.d.layout.vmsDir(), "stray")
 	os.MkdirAll(stray, 0o700)
 	if err := e.d.reconcile(e.ctx, "test"); err != nil {
@@ -445,5 +524,65 @@ func TestReconcileCleansDeadRunningVMAndOrphans(t *testing.T) {
 	want(t, "reconciled", e.hostState(), hostWith("bgtap1", "bgtap2"))
 	if _, err := os.Stat(stray); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("stray dir kept: %v", err)
+	}
+}
+
+// TestHostKeyMadeByTheDaemon: the daemon makes the VM's host key, puts
+// it on the system disk before the first boot with debugfs running as the
+// VM's uid, gives the disks to that uid, and installs the key again on a
+// fresh system disk after reset-system, without a new key.
+func TestHostKeyMadeByTheDaemon(t *testing.T) {
+	e := newTestDaemon(t, false)
+	e.create(t, "dev", false)
+	if _, err := e.d.StartVM(e.ctx, "dev", api.NoProgress); err != nil {
+		t.Fatal(err)
+	}
+	vm := e.vm(t, "dev")
+	const uid = defaultVMMUIDBase + 2 // 172.16.0.2 in 172.16.0.0/24
+	if vm.Runtime.VMMUID != uid || !vm.Runtime.HostKeyInstalled || !strings.HasPrefix(vm.Runtime.SSHHostKey, "ssh-ed25519 ") {
+		t.Fatalf("runtime: uid %d installed %v key %q", vm.Runtime.VMMUID, vm.Runtime.HostKeyInstalled, vm.Runtime.SSHHostKey)
+	}
+	if got := strings.TrimSpace(e.os.HostKeys[vm.Runtime.SystemOverlay]); got != vm.Runtime.SSHHostKey {
+		t.Errorf("key on the system disk %q; want %q", got, vm.Runtime.SSHHostKey)
+	}
+	for _, p := range []string{vm.Runtime.SystemOverlay, vm.Runtime.WorkDiskPath} {
+		if e.owners[p] != uid {
+			t.Errorf("%s given to uid %d; want %d", p, e.owners[p], uid)
+		}
+	}
+	n := 0
+	for _, c := range e.os.Runner().Calls() {
+		if strings.Contains(c, "debugfs ") {
+			n++
+			if !strings.HasPrefix(c, fmt.Sprintf("[as %d:%d, fd 3=", uid, uid)) {
+				t.Errorf("not run as the VM's uid: %s", c)
+			}
+		}
+	}
+	if n == 0 {
+		t.Fatal("debugfs never ran")
+	}
+	fi, err := os.Stat(hostKeyPath(vm.Runtime.VMDir))
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("private key file: %v %v", fi, err)
+	}
+	key := vm.Runtime.SSHHostKey
+
+	if _, err := e.d.StopVM(e.ctx, "dev", api.NoProgress); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.d.ResetSystem(e.ctx, "dev"); err != nil {
+		t.Fatal(err)
+	}
+	if vm := e.vm(t, "dev"); vm.Runtime.HostKeyInstalled {
+		t.Error("a fresh system disk is marked as having the host key")
+	}
+	delete(e.os.HostKeys, vm.Runtime.SystemOverlay)
+	if _, err := e.d.StartVM(e.ctx, "dev", api.NoProgress); err != nil {
+		t.Fatal(err)
+	}
+	vm = e.vm(t, "dev")
+	if vm.Runtime.SSHHostKey != key || strings.TrimSpace(e.os.HostKeys[vm.Runtime.SystemOverlay]) != key {
+		t.Errorf("after reset-system: key %q, on disk %q; want the same key %q", vm.Runtime.SSHHostKey, e.os.HostKeys[vm.Runtime.SystemOverlay], key)
 	}
 }

@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 
@@ -110,7 +109,7 @@ func (c *checker) vmm(ctx context.Context) api.DoctorCheck {
 
 func (c *checker) firecracker() api.DoctorCheck {
 	const name = "firecracker"
-	if p, err := exec.LookPath("firecracker"); err == nil {
+	if p, err := hostexec.LookPath("firecracker"); err == nil {
 		return pass(name, p)
 	}
 	if c.usesQEMU() {
@@ -121,7 +120,7 @@ func (c *checker) firecracker() api.DoctorCheck {
 
 func (c *checker) qemu() api.DoctorCheck {
 	const name = "qemu"
-	p, err := exec.LookPath("qemu-system-x86_64")
+	p, err := hostexec.LookPath("qemu-system-x86_64")
 	if err == nil {
 		return pass(name, p)
 	}
@@ -181,7 +180,7 @@ func (c *checker) tun() api.DoctorCheck {
 // anti-spoofing, egress policy); without it no VM gets a network.
 func (c *checker) nft(ctx context.Context) api.DoctorCheck {
 	const name = "nft"
-	if _, err := exec.LookPath("nft"); err != nil {
+	if _, err := hostexec.LookPath("nft"); err != nil {
 		return fail(name, "nft not found: guests cannot be isolated, so no VM can start", "apt-get install nftables")
 	}
 	if _, err := c.runner.Run(ctx, "nft", "-j", "list", "tables"); err != nil {
@@ -192,7 +191,7 @@ func (c *checker) nft(ctx context.Context) api.DoctorCheck {
 
 func (c *checker) iptables(ctx context.Context) api.DoctorCheck {
 	const name = "iptables"
-	if _, err := exec.LookPath("iptables"); err != nil {
+	if _, err := hostexec.LookPath("iptables"); err != nil {
 		return fail(name, "iptables not found: NAT for VMs cannot work", "apt-get install iptables")
 	}
 	if _, err := c.runner.Run(ctx, "iptables", "-t", "nat", "-S", "POSTROUTING"); err != nil {
@@ -253,7 +252,7 @@ func (c *checker) kernelBuild() api.DoctorCheck {
 		missing = append(missing, "linux-source-6.1")
 	}
 	for _, t := range []string{"make", "gcc", "flex", "bison", "bc"} {
-		if _, err := exec.LookPath(t); err != nil {
+		if _, err := hostexec.LookPath(t); err != nil {
 			missing = append(missing, t)
 		}
 	}
@@ -267,7 +266,7 @@ func (c *checker) imageBuild() api.DoctorCheck {
 	const name = "image-build"
 	var missing []string
 	for _, t := range []string{"debootstrap", "mkfs.ext4", "e2fsck", "resize2fs"} {
-		if _, err := exec.LookPath(t); err != nil {
+		if _, err := hostexec.LookPath(t); err != nil {
 			missing = append(missing, t)
 		}
 	}

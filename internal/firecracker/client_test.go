@@ -66,6 +66,11 @@ func (f *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, `{"app_name":"Firecracker","id":"vm1","state":"Not started","vmm_version":"1.16.1"}`)
 		return
 	}
+	if r.Method == http.MethodGet && r.URL.Path == "/vm/config" {
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `{"balloon":null,"drives":[{"drive_id":"rootfs","partuuid":null,"is_root_device":true,"cache_type":"Unsafe","is_read_only":false,"path_on_host":"/dev/fd/4","rate_limiter":null,"io_engine":"Sync","socket":null}],"boot-source":{"kernel_image_path":"/dev/fd/3","boot_args":"console=ttyS0"},"cpu-config":null,"logger":null,"machine-config":{"vcpu_count":2,"mem_size_mib":2048,"smt":false,"track_dirty_pages":false,"huge_pages":"None"},"metrics":null,"mmds-config":null,"network-interfaces":[{"iface_id":"eth0","host_dev_name":"tap-fc-3","guest_mac":"06:00:ac:10:00:02","rx_rate_limiter":null,"tx_rate_limiter":null}],"vsock":null,"entropy":null}`)
+		return
+	}
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -112,6 +117,9 @@ func TestClientSendsSpecValidBodies(t *testing.T) {
 	nicNoMAC := must(NewNetworkInterface("eth1", "tap-fc-4", ""))
 	nicNoMAC.MTU = 1400
 	vsock := must(NewVsock(3, "/run/vm/v.sock"))
+	snapCreate := must(NewSnapshotCreate("/run/vm/vmm/snap.state", "/run/vm/vmm/snap.mem"))
+	snapLoad := must(NewSnapshotLoad("/run/vm/vmm/snap.state", "/run/vm/vmm/snap.mem", true, map[string]string{"eth1": "tap-fc-9", "eth0": "tap-fc-8"}))
+	snapLoadPaused := must(NewSnapshotLoad("/s", "/m", false, nil))
 
 	steps := []struct {
 		name string
@@ -135,6 +143,10 @@ func TestClientSendsSpecValidBodies(t *testing.T) {
 		{"pause", func() error { return c.Pause(ctx) }, recorded{Method: "PATCH", Path: "/vm", Body: `{"state":"Paused"}`}},
 		{"resume", func() error { return c.Resume(ctx) }, recorded{Method: "PATCH", Path: "/vm", Body: `{"state":"Resumed"}`}},
 		{"describe", func() error { _, err := c.Describe(ctx); return err }, recorded{Method: "GET", Path: "/", Body: ""}},
+		{"snapshot create", func() error { return c.CreateSnapshot(ctx, snapCreate) }, recorded{Method: "PUT", Path: "/snapshot/create", Body: `{"snapshot_type":"Full","snapshot_path":"/run/vm/vmm/snap.state","mem_file_path":"/run/vm/vmm/snap.mem"}`}},
+		{"snapshot load", func() error { return c.LoadSnapshot(ctx, snapLoad) }, recorded{Method: "PUT", Path: "/snapshot/load", Body: `{"snapshot_path":"/run/vm/vmm/snap.state","mem_backend":{"backend_type":"File","backend_path":"/run/vm/vmm/snap.mem"},"resume_vm":true,"network_overrides":[{"iface_id":"eth0","host_dev_name":"tap-fc-8"},{"iface_id":"eth1","host_dev_name":"tap-fc-9"}]}`}},
+		{"snapshot load paused", func() error { return c.LoadSnapshot(ctx, snapLoadPaused) }, recorded{Method: "PUT", Path: "/snapshot/load", Body: `{"snapshot_path":"/s","mem_backend":{"backend_type":"File","backend_path":"/m"}}`}},
+		{"vm config", func() error { _, err := c.VMConfig(ctx); return err }, recorded{Method: "GET", Path: "/vm/config", Body: ""}},
 	}
 	for i, s := range steps {
 		if err := s.call(); err != nil {
@@ -163,6 +175,35 @@ func TestClientSendsSpecValidBodies(t *testing.T) {
 	}
 	if got, want := info, (InstanceInfo{AppName: "Firecracker", ID: "vm1", State: StateNotStarted, VMMVersion: "1.16.1"}); got != want {
 		t.Errorf("Describe: got %+v, want %+v", got, want)
+	}
+	vc, err := c.VMConfig(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vc.MachineConfig == nil || vc.MachineConfig.VCPUCount != 2 || len(vc.Drives) != 1 || vc.Drives[0].PathOnHost != "/dev/fd/4" ||
+		len(vc.NetworkInterfaces) != 1 || vc.NetworkInterfaces[0].HostDevName != "tap-fc-3" || vc.BootSource == nil {
+		t.Errorf("VMConfig: got %+v", vc)
+	}
+}
+
+// TestCheckReplyRefuses shows the reply validator refusing replies the
+// spec does not allow, so the integration tests' replies are checked.
+func TestCheckReplyRefuses(t *testing.T) {
+	v := loadSpec(t)
+	bad := []struct{ path, body string }{
+		{"/", `{"app_name":"x","id":"vm1","state":"Booting","vmm_version":"1"}`},
+		{"/", `{"app_name":"x","id":"vm1","state":"Running"}`},
+		{"/vm/config", `{"machine-config":{"vcpu_count":0,"mem_size_mib":1}}`},
+		{"/vm/config", `{"drives":[{"drive_id":"r","is_root_device":true,"cache_type":"Sometimes"}]}`},
+		{"/machine-config", `{"vcpu_count":1}`},
+	}
+	for _, b := range bad {
+		if err := v.CheckReply("GET", b.path, 200, []byte(b.body)); err == nil {
+			t.Errorf("GET %s reply %s accepted", b.path, b.body)
+		}
+	}
+	if err := v.CheckReply("GET", "/vm/config", 200, []byte(`{"drives":[],"network-interfaces":[],"machine-config":{"vcpu_count":1,"mem_size_mib":128,"smt":false}}`)); err != nil {
+		t.Errorf("valid reply refused: %v", err)
 	}
 }
 
@@ -196,6 +237,15 @@ func TestSpecRefuses(t *testing.T) {
 		{"unknown path", "PUT", "/reboot", `{}`},
 		{"wrong method", "DELETE", "/drives/rootfs", ``},
 		{"body on get", "GET", "/", `{}`},
+		{"snapshot create without memory", "PUT", "/snapshot/create", `{"snapshot_path":"/s"}`},
+		{"snapshot create unknown type", "PUT", "/snapshot/create", `{"snapshot_path":"/s","mem_file_path":"/m","snapshot_type":"Incremental"}`},
+		{"snapshot create unknown field", "PUT", "/snapshot/create", `{"snapshot_path":"/s","mem_file_path":"/m","version":"1.0"}`},
+		{"snapshot load without state", "PUT", "/snapshot/load", `{"mem_backend":{"backend_type":"File","backend_path":"/m"}}`},
+		{"snapshot load unknown backend", "PUT", "/snapshot/load", `{"snapshot_path":"/s","mem_backend":{"backend_type":"Disk","backend_path":"/m"}}`},
+		{"snapshot load backend without path", "PUT", "/snapshot/load", `{"snapshot_path":"/s","mem_backend":{"backend_type":"File"}}`},
+		{"snapshot load unknown field", "PUT", "/snapshot/load", `{"snapshot_path":"/s","mem_file_path":"/m","resume":true}`},
+		{"snapshot load override without tap", "PUT", "/snapshot/load", `{"snapshot_path":"/s","mem_file_path":"/m","network_overrides":[{"iface_id":"eth0"}]}`},
+		{"vm config with body", "GET", "/vm/config", `{}`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -212,6 +262,10 @@ func TestSpecRefuses(t *testing.T) {
 		{"PUT", "/vsock", `{"guest_cid":3,"uds_path":"/v"}`},
 		{"PATCH", "/vm", `{"state":"Paused"}`},
 		{"GET", "/", ``},
+		{"PUT", "/snapshot/create", `{"snapshot_path":"/s","mem_file_path":"/m","snapshot_type":"Diff"}`},
+		{"PUT", "/snapshot/load", `{"snapshot_path":"/s","mem_backend":{"backend_type":"File","backend_path":"/m"}}`},
+		{"PUT", "/snapshot/load", `{"snapshot_path":"/s","mem_file_path":"/m","network_overrides":[{"iface_id":"eth0","host_dev_name":"tap1"}]}`},
+		{"GET", "/vm/config", ``},
 	}
 	for _, o := range ok {
 		if err := v.Check(o.method, o.path, []byte(o.body)); err != nil {
@@ -295,6 +349,11 @@ func TestConstructorsRefuse(t *testing.T) {
 		{"logger level", second(NewLogger("/l", "Verbose"))},
 		{"logger path", second(NewLogger("", "Info"))},
 		{"metrics path", second(NewMetrics(""))},
+		{"snapshot without memory path", second(NewSnapshotCreate("/s", ""))},
+		{"snapshot into one file", second(NewSnapshotCreate("/s", "/s"))},
+		{"load without state path", second(NewSnapshotLoad("", "/m", false, nil))},
+		{"load override bad id", second(NewSnapshotLoad("/s", "/m", false, map[string]string{"eth-0": "tap0"}))},
+		{"load override bad tap", second(NewSnapshotLoad("/s", "/m", false, map[string]string{"eth0": "tap/0"}))},
 	}
 	for _, tt := range tests {
 		if got := model.ErrorCode(tt.err); got != model.EINVALID {

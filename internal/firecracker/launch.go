@@ -9,6 +9,8 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"sort"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -32,13 +34,91 @@ type LaunchConfig struct {
 	LogPath string
 	// Env, if not nil, is the VMM's environment; nil inherits ours.
 	Env []string
+	// UID and GID, when not 0, are the credentials the VMM runs with,
+	// with no supplementary groups: a non-root uid gets no capabilities.
+	UID, GID uint32
+	// ExtraFiles are inherited by the VMM as descriptors 3, 4, ... (see
+	// ExtraFileFD): the disks, the tap, the kernel and initrd the daemon
+	// opened, named over the API as /dev/fd/N.
+	ExtraFiles []*os.File
+	// CgroupFD, when above 0, is an open cgroup v2 directory the VMM is
+	// created in (clone3 CLONE_INTO_CGROUP). On cgroup v1 the caller
+	// moves the PID itself.
+	CgroupFD int
+	// TapFDs maps tap names to the descriptor numbers, in the VMM, of
+	// taps opened with OpenTap and passed in ExtraFiles; each becomes a
+	// --tap-fd NAME=N flag (banger-vmm-qemu only: firecracker has no such
+	// flag).
+	TapFDs map[string]int
+	// Argv, when set, is the whole command line after Bin instead of
+	// the one Args builds: Firecracker's jailer (see JailerArgs), which
+	// runs as root and drops to the VM's uid itself.
+	Argv []string
 }
+
+// ExtraFileFD returns the descriptor number ExtraFiles[i] has in the VMM.
+func ExtraFileFD(i int) int { return 3 + i }
+
+// FDPath returns the path that names the inherited descriptor fd over
+// the API: /dev/fd/N.
+func FDPath(fd int) string { return "/dev/fd/" + strconv.Itoa(fd) }
 
 var instanceIDRe = regexp.MustCompile(`^[A-Za-z0-9-]{1,64}$`)
 
-// Args returns the VMM's argv after the binary name.
+// Args returns the VMM's argv after the binary name: --api-sock, --id,
+// the --tap-fd flags sorted by name, then ExtraArgs.
 func (c LaunchConfig) Args() []string {
-	return append([]string{"--api-sock", c.APISock, "--id", c.ID}, c.ExtraArgs...)
+	if c.Argv != nil {
+		return c.Argv
+	}
+	args := []string{"--api-sock", c.APISock, "--id", c.ID}
+	names := make([]string, 0, len(c.TapFDs))
+	for name := range c.TapFDs {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		args = append(args, "--tap-fd", name+"="+strconv.Itoa(c.TapFDs[name]))
+	}
+	return append(args, c.ExtraArgs...)
+}
+
+// check validates the configuration before anything is touched.
+func (c LaunchConfig) check() error {
+	if c.Bin == "" || c.APISock == "" || c.LogPath == "" {
+		return model.Errorf(model.EINVALID, "launch vmm: binary, api socket and log path are required")
+	}
+	if !instanceIDRe.MatchString(c.ID) {
+		return model.Errorf(model.EINVALID, "launch vmm: instance id %q: want 1 to 64 letters, digits or hyphens", c.ID)
+	}
+	for i, f := range c.ExtraFiles {
+		if f == nil {
+			return model.Errorf(model.EINVALID, "launch vmm: extra file %d is nil", i)
+		}
+	}
+	for name, fd := range c.TapFDs {
+		if err := CheckTapName(name); err != nil {
+			return model.Errorf(model.EINVALID, "launch vmm: --tap-fd %s: %v", name, err)
+		}
+		if fd < ExtraFileFD(0) || fd >= ExtraFileFD(len(c.ExtraFiles)) {
+			return model.Errorf(model.EINVALID, "launch vmm: --tap-fd %s=%d: not one of the extra files (descriptors %d to %d)",
+				name, fd, ExtraFileFD(0), ExtraFileFD(len(c.ExtraFiles))-1)
+		}
+	}
+	return nil
+}
+
+// sysProcAttr returns the VMM's process attributes: its own session,
+// and the credentials and cgroup asked for.
+func (c LaunchConfig) sysProcAttr() *syscall.SysProcAttr {
+	attr := &syscall.SysProcAttr{Setsid: true}
+	if c.UID != 0 || c.GID != 0 {
+		attr.Credential = &syscall.Credential{Uid: c.UID, Gid: c.GID, Groups: []uint32{}}
+	}
+	if c.CgroupFD > 0 {
+		attr.UseCgroupFD, attr.CgroupFD = true, c.CgroupFD
+	}
+	return attr
 }
 
 // Process is a VMM started by Launch. The daemon is its parent while the
@@ -66,14 +146,13 @@ func (p *Process) ExitState() (*os.ProcessState, error) {
 
 // Launch starts the VMM detached from the daemon: in its own session, not
 // tied to any request's context (a cancelled request must not kill a VM),
-// stdin from /dev/null, stdout and stderr appended to cfg.LogPath. It
-// returns once the process runs; use WaitAPI for its socket.
+// stdin from /dev/null, stdout and stderr appended to cfg.LogPath (opened
+// here, with the caller's rights), cfg.ExtraFiles from descriptor 3 on,
+// as cfg.UID/cfg.GID in cfg.CgroupFD when set. It returns once the
+// process runs; use WaitAPI for its socket.
 func Launch(cfg LaunchConfig) (*Process, error) {
-	if cfg.Bin == "" || cfg.APISock == "" || cfg.LogPath == "" {
-		return nil, model.Errorf(model.EINVALID, "launch vmm: binary, api socket and log path are required")
-	}
-	if !instanceIDRe.MatchString(cfg.ID) {
-		return nil, model.Errorf(model.EINVALID, "launch vmm: instance id %q: want 1 to 64 letters, digits or hyphens", cfg.ID)
+	if err := cfg.check(); err != nil {
+		return nil, err
 	}
 	if err := os.Remove(cfg.APISock); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("launch vmm: remove stale api socket: %w", err)
@@ -90,7 +169,8 @@ func Launch(cfg LaunchConfig) (*Process, error) {
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	cmd.Env = cfg.Env
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	cmd.ExtraFiles = cfg.ExtraFiles
+	cmd.SysProcAttr = cfg.sysProcAttr()
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("launch vmm %s: %w", cfg.Bin, err)
 	}

@@ -39,11 +39,18 @@ func fakeVMM(mode string, args []string) int {
 	fs := flag.NewFlagSet("fake-vmm", flag.ContinueOnError)
 	sock := fs.String("api-sock", "", "")
 	id := fs.String("id", "", "")
+	var taps []string
+	fs.Func("tap-fd", "", func(v string) error { taps = append(taps, v); return nil })
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	stdin, _ := os.Readlink("/proc/self/fd/0")
 	fmt.Printf("fake-vmm up id=%s stdin=%s sid-is-pid=%v\n", *id, stdin, mustGetsid() == os.Getpid())
+	fd3, _ := os.Readlink("/proc/self/fd/3")
+	fd4, _ := os.Readlink("/proc/self/fd/4")
+	groups, _ := os.Getgroups()
+	fmt.Printf("fake-vmm creds uid=%d gid=%d groups=%v %s fd3=%s fd4=%s taps=%v\n",
+		os.Getuid(), os.Getgid(), groups, capEff(), fd3, fd4, taps)
 	fmt.Fprintln(os.Stderr, "fake-vmm stderr line")
 	if mode == "die" {
 		return 3
@@ -74,6 +81,17 @@ func fakeVMM(mode string, args []string) int {
 	time.Sleep(20 * time.Millisecond) // let the reply go out
 	os.Remove(*sock)
 	return code
+}
+
+// capEff returns the CapEff line of the process's status.
+func capEff() string {
+	raw, _ := os.ReadFile("/proc/self/status")
+	for _, l := range strings.Split(string(raw), "\n") {
+		if strings.HasPrefix(l, "CapEff:") {
+			return strings.Join(strings.Fields(l), "=")
+		}
+	}
+	return "CapEff=?"
 }
 
 func mustGetsid() int {
@@ -253,6 +271,11 @@ func TestLaunchRefusesBadConfig(t *testing.T) {
 		{Bin: "/bin/true", APISock: "/tmp/x.sock", ID: strings.Repeat("a", 65), LogPath: "/tmp/x.log"},
 		{Bin: "", APISock: "/tmp/x.sock", ID: "a", LogPath: "/tmp/x.log"},
 		{Bin: "/bin/true", APISock: "", ID: "a", LogPath: "/tmp/x.log"},
+		{Bin: "/bin/true", APISock: "/tmp/x.sock", ID: "a", LogPath: "/tmp/x.log", ExtraFiles: []*os.File{nil}},
+		{Bin: "/bin/true", APISock: "/tmp/x.sock", ID: "a", LogPath: "/tmp/x.log", ExtraFiles: []*os.File{os.Stdin}, TapFDs: map[string]int{"tap0": 4}},
+		{Bin: "/bin/true", APISock: "/tmp/x.sock", ID: "a", LogPath: "/tmp/x.log", ExtraFiles: []*os.File{os.Stdin}, TapFDs: map[string]int{"tap0": 2}},
+		{Bin: "/bin/true", APISock: "/tmp/x.sock", ID: "a", LogPath: "/tmp/x.log", ExtraFiles: []*os.File{os.Stdin}, TapFDs: map[string]int{"tap/0": 3}},
+		{Bin: "/bin/true", APISock: "/tmp/x.sock", ID: "a", LogPath: "/tmp/x.log", ExtraFiles: []*os.File{os.Stdin}, TapFDs: map[string]int{"a-very-long-tap-name": 3}},
 	}
 	for _, c := range tests {
 		if _, err := Launch(c); err == nil {
@@ -292,5 +315,85 @@ func TestTrimLog(t *testing.T) {
 	}
 	if trimmed, err := TrimLog(filepath.Join(dir, "missing.log"), 1); err != nil || trimmed {
 		t.Errorf("missing log: got %v, %v", trimmed, err)
+	}
+}
+
+func TestLaunchArgs(t *testing.T) {
+	c := LaunchConfig{
+		APISock: "/v/vmm/api.sock", ID: "vm1", ExtraArgs: []string{"--accel", "tcg"},
+		TapFDs: map[string]int{"tap-fc-2": 6, "tap-fc-10": 5},
+	}
+	want := []string{"--api-sock", "/v/vmm/api.sock", "--id", "vm1", "--tap-fd", "tap-fc-10=5", "--tap-fd", "tap-fc-2=6", "--accel", "tcg"}
+	if got := c.Args(); strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Errorf("got %q, want %q", got, want)
+	}
+	if got, want := FDPath(ExtraFileFD(2)), "/dev/fd/5"; got != want {
+		t.Errorf("FDPath: got %q, want %q", got, want)
+	}
+}
+
+// TestLaunchPassesFilesAndCredentials checks what the VMM inherits: the
+// extra files at descriptors 3 and 4, the --tap-fd flag, and, when run as
+// root, the unprivileged uid and gid with no groups and no capabilities.
+func TestLaunchPassesFilesAndCredentials(t *testing.T) {
+	dir := t.TempDir()
+	a := filepath.Join(dir, "disk-a")
+	b := filepath.Join(dir, "disk-b")
+	os.WriteFile(a, nil, 0o600)
+	os.WriteFile(b, nil, 0o600)
+	fa, _ := os.Open(a)
+	fb, _ := os.Open(b)
+	defer fa.Close()
+	defer fb.Close()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := LaunchConfig{
+		Bin: self, APISock: filepath.Join(dir, "api.sock"), ID: "creds", LogPath: filepath.Join(dir, "vmm.log"),
+		Env: append(os.Environ(), "BANGER_FAKE_VMM=clean"), ExtraFiles: []*os.File{fa, fb},
+		TapFDs: map[string]int{"tap0": 4},
+	}
+	const uid = 1500000002
+	root := os.Geteuid() == 0
+	if root {
+		// The unprivileged VMM must reach its binary and write its socket.
+		bindir := t.TempDir()
+		for _, d := range []string{bindir, filepath.Dir(bindir)} {
+			os.Chmod(d, 0o755)
+		}
+		bin := filepath.Join(bindir, "fake-vmm")
+		data, _ := os.ReadFile(self)
+		os.WriteFile(bin, data, 0o755)
+		vmmDir := filepath.Join(dir, "vmm")
+		os.Mkdir(vmmDir, 0o700)
+		os.Chown(vmmDir, uid, uid)
+		os.Chmod(dir, 0o711)
+		os.Chmod(filepath.Dir(dir), 0o711)
+		cfg.Bin, cfg.APISock, cfg.UID, cfg.GID = bin, filepath.Join(vmmDir, "api.sock"), uid, uid
+	}
+	p, err := Launch(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { syscall.Kill(p.PID, syscall.SIGKILL); <-p.Done() }()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := p.WaitAPI(ctx, cfg.APISock); err != nil {
+		raw, _ := os.ReadFile(cfg.LogPath)
+		t.Fatalf("%v\n%s", err, raw)
+	}
+	raw, _ := os.ReadFile(cfg.LogPath)
+	want := fmt.Sprintf("fd3=%s fd4=%s taps=[tap0=4]", a, b)
+	if root {
+		want = fmt.Sprintf("fake-vmm creds uid=%d gid=%d groups=[] CapEff:=0000000000000000 ", uid, uid) + want
+	}
+	if !strings.Contains(string(raw), want) {
+		t.Errorf("vmm log lacks %q:\n%s", want, raw)
+	}
+	if root {
+		if st, err := os.Stat(cfg.APISock); err != nil || st.Sys().(*syscall.Stat_t).Uid != uid {
+			t.Errorf("api socket: %v, %v; want it owned by %d", st, err, uid)
+		}
 	}
 }

@@ -23,6 +23,9 @@ import (
 var strictDefinitions = []string{
 	"BootSource", "Drive", "InstanceActionInfo", "Logger", "MachineConfiguration",
 	"Metrics", "NetworkInterface", "RateLimiter", "TokenBucket", "Vm", "Vsock",
+	"SnapshotCreateParams", "SnapshotLoadParams", "MemoryBackend",
+	"PartialDrive", "PartialNetworkInterface", "Balloon", "BalloonUpdate",
+	"BalloonStatsUpdate", "MmdsConfig",
 }
 
 // specValidator checks requests against Firecracker's official API spec.
@@ -140,6 +143,57 @@ func (v *specValidator) Check(method, path string, body []byte) error {
 	return nil
 }
 
+// CheckReply validates a reply body against the operation's response
+// schema for status (or its default response).
+func (v *specValidator) CheckReply(method, path string, status int, body []byte) error {
+	op, _, err := v.operation(method, path)
+	if err != nil {
+		return err
+	}
+	resp := op.Responses.Status(status)
+	if resp == nil {
+		resp = op.Responses.Default()
+	}
+	if resp == nil || resp.Value == nil {
+		return fmt.Errorf("spec: %s %s: no response %d", method, path, status)
+	}
+	mt := resp.Value.Content.Get("application/json")
+	if mt == nil || mt.Schema == nil || mt.Schema.Value == nil {
+		return fmt.Errorf("spec: %s %s: response %d has no body, got %s", method, path, status, body)
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber()
+	var val any
+	if err := dec.Decode(&val); err != nil {
+		return fmt.Errorf("spec: %s %s: reply is not JSON: %w", method, path, err)
+	}
+	if err := mt.Schema.Value.VisitJSON(stripNulls(numbersToFloat(val)), openapi3.MultiErrors()); err != nil {
+		return fmt.Errorf("spec: %s %s: reply: %w", method, path, err)
+	}
+	return nil
+}
+
+// stripNulls drops null members of objects: Firecracker serializes an
+// absent optional part of a reply as null (serde's Option without
+// skip_serializing_if), which the swagger file does not declare nullable.
+func stripNulls(v any) any {
+	switch x := v.(type) {
+	case map[string]any:
+		for k, e := range x {
+			if e == nil {
+				delete(x, k)
+			} else {
+				x[k] = stripNulls(e)
+			}
+		}
+	case []any:
+		for i, e := range x {
+			x[i] = stripNulls(e)
+		}
+	}
+	return v
+}
+
 // numbersToFloat turns json.Number values into float64, which is what the
 // schema validator expects.
 func numbersToFloat(v any) any {
@@ -170,6 +224,12 @@ func newCheckedClient(t testing.TB, sock string) *Client {
 	c := NewClient(sock)
 	c.Check = func(method, path string, body []byte) error {
 		if err := v.Check(method, path, body); err != nil {
+			return fmt.Errorf("%w: %w", errSpec, err)
+		}
+		return nil
+	}
+	c.CheckReply = func(method, path string, status int, body []byte) error {
+		if err := v.CheckReply(method, path, status, body); err != nil {
 			return fmt.Errorf("%w: %w", errSpec, err)
 		}
 		return nil

@@ -2,6 +2,7 @@ package qemuvmm
 
 import (
 	"fmt"
+	"os"
 	"strconv"
 	"strings"
 )
@@ -10,8 +11,11 @@ import (
 // API calls before InstanceStart.
 type MachineSpec struct {
 	// Accel is AccelKVM or AccelTCG.
-	Accel  string
-	VCPUs  int
+	Accel string
+	VCPUs int
+	// SMT presents the vCPUs as pairs of hyperthreads, as Firecracker's
+	// smt does.
+	SMT    bool
 	MemMiB int
 	Kernel string
 	// Initrd is "" for none.
@@ -26,16 +30,37 @@ type MachineSpec struct {
 	VsockCID uint32
 	// QMPSocket is the path of QEMU's QMP unix socket.
 	QMPSocket string
+	// Files are inherited by QEMU as descriptors 3, 4, ...: the drives,
+	// taps, kernel and initrd given as descriptors. DriveSpec.FD,
+	// NICSpec.FD and /dev/fd/N paths refer to these numbers.
+	Files []*os.File
+	// Balloon and Entropy are the optional virtio-balloon and virtio-rng
+	// devices (nil for none).
+	Balloon *BalloonSpec
+	Entropy *EntropySpec
+	// NoSandbox leaves QEMU's seccomp sandbox off (--no-seccomp).
+	NoSandbox bool
+	// Incoming makes QEMU wait, paused, for a migration stream (-S
+	// -incoming defer) instead of running the guest: the start of a
+	// snapshot load.
+	Incoming bool
 }
 
 // DriveSpec is one virtio-blk drive.
 type DriveSpec struct {
-	ID       string
+	ID string
+	// Path is the file QEMU opens, when FD is 0.
 	Path     string
 	ReadOnly bool
 	// Cache is Firecracker's cache_type: "Unsafe" (flushes ignored, the
 	// default) or "Writeback".
 	Cache string
+	// FD, when not 0, is QEMU's descriptor of the drive (see
+	// MachineSpec.Files), opened read-only or read-write as ReadOnly
+	// says; QEMU gets it through an fd set and never opens a path.
+	FD int
+	// BlockDev says the descriptor is a block device, not a file.
+	BlockDev bool
 }
 
 // NICSpec is one virtio-net interface on an existing tap device.
@@ -46,13 +71,47 @@ type NICSpec struct {
 	MAC string
 	// MTU is advertised to the guest when not 0.
 	MTU int
+	// FD, when not 0, is QEMU's descriptor of the tap (see
+	// MachineSpec.Files); else QEMU opens Tap by name.
+	FD int
 }
+
+// BalloonSpec is a virtio-balloon device.
+type BalloonSpec struct {
+	DeflateOnOOM, FreePageReporting bool
+}
+
+// EntropySpec is a virtio-rng device fed from the host's /dev/urandom,
+// limited to MaxBytes per PeriodMS when both are set.
+type EntropySpec struct {
+	MaxBytes, PeriodMS int64
+}
+
+// balloonID is the balloon device's QEMU id.
+const balloonID = "balloon0"
+
+// sandboxOpts is QEMU's seccomp sandbox: obsolete system calls,
+// privilege changes, spawning processes and changing scheduling or
+// resource limits all denied. QEMU then cannot exec anything (no exec:
+// migration; snapshots go through fd:).
+const sandboxOpts = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 
 // blockNodeID and netdevID are the QEMU ids of a drive and a NIC.
 // Firecracker ids may start with a digit, which QEMU ids may not, hence
 // the prefix; query-blockstats reports blockNodeID back.
 func blockNodeID(id string) string { return "blk_" + id }
 func netdevID(id string) string    { return "net_" + id }
+
+// formatNodeID and fileNodeID name a drive's block nodes: the raw format
+// node the device reads through, and the file node under it (n counts the
+// backing files PATCH /drives has swapped in).
+func formatNodeID(id string) string { return "fmt_" + id }
+func fileNodeID(id string, n int) string {
+	if n == 0 {
+		return "file_" + id
+	}
+	return fmt.Sprintf("file%d_%s", n, id)
+}
 
 // driveIDFromNode inverts blockNodeID.
 func driveIDFromNode(node string) (string, bool) { return strings.CutPrefix(node, "blk_") }
@@ -99,6 +158,14 @@ func withTSCHint(args string, tscKHz uint64) string {
 	return strings.TrimSpace(args + " tsc_early_khz=" + strconv.FormatUint(tscKHz, 10))
 }
 
+// smpArg is -smp's value: n vCPUs, as n/2 cores of two threads with SMT.
+func smpArg(n int, smt bool) string {
+	if smt && n > 1 && n%2 == 0 {
+		return fmt.Sprintf("%d,sockets=1,cores=%d,threads=2", n, n/2)
+	}
+	return strconv.Itoa(n)
+}
+
 // QEMUArgs returns QEMU's argv (after the binary name) for spec: the
 // Firecracker-equivalent machine. microvm with ACPI describes the
 // virtio-mmio devices and the i8042 to the guest; the PIT is needed for
@@ -107,10 +174,14 @@ func withTSCHint(args string, tscKHz uint64) string {
 // ends Firecracker. The serial console goes to QEMU's stdout, which is
 // the VMM's stdout, as with Firecracker.
 func QEMUArgs(spec MachineSpec) []string {
-	args := []string{
+	var args []string
+	if !spec.NoSandbox {
+		args = append(args, "-sandbox", sandboxOpts)
+	}
+	args = append(args,
 		"-M", "microvm,acpi=on,pit=on,pic=on,rtc=on",
 		"-accel", spec.Accel,
-	}
+	)
 	if spec.Accel == AccelKVM {
 		args = append(args, "-cpu", "host")
 	}
@@ -118,7 +189,7 @@ func QEMUArgs(spec MachineSpec) []string {
 		"-device", "i8042",
 		"-nodefaults", "-no-user-config", "-no-reboot",
 		"-display", "none",
-		"-smp", strconv.Itoa(spec.VCPUs),
+		"-smp", smpArg(spec.VCPUs, spec.SMT),
 		"-m", strconv.Itoa(spec.MemMiB)+"M",
 		"-kernel", spec.Kernel,
 	)
@@ -137,9 +208,22 @@ func QEMUArgs(spec MachineSpec) []string {
 		if d.Cache == "Writeback" {
 			cache = "writeback"
 		}
+		file := "file=" + qemuOpt(d.Path)
+		if d.FD != 0 {
+			// An fd set holds the one descriptor; QEMU dups it when it
+			// opens /dev/fdset/N with the same access mode.
+			driver := "file"
+			if d.BlockDev {
+				driver = "host_device"
+			}
+			args = append(args, "-add-fd", fmt.Sprintf("fd=%d,set=%d", d.FD, d.FD))
+			// auto-read-only=off: QEMU would first open the set read-only
+			// and find no descriptor of that mode.
+			file = fmt.Sprintf("file.driver=%s,file.filename=/dev/fdset/%d,file.auto-read-only=off", driver, d.FD)
+		}
 		args = append(args,
-			"-drive", fmt.Sprintf("id=%s,file=%s,format=raw,if=none,readonly=%s,cache=%s",
-				blockNodeID(d.ID), qemuOpt(d.Path), onOff(d.ReadOnly), cache),
+			"-drive", fmt.Sprintf("id=%s,%s,format=raw,if=none,readonly=%s,cache=%s,node-name=%s,file.node-name=%s",
+				blockNodeID(d.ID), file, onOff(d.ReadOnly), cache, formatNodeID(d.ID), fileNodeID(d.ID, 0)),
 			"-device", "virtio-blk-device,drive="+blockNodeID(d.ID),
 		)
 	}
@@ -151,13 +235,30 @@ func QEMUArgs(spec MachineSpec) []string {
 		if n.MTU != 0 {
 			dev += ",host_mtu=" + strconv.Itoa(n.MTU)
 		}
-		args = append(args,
-			"-netdev", fmt.Sprintf("tap,id=%s,ifname=%s,script=no,downscript=no", netdevID(n.ID), qemuOpt(n.Tap)),
-			"-device", dev,
-		)
+		netdev := fmt.Sprintf("tap,id=%s,ifname=%s,script=no,downscript=no", netdevID(n.ID), qemuOpt(n.Tap))
+		if n.FD != 0 {
+			netdev = fmt.Sprintf("tap,id=%s,fd=%d", netdevID(n.ID), n.FD)
+		}
+		args = append(args, "-netdev", netdev, "-device", dev)
 	}
 	if spec.VsockCID != 0 {
 		args = append(args, "-device", fmt.Sprintf("vhost-vsock-device,guest-cid=%d", spec.VsockCID))
+	}
+	if b := spec.Balloon; b != nil {
+		args = append(args, "-device", fmt.Sprintf("virtio-balloon-device,id=%s,deflate-on-oom=%s,free-page-reporting=%s",
+			balloonID, onOff(b.DeflateOnOOM), onOff(b.FreePageReporting)))
+	}
+	if e := spec.Entropy; e != nil {
+		dev := "virtio-rng-device,rng=rng0"
+		if e.MaxBytes > 0 && e.PeriodMS > 0 {
+			dev += fmt.Sprintf(",max-bytes=%d,period=%d", e.MaxBytes, e.PeriodMS)
+		}
+		args = append(args, "-object", "rng-random,id=rng0,filename=/dev/urandom", "-device", dev)
+	}
+	if spec.Incoming {
+		// -S keeps the loaded VM paused until cont, as Firecracker
+		// leaves a loaded VM.
+		args = append(args, "-S", "-incoming", "defer")
 	}
 	return args
 }

@@ -20,6 +20,9 @@ type Machine interface {
 	// Execute runs a QMP command; out, if not nil, receives its return
 	// value.
 	Execute(ctx context.Context, cmd string, args, out any) error
+	// ExecuteFD runs a QMP command that takes a descriptor (getfd,
+	// add-fd), passing f with it.
+	ExecuteFD(ctx context.Context, cmd string, args, out any, f *os.File) error
 	// Done is closed when the VM has ended (QEMU exited).
 	Done() <-chan struct{}
 	// ExitErr is how it ended, once Done is closed: nil for a clean exit
@@ -77,6 +80,7 @@ func (s *QEMUStarter) Start(ctx context.Context, spec MachineSpec) (Machine, err
 		cmd.Stdin = nil // /dev/null
 		cmd.Stdout = s.Stdout
 		cmd.Stderr = s.Stderr
+		cmd.ExtraFiles = spec.Files
 		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 		if err := cmd.Start(); err != nil {
 			started <- err
@@ -118,6 +122,15 @@ func (m *qemuMachine) Execute(ctx context.Context, cmd string, args, out any) er
 	default:
 	}
 	return m.qmp.Execute(ctx, cmd, args, out)
+}
+
+func (m *qemuMachine) ExecuteFD(ctx context.Context, cmd string, args, out any, f *os.File) error {
+	select {
+	case <-m.done:
+		return errors.New("qemu has exited")
+	default:
+	}
+	return m.qmp.ExecuteFD(ctx, cmd, args, out, f)
 }
 
 func (m *qemuMachine) Done() <-chan struct{} { return m.done }

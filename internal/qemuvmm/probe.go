@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -155,6 +154,7 @@ func ProbeELF() []byte {
 // plus isa-debug-exit.
 func ProbeArgs(accel, elfPath string) []string {
 	args := []string{
+		"-sandbox", sandboxOpts,
 		"-M", "microvm,acpi=on,pit=on,pic=on,rtc=on",
 		"-accel", accel,
 		"-nodefaults", "-no-user-config", "-no-reboot", "-display", "none",
@@ -176,20 +176,19 @@ const probeKVMPVM = "/sys/module/kvm_pvm"
 // Probe runs the probe guest under accel and returns nil when it ran to
 // the end: the marker on the serial port and the expected exit status.
 // It never hangs: a guest that stops is killed after timeout, and a
-// "KVM internal error" on QEMU's stderr ends the probe at once.
+// "KVM internal error" on QEMU's stderr ends the probe at once. The probe
+// guest lives in a memfd handed to QEMU as descriptor 3, so a probe
+// killed at any point leaves no file behind.
 func Probe(ctx context.Context, qemu, accel string, timeout time.Duration) error {
-	dir, err := os.MkdirTemp("", "banger-vmm-probe-")
+	elf, err := memfdWith("banger-vmm-probe", ProbeELF())
 	if err != nil {
 		return fmt.Errorf("probe %s: %w", accel, err)
 	}
-	defer os.RemoveAll(dir)
-	elf := filepath.Join(dir, "probe.elf")
-	if err := os.WriteFile(elf, ProbeELF(), 0o644); err != nil {
-		return fmt.Errorf("probe %s: %w", accel, err)
-	}
+	defer elf.Close()
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, qemu, ProbeArgs(accel, elf)...)
+	cmd := exec.CommandContext(ctx, qemu, ProbeArgs(accel, "/dev/fd/3")...)
+	cmd.ExtraFiles = []*os.File{elf}
 	var stdout bytes.Buffer
 	stderr := &watchWriter{needle: []byte("KVM internal error"), hit: cancel}
 	cmd.Stdout = &stdout
@@ -262,11 +261,24 @@ type AccelChoice struct {
 
 // ChooseAccel resolves want (auto, kvm or tcg). auto picks KVM when
 // /dev/kvm opens and the probe guest runs under it, else TCG; kvm and tcg
-// are taken as given.
-func ChooseAccel(ctx context.Context, qemu, want string, timeout time.Duration) (AccelChoice, error) {
+// are taken as given. With a cache, auto's answer is read from it when
+// it holds one for this host boot and QEMU binary, and stored in it (best
+// effort) after a probe.
+func ChooseAccel(ctx context.Context, qemu, want string, timeout time.Duration, cache *AccelCache) (AccelChoice, error) {
+	auto := want == AccelAuto || want == ""
+	if auto && cache != nil {
+		if c, ok := cache.Load(qemu); ok {
+			return c, nil
+		}
+	}
 	c, err := chooseAccel(ctx, qemu, want, timeout)
 	if err == nil && c.Accel == AccelTCG {
 		c.TSCkHz = MeasureTSCkHz(20 * time.Millisecond)
+	}
+	if err == nil && auto && cache != nil {
+		if serr := cache.Store(qemu, c); serr != nil && cache.Log != nil {
+			cache.Log.Info("accelerator choice not cached", "err", serr)
+		}
 	}
 	return c, err
 }
@@ -304,11 +316,11 @@ type AccelProbe struct {
 
 // StartAccelProbe starts ChooseAccel in a goroutine that ends when the
 // choice is made (the probe is bounded by timeout).
-func StartAccelProbe(qemu, want string, timeout time.Duration) *AccelProbe {
+func StartAccelProbe(qemu, want string, timeout time.Duration, cache *AccelCache) *AccelProbe {
 	p := &AccelProbe{done: make(chan struct{})}
 	go func() {
 		defer close(p.done)
-		p.choice, p.err = ChooseAccel(context.Background(), qemu, want, timeout)
+		p.choice, p.err = ChooseAccel(context.Background(), qemu, want, timeout, cache)
 	}()
 	return p
 }

@@ -5,7 +5,12 @@ import (
 	"context"
 	"debug/elf"
 	"encoding/binary"
+	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -67,7 +72,7 @@ func TestChooseAccelOnPVMHost(t *testing.T) {
 		t.Skip("not a PVM host")
 	}
 	start := time.Now()
-	c, err := ChooseAccel(context.Background(), "qemu-system-x86_64", AccelAuto, 5*time.Second)
+	c, err := ChooseAccel(context.Background(), "qemu-system-x86_64", AccelAuto, 5*time.Second, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,12 +84,12 @@ func TestChooseAccelOnPVMHost(t *testing.T) {
 
 func TestChooseAccelExplicit(t *testing.T) {
 	for _, want := range []string{AccelKVM, AccelTCG} {
-		c, err := ChooseAccel(context.Background(), "/nonexistent/qemu", want, time.Second)
+		c, err := ChooseAccel(context.Background(), "/nonexistent/qemu", want, time.Second, nil)
 		if err != nil || c.Accel != want {
 			t.Errorf("ChooseAccel(%s): got %+v, %v", want, c, err)
 		}
 	}
-	if _, err := ChooseAccel(context.Background(), "qemu", "hvf", time.Second); err == nil {
+	if _, err := ChooseAccel(context.Background(), "qemu", "hvf", time.Second, nil); err == nil {
 		t.Error("ChooseAccel(hvf) succeeded")
 	}
 }
@@ -107,4 +112,57 @@ func TestMeasureTSCkHz(t *testing.T) {
 		t.Errorf("measurements %d and %d kHz differ by more than 1%%", a, b)
 	}
 	t.Logf("TSC %d kHz", a)
+}
+
+// TestMain lets the test binary run one probe as a child process when
+// BANGER_PROBE_CHILD names a QEMU binary, for tests that kill it.
+func TestMain(m *testing.M) {
+	if qemu := os.Getenv("BANGER_PROBE_CHILD"); qemu != "" {
+		err := Probe(context.Background(), qemu, AccelKVM, time.Minute)
+		fmt.Println("probe:", err)
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// TestProbeKilledLeavesNothing kills a process in the middle of a probe
+// (a stand-in QEMU that checks it can read the probe ELF from descriptor
+// 3, then hangs): QEMU dies with it, and no file is left in TMPDIR.
+func TestProbeKilledLeavesNothing(t *testing.T) {
+	tmp, work := t.TempDir(), t.TempDir()
+	qemu := filepath.Join(work, "qemu")
+	script := fmt.Sprintf("#!/bin/sh\nhead -c 4 /dev/fd/3 | od -c | head -1 > %s/elf\necho $$ > %s/pid\nexec sleep 30\n", work, work)
+	os.WriteFile(qemu, []byte(script), 0o755)
+	self, _ := os.Executable()
+	cmd := exec.Command(self)
+	cmd.Env = append(os.Environ(), "BANGER_PROBE_CHILD="+qemu, "TMPDIR="+tmp)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var qemuPID int
+	deadline := time.Now().Add(10 * time.Second)
+	for qemuPID == 0 {
+		raw, _ := os.ReadFile(filepath.Join(work, "pid"))
+		fmt.Sscanf(string(raw), "%d", &qemuPID)
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			t.Fatal("the probe never started qemu")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	for syscall.Kill(qemuPID, 0) == nil {
+		if time.Now().After(deadline) {
+			syscall.Kill(qemuPID, syscall.SIGKILL)
+			t.Fatal("qemu outlived the killed probe")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if elf, _ := os.ReadFile(filepath.Join(work, "elf")); !strings.Contains(string(elf), "177   E   L   F") {
+		t.Errorf("qemu could not read the probe ELF from descriptor 3: %q", elf)
+	}
+	if entries, _ := os.ReadDir(tmp); len(entries) != 0 {
+		t.Errorf("TMPDIR holds %v after the killed probe", entries)
+	}
 }

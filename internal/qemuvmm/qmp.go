@@ -7,8 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // qmpConn is a QMP (QEMU Machine Protocol) connection: one command at a
@@ -92,6 +95,16 @@ func (q *qmpConn) read(v *qmpReply) error {
 // into out (nil to ignore it). It waits at most until ctx ends, and at
 // most 10 s without a deadline.
 func (q *qmpConn) Execute(ctx context.Context, cmd string, args, out any) error {
+	return q.execute(ctx, cmd, args, out, nil)
+}
+
+// ExecuteFD is Execute with f passed along as SCM_RIGHTS, for the
+// commands that take a descriptor (getfd, add-fd).
+func (q *qmpConn) ExecuteFD(ctx context.Context, cmd string, args, out any, f *os.File) error {
+	return q.execute(ctx, cmd, args, out, f)
+}
+
+func (q *qmpConn) execute(ctx context.Context, cmd string, args, out any, f *os.File) error {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	dl, ok := ctx.Deadline()
@@ -109,7 +122,16 @@ func (q *qmpConn) Execute(ctx context.Context, cmd string, args, out any) error 
 	if err != nil {
 		return fmt.Errorf("qmp %s: %w", cmd, err)
 	}
-	if _, err := q.conn.Write(append(raw, '\n')); err != nil {
+	if f == nil {
+		_, err = q.conn.Write(append(raw, '\n'))
+	} else {
+		uc, ok := q.conn.(*net.UnixConn)
+		if !ok {
+			return fmt.Errorf("qmp %s: cannot pass a descriptor over %T", cmd, q.conn)
+		}
+		_, _, err = uc.WriteMsgUnix(append(raw, '\n'), unix.UnixRights(int(f.Fd())), nil)
+	}
+	if err != nil {
 		return fmt.Errorf("qmp %s: %w", cmd, err)
 	}
 	for {

@@ -13,13 +13,11 @@ import (
 	"errors"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 )
 
@@ -52,8 +50,8 @@ const (
 // out.
 const defaultBootArgs = "reboot=k panic=1 nomodule 8250.nr_uarts=0 i8042.noaux i8042.nomux i8042.dumbkbd swiotlb=noforce"
 
-// maxPayload is Firecracker's default --http-api-max-payload-size.
-const maxPayload = 51200
+// DefaultMaxPayload is Firecracker's default --http-api-max-payload-size.
+const DefaultMaxPayload = 51200
 
 // Config configures a VMM.
 type Config struct {
@@ -80,24 +78,67 @@ type Config struct {
 	StartTimeout time.Duration
 	// Now is the clock; default time.Now.
 	Now func() time.Time
-	// TapExists checks a tap device at PUT /network-interfaces; default
-	// looks the interface up in this network namespace.
-	TapExists func(name string) error
+	// InheritedFD reports whether descriptor n was inherited at start
+	// and may be named as /dev/fd/N; nil accepts any n above 2.
+	InheritedFD func(n int) bool
+	// TapFiles are taps opened by whoever started the VMM (--tap-fd
+	// NAME=N), used by PUT /network-interfaces for host_dev_name NAME.
+	TapFiles map[string]*os.File
+	// OpenTap attaches to a tap by name, for a host_dev_name without a
+	// TapFiles entry; firecracker.OpenTap in production. Nil refuses.
+	OpenTap func(name string) (*os.File, error)
+	// MaxPayload bounds a request body (--http-api-max-payload-size);
+	// default DefaultMaxPayload.
+	MaxPayload int
+	// NoSandbox starts QEMU without -sandbox (--no-seccomp).
+	NoSandbox bool
 }
 
 type bootConfig struct {
 	kernel, initrd, args string
 	argsSet              bool
+	// kernelFile and initrdFile are set when kernel or initrd name an
+	// inherited descriptor.
+	kernelFile, initrdFile *inheritedFile
+	// kernelELF says the kernel is an ELF (booted by PVH), not a bzImage.
+	kernelELF bool
+}
+
+func (b *bootConfig) close() {
+	if b != nil {
+		b.kernelFile.close()
+		b.initrdFile.close()
+	}
 }
 
 type driveConfig struct {
 	DriveSpec
 	root     bool
 	partUUID string
+	// file is set when path_on_host names an inherited descriptor.
+	file *inheritedFile
+	// gen counts the backing files PATCH has swapped in; fdset is the
+	// QEMU fd set of the current descriptor (0 for a path).
+	gen, fdset int
+}
+
+type nicConfig struct {
+	NICSpec
+	// tap is the tap's descriptor; owned says the VMM opened it (and
+	// closes it), rather than being given it with --tap-fd.
+	tap   *os.File
+	owned bool
+}
+
+func (n nicConfig) close() {
+	if n.owned && n.tap != nil {
+		n.tap.Close()
+	}
 }
 
 type vsockConfig struct {
-	cid uint32
+	cid     uint32
+	udsPath string
 }
 
 // VMM is one Firecracker-API instance. It handles one request at a time,
@@ -108,16 +149,32 @@ type VMM struct {
 
 	mu          sync.Mutex
 	state       string
-	logFile     *os.File
+	logFile     *nonblockFile
 	vcpus       int
 	memMiB      int
 	boot        *bootConfig
 	drives      []driveConfig
-	nics        []NICSpec
+	nics        []nicConfig
 	vsock       *vsockConfig
-	metricsFile *os.File
+	metricsFile *nonblockFile
 	metricsPrev counters
 	m           Machine
+	// configured says a boot-specific resource was configured, after
+	// which a snapshot load is refused, as in Firecracker.
+	configured bool
+	// smt and trackDirty are machine-config's smt and
+	// track_dirty_pages.
+	smt, trackDirty bool
+	// accel and qemuVersion are those of the running machine.
+	accel, qemuVersion string
+	// restored says the VM was loaded from a snapshot: it has no boot
+	// source of its own, and cmdline is the one it was booted with.
+	restored bool
+	cmdline  string
+	balloon  *balloonConfig
+	entropy  *entropyConfig
+	// fdsetSeq numbers the fd sets of descriptors passed at run time.
+	fdsetSeq int
 
 	wg      sync.WaitGroup
 	closing chan struct{}
@@ -146,14 +203,16 @@ func New(cfg Config) *VMM {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	if cfg.TapExists == nil {
-		cfg.TapExists = func(name string) error {
-			_, err := net.InterfaceByName(name)
-			return err
+	if cfg.OpenTap == nil {
+		cfg.OpenTap = func(name string) (*os.File, error) {
+			return nil, errors.New("this VMM was given no way to open taps; pass --tap-fd")
 		}
 	}
 	if cfg.Accel == nil {
 		cfg.Accel = FixedAccel(AccelTCG)
+	}
+	if cfg.MaxPayload <= 0 {
+		cfg.MaxPayload = DefaultMaxPayload
 	}
 	v := &VMM{
 		cfg: cfg, state: stateNotStarted, vcpus: 1, memMiB: 128,
@@ -202,17 +261,25 @@ func (v *VMM) Close() {
 		v.logp.Store(newLogger(v.cfg.LogOutput, v.cfg.ID, slog.LevelInfo, true, false))
 		v.logFile.Close()
 	}
+	v.boot.close()
+	for _, d := range v.drives {
+		d.file.close()
+	}
+	for _, n := range v.nics {
+		n.close()
+	}
 }
 
 // ServeHTTP answers one API request.
 func (v *VMM) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	body, err := io.ReadAll(io.LimitReader(r.Body, maxPayload+1))
+	limit := v.cfg.MaxPayload
+	body, err := io.ReadAll(io.LimitReader(r.Body, int64(limit)+1))
 	var reply any
 	switch {
 	case err != nil:
 		err = faultf("Cannot read the request body: %v.", err)
-	case len(body) > maxPayload:
-		err = faultf("Request payload with size %d is larger than the limit of %d allowed by server.", len(body), maxPayload)
+	case len(body) > limit:
+		err = faultf("Request payload with size %d is larger than the limit of %d allowed by server.", len(body), limit)
 	default:
 		v.mu.Lock()
 		reply, err = v.handle(r.Context(), r.Method, r.URL.Path, body)
@@ -235,6 +302,15 @@ func (v *VMM) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, reply)
 }
 
+// Do runs one API request as if it came over the socket (for
+// --config-file and the command-line logger and metrics) and returns the
+// reply of a 200, or the fault.
+func (v *VMM) Do(ctx context.Context, method, path string, body []byte) (any, error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.handle(ctx, method, path, body)
+}
+
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
@@ -243,13 +319,6 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	w.Write(bytes.TrimRight(buf.Bytes(), "\n"))
-}
-
-// unsupportedPaths are Firecracker endpoints banger-vmm-qemu does not
-// implement; they get a clear refusal rather than "invalid path".
-var unsupportedPaths = []string{
-	"/balloon", "/mmds", "/snapshot/", "/entropy", "/serial", "/cpu-config",
-	"/vm/config", "/hotplug/", "/pmem/",
 }
 
 // handle routes one request; the caller holds v.mu. A nil reply with a
@@ -272,13 +341,15 @@ func (v *VMM) handle(ctx context.Context, method, path string, body []byte) (any
 	case route == "GET /version":
 		return map[string]string{"firecracker_version": APIVersion}, nil
 	case route == "GET /machine-config":
-		return map[string]any{"vcpu_count": v.vcpus, "mem_size_mib": v.memMiB, "smt": false, "track_dirty_pages": false}, nil
+		return map[string]any{"vcpu_count": v.vcpus, "mem_size_mib": v.memMiB, "smt": v.smt, "track_dirty_pages": v.trackDirty, "huge_pages": "None"}, nil
 	case route == "PUT /logger":
 		return nil, v.preBoot(body, v.putLogger)
 	case route == "PUT /metrics":
 		return nil, v.preBoot(body, v.putMetrics)
 	case route == "PUT /machine-config":
 		return nil, v.preBoot(body, v.putMachineConfig)
+	case route == "PATCH /machine-config":
+		return nil, v.preBoot(body, v.patchMachineConfig)
 	case route == "PUT /boot-source":
 		return nil, v.preBoot(body, v.putBootSource)
 	case route == "PUT /vsock":
@@ -293,15 +364,31 @@ func (v *VMM) handle(ctx context.Context, method, path string, body []byte) (any
 		return nil, v.action(ctx, body)
 	case route == "PATCH /vm":
 		return nil, v.patchVM(ctx, body)
+	case route == "PUT /snapshot/create":
+		return nil, v.createSnapshot(ctx, body)
+	case route == "PUT /snapshot/load":
+		return nil, v.loadSnapshot(ctx, body)
+	case route == "GET /vm/config":
+		return v.vmConfig(), nil
+	case method == http.MethodPatch && strings.HasPrefix(path, "/drives/"):
+		return nil, v.patchDrive(ctx, strings.TrimPrefix(path, "/drives/"), body)
+	case method == http.MethodPatch && strings.HasPrefix(path, "/network-interfaces/"):
+		return nil, v.patchNIC(strings.TrimPrefix(path, "/network-interfaces/"), body)
+	case route == "PUT /balloon":
+		return nil, v.preBoot(body, v.putBalloon)
+	case route == "GET /balloon":
+		return v.getBalloon()
+	case route == "PATCH /balloon":
+		return nil, v.patchBalloon(ctx, body)
+	case route == "GET /balloon/statistics":
+		return v.getBalloonStats(ctx)
+	case route == "PATCH /balloon/statistics":
+		return nil, v.patchBalloonStats(ctx, body)
+	case route == "PUT /entropy":
+		return nil, v.preBoot(body, v.putEntropy)
 	}
-	for _, p := range unsupportedPaths {
-		if path == strings.TrimSuffix(p, "/") || strings.HasPrefix(path, p) {
-			return nil, faultf("%s %s is not supported by %s.", method, path, AppName)
-		}
-	}
-	if (method == http.MethodPatch && (strings.HasPrefix(path, "/drives/") || strings.HasPrefix(path, "/network-interfaces/") || path == "/machine-config")) ||
-		(method == http.MethodPut && path == "/vm") {
-		return nil, faultf("%s %s is not supported by %s.", method, path, AppName)
+	if err := unavailableFault(path); err != nil {
+		return nil, err
 	}
 	return nil, faultf("Invalid request method and/or path: %s %s.", method, path)
 }
@@ -316,244 +403,6 @@ func (v *VMM) preBoot(body []byte, f func([]byte) error) error {
 		return faultf(msgNotAfterBoot)
 	}
 	return f(body)
-}
-
-func (v *VMM) putLogger(body []byte) error {
-	var req loggerReq
-	if err := decodeStrict(body, &req); err != nil {
-		return err
-	}
-	level := slog.LevelInfo
-	if req.Level != nil {
-		l, err := parseLevel(*req.Level)
-		if err != nil {
-			return faultf("Cannot initialize the logger: %v.", err)
-		}
-		level = l
-	}
-	out := v.cfg.LogOutput
-	var f *os.File
-	if req.LogPath != nil {
-		var err error
-		f, err = os.OpenFile(*req.LogPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
-		if err != nil {
-			return faultf("Cannot initialize the logger: cannot open %s: %v.", *req.LogPath, err)
-		}
-		out = f
-	}
-	v.logp.Store(newLogger(out, v.cfg.ID, level, req.ShowLevel != nil && *req.ShowLevel, req.ShowLogOrigin != nil && *req.ShowLogOrigin))
-	if v.logFile != nil {
-		v.logFile.Close()
-	}
-	v.logFile = f
-	if req.Module != nil {
-		v.logger().Info("logger module filter is ignored", "module", *req.Module)
-	}
-	return nil
-}
-
-func (v *VMM) putMetrics(body []byte) error {
-	var req metricsReq
-	if err := decodeStrict(body, &req); err != nil {
-		return err
-	}
-	if req.MetricsPath == nil {
-		return missing("metrics_path")
-	}
-	if v.metricsFile != nil {
-		return faultf("Reinitialization of metrics not allowed.")
-	}
-	// Opened as Firecracker opens it: created if missing, neither
-	// truncated nor appended to, so callers give a fresh file or a FIFO.
-	f, err := os.OpenFile(*req.MetricsPath, os.O_WRONLY|os.O_CREATE|syscall.O_NONBLOCK, 0o640)
-	if err != nil {
-		return faultf("Cannot initialize the metrics system: cannot open %s: %v.", *req.MetricsPath, err)
-	}
-	v.metricsFile = f
-	return nil
-}
-
-func (v *VMM) putMachineConfig(body []byte) error {
-	var req machineReq
-	if err := decodeStrict(body, &req); err != nil {
-		return err
-	}
-	switch {
-	case req.VCPUCount == nil:
-		return missing("vcpu_count")
-	case req.MemSizeMiB == nil:
-		return missing("mem_size_mib")
-	case *req.VCPUCount < 1 || *req.VCPUCount > 32:
-		return faultf("The vCPU number is invalid! The vCPU number can only be 1 or an even number when SMT is enabled.")
-	case *req.MemSizeMiB < 1:
-		return faultf("The memory size (MiB) is invalid.")
-	case req.SMT != nil && *req.SMT:
-		return faultf("SMT is not supported by %s.", AppName)
-	case req.CPUTemplate != nil && *req.CPUTemplate != "None":
-		return faultf("CPU templates are not supported by %s.", AppName)
-	case req.HugePages != nil && *req.HugePages != "None":
-		return faultf("Huge pages are not supported by %s.", AppName)
-	}
-	v.vcpus, v.memMiB = *req.VCPUCount, *req.MemSizeMiB
-	return nil
-}
-
-func (v *VMM) putBootSource(body []byte) error {
-	var req bootReq
-	if err := decodeStrict(body, &req); err != nil {
-		return err
-	}
-	if req.KernelImagePath == nil {
-		return missing("kernel_image_path")
-	}
-	if err := checkReadable(*req.KernelImagePath); err != nil {
-		return faultf("The kernel file cannot be opened: %v", err)
-	}
-	b := &bootConfig{kernel: *req.KernelImagePath}
-	if req.InitrdPath != nil {
-		if err := checkReadable(*req.InitrdPath); err != nil {
-			return faultf("The initrd file cannot be opened: %v", err)
-		}
-		b.initrd = *req.InitrdPath
-	}
-	if req.BootArgs != nil {
-		b.args, b.argsSet = *req.BootArgs, true
-	}
-	v.boot = b
-	return nil
-}
-
-func checkReadable(path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	return f.Close()
-}
-
-func (v *VMM) putDrive(id string, body []byte) error {
-	var req driveReq
-	if err := decodeStrict(body, &req); err != nil {
-		return err
-	}
-	if err := checkPathID("drive", id, req.DriveID, "drive_id"); err != nil {
-		return err
-	}
-	switch {
-	case req.IsRootDevice == nil:
-		return missing("is_root_device")
-	case req.Socket != nil:
-		return faultf("vhost-user block devices are not supported by %s.", AppName)
-	case req.PathOnHost == nil:
-		return faultf("Unable to create the block device: path_on_host is required.")
-	case rawSet(req.RateLimiter):
-		return faultf("Rate limiters are not supported by %s.", AppName)
-	case req.CacheType != nil && *req.CacheType != "Unsafe" && *req.CacheType != "Writeback":
-		return faultf("An error occurred when deserializing the json body of a request: unknown variant `%s`, expected `Unsafe` or `Writeback`.", *req.CacheType)
-	case req.IOEngine != nil && *req.IOEngine != "Sync" && *req.IOEngine != "Async":
-		return faultf("An error occurred when deserializing the json body of a request: unknown variant `%s`, expected `Sync` or `Async`.", *req.IOEngine)
-	}
-	if err := checkReadable(*req.PathOnHost); err != nil {
-		return faultf("Unable to create the block device: %v", err)
-	}
-	d := driveConfig{DriveSpec: DriveSpec{ID: id, Path: *req.PathOnHost, Cache: "Unsafe"}, root: *req.IsRootDevice}
-	if req.IsReadOnly != nil {
-		d.ReadOnly = *req.IsReadOnly
-	}
-	if req.CacheType != nil {
-		d.Cache = *req.CacheType
-	}
-	if req.PartUUID != nil {
-		d.partUUID = *req.PartUUID
-	}
-	if d.root {
-		for _, o := range v.drives {
-			if o.root && o.ID != id {
-				return faultf("A root block device already exists!")
-			}
-		}
-	}
-	for i := range v.drives {
-		if v.drives[i].ID == id {
-			v.drives[i] = d
-			return nil
-		}
-	}
-	v.drives = append(v.drives, d)
-	return nil
-}
-
-func (v *VMM) putNIC(id string, body []byte) error {
-	var req nicReq
-	if err := decodeStrict(body, &req); err != nil {
-		return err
-	}
-	if err := checkPathID("network interface", id, req.IfaceID, "iface_id"); err != nil {
-		return err
-	}
-	switch {
-	case req.HostDevName == nil:
-		return missing("host_dev_name")
-	case rawSet(req.RxRateLimiter) || rawSet(req.TxRateLimiter):
-		return faultf("Rate limiters are not supported by %s.", AppName)
-	case req.GuestMAC != nil && !macRe.MatchString(*req.GuestMAC):
-		return faultf("An error occurred when deserializing the json body of a request: invalid MAC address %q.", *req.GuestMAC)
-	case req.MTU != nil && (*req.MTU < 68 || *req.MTU > 65535):
-		return faultf("Invalid MTU %d: must be between 68 and 65535.", *req.MTU)
-	}
-	n := NICSpec{ID: id, Tap: *req.HostDevName}
-	if req.GuestMAC != nil {
-		n.MAC = *req.GuestMAC
-	}
-	if req.MTU != nil {
-		n.MTU = *req.MTU
-	}
-	for _, o := range v.nics {
-		if o.ID == id {
-			continue
-		}
-		if o.Tap == n.Tap {
-			return faultf("Could not create the network device: the host device %s is already in use.", n.Tap)
-		}
-		if n.MAC != "" && strings.EqualFold(o.MAC, n.MAC) {
-			return faultf("Could not create the network device: the guest MAC address %s is already in use.", n.MAC)
-		}
-	}
-	if err := v.cfg.TapExists(n.Tap); err != nil {
-		return faultf("Could not create the network device: Open tap device failed: %s: %v", n.Tap, err)
-	}
-	for i := range v.nics {
-		if v.nics[i].ID == id {
-			v.nics[i] = n
-			return nil
-		}
-	}
-	v.nics = append(v.nics, n)
-	return nil
-}
-
-func (v *VMM) putVsock(body []byte) error {
-	var req vsockReq
-	if err := decodeStrict(body, &req); err != nil {
-		return err
-	}
-	switch {
-	case req.GuestCID == nil:
-		return missing("guest_cid")
-	case req.UDSPath == nil:
-		return missing("uds_path")
-	case *req.GuestCID < 3 || *req.GuestCID > 0xFFFFFFFF:
-		return faultf("Invalid guest CID %d: must be 3 or more.", *req.GuestCID)
-	}
-	if _, err := os.Stat(v.cfg.VhostVsockPath); err != nil {
-		return faultf("Cannot create the vsock device: %s maps vsock to vhost-vsock and %s is not available on this host (%v); load the vhost_vsock module.", AppName, v.cfg.VhostVsockPath, err)
-	}
-	// vhost-vsock is the kernel's AF_VSOCK: the host reaches the guest
-	// with AF_VSOCK sockets on guest_cid, not through Firecracker's
-	// hybrid unix socket, so uds_path is not served.
-	v.logger().Warn("vsock: uds_path is not served; use AF_VSOCK to the guest cid", "uds_path", *req.UDSPath, "guest_cid", *req.GuestCID)
-	v.vsock = &vsockConfig{cid: uint32(*req.GuestCID)}
-	return nil
 }
 
 func (v *VMM) action(ctx context.Context, body []byte) error {
@@ -619,75 +468,6 @@ func (v *VMM) patchVM(ctx context.Context, body []byte) error {
 		return faultf("Failed to set the VM state to %s: %v", *req.State, err)
 	}
 	v.state = next
-	return nil
-}
-
-// machineSpec gathers the configuration into a MachineSpec. The root drive
-// goes first, the others follow in the order they were first PUT.
-func (v *VMM) machineSpec(accel string, tscKHz uint64) (MachineSpec, error) {
-	if v.boot == nil {
-		return MachineSpec{}, faultf("Start microvm error: Cannot start microvm without kernel configuration.")
-	}
-	spec := MachineSpec{
-		Accel: accel, VCPUs: v.vcpus, MemMiB: v.memMiB,
-		Kernel: v.boot.kernel, Initrd: v.boot.initrd,
-		NICs: append([]NICSpec(nil), v.nics...), QMPSocket: v.QMPSocket(),
-	}
-	var root *driveConfig
-	for i := range v.drives {
-		if v.drives[i].root {
-			root = &v.drives[i]
-			spec.Drives = append(spec.Drives, root.DriveSpec)
-		}
-	}
-	for _, d := range v.drives {
-		if !d.root {
-			spec.Drives = append(spec.Drives, d.DriveSpec)
-		}
-	}
-	args := defaultBootArgs
-	if v.boot.argsSet {
-		args = v.boot.args
-	}
-	if accel == AccelTCG {
-		args = withTSCHint(args, tscKHz)
-	}
-	if root != nil {
-		spec.Cmdline = KernelCmdline(args, &root.DriveSpec, root.partUUID)
-	} else {
-		spec.Cmdline = KernelCmdline(args, nil, "")
-	}
-	if v.vsock != nil {
-		spec.VsockCID = v.vsock.cid
-	}
-	return spec, nil
-}
-
-func (v *VMM) instanceStart(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), v.cfg.StartTimeout)
-	defer cancel()
-	choice, err := v.cfg.Accel.Result(ctx)
-	if err != nil {
-		return faultf("Start microvm error: %v", err)
-	}
-	spec, err := v.machineSpec(choice.Accel, choice.TSCkHz)
-	if err != nil {
-		return err
-	}
-	v.logger().Info("starting microvm", "accel", choice.Accel, "accel_reason", choice.Why,
-		"vcpus", spec.VCPUs, "mem_mib", spec.MemMiB, "cmdline", spec.Cmdline)
-	m, err := v.cfg.Start(ctx, spec)
-	if err != nil {
-		return faultf("Start microvm error: %v", err)
-	}
-	v.m = m
-	v.state = stateRunning
-	v.wg.Add(1)
-	go v.watch(m)
-	if v.metricsFile != nil {
-		v.wg.Add(1)
-		go v.metricsLoop(v.cfg.MetricsPeriod, m.Done())
-	}
 	return nil
 }
 

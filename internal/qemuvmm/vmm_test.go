@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -16,8 +17,10 @@ import (
 	"time"
 )
 
-// fakeMachine stands in for QEMU: it records QMP commands and answers
-// query-blockstats from its counters.
+// fakeMachine stands in for QEMU: it records QMP commands, answers
+// query-blockstats from its counters, and migrates: migrate writes
+// stream to the descriptor passed under the URI's name, migrate-incoming
+// reads one into loaded.
 type fakeMachine struct {
 	mu     sync.Mutex
 	calls  []string
@@ -27,10 +30,55 @@ type fakeMachine struct {
 	killed bool
 	err    error
 	fail   map[string]error
+	// version is query-version's micro (major and minor are 7.2).
+	version int
+	fds     map[string]*os.File
+	stream  []byte
+	// migrateStatus is query-migrate's final status ("completed").
+	migrateStatus string
+	loaded        []byte
 }
 
 func newFakeMachine() *fakeMachine {
-	return &fakeMachine{done: make(chan struct{}), fail: map[string]error{}}
+	return &fakeMachine{
+		done: make(chan struct{}), fail: map[string]error{}, version: 22, fds: map[string]*os.File{},
+		stream: []byte("FAKE-QEMU-MIGRATION-STREAM\n" + strings.Repeat("guest memory and device state\n", 100)), migrateStatus: "completed",
+	}
+}
+
+func (f *fakeMachine) ExecuteFD(_ context.Context, cmd string, args, out any, file *os.File) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	raw, _ := json.Marshal(args)
+	f.calls = append(f.calls, cmd+" "+string(raw)+" +fd")
+	if err := f.fail[cmd]; err != nil {
+		return err
+	}
+	switch cmd {
+	case "getfd":
+		f.fds[args.(map[string]string)["fdname"]] = file
+	case "add-fd":
+		f.fds[fmt.Sprintf("set%v", args.(map[string]any)["fdset-id"])] = file
+	}
+	return nil
+}
+
+// migrate does what QEMU does with an fd: URI.
+func (f *fakeMachine) migrate(cmd string, args any) error {
+	uri := args.(map[string]any)["uri"].(string)
+	name := strings.TrimPrefix(uri, "fd:")
+	file, ok := f.fds[name]
+	if !ok {
+		return &QMPError{Command: cmd, Class: "GenericError", Desc: "File descriptor named '" + name + "' has not been found"}
+	}
+	delete(f.fds, name)
+	if cmd == "migrate" {
+		_, err := file.Write(f.stream)
+		return err
+	}
+	raw, err := io.ReadAll(file)
+	f.loaded = raw
+	return err
 }
 
 func (f *fakeMachine) Execute(_ context.Context, cmd string, args, out any) error {
@@ -45,8 +93,19 @@ func (f *fakeMachine) Execute(_ context.Context, cmd string, args, out any) erro
 	if err := f.fail[cmd]; err != nil {
 		return err
 	}
-	if cmd == "query-blockstats" {
-		raw, _ := json.Marshal(f.stats)
+	var reply any
+	switch cmd {
+	case "query-blockstats":
+		reply = f.stats
+	case "query-version":
+		reply = map[string]any{"qemu": map[string]int{"major": 7, "minor": 2, "micro": f.version}, "package": ""}
+	case "query-migrate":
+		reply = map[string]string{"status": f.migrateStatus, "error-desc": "fake failure"}
+	case "migrate", "migrate-incoming":
+		return f.migrate(cmd, args)
+	}
+	if reply != nil {
+		raw, _ := json.Marshal(reply)
 		return json.Unmarshal(raw, out)
 	}
 	return nil
@@ -99,6 +158,7 @@ type harness struct {
 	rootImg string
 	dataImg string
 	now     time.Time
+	opened  int // taps opened by OpenTap
 }
 
 func newHarness(t *testing.T, mod func(*Config)) *harness {
@@ -120,11 +180,12 @@ func newHarness(t *testing.T, mod func(*Config)) *harness {
 		SysClassNet:    h.sysfs,
 		MetricsPeriod:  time.Hour,
 		Now:            func() time.Time { return h.now },
-		TapExists: func(name string) error {
+		OpenTap: func(name string) (*os.File, error) {
 			if _, err := os.Stat(filepath.Join(h.sysfs, name)); err != nil {
-				return errors.New("no such device")
+				return nil, errors.New("no such device")
 			}
-			return nil
+			h.opened++
+			return os.Open(filepath.Join(h.sysfs, name))
 		},
 	}
 	if mod != nil {
@@ -216,7 +277,7 @@ func TestDescribeBeforeStart(t *testing.T) {
 		t.Errorf("GET /version: got %d %s, want 200 %s", code, reply, want)
 	}
 	code, reply = h.do("GET", "/machine-config", "")
-	if want := `{"mem_size_mib":128,"smt":false,"track_dirty_pages":false,"vcpu_count":1}`; code != 200 || reply != want {
+	if want := `{"huge_pages":"None","mem_size_mib":128,"smt":false,"track_dirty_pages":false,"vcpu_count":1}`; code != 200 || reply != want {
 		t.Errorf("GET /machine-config: got %d %s, want 200 %s", code, reply, want)
 	}
 }
@@ -243,11 +304,20 @@ func TestStartBuildsSpec(t *testing.T) {
 			{ID: "rootfs", Path: h.rootImg, ReadOnly: true, Cache: "Unsafe"},
 			{ID: "data", Path: h.dataImg, Cache: "Unsafe"},
 		},
-		NICs:      []NICSpec{{ID: "eth0", Tap: "tap0", MAC: "06:00:AC:10:00:02"}},
+		NICs:      []NICSpec{{ID: "eth0", Tap: "tap0", MAC: "06:00:AC:10:00:02", FD: 3}},
 		QMPSocket: filepath.Join(h.dir, "api.sock.qmp"),
 	}
-	if len(h.specs) != 1 || !reflect.DeepEqual(h.specs[0], want) {
-		t.Errorf("spec:\n got %+v\nwant %+v", h.specs, want)
+	if len(h.specs) != 1 {
+		t.Fatalf("started %d machines", len(h.specs))
+	}
+	got := h.specs[0]
+	// The tap the VMM opened itself is QEMU's descriptor 3.
+	if len(got.Files) != 1 || got.Files[0].Name() != filepath.Join(h.sysfs, "tap0") || h.opened != 1 {
+		t.Errorf("files: got %v (opened %d taps), want the tap0 descriptor", got.Files, h.opened)
+	}
+	got.Files = nil
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("spec:\n got %+v\nwant %+v", got, want)
 	}
 	// Starting twice is refused, as is any pre-boot call now.
 	h.fault("PUT", "/actions", `{"action_type":"InstanceStart"}`, msgNotAfterBoot)
@@ -279,6 +349,7 @@ func TestPostBootActions(t *testing.T) {
 	}
 	h.ok("PUT", "/actions", `{"action_type":"FlushMetrics"}`) // no metrics configured: nothing to do
 	want := []string{
+		"query-version",
 		`send-key {"keys":[{"data":"ctrl","type":"qcode"},{"data":"alt","type":"qcode"},{"data":"delete","type":"qcode"}]}`,
 		"stop",
 		"cont",
@@ -333,13 +404,15 @@ func TestBadRequests(t *testing.T) {
 		{"get with body", "GET", "/", `{}`, "GET request cannot have a body."},
 		{"not json", "PUT", "/metrics", `metrics_path=/x`, "deserializing the json body"},
 		{"null body", "PUT", "/metrics", `null`, "deserializing the json body"},
-		{"trailing data", "PUT", "/vm", `{"state":"Paused"} {}`, "PUT /vm is not supported"},
+		{"trailing data", "PUT", "/vm", `{"state":"Paused"} {}`, "Invalid request method and/or path: PUT /vm."},
 		{"trailing data in action", "PUT", "/actions", `{"action_type":"InstanceStart"} x`, "trailing characters"},
 		{"wrong type", "PUT", "/machine-config", `{"vcpu_count":"two","mem_size_mib":128}`, "deserializing the json body"},
 		{"fractional vcpus", "PUT", "/machine-config", `{"vcpu_count":1.5,"mem_size_mib":128}`, "deserializing the json body"},
 		{"missing vcpu_count", "PUT", "/machine-config", `{"mem_size_mib":128}`, "missing field `vcpu_count`"},
-		{"too many vcpus", "PUT", "/machine-config", `{"vcpu_count":33,"mem_size_mib":128}`, "vCPU number is invalid"},
-		{"smt", "PUT", "/machine-config", `{"vcpu_count":2,"mem_size_mib":128,"smt":true}`, "SMT is not supported"},
+		{"too many vcpus", "PUT", "/machine-config", `{"vcpu_count":33,"mem_size_mib":128}`, "number of vCPUs must be greater than 0, less than 32"},
+		{"smt with an odd vcpu count", "PUT", "/machine-config", `{"vcpu_count":3,"mem_size_mib":128,"smt":true}`, "must be 1 or an even number if SMT is enabled"},
+		{"cpu template", "PUT", "/machine-config", `{"vcpu_count":2,"mem_size_mib":128,"cpu_template":"T2"}`, "CPU templates are not available"},
+		{"patch to odd with smt", "PATCH", "/machine-config", `{"vcpu_count":3,"smt":true}`, "must be 1 or an even number if SMT is enabled"},
 		{"missing kernel", "PUT", "/boot-source", `{"boot_args":"x"}`, "missing field `kernel_image_path`"},
 		{"kernel not there", "PUT", "/boot-source", `{"kernel_image_path":"/nonexistent/vmlinux"}`, "kernel file cannot be opened"},
 		{"initrd not there", "PUT", "/boot-source", fmt.Sprintf(`{"kernel_image_path":%q,"initrd_path":"/nonexistent/initrd"}`, h.kernel), "initrd file cannot be opened"},
@@ -368,10 +441,20 @@ func TestBadRequests(t *testing.T) {
 		{"unknown vm state", "PATCH", "/vm", `{"state":"Stopped"}`, "unknown variant `Stopped`"},
 		{"unknown path", "GET", "/nope", ``, "Invalid request method and/or path: GET /nope."},
 		{"wrong method", "DELETE", "/drives/rootfs", ``, "Invalid request method and/or path: DELETE /drives/rootfs."},
-		{"unsupported endpoint", "PUT", "/balloon", `{"amount_mib":1,"deflate_on_oom":true}`, "not supported by banger-vmm-qemu"},
-		{"unsupported snapshot", "PUT", "/snapshot/create", `{"snapshot_path":"/s","mem_file_path":"/m"}`, "not supported by banger-vmm-qemu"},
-		{"patch drive", "PATCH", "/drives/rootfs", `{"drive_id":"rootfs"}`, "not supported by banger-vmm-qemu"},
-		{"oversized body", "PUT", "/boot-source", `{"kernel_image_path":"` + strings.Repeat("a", maxPayload) + `"}`, "larger than the limit"},
+		{"mmds", "PUT", "/mmds/config", `{"network_interfaces":["eth0"]}`, "MMDS is not available on banger-vmm-qemu"},
+		{"mmds data", "GET", "/mmds", ``, "MMDS is not available on banger-vmm-qemu"},
+		{"pmem", "PUT", "/pmem/p0", `{"id":"p0","path_on_host":"/p"}`, "virtio-pmem devices are not available"},
+		{"serial", "PUT", "/serial", `{"serial_out_path":"/s"}`, "Serial output redirection is not available"},
+		{"cpu config", "PUT", "/cpu-config", `{}`, "Custom CPU templates are not available"},
+		{"hotplug", "PUT", "/hotplug/memory", `{"total_size_mib":1024}`, "Memory hotplug (virtio-mem) is not available"},
+		{"hinting", "PATCH", "/balloon/hinting/start", `{}`, "free page hinting is not available"},
+		{"balloon hinting", "PUT", "/balloon", `{"amount_mib":1,"deflate_on_oom":true,"free_page_hinting":true}`, "free page hinting is not available"},
+		{"balloon without deflate", "PUT", "/balloon", `{"amount_mib":1}`, "missing field `deflate_on_oom`"},
+		{"balloon stats before config", "GET", "/balloon/statistics", ``, "balloon device is not configured"},
+		{"entropy ops limit", "PUT", "/entropy", `{"rate_limiter":{"ops":{"size":1,"refill_time":1}}}`, "ops rate limit for the entropy device is not available"},
+		{"patch drive before boot", "PATCH", "/drives/rootfs", `{"drive_id":"rootfs"}`, msgNotBeforeBoot},
+		{"patch nic before boot", "PATCH", "/network-interfaces/eth0", `{"iface_id":"eth0"}`, msgNotBeforeBoot},
+		{"oversized body", "PUT", "/boot-source", `{"kernel_image_path":"` + strings.Repeat("a", DefaultMaxPayload) + `"}`, "larger than the limit"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -508,5 +591,36 @@ func TestDecodeStrict(t *testing.T) {
 		if (err == nil) != tt.ok {
 			t.Errorf("decodeStrict(%q): got %v, want ok=%v", tt.body, err, tt.ok)
 		}
+	}
+}
+
+// TestMachineConfigSMT follows Firecracker's rules for smt (what firectl
+// sends unless told not to): accepted with 1 or an even number of vCPUs,
+// presented to the guest as hyperthread pairs; PATCH merges, PUT resets.
+func TestMachineConfigSMT(t *testing.T) {
+	h := newHarness(t, nil)
+	h.ok("PUT", "/machine-config", `{"vcpu_count":1,"mem_size_mib":256,"smt":true}`)
+	h.ok("PUT", "/machine-config", `{"vcpu_count":2,"mem_size_mib":256,"smt":true,"track_dirty_pages":false}`)
+	h.ok("PATCH", "/machine-config", `{"vcpu_count":4}`)
+	code, reply := h.do("GET", "/machine-config", "")
+	if want := `{"huge_pages":"None","mem_size_mib":256,"smt":true,"track_dirty_pages":false,"vcpu_count":4}`; code != 200 || reply != want {
+		t.Errorf("after PATCH: got %d %s, want %s", code, reply, want)
+	}
+	h.fault("PATCH", "/machine-config", `{"vcpu_count":5}`, "must be 1 or an even number if SMT is enabled")
+	h.ok("PUT", "/boot-source", fmt.Sprintf(`{"kernel_image_path":%q}`, h.kernel))
+	h.ok("PUT", "/actions", `{"action_type":"InstanceStart"}`)
+	if s := h.specs[0]; s.VCPUs != 4 || !s.SMT || s.MemMiB != 256 {
+		t.Errorf("spec: %+v", s)
+	}
+	if args := strings.Join(QEMUArgs(h.specs[0]), " "); !strings.Contains(args, "-smp 4,sockets=1,cores=2,threads=2") {
+		t.Errorf("qemu args lack the SMT topology: %s", args)
+	}
+	h.fault("PATCH", "/machine-config", `{"vcpu_count":2}`, msgNotAfterBoot)
+	// A PUT resets smt to false.
+	h2 := newHarness(t, nil)
+	h2.ok("PUT", "/machine-config", `{"vcpu_count":2,"mem_size_mib":256,"smt":true}`)
+	h2.ok("PUT", "/machine-config", `{"vcpu_count":3,"mem_size_mib":256}`)
+	if h2.v.smt || h2.v.vcpus != 3 {
+		t.Errorf("PUT did not reset smt: %v %d", h2.v.smt, h2.v.vcpus)
 	}
 }

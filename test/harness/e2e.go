@@ -6,11 +6,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"banger/internal/api"
+	"banger/internal/proc"
 	"banger/internal/testutil"
 )
 
@@ -91,7 +93,11 @@ func (d *Daemon) Leftovers(t testing.TB, poolSize int) []string {
 		}
 	}
 	// Taps: the pool plus one per running VM.
-	links, _ := d.InNetns("ip", "-o", "link", "show", "type", "tun")
+	// An observation that fails is a failed test, never "nothing left".
+	links, err := d.InNetns("ip", "-o", "link", "show", "type", "tun")
+	if err != nil {
+		t.Fatalf("leftovers: ip link show: %v: %s", err, links)
+	}
 	taps := 0
 	for _, l := range strings.Split(links, "\n") {
 		f := strings.Fields(l)
@@ -108,7 +114,10 @@ func (d *Daemon) Leftovers(t testing.TB, poolSize int) []string {
 	}
 	// Rules: only tagged ones, only for running VMs with NAT.
 	for _, table := range []string{"filter", "nat"} {
-		rules, _ := d.InNetns("iptables", "-t", table, "-S")
+		rules, err := d.InNetns("iptables", "-t", table, "-S")
+		if err != nil {
+			t.Fatalf("leftovers: iptables -t %s -S: %v: %s", table, err, rules)
+		}
 		for _, l := range strings.Split(rules, "\n") {
 			if !strings.HasPrefix(l, "-A ") {
 				continue
@@ -132,23 +141,39 @@ func (d *Daemon) Leftovers(t testing.TB, poolSize int) []string {
 	}
 	out = append(out, d.filterLeftovers(running)...)
 	// Loop devices on state files; dm devices.
-	if lo, err := exec.Command("losetup", "-a").Output(); err == nil {
-		for _, l := range strings.Split(string(lo), "\n") {
-			if strings.Contains(l, d.StateDir) {
-				out = append(out, "loop device: "+l)
-			}
+	lo, err := exec.Command("losetup", "-a").CombinedOutput()
+	if err != nil {
+		t.Fatalf("leftovers: losetup -a: %v: %s", err, lo)
+	}
+	for _, l := range strings.Split(string(lo), "\n") {
+		if strings.Contains(l, d.StateDir) {
+			out = append(out, "loop device: "+l)
 		}
 	}
-	if dm, err := exec.Command("dmsetup", "ls").Output(); err == nil && strings.Contains(string(dm), "banger-") {
-		out = append(out, "dm devices: "+string(dm))
+	// dmsetup fails without device-mapper in the kernel (as on this
+	// project's machines): then there are no dm devices to leave.
+	if misc, _ := os.ReadFile("/proc/misc"); strings.Contains(string(misc), "device-mapper") {
+		dm, err := exec.Command("dmsetup", "ls").CombinedOutput()
+		if err != nil {
+			t.Fatalf("leftovers: dmsetup ls: %v: %s", err, dm)
+		}
+		if strings.Contains(string(dm), "banger-") {
+			out = append(out, "dm devices: "+string(dm))
+		}
 	}
 	// VMM processes: one per running VM, none other.
-	procs := vmmProcesses(d.StateDir)
+	procs, err := vmmProcesses(d.StateDir)
+	if err != nil {
+		t.Fatalf("leftovers: %v", err)
+	}
 	if len(procs) != len(running) {
 		out = append(out, fmt.Sprintf("%d VMM processes (%v), want %d", len(procs), procs, len(running)))
 	}
 	// VM dirs: only rows' dirs.
-	entries, _ := os.ReadDir(filepath.Join(d.StateDir, "vms"))
+	entries, err := os.ReadDir(filepath.Join(d.StateDir, "vms"))
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatalf("leftovers: %v", err)
+	}
 	for _, e := range entries {
 		if !dirs[e.Name()] {
 			out = append(out, "vm dir without a row: "+e.Name())
@@ -229,26 +254,18 @@ func (d *Daemon) filterLeftovers(running map[string]api.VMView) []string {
 }
 
 // vmmProcesses lists processes whose argv has an --api-sock under dir.
-func vmmProcesses(dir string) []string {
+func vmmProcesses(dir string) ([]string, error) {
+	procs, err := proc.Host.List()
+	if err != nil {
+		return nil, err
+	}
 	var out []string
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil {
-			continue
-		}
-		args := strings.Split(string(b), "\x00")
-		for i, a := range args {
-			if a == "--api-sock" && i+1 < len(args) && strings.HasPrefix(args[i+1], dir) {
-				st, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-				if strings.Contains(string(st), ") Z ") {
-					continue
-				}
-				out = append(out, e.Name())
-			}
+	for _, p := range procs {
+		if sock, ok := proc.FlagValue(p.Argv, "--api-sock"); ok && strings.HasPrefix(sock, dir) && !p.Dead() {
+			out = append(out, strconv.Itoa(p.PID))
 		}
 	}
-	return out
+	return out, nil
 }
 
 // WaitFor polls cond until it is true or timeout passes.

@@ -49,6 +49,8 @@ type OS struct {
 	Sysctl map[string]string
 	Loops  map[string]*Loop     // by device
 	DM     map[string]*DMDevice // by name
+	// HostKeys are the SSH host public keys debugfs wrote, by disk path.
+	HostKeys map[string]string
 	// Nft holds nftables tables by "family name".
 	Nft map[string]*NftTable
 
@@ -71,6 +73,7 @@ func New() *OS {
 		Sysctl:   map[string]string{"net.ipv4.ip_forward": "0"},
 		Loops:    map[string]*Loop{},
 		DM:       map[string]*DMDevice{},
+		HostKeys: map[string]string{},
 		Nft:      map[string]*NftTable{},
 		Fail:     map[string]string{},
 		handlers: map[string]handler{},
