@@ -191,18 +191,21 @@ func planFilters(rows []vmObservation) filterPlan {
 	return p
 }
 
-// applyFilterPlan remakes the base filter (someone may have flushed the
-// host's ruleset), rebuilds the filters of live VMs that lost theirs and
-// removes every filter no kept VM owns.
-func (d *Daemon) applyFilterPlan(ctx context.Context, p filterPlan, rows []vmObservation) error {
+// applyFilterPlan remakes the base filter when it is not whole (someone
+// may have flushed the host's ruleset), rebuilds the filters of live VMs
+// that lost theirs and removes the filters no kept VM owns. host is what
+// observeHost saw; nothing is listed again unless there is work.
+func (d *Daemon) applyFilterPlan(ctx context.Context, p filterPlan, rows []vmObservation, host hostObservation) error {
 	byID := map[string]vmObservation{}
 	for _, r := range rows {
 		byID[r.VM.ID] = r
 	}
 	var errs []error
-	if d.netReady() {
+	if !host.FilterBase && d.netReady() {
 		if err := d.net.EnsureFilter(ctx); err != nil {
 			errs = append(errs, err)
+		} else {
+			d.logger.Warn("reconcile: the base packet filter was missing or changed; remade it")
 		}
 	}
 	for _, id := range p.Restore {
@@ -216,6 +219,17 @@ func (d *Daemon) applyFilterPlan(ctx context.Context, p filterPlan, rows []vmObs
 			continue
 		}
 		d.logger.Info("reconcile: restored the packet filter", "vm", r.VM.Name)
+	}
+	kept := map[string]bool{}
+	for _, id := range p.Keep {
+		kept[model.ShortID(id)] = true
+	}
+	orphans := false
+	for _, f := range host.Filters {
+		orphans = orphans || !kept[f.VMID]
+	}
+	if !orphans {
+		return errors.Join(errs...)
 	}
 	// A VM created since the rows were read may be starting now, its
 	// filter already made: it is no orphan.

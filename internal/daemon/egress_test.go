@@ -249,14 +249,21 @@ func TestFilterPlanKeepsVMsCreatedMeanwhile(t *testing.T) {
 		t.Fatal(err)
 	}
 	chain := "nft inet banger chain vm-" + model.ShortID(v.ID)
-	if err := e.d.applyFilterPlan(e.ctx, filterPlan{}, nil); err != nil {
+	observe := func() hostObservation {
+		infos, base, err := e.d.net.FilterStatus(e.ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return hostObservation{Filters: infos, FilterBase: base, FiltersSeen: true}
+	}
+	if err := e.d.applyFilterPlan(e.ctx, filterPlan{}, nil, observe()); err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(e.os.String(), chain) {
 		t.Fatal("the filter of a VM reconcile had not seen was removed")
 	}
 	// Seen, and not live: an orphan.
-	if err := e.d.applyFilterPlan(e.ctx, filterPlan{}, []vmObservation{{VM: v.VMRecord}}); err != nil {
+	if err := e.d.applyFilterPlan(e.ctx, filterPlan{}, []vmObservation{{VM: v.VMRecord}}, observe()); err != nil {
 		t.Fatal(err)
 	}
 	if strings.Contains(e.os.String(), chain) {

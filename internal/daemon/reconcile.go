@@ -29,7 +29,7 @@ func (d *Daemon) reconcile(ctx context.Context, why string) error {
 	plan := planReconcile(d.layout.vmsDir(), rows, host)
 	err = d.applyPlan(ctx, plan, rows)
 	if host.FiltersSeen {
-		if ferr := d.applyFilterPlan(ctx, planFilters(rows), rows); ferr != nil {
+		if ferr := d.applyFilterPlan(ctx, planFilters(rows), rows, host); ferr != nil {
 			err = errors.Join(err, ferr)
 		}
 	}
@@ -59,8 +59,8 @@ func (d *Daemon) observeHost(ctx context.Context) (hostObservation, error) {
 	}
 	// A host where nft fails has no filters to see (and starts no VMs);
 	// the rest of reconcile goes on.
-	if filters, err := d.net.ListFilters(ctx); err == nil {
-		host.Filters = filters
+	if filters, base, err := d.net.FilterStatus(ctx); err == nil {
+		host.Filters, host.FilterBase = filters, base
 		host.FiltersSeen = true
 	} else {
 		d.logger.Warn("reconcile: cannot list packet filters", "err", err)

@@ -38,9 +38,10 @@ type hostObservation struct {
 	Taps []string
 	NAT  []network.NAT
 	// Filters are the VMs with packet filter objects; FiltersSeen says
-	// nft could list them.
+	// nft could list them; FilterBase says the base filter is whole.
 	Filters     []network.FilterInfo
 	FiltersSeen bool
+	FilterBase  bool
 	DMs         []storage.DMDevice
 	Loops       []storage.LoopDevice
 	// VMMs are live VMM processes whose API socket is under the vms dir.

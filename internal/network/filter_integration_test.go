@@ -121,6 +121,14 @@ func TestIntegrationFilter(t *testing.T) {
 	must(t, m.EnsureBridge(ctx))
 	must(t, m.EnsureFilter(ctx))
 	must(t, m.EnsureFilter(ctx))
+	if _, ok, err := m.FilterStatus(ctx); err != nil || !ok {
+		t.Fatalf("base filter not whole as the real nft lists it: %v %v", ok, err)
+	}
+	nsRun(t, hostNS, "nft flush chain inet banger forward")
+	if _, ok, _ := m.FilterStatus(ctx); ok {
+		t.Error("base filter whole with its forward chain flushed")
+	}
+	must(t, m.EnsureFilter(ctx))
 	nsRun(t, hostNS, "sysctl -qw net.ipv4.ip_forward=1")
 
 	g1 := addFilterGuest(t, hostNS, "fg1", "bgfv1", "10.213.9.2", "06:00:0a:d5:09:02")

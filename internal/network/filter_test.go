@@ -89,7 +89,8 @@ func TestEgressMark(t *testing.T) {
 	if egressMark(a) == egressMark(b) {
 		t.Error("two policies share a mark: a change would keep connections the new one forbids")
 	}
-	if egressMark(a) != egressMark(a) || egressMark(a) == 0 {
+	again := model.EgressPolicy{Mode: model.EgressAllow, Allow: []string{"10.0.0.0/8"}}
+	if egressMark(a) != egressMark(again) || egressMark(a) == 0 {
 		t.Error("the mark must be stable and never 0")
 	}
 }
@@ -282,8 +283,21 @@ func TestFilterOnFakeHost(t *testing.T) {
 	o := fakeos.New()
 	m := newTestManager(t, o, 0)
 	m.cfg.EgressLogGroup = 9
+	if _, ok, err := m.FilterStatus(ctx); err != nil || ok {
+		t.Errorf("base whole on an empty host: %v %v", ok, err)
+	}
 	must(t, m.EnsureFilter(ctx))
 	must(t, m.EnsureFilter(ctx))
+	if _, ok, err := m.FilterStatus(ctx); err != nil || !ok {
+		t.Errorf("base not whole after EnsureFilter: %v %v", ok, err)
+	}
+	fwd := o.Nft["inet banger"].Chains["forward"]
+	saved := fwd.Rules
+	fwd.Rules = saved[:2]
+	if _, ok, _ := m.FilterStatus(ctx); ok {
+		t.Error("base whole with a rule missing")
+	}
+	fwd.Rules = saved
 	base := o.String()
 	if !strings.Contains(base, "nft inet banger rule forward iifname \"br-fc\" ip saddr vmap @guests\n") {
 		t.Fatalf("base filter:\n%s", base)

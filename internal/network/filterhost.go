@@ -120,13 +120,20 @@ func (m *Manager) DisableFilter(ctx context.Context, vmID string) error {
 // ListFilters returns the VMs that have filter objects on the host, by
 // short ID.
 func (m *Manager) ListFilters(ctx context.Context) ([]FilterInfo, error) {
+	infos, _, err := m.FilterStatus(ctx)
+	return infos, err
+}
+
+// FilterStatus returns the VMs that have filter objects on the host, and
+// whether the base filter is whole (EnsureFilter remakes it).
+func (m *Manager) FilterStatus(ctx context.Context) (vms []FilterInfo, baseOK bool, err error) {
 	m.filterMu.Lock()
 	defer m.filterMu.Unlock()
 	st, err := m.listFilterState(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("list filters: %w", err)
+		return nil, false, fmt.Errorf("list filters: %w", err)
 	}
-	return filterInfos(st), nil
+	return filterInfos(st), baseWhole(st), nil
 }
 
 // RemoveOrphanFilters removes the filter objects of every VM not in keep

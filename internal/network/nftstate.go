@@ -129,6 +129,14 @@ func parseVerdictElem(raw json.RawMessage) (mapElem, bool) {
 	return mapElem{Key: key, Target: v.Jump.Target}, true
 }
 
+// baseWhole reports whether the base objects (baseScript) are all there
+// with as many rules as baseScript gives them.
+func baseWhole(st nftState) bool {
+	return st.tables["bridge"] && st.tables["inet"] && st.sets["bridge/ports"] && st.sets["inet/guests"] &&
+		st.chains["bridge/prerouting"] == 2 && st.chains["inet/input"] == 1 &&
+		st.chains["inet/forward"] == 3 && st.chains["inet/guest-in"] == 4
+}
+
 // FilterInfo is what the host shows of one VM's filter.
 type FilterInfo struct {
 	// VMID is the short ID the objects carry.

@@ -33,7 +33,7 @@ import (
 func TestNetworkContainment(t *testing.T) {
 	a := harness.RequireArtifacts(t)
 	testutil.RequireTools(t, "nft", "busybox")
-	d := harness.NewE2EDaemon(t, a, `default_dns = "10.99.0.1"`)
+	d := harness.NewE2EDaemon(t, a, "default_dns = \"10.99.0.1\"\nstale_sweep_interval = \"3s\"")
 	out := newOutside(t, d)
 
 	// Services on the host itself: one on the bridge address, one on
@@ -160,6 +160,19 @@ true`, strings.TrimSpace(brMAC), ipB, ipB, ipB)
 	if b, _ := os.ReadFile(d.LogPath()); strings.Count(string(b), "dst=10.99.0.2:8080/tcp") != 1 || !strings.Contains(string(b), "egress denied") {
 		t.Errorf("denied 10.99.0.2:8080 logged %d times; want once", strings.Count(string(b), "dst=10.99.0.2:8080/tcp"))
 	}
+
+	// A firewall reload that flushes the host's ruleset: the next sweep
+	// puts the base filter and both VMs' filters back.
+	for _, fam := range []string{"inet", "bridge"} {
+		if o, err := d.InNetns("nft", "delete", "table", fam, "banger"); err != nil {
+			t.Fatalf("nft delete table %s banger: %v %s", fam, err, o)
+		}
+	}
+	harness.WaitFor(t, 30*time.Second, "the sweep to restore the filters", func() bool {
+		return len(d.Leftovers(t, 2)) == 0
+	})
+	got = probe(t, d, "neta", tcp("10.99.0.1", 8080), tcp("10.99.0.2", 8080), tcp("172.16.0.1", 8081))
+	wantProbes(t, "neta after the filters were restored", got, map[string]bool{"tcp 10.99.0.1:8080": true, "tcp 10.99.0.2:8080": false, "tcp 172.16.0.1:8081": false})
 
 	// Bad input changes nothing.
 	for _, bad := range []string{"closed", "allow=10.0.0.1/8", "allow=exa mple.com", "allow="} {
@@ -297,23 +310,41 @@ func (o *outside) pings() map[byte]int {
 }
 
 // inNetns runs fn on a thread in netns; sockets it opens stay there. The
-// thread is not unlocked, so the runtime discards it afterwards.
+// thread goes back to the test's namespace before it is unlocked: the
+// runtime may have picked the main thread, and a main thread left in a
+// test namespace would be killed with it by the harness's cleanup.
 func inNetns(t *testing.T, netns string, fn func() error) {
 	t.Helper()
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
+		home, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- err
+			return
+		}
+		defer home.Close()
 		f, err := os.Open("/run/netns/" + netns)
 		if err != nil {
+			runtime.UnlockOSThread()
 			errc <- err
 			return
 		}
 		defer f.Close()
 		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
 			errc <- err
 			return
 		}
-		errc <- fn()
+		ferr := fn()
+		if err := unix.Setns(int(home.Fd()), unix.CLONE_NEWNET); err != nil {
+			// Stuck in netns: keep the thread locked so it is not reused.
+			errc <- fmt.Errorf("back from netns %s: %w", netns, err)
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
 	}()
 	if err := <-errc; err != nil {
 		t.Fatalf("in netns %s: %v", netns, err)
