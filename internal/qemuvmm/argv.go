@@ -61,6 +61,8 @@ type DriveSpec struct {
 	FD int
 	// BlockDev says the descriptor is a block device, not a file.
 	BlockDev bool
+	// Throttle limits the drive's I/O (Firecracker's rate_limiter).
+	Throttle Throttle
 }
 
 // NICSpec is one virtio-net interface on an existing tap device.
@@ -222,8 +224,8 @@ func QEMUArgs(spec MachineSpec) []string {
 			file = fmt.Sprintf("file.driver=%s,file.filename=/dev/fdset/%d,file.auto-read-only=off", driver, d.FD)
 		}
 		args = append(args,
-			"-drive", fmt.Sprintf("id=%s,%s,format=raw,if=none,readonly=%s,cache=%s,node-name=%s,file.node-name=%s",
-				blockNodeID(d.ID), file, onOff(d.ReadOnly), cache, formatNodeID(d.ID), fileNodeID(d.ID, 0)),
+			"-drive", fmt.Sprintf("id=%s,%s,format=raw,if=none,readonly=%s,cache=%s,node-name=%s,file.node-name=%s%s",
+				blockNodeID(d.ID), file, onOff(d.ReadOnly), cache, formatNodeID(d.ID), fileNodeID(d.ID, 0), d.Throttle.driveOpts()),
 			"-device", "virtio-blk-device,drive="+blockNodeID(d.ID),
 		)
 	}

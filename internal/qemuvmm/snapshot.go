@@ -124,7 +124,7 @@ func (v *VMM) snapshotState() (snapshotState, error) {
 		st.Kernel, st.Initrd, st.KernelELF = v.boot.kernel, v.boot.initrd, v.boot.kernelELF
 	}
 	for _, d := range v.drives {
-		sd := snapshotDrive{ID: d.ID, Path: d.Path, Root: d.root, ReadOnly: d.ReadOnly, Cache: d.Cache, PartUUID: d.partUUID}
+		sd := snapshotDrive{ID: d.ID, Path: d.Path, Root: d.root, ReadOnly: d.ReadOnly, Cache: d.Cache, PartUUID: d.partUUID, Throttle: d.Throttle}
 		size, err := driveSize(d)
 		if err != nil {
 			return st, fmt.Errorf("drive %s: %w", d.ID, err)
@@ -430,7 +430,7 @@ func (v *VMM) restore(ctx context.Context, statePath, memPath string, overrides 
 		if err != nil {
 			return fmt.Errorf("drive %s: %w", sd.ID, err)
 		}
-		d := driveConfig{DriveSpec: DriveSpec{ID: sd.ID, Path: sd.Path, ReadOnly: sd.ReadOnly, Cache: sd.Cache}, root: sd.Root, partUUID: sd.PartUUID, file: f}
+		d := driveConfig{DriveSpec: DriveSpec{ID: sd.ID, Path: sd.Path, ReadOnly: sd.ReadOnly, Cache: sd.Cache, Throttle: sd.Throttle}, root: sd.Root, partUUID: sd.PartUUID, file: f}
 		v.drives = append(v.drives, d)
 		size, err := driveSize(d)
 		if err != nil {

@@ -81,12 +81,13 @@ type snapshotState struct {
 }
 
 type snapshotDrive struct {
-	ID       string `json:"drive_id"`
-	Path     string `json:"path_on_host"`
-	Root     bool   `json:"is_root_device"`
-	ReadOnly bool   `json:"is_read_only"`
-	Cache    string `json:"cache_type"`
-	PartUUID string `json:"partuuid,omitempty"`
+	ID       string   `json:"drive_id"`
+	Path     string   `json:"path_on_host"`
+	Root     bool     `json:"is_root_device"`
+	ReadOnly bool     `json:"is_read_only"`
+	Cache    string   `json:"cache_type"`
+	PartUUID string   `json:"partuuid,omitempty"`
+	Throttle Throttle `json:"throttle,omitzero"`
 	// Size is the drive's size in bytes when the snapshot was taken.
 	Size int64 `json:"size"`
 }
