@@ -48,6 +48,7 @@ func buildTickerInitramfs(t testing.TB, dir string) string {
 		{name: "dev", mode: unix.S_IFDIR | 0o755},
 		{name: "proc", mode: unix.S_IFDIR | 0o755},
 		{name: "dev/console", mode: unix.S_IFCHR | 0o600, major: 5, minor: 1},
+		{name: "dev/null", mode: unix.S_IFCHR | 0o666, major: 1, minor: 3},
 		{name: "bin/busybox", mode: unix.S_IFREG | 0o755, data: bb},
 		{name: "init", mode: unix.S_IFREG | 0o755, data: []byte(tickerInit)},
 	}

@@ -247,6 +247,23 @@ func (v *VMM) saveMemory(ctx context.Context, path, id string) (int64, error) {
 	if _, err := pf.f.Write(hdr); err != nil {
 		return 0, fmt.Errorf("write %s: %w", path, err)
 	}
+	// After a snapshot QEMU stays in "postmigrate" and refuses another
+	// migration until the guest has run; a snapshot of a VM not resumed
+	// since the last one lets it run for the moment between cont and stop.
+	var status struct {
+		Status string `json:"status"`
+	}
+	if err := v.m.Execute(ctx, "query-status", nil, &status); err != nil {
+		return 0, err
+	}
+	if status.Status == "postmigrate" {
+		if err := v.m.Execute(ctx, "cont", nil, nil); err != nil {
+			return 0, err
+		}
+		if err := v.m.Execute(ctx, "stop", nil, nil); err != nil {
+			return 0, err
+		}
+	}
 	// The VM is paused: nothing is gained by QEMU's default 32 MiB/s
 	// bandwidth limit.
 	if err := v.m.Execute(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": int64(1) << 40}, nil); err != nil {
@@ -461,11 +478,11 @@ func (v *VMM) restore(ctx context.Context, statePath, memPath string, overrides 
 		return err
 	}
 	v.boot = boot
-	spec, memfds, err := v.machineSpec(st.Accel, 0)
+	spec, copies, err := v.machineSpec(st.Accel, 0)
 	if err != nil {
 		return err
 	}
-	defer releaseMemfds(memfds)
+	defer closeAll(copies)
 	spec.Cmdline, spec.Incoming = st.Cmdline, true
 	m, err := v.cfg.Start(ctx, spec)
 	if err != nil {

@@ -136,10 +136,15 @@ func TestSnapshotCreate(t *testing.T) {
 	if got := h.state(); got != "Paused" {
 		t.Errorf("state after the snapshot: %q, want Paused", got)
 	}
-	// A second snapshot replaces both files.
+	// A second snapshot replaces both files; QEMU, left in postmigrate by
+	// the first, is let run for a moment so that it migrates again.
+	n := len(h.m.recorded())
 	h.ok("PUT", "/snapshot/create", body)
 	if st2, err := readState(state); err != nil || st2.ID == st.ID {
 		t.Errorf("second snapshot: %+v, %v", st2, err)
+	}
+	if got := strings.Join(h.m.recorded()[n:n+3], " "); got != "query-status cont stop" {
+		t.Errorf("before the second migration: %q", got)
 	}
 }
 

@@ -37,12 +37,16 @@ type fakeMachine struct {
 	// migrateStatus is query-migrate's final status ("completed").
 	migrateStatus string
 	loaded        []byte
+	// runState is query-status's status: what stop, cont and migrate
+	// leave.
+	runState string
 }
 
 func newFakeMachine() *fakeMachine {
 	return &fakeMachine{
 		done: make(chan struct{}), fail: map[string]error{}, version: 22, fds: map[string]*os.File{},
 		stream: []byte("FAKE-QEMU-MIGRATION-STREAM\n" + strings.Repeat("guest memory and device state\n", 100)), migrateStatus: "completed",
+		runState: "running",
 	}
 }
 
@@ -101,8 +105,20 @@ func (f *fakeMachine) Execute(_ context.Context, cmd string, args, out any) erro
 		reply = map[string]any{"qemu": map[string]int{"major": 7, "minor": 2, "micro": f.version}, "package": ""}
 	case "query-migrate":
 		reply = map[string]string{"status": f.migrateStatus, "error-desc": "fake failure"}
+	case "query-status":
+		reply = map[string]string{"status": f.runState}
 	case "migrate", "migrate-incoming":
-		return f.migrate(cmd, args)
+		if err := f.migrate(cmd, args); err != nil {
+			return err
+		}
+		if cmd == "migrate" {
+			f.runState = "postmigrate"
+		}
+		return nil
+	case "stop":
+		f.runState = "paused"
+	case "cont":
+		f.runState = "running"
 	}
 	if reply != nil {
 		raw, _ := json.Marshal(reply)
