@@ -40,6 +40,9 @@ type MachineSpec struct {
 	Entropy *EntropySpec
 	// NoSandbox leaves QEMU's seccomp sandbox off (--no-seccomp).
 	NoSandbox bool
+	// RAMFD, when not 0, is QEMU's descriptor of a memfd of MemMiB that
+	// backs the guest memory, shared (see MachineSpec.Files).
+	RAMFD int
 	// Incoming makes QEMU wait, paused, for a migration stream (-S
 	// -incoming defer) instead of running the guest: the start of a
 	// snapshot load.
@@ -180,8 +183,13 @@ func QEMUArgs(spec MachineSpec) []string {
 	if !spec.NoSandbox {
 		args = append(args, "-sandbox", sandboxOpts)
 	}
+	machine := "microvm,acpi=on,pit=on,pic=on,rtc=on"
+	if spec.RAMFD != 0 {
+		args = append(args, "-object", fmt.Sprintf("memory-backend-file,id=ram0,mem-path=/dev/fd/%d,size=%dM,share=on", spec.RAMFD, spec.MemMiB))
+		machine += ",memory-backend=ram0"
+	}
 	args = append(args,
-		"-M", "microvm,acpi=on,pit=on,pic=on,rtc=on",
+		"-M", machine,
 		"-accel", spec.Accel,
 	)
 	if spec.Accel == AccelKVM {

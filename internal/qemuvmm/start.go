@@ -32,6 +32,14 @@ func (v *VMM) machineSpec(accel string, tscKHz uint64) (spec MachineSpec, copies
 		spec.Files = append(spec.Files, f)
 		return 2 + len(spec.Files)
 	}
+	// The guest memory: a new memfd for a boot, the loaded one for a
+	// snapshot load.
+	if v.ram == nil {
+		if v.ram, err = newGuestRAM(v.memMiB); err != nil {
+			return MachineSpec{}, nil, faultf("Start microvm error: %v", err)
+		}
+	}
+	spec.RAMFD = addFile(v.ram)
 	bootFile := func(what string, in *inheritedFile) (string, error) {
 		m, err := copyForQEMU(filepath.Dir(v.cfg.APISock), "banger-vmm-"+what, in.f, in.size)
 		if err != nil {
@@ -123,6 +131,9 @@ func (v *VMM) instanceStart(ctx context.Context) error {
 		"vcpus", spec.VCPUs, "mem_mib", spec.MemMiB, "cmdline", spec.Cmdline)
 	m, err := v.cfg.Start(ctx, spec)
 	if err != nil {
+		// The next start makes its memory anew (the size may change).
+		v.ram.Close()
+		v.ram = nil
 		return faultf("Start microvm error: %v", err)
 	}
 	v.m = m

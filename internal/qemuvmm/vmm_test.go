@@ -320,16 +320,21 @@ func TestStartBuildsSpec(t *testing.T) {
 			{ID: "rootfs", Path: h.rootImg, ReadOnly: true, Cache: "Unsafe"},
 			{ID: "data", Path: h.dataImg, Cache: "Unsafe"},
 		},
-		NICs:      []NICSpec{{ID: "eth0", Tap: "tap0", MAC: "06:00:AC:10:00:02", FD: 3}},
+		NICs:      []NICSpec{{ID: "eth0", Tap: "tap0", MAC: "06:00:AC:10:00:02", FD: 4}},
 		QMPSocket: filepath.Join(h.dir, "api.sock.qmp"),
+		RAMFD:     3,
 	}
 	if len(h.specs) != 1 {
 		t.Fatalf("started %d machines", len(h.specs))
 	}
 	got := h.specs[0]
-	// The tap the VMM opened itself is QEMU's descriptor 3.
-	if len(got.Files) != 1 || got.Files[0].Name() != filepath.Join(h.sysfs, "tap0") || h.opened != 1 {
-		t.Errorf("files: got %v (opened %d taps), want the tap0 descriptor", got.Files, h.opened)
+	// The guest memory is QEMU's descriptor 3, the tap the VMM opened
+	// itself its 4.
+	if len(got.Files) != 2 || got.Files[0] != h.v.ram || got.Files[1].Name() != filepath.Join(h.sysfs, "tap0") || h.opened != 1 {
+		t.Errorf("files: got %v (opened %d taps), want the memory and the tap0 descriptor", got.Files, h.opened)
+	}
+	if st, err := h.v.ram.Stat(); err != nil || st.Size() != 512<<20 {
+		t.Errorf("guest memory: %v, %v; want a 512 MiB memfd", st, err)
 	}
 	got.Files = nil
 	if !reflect.DeepEqual(got, want) {
