@@ -48,6 +48,7 @@ func buildTickerInitramfs(t testing.TB, dir string) string {
 		{name: "dev", mode: unix.S_IFDIR | 0o755},
 		{name: "proc", mode: unix.S_IFDIR | 0o755},
 		{name: "dev/console", mode: unix.S_IFCHR | 0o600, major: 5, minor: 1},
+		{name: "dev/null", mode: unix.S_IFCHR | 0o666, major: 1, minor: 3},
 		{name: "bin/busybox", mode: unix.S_IFREG | 0o755, data: bb},
 		{name: "init", mode: unix.S_IFREG | 0o755, data: []byte(tickerInit)},
 	}
@@ -269,4 +270,58 @@ func TestVMMSnapshotAndLoad(t *testing.T) {
 		t.Errorf("after the load: %+v, %v", info, err)
 	}
 	unix.Kill(pB.PID, unix.SIGKILL)
+}
+
+// TestVMMSnapshotBzImage snapshots a distro kernel (a bzImage with an
+// initrd, BANGER_TEST_BZIMAGE) and loads it in a new VMM: QEMU can only
+// rebuild such a machine with the kernel and initrd themselves, which the
+// load finds again at the same descriptor numbers.
+func TestVMMSnapshotBzImage(t *testing.T) {
+	requireVMHost(t)
+	bz := testutil.RequireEnvFile(t, "BANGER_TEST_BZIMAGE", "a distro bzImage (scripts/fetch-test-bzimage.sh prints one)")
+	testutil.Slow(t)
+	dir, vmmDir, bin := unprivilegedLayout(t)
+	rootOnlyCopy(t, bz, filepath.Join(dir, "vmlinuz"))
+	rootOnlyCopy(t, buildTickerInitramfs(t, t.TempDir()), filepath.Join(dir, "initrd"))
+	var files []*os.File
+	for _, name := range []string{"vmlinuz", "initrd"} {
+		f, err := os.Open(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		files = append(files, f)
+	}
+	consoleA := filepath.Join(dir, "a.log")
+	pA, c := launchUnprivileged(t, bin, vmmDir, consoleA, "bz-a", files, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*bootTimeout)
+	defer cancel()
+	for _, step := range []func() error{
+		func() error { return c.PutMachineConfig(ctx, must(NewMachineConfig(1, 512))) },
+		func() error {
+			return c.PutBootSource(ctx, must(NewBootSource(FDPath(ExtraFileFD(0)), FDPath(ExtraFileFD(1)), "console=ttyS0 reboot=k panic=1")))
+		},
+		func() error { return c.InstanceStart(ctx) },
+		func() error { waitTick(ctx, t, consoleA, 1); return c.Pause(ctx) },
+	} {
+		if err := step(); err != nil {
+			t.Fatalf("%v\n%s", err, readTail(consoleA))
+		}
+	}
+	saved, _, _, _ := lastTick(consoleA)
+	state, mem := filepath.Join(vmmDir, "bz.snap"), filepath.Join(vmmDir, "bz.mem")
+	if err := c.CreateSnapshot(ctx, must(NewSnapshotCreate(state, mem))); err != nil {
+		t.Fatalf("%v\n%s", err, readTail(consoleA))
+	}
+	unix.Kill(pA.PID, unix.SIGKILL)
+	<-pA.Done()
+	consoleB := filepath.Join(dir, "b.log")
+	_, cb := launchUnprivileged(t, bin, vmmDir, consoleB, "bz-b", files, nil)
+	if err := cb.LoadSnapshot(ctx, must(NewSnapshotLoad(state, mem, true, nil))); err != nil {
+		t.Fatalf("%v\n%s", err, readTail(consoleB))
+	}
+	n, file, sleeper := waitTick(ctx, t, consoleB, -1)
+	if n < saved || n > saved+3 || file != "kept-across-snapshots" || sleeper != "yes" {
+		t.Errorf("restored guest: tick %d (saved after %d), file %q, sleeper %q", n, saved, file, sleeper)
+	}
 }

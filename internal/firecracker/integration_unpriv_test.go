@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -203,7 +204,7 @@ func TestVMMUnprivilegedWithDescriptors(t *testing.T) {
 	if err := c.InstanceStart(ctx); err != nil {
 		t.Fatalf("%v\n%s", err, readTail(vm.console))
 	}
-	console, err := waitConsole(ctx, vm.console, "nameserver")
+	console, err := waitConsole(ctx, vm.console, "inet 172.31.0.2/24")
 	if err != nil {
 		t.Fatalf("%v\n%s", err, tail(console, 30))
 	}
@@ -239,7 +240,7 @@ func TestVMMUnprivilegedWithDescriptors(t *testing.T) {
 	}
 	// The VMM wrote only in its own directory.
 	for _, f := range []string{"api.sock", "api.sock.qmp", "vmm.log", "metrics"} {
-		if st, err := os.Stat(filepath.Join(vmmDir, f)); err != nil || st.Sys().(*unix.Stat_t).Uid != vmmUID {
+		if st, err := os.Stat(filepath.Join(vmmDir, f)); err != nil || st.Sys().(*syscall.Stat_t).Uid != vmmUID {
 			t.Errorf("%s: %v, want it owned by the vmm uid", f, err)
 		}
 	}

@@ -40,6 +40,9 @@ type MachineSpec struct {
 	Entropy *EntropySpec
 	// NoSandbox leaves QEMU's seccomp sandbox off (--no-seccomp).
 	NoSandbox bool
+	// RAMFD, when not 0, is QEMU's descriptor of a memfd of MemMiB that
+	// backs the guest memory, shared (see MachineSpec.Files).
+	RAMFD int
 	// Incoming makes QEMU wait, paused, for a migration stream (-S
 	// -incoming defer) instead of running the guest: the start of a
 	// snapshot load.
@@ -61,6 +64,8 @@ type DriveSpec struct {
 	FD int
 	// BlockDev says the descriptor is a block device, not a file.
 	BlockDev bool
+	// Throttle limits the drive's I/O (Firecracker's rate_limiter).
+	Throttle Throttle
 }
 
 // NICSpec is one virtio-net interface on an existing tap device.
@@ -178,8 +183,13 @@ func QEMUArgs(spec MachineSpec) []string {
 	if !spec.NoSandbox {
 		args = append(args, "-sandbox", sandboxOpts)
 	}
+	machine := "microvm,acpi=on,pit=on,pic=on,rtc=on"
+	if spec.RAMFD != 0 {
+		args = append(args, "-object", fmt.Sprintf("memory-backend-file,id=ram0,mem-path=/dev/fd/%d,size=%dM,share=on", spec.RAMFD, spec.MemMiB))
+		machine += ",memory-backend=ram0"
+	}
 	args = append(args,
-		"-M", "microvm,acpi=on,pit=on,pic=on,rtc=on",
+		"-M", machine,
 		"-accel", spec.Accel,
 	)
 	if spec.Accel == AccelKVM {
@@ -222,8 +232,8 @@ func QEMUArgs(spec MachineSpec) []string {
 			file = fmt.Sprintf("file.driver=%s,file.filename=/dev/fdset/%d,file.auto-read-only=off", driver, d.FD)
 		}
 		args = append(args,
-			"-drive", fmt.Sprintf("id=%s,%s,format=raw,if=none,readonly=%s,cache=%s,node-name=%s,file.node-name=%s",
-				blockNodeID(d.ID), file, onOff(d.ReadOnly), cache, formatNodeID(d.ID), fileNodeID(d.ID, 0)),
+			"-drive", fmt.Sprintf("id=%s,%s,format=raw,if=none,readonly=%s,cache=%s,node-name=%s,file.node-name=%s%s",
+				blockNodeID(d.ID), file, onOff(d.ReadOnly), cache, formatNodeID(d.ID), fileNodeID(d.ID, 0), d.Throttle.driveOpts()),
 			"-device", "virtio-blk-device,drive="+blockNodeID(d.ID),
 		)
 	}

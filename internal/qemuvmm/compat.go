@@ -67,15 +67,23 @@ func (v *VMM) patchDrive(ctx context.Context, id string, body []byte) error {
 			i = j
 		}
 	}
-	switch {
-	case i < 0:
+	if i < 0 {
 		return faultf("Unable to patch the block device: no drive %s.", id)
-	case rawSet(req.RateLimiter):
-		return faultf("Rate limiters are not available on %s.", AppName)
-	case req.PathOnHost == nil:
-		return nil
 	}
 	d := &v.drives[i]
+	if rawSet(req.RateLimiter) {
+		th, err := parseRateLimiter(req.RateLimiter, d.Throttle)
+		if err != nil {
+			return err
+		}
+		if err := v.m.Execute(ctx, "block_set_io_throttle", th.qmpArgs(id), nil); err != nil {
+			return faultf("Unable to patch the block device: rate limiter: %v", err)
+		}
+		d.Throttle = th
+	}
+	if req.PathOnHost == nil {
+		return nil
+	}
 	f, err := v.openDriveFile(*req.PathOnHost, d.ReadOnly)
 	if err != nil {
 		return faultf("Unable to patch the block device: %v", err)

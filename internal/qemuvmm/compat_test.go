@@ -57,7 +57,7 @@ func TestPatchDrive(t *testing.T) {
 	// Refused: unknown drive, limiter, a missing file, a writable drive
 	// on a read-only descriptor; a failing reopen leaves the old file.
 	h.fault("PATCH", "/drives/nope", `{"drive_id":"nope","path_on_host":"/x"}`, "no drive nope")
-	h.fault("PATCH", "/drives/data", `{"drive_id":"data","rate_limiter":{"bandwidth":{"size":1,"refill_time":1}}}`, "Rate limiters are not available")
+	h.fault("PATCH", "/drives/data", `{"drive_id":"data","rate_limiter":{"bandwidth":{"size":1}}}`, "missing field `refill_time`")
 	h.fault("PATCH", "/drives/data", `{"drive_id":"data","path_on_host":"/nonexistent"}`, "Unable to patch the block device")
 	h.fault("PATCH", "/drives/data", fmt.Sprintf(`{"drive_id":"data","path_on_host":%q}`, ro), "not open for reading and writing")
 	h.m.fail["blockdev-reopen"] = &QMPError{Command: "blockdev-reopen", Class: "GenericError", Desc: "boom"}
@@ -168,5 +168,29 @@ func TestBootFromConfig(t *testing.T) {
 		if err := h2.v.BootFromConfig(context.Background(), []byte(bad.cfg)); err == nil || !strings.Contains(err.Error(), bad.want) {
 			t.Errorf("%s: got %v, want %q", bad.cfg, err, bad.want)
 		}
+	}
+}
+
+// TestDriveRateLimiter maps Firecracker's token buckets to QEMU's
+// throttling: at boot as -drive options, after boot with
+// block_set_io_throttle, a PATCH bucket replacing only its own unit.
+func TestDriveRateLimiter(t *testing.T) {
+	h := newHarness(t, nil)
+	h.configure()
+	h.ok("PUT", "/drives/data", fmt.Sprintf(`{"drive_id":"data","path_on_host":%q,"is_root_device":false,"rate_limiter":{"bandwidth":{"size":10485760,"one_time_burst":1048576,"refill_time":1000},"ops":{"size":100,"refill_time":100}}}`, h.dataImg))
+	h.ok("PUT", "/actions", `{"action_type":"InstanceStart"}`)
+	args := strings.Join(QEMUArgs(h.specs[0]), " ")
+	if !strings.Contains(args, "throttling.bps-total=10485760,throttling.bps-total-max=11534336,throttling.iops-total=1000,throttling.iops-total-max=1000") {
+		t.Errorf("qemu args lack the throttling:\n%s", args)
+	}
+	n := len(h.m.recorded())
+	h.ok("PATCH", "/drives/data", `{"drive_id":"data","rate_limiter":{"bandwidth":{"size":0,"refill_time":0}}}`)
+	want := `block_set_io_throttle {"bps":0,"bps_rd":0,"bps_wr":0,"device":"blk_data","iops":1000,"iops_max":1000,"iops_rd":0,"iops_wr":0}`
+	if got := h.callsSince(n); len(got) != 1 || got[0] != want {
+		t.Errorf("qmp calls: %q, want %q", got, want)
+	}
+	code, reply := h.do("GET", "/vm/config", "")
+	if code != 200 || !strings.Contains(reply, `"rate_limiter":{"bandwidth":null,"ops":{"refill_time":1000,"size":1000}}`) {
+		t.Errorf("GET /vm/config: %s", reply)
 	}
 }

@@ -207,8 +207,6 @@ func (v *VMM) putDrive(id string, body []byte) error {
 		return faultf("vhost-user block devices are not supported by %s.", AppName)
 	case req.PathOnHost == nil:
 		return faultf("Unable to create the block device: path_on_host is required.")
-	case rawSet(req.RateLimiter):
-		return faultf("Rate limiters are not supported by %s.", AppName)
 	case req.CacheType != nil && *req.CacheType != "Unsafe" && *req.CacheType != "Writeback":
 		return faultf("An error occurred when deserializing the json body of a request: unknown variant `%s`, expected `Unsafe` or `Writeback`.", *req.CacheType)
 	case req.IOEngine != nil && *req.IOEngine != "Sync" && *req.IOEngine != "Async":
@@ -224,6 +222,11 @@ func (v *VMM) putDrive(id string, body []byte) error {
 	if req.PartUUID != nil {
 		d.partUUID = *req.PartUUID
 	}
+	th, err := parseRateLimiter(req.RateLimiter, Throttle{})
+	if err != nil {
+		return err
+	}
+	d.Throttle = th
 	if d.root {
 		for _, o := range v.drives {
 			if o.root && o.ID != id {

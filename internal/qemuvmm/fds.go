@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -116,20 +117,37 @@ func (i *inheritedFile) close() {
 	}
 }
 
-// copyToMemfd copies the content of src (read with pread, so the shared
-// offset does not move) into a new memfd that QEMU can open as
-// /dev/fd/N: QEMU loads the kernel and initrd by path, and the inherited
-// descriptor's path cannot be reopened by an unprivileged VMM. The
-// caller truncates the memfd once QEMU has loaded it.
-func copyToMemfd(name string, src *os.File, size int64) (*os.File, error) {
-	fd, err := unix.MemfdCreate(name, unix.MFD_CLOEXEC)
-	if err != nil {
-		return nil, fmt.Errorf("memfd: %w", err)
+// copyForQEMU copies the content of src into an unnamed file QEMU can
+// open as /dev/fd/N: QEMU loads the kernel and initrd by path (and maps
+// them: it reads the initrd from its mapping for the whole boot, so the
+// copy must stay whole while QEMU lives), and the inherited descriptor's
+// path cannot be reopened by an unprivileged VMM. The copy is an
+// O_TMPFILE in dir (page cache, reclaimable, gone with QEMU; reflinked
+// where the file system can), or a memfd where dir takes no O_TMPFILE.
+// src is read at explicit offsets, so the shared offset does not move.
+func copyForQEMU(dir, name string, src *os.File, size int64) (*os.File, error) {
+	var dst *os.File
+	if fd, err := unix.Open(dir, unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, 0o600); err == nil {
+		dst = os.NewFile(uintptr(fd), filepath.Join(dir, name))
+	} else {
+		fd, err := unix.MemfdCreate(name, unix.MFD_CLOEXEC)
+		if err != nil {
+			return nil, fmt.Errorf("copy %s: %w", name, err)
+		}
+		dst = os.NewFile(uintptr(fd), "memfd:"+name)
 	}
-	dst := os.NewFile(uintptr(fd), "memfd:"+name)
-	if _, err := io.Copy(dst, io.NewSectionReader(src, 0, size)); err != nil {
-		dst.Close()
-		return nil, fmt.Errorf("copy %s into memfd: %w", src.Name(), err)
+	var off, dstOff int64
+	for off < size {
+		n, err := unix.CopyFileRange(int(src.Fd()), &off, int(dst.Fd()), &dstOff, int(size-off), 0)
+		if err != nil || n == 0 {
+			// copy_file_range cannot cross every pair of file systems;
+			// fall back to reads and writes.
+			if _, err := io.Copy(io.NewOffsetWriter(dst, dstOff), io.NewSectionReader(src, off, size-off)); err != nil {
+				dst.Close()
+				return nil, fmt.Errorf("copy %s: %w", name, err)
+			}
+			break
+		}
 	}
 	return dst, nil
 }

@@ -71,6 +71,9 @@ func TestStartWithInheritedDescriptors(t *testing.T) {
 			// descriptors; read them as it would, through the files.
 			read := func(p string) string {
 				n, _ := fdFromPath(p)
+				if n < 3 || n-3 >= len(spec.Files) {
+					return ""
+				}
 				raw, _ := io.ReadAll(io.NewSectionReader(spec.Files[n-3], 0, 1<<20))
 				return string(raw)
 			}
@@ -94,28 +97,30 @@ func TestStartWithInheritedDescriptors(t *testing.T) {
 	h.ok("PUT", "/actions", `{"action_type":"InstanceStart"}`)
 
 	spec := h.specs[0]
-	if spec.Kernel != "/dev/fd/3" || spec.Initrd != "/dev/fd/4" || seen.kernel != "ELF kernel bytes" || seen.initrd != "cpio" {
-		t.Errorf("kernel %q (%q), initrd %q (%q): want memfd copies at /dev/fd/3 and 4", spec.Kernel, seen.kernel, spec.Initrd, seen.initrd)
+	// Descriptor 3 is the guest memory; the kernel and initrd copies
+	// follow.
+	if spec.RAMFD != 3 || spec.Kernel != "/dev/fd/4" || spec.Initrd != "/dev/fd/5" || seen.kernel != "ELF kernel bytes" || seen.initrd != "cpio" {
+		t.Errorf("memory %d, kernel %q (%q), initrd %q (%q): want the memory at 3, copies at /dev/fd/4 and 5", spec.RAMFD, spec.Kernel, seen.kernel, spec.Initrd, seen.initrd)
 	}
 	wantDrives := []DriveSpec{
-		{ID: "rootfs", Path: rootPath, Cache: "Writeback", FD: 5},
-		{ID: "data", Path: dataPath, ReadOnly: true, Cache: "Unsafe", FD: 6},
+		{ID: "rootfs", Path: rootPath, Cache: "Writeback", FD: 6},
+		{ID: "data", Path: dataPath, ReadOnly: true, Cache: "Unsafe", FD: 7},
 	}
 	if fmt.Sprint(spec.Drives) != fmt.Sprint(wantDrives) {
 		t.Errorf("drives: got %+v, want %+v", spec.Drives, wantDrives)
 	}
-	if len(spec.NICs) != 1 || spec.NICs[0].FD != 7 || spec.Files[4] != tap {
-		t.Errorf("nic: got %+v, want the --tap-fd descriptor as QEMU's 7", spec.NICs)
+	if len(spec.NICs) != 1 || spec.NICs[0].FD != 8 || spec.Files[5] != tap {
+		t.Errorf("nic: got %+v, want the --tap-fd descriptor as QEMU's 8", spec.NICs)
 	}
-	// The memfd copies were released once QEMU had them.
-	for _, m := range spec.Files[:2] {
+	// The VMM closed its copies' descriptors once QEMU had its own.
+	for _, m := range spec.Files[1:3] {
 		if _, err := m.Stat(); err == nil {
 			t.Errorf("memfd %s still open", m.Name())
 		}
 	}
 	// QEMU's copy of the root drive is a duplicate; the inherited one
 	// stays open, also after Close.
-	if spec.Files[2].Fd() == rootFile.Fd() {
+	if spec.Files[3].Fd() == rootFile.Fd() {
 		t.Error("the drive was handed over without being duplicated")
 	}
 	h.v.Close()

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -124,7 +125,7 @@ func (v *VMM) snapshotState() (snapshotState, error) {
 		st.Kernel, st.Initrd, st.KernelELF = v.boot.kernel, v.boot.initrd, v.boot.kernelELF
 	}
 	for _, d := range v.drives {
-		sd := snapshotDrive{ID: d.ID, Path: d.Path, Root: d.root, ReadOnly: d.ReadOnly, Cache: d.Cache, PartUUID: d.partUUID}
+		sd := snapshotDrive{ID: d.ID, Path: d.Path, Root: d.root, ReadOnly: d.ReadOnly, Cache: d.Cache, PartUUID: d.partUUID, Throttle: d.Throttle}
 		size, err := driveSize(d)
 		if err != nil {
 			return st, fmt.Errorf("drive %s: %w", d.ID, err)
@@ -200,11 +201,9 @@ func (v *VMM) createSnapshot(ctx context.Context, body []byte) error {
 	if err != nil {
 		return faultf("Create snapshot error: %v", err)
 	}
-	memSize, err := v.saveMemory(ctx, *req.MemFilePath, st.ID)
-	if err != nil {
+	if err := v.saveMemory(ctx, *req.MemFilePath, &st); err != nil {
 		return faultf("Create snapshot error: %v", err)
 	}
-	st.MemFileSize = memSize
 	raw, err := encodeState(st)
 	if err != nil {
 		return faultf("Create snapshot error: %v", err)
@@ -223,16 +222,22 @@ func (v *VMM) createSnapshot(ctx context.Context, body []byte) error {
 	}
 	syncDir(filepath.Dir(*req.SnapshotPath))
 	v.logger().Info("snapshot created", "snapshot_path", *req.SnapshotPath, "mem_file_path", *req.MemFilePath,
-		"mem_bytes", memSize, "ms", time.Since(start).Milliseconds())
+		"ram_bytes", st.RAMBytes, "ms", time.Since(start).Milliseconds())
 	return nil
 }
 
-// saveMemory writes the memory file: the header, then QEMU's migration
-// stream, under no name until complete. It returns the file's size.
-func (v *VMM) saveMemory(ctx context.Context, path, id string) (int64, error) {
+// saveMemory writes the memory file, under no name until complete: the
+// header, the device state QEMU migrates (its RAM left out: it is shared),
+// then the guest memory copied from the memfd. It fills in st's memory
+// layout and checksum.
+func (v *VMM) saveMemory(ctx context.Context, path string, st *snapshotState) error {
+	if v.ram == nil {
+		return errors.New("the guest memory is not shared with the VMM")
+	}
+	st.RAMSize = int64(v.memMiB) << 20
 	pf, err := newPendingFile(path, 0o600)
 	if err != nil {
-		return 0, err
+		return err
 	}
 	committed := false
 	defer func() {
@@ -240,38 +245,79 @@ func (v *VMM) saveMemory(ctx context.Context, path, id string) (int64, error) {
 			pf.Abort()
 		}
 	}()
-	hdr, err := memHeader(id)
+	hdr, err := memHeader(*st)
 	if err != nil {
-		return 0, err
+		return err
 	}
 	if _, err := pf.f.Write(hdr); err != nil {
-		return 0, fmt.Errorf("write %s: %w", path, err)
+		return fmt.Errorf("write %s: %w", path, err)
 	}
-	// The VM is paused: nothing is gained by QEMU's default 32 MiB/s
-	// bandwidth limit.
-	if err := v.m.Execute(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": int64(1) << 40}, nil); err != nil {
-		return 0, err
+	// QEMU writes the device state at the descriptor's offset: after the
+	// memory image.
+	streamOff := int64(memHeaderLen) + st.RAMSize
+	if _, err := pf.f.Seek(streamOff, io.SeekStart); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	// After a snapshot QEMU stays in "postmigrate" and refuses another
+	// migration until the guest has run; a snapshot of a VM not resumed
+	// since the last one lets it run for the moment between cont and stop.
+	var status struct {
+		Status string `json:"status"`
+	}
+	if err := v.m.Execute(ctx, "query-status", nil, &status); err != nil {
+		return err
+	}
+	if status.Status == "postmigrate" {
+		if err := v.m.Execute(ctx, "cont", nil, nil); err != nil {
+			return err
+		}
+		if err := v.m.Execute(ctx, "stop", nil, nil); err != nil {
+			return err
+		}
+	}
+	if err := setIgnoreShared(ctx, v.m); err != nil {
+		return err
 	}
 	if err := sendFD(ctx, v.m, snapshotFDName, pf.f); err != nil {
-		return 0, err
+		return err
 	}
+	t0 := time.Now()
 	if err := v.m.Execute(ctx, "migrate", map[string]any{"uri": "fd:" + snapshotFDName}, nil); err != nil {
 		v.m.Execute(ctx, "closefd", map[string]any{"fdname": snapshotFDName}, nil)
-		return 0, err
+		return err
 	}
 	if err := waitMigration(ctx, v.m); err != nil {
-		return 0, err
+		return err
 	}
-	fi, err := pf.f.Stat()
+	migrated := time.Since(t0)
+	end, err := pf.f.Seek(0, io.SeekCurrent)
 	if err != nil {
-		return 0, err
+		return err
 	}
+	st.StreamLength, st.MemFileSize = end-streamOff, end
+	// The VM is stopped and QEMU done with its memory: copy it.
+	t1 := time.Now()
+	if st.RAMCRC, st.RAMBytes, err = copyPages(v.ram, 0, pf.f, memHeaderLen, st.RAMSize); err != nil {
+		return fmt.Errorf("save guest memory: %w", err)
+	}
+	copied := time.Since(t1)
+	t2 := time.Now()
 	if err := pf.Commit(); err != nil {
-		return 0, err
+		return err
 	}
 	committed = true
 	syncDir(filepath.Dir(path))
-	return fi.Size(), nil
+	v.logger().Info("snapshot memory written", "device_state_ms", migrated.Milliseconds(), "device_state_bytes", st.StreamLength,
+		"memory_ms", copied.Milliseconds(), "memory_bytes", st.RAMBytes, "sync_ms", time.Since(t2).Milliseconds())
+	return nil
+}
+
+// setIgnoreShared makes QEMU's migration leave shared memory out: the
+// guest memory is the VMM's memfd, saved and loaded by the VMM.
+func setIgnoreShared(ctx context.Context, m Machine) error {
+	return m.Execute(ctx, "migrate-set-capabilities", map[string]any{
+		"capabilities": []map[string]any{{"capability": "x-ignore-shared", "state": true}},
+	}, nil)
 }
 
 func (v *VMM) loadSnapshot(ctx context.Context, body []byte) error {
@@ -364,8 +410,7 @@ func readState(path string) (snapshotState, error) {
 	return st, nil
 }
 
-// openMemFile opens a memory file, checks it is st's and whole, and
-// leaves it positioned at the migration stream.
+// openMemFile opens a memory file and checks it is st's and whole.
 func openMemFile(path string, st snapshotState) (*os.File, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -377,11 +422,14 @@ func openMemFile(path string, st snapshotState) (*os.File, error) {
 		return nil, err
 	}
 	hdr := make([]byte, memHeaderLen)
-	if _, err := io.ReadFull(f, hdr); err != nil {
+	if n, _ := f.ReadAt(hdr, 0); n < 8 || !strings.HasPrefix(string(hdr), memMagic) {
 		f.Close()
-		return nil, fmt.Errorf("memory file %s is partial: %d of %d bytes", path, fi.Size(), st.MemFileSize)
+		if fi.Size() < st.MemFileSize {
+			return nil, fmt.Errorf("memory file %s is partial: %d of %d bytes", path, fi.Size(), st.MemFileSize)
+		}
+		return nil, fmt.Errorf("%s: not a banger-vmm-qemu snapshot memory file", path)
 	}
-	if err := checkMemHeader(hdr, st.ID); err != nil {
+	if err := checkMemHeader(hdr, st); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
@@ -390,6 +438,24 @@ func openMemFile(path string, st snapshotState) (*os.File, error) {
 		return nil, fmt.Errorf("memory file %s is partial or altered: %d bytes, the snapshot wrote %d", path, fi.Size(), st.MemFileSize)
 	}
 	return f, nil
+}
+
+// loadGuestRAM copies the memory image of mem into a new memfd and checks
+// it against the state file's checksum.
+func loadGuestRAM(mem *os.File, st snapshotState) (*os.File, error) {
+	ram, err := newGuestRAM(st.MemMiB)
+	if err != nil {
+		return nil, err
+	}
+	crc, n, err := copyPages(mem, memHeaderLen, ram, 0, st.RAMSize)
+	if err == nil && (crc != st.RAMCRC || n != st.RAMBytes) {
+		err = fmt.Errorf("the memory file is damaged: its memory pages do not match the snapshot's checksum (%d bytes read, %d saved)", n, st.RAMBytes)
+	}
+	if err != nil {
+		ram.Close()
+		return nil, err
+	}
+	return ram, nil
 }
 
 // restore rebuilds the saved machine in this fresh VMM and loads the
@@ -430,7 +496,7 @@ func (v *VMM) restore(ctx context.Context, statePath, memPath string, overrides 
 		if err != nil {
 			return fmt.Errorf("drive %s: %w", sd.ID, err)
 		}
-		d := driveConfig{DriveSpec: DriveSpec{ID: sd.ID, Path: sd.Path, ReadOnly: sd.ReadOnly, Cache: sd.Cache}, root: sd.Root, partUUID: sd.PartUUID, file: f}
+		d := driveConfig{DriveSpec: DriveSpec{ID: sd.ID, Path: sd.Path, ReadOnly: sd.ReadOnly, Cache: sd.Cache, Throttle: sd.Throttle}, root: sd.Root, partUUID: sd.PartUUID, file: f}
 		v.drives = append(v.drives, d)
 		size, err := driveSize(d)
 		if err != nil {
@@ -461,16 +527,26 @@ func (v *VMM) restore(ctx context.Context, statePath, memPath string, overrides 
 		return err
 	}
 	v.boot = boot
-	spec, memfds, err := v.machineSpec(st.Accel, 0)
+	t0 := time.Now()
+	if v.ram, err = loadGuestRAM(mem, st); err != nil {
+		return err
+	}
+	v.logger().Info("guest memory loaded", "bytes", st.RAMBytes, "ms", time.Since(t0).Milliseconds())
+	if _, err := mem.Seek(memHeaderLen+st.RAMSize, io.SeekStart); err != nil {
+		return err
+	}
+	spec, copies, err := v.machineSpec(st.Accel, 0)
 	if err != nil {
 		return err
 	}
-	defer releaseMemfds(memfds)
+	defer closeAll(copies)
 	spec.Cmdline, spec.Incoming = st.Cmdline, true
+	t1 := time.Now()
 	m, err := v.cfg.Start(ctx, spec)
 	if err != nil {
 		return err
 	}
+	v.logger().Info("qemu started for the load", "ms", time.Since(t1).Milliseconds())
 	if err := v.receive(ctx, m, mem, st); err != nil {
 		m.Kill()
 		<-m.Done()
@@ -533,15 +609,20 @@ func (v *VMM) receive(ctx context.Context, m Machine, mem *os.File, st snapshotS
 	if ver != st.QEMUVersion {
 		return fmt.Errorf("the snapshot was taken with QEMU %s and this host runs QEMU %s; QEMU's microvm machine has no cross-version migration", st.QEMUVersion, ver)
 	}
+	if err := setIgnoreShared(ctx, m); err != nil {
+		return err
+	}
 	if err := sendFD(ctx, m, snapshotFDName, mem); err != nil {
 		return err
 	}
+	t0 := time.Now()
 	if err := m.Execute(ctx, "migrate-incoming", map[string]any{"uri": "fd:" + snapshotFDName}, nil); err != nil {
 		return err
 	}
 	if err := waitMigration(ctx, m); err != nil {
 		return fmt.Errorf("%w (is the memory file damaged?)", err)
 	}
+	v.logger().Info("device state loaded", "ms", time.Since(t0).Milliseconds())
 	return nil
 }
 
@@ -559,4 +640,8 @@ func (v *VMM) resetConfig() {
 	v.drives, v.nics, v.vsock, v.balloon, v.entropy = nil, nil, nil, nil, nil
 	v.vcpus, v.memMiB, v.smt, v.trackDirty = 1, 128, false, false
 	v.configured = false
+	if v.ram != nil {
+		v.ram.Close()
+		v.ram = nil
+	}
 }

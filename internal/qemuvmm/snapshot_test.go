@@ -13,7 +13,8 @@ import (
 
 func TestStateFileRoundTrip(t *testing.T) {
 	st := snapshotState{
-		ID: newSnapshotID(), VMMVersion: Version, QEMUVersion: "7.2.22", Accel: AccelTCG, MemFileSize: 4096,
+		ID: newSnapshotID(), VMMVersion: Version, QEMUVersion: "7.2.22", Accel: AccelTCG,
+		MemFileSize: 4096 + 2048<<20 + 100, RAMSize: 2048 << 20, StreamLength: 100, RAMCRC: 0xdeadbeef, RAMBytes: 8192,
 		VCPUs: 2, MemMiB: 2048, Kernel: "/dev/fd/3", KernelELF: true, Cmdline: "console=ttyS0 root=/dev/vda rw",
 		Drives: []snapshotDrive{{ID: "rootfs", Path: "/dev/fd/4", Root: true, Cache: "Writeback", Size: 1 << 30}},
 		NICs:   []snapshotNIC{{ID: "eth0", Tap: "tap-fc-3", MAC: "06:00:ac:10:00:02"}},
@@ -22,7 +23,7 @@ func TestStateFileRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !bytes.HasPrefix(raw, []byte("banger-vmm-qemu-snapshot v1\n{")) {
+	if !bytes.HasPrefix(raw, []byte("banger-vmm-qemu-snapshot v2\n{")) {
 		t.Errorf("state file starts %q", raw[:40])
 	}
 	got, err := decodeState(raw)
@@ -36,7 +37,7 @@ func TestStateFileRoundTrip(t *testing.T) {
 	}{
 		"empty":         {nil, "not a banger-vmm-qemu snapshot"},
 		"firecracker's": {[]byte("\x00\x01\x02binary vmstate"), "not a banger-vmm-qemu snapshot"},
-		"other version": {bytes.Replace(raw, []byte(" v1\n"), []byte(" v2\n"), 1), "snapshot format version 2: this banger-vmm-qemu 0.1.0 reads version 1"},
+		"other version": {bytes.Replace(raw, []byte(" v2\n"), []byte(" v1\n"), 1), "snapshot format version 1: this banger-vmm-qemu 0.1.0 reads version 2"},
 		"damaged":       {damaged, "CRC mismatch"},
 		"cut short":     {raw[:len(raw)/2], "incomplete"},
 		"no crc":        {raw[:bytes.LastIndex(raw, []byte("crc32c"))], "incomplete"},
@@ -46,15 +47,49 @@ func TestStateFileRoundTrip(t *testing.T) {
 			t.Errorf("%s: got %v, want %q", name, err, b.want)
 		}
 	}
-	hdr, _ := memHeader(st.ID)
-	if err := checkMemHeader(hdr, st.ID); err != nil {
+	hdr, _ := memHeader(st)
+	if err := checkMemHeader(hdr, st); err != nil {
 		t.Errorf("own header: %v", err)
 	}
-	if err := checkMemHeader(hdr, newSnapshotID()); err == nil || !strings.Contains(err.Error(), "another snapshot") {
+	other := st
+	other.ID = newSnapshotID()
+	if err := checkMemHeader(hdr, other); err == nil || !strings.Contains(err.Error(), "another snapshot") {
 		t.Errorf("other id: got %v", err)
 	}
-	if err := checkMemHeader([]byte("QEVM\x00\x00\x00\x03"), st.ID); err == nil {
+	other = st
+	other.RAMSize = 1024 << 20
+	if err := checkMemHeader(hdr, other); err == nil || !strings.Contains(err.Error(), "layout") {
+		t.Errorf("other layout: got %v", err)
+	}
+	if err := checkMemHeader([]byte("QEVM\x00\x00\x00\x03"), st); err == nil {
 		t.Error("a bare QEMU stream passed as a memory file")
+	}
+	// A layout that does not add up is refused.
+	bad2 := st
+	bad2.MemFileSize++
+	raw, _ = encodeState(bad2)
+	if _, err := decodeState(raw); err == nil {
+		t.Error("a state file whose memory layout does not add up was accepted")
+	}
+}
+
+// guestPage is what the tests' "guest" writes into its memory, at
+// guestPageOff (two pages, across an extent boundary of nothing).
+var (
+	guestPage    = append(bytes.Repeat([]byte("guest memory"), 500), make([]byte, 2*ramPage-6000)...)
+	guestPageOff = int64(8 << 20)
+)
+
+// writeGuestMemory writes guestPage into the VM's memfd, as the guest
+// would through QEMU's shared mapping.
+func writeGuestMemory(t *testing.T, h *harness) {
+	t.Helper()
+	if _, err := h.v.ram.WriteAt(guestPage, guestPageOff); err != nil {
+		t.Fatal(err)
+	}
+	// A page of zeros the guest touched is left out of the image.
+	if _, err := h.v.ram.WriteAt(make([]byte, ramPage), 1<<20); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -65,7 +100,9 @@ func snapshotFixture(t *testing.T) *harness {
 	h := newHarness(t, nil)
 	os.WriteFile(h.kernel, append([]byte("\x7fELF"), make([]byte, 60)...), 0o644)
 	h.configure()
+	h.ok("PUT", "/machine-config", `{"vcpu_count":2,"mem_size_mib":32}`)
 	h.ok("PUT", "/actions", `{"action_type":"InstanceStart"}`)
+	writeGuestMemory(t, h)
 	h.ok("PATCH", "/vm", `{"state":"Paused"}`)
 	return h
 }
@@ -80,11 +117,13 @@ func (h *harness) snapshot(dir string) (state, mem string) {
 func TestSnapshotCreate(t *testing.T) {
 	h := newHarness(t, nil)
 	h.configure()
+	h.ok("PUT", "/machine-config", `{"vcpu_count":2,"mem_size_mib":32}`)
 	dir := t.TempDir()
 	state, mem := filepath.Join(dir, "vm.snap"), filepath.Join(dir, "vm.mem")
 	body := fmt.Sprintf(`{"snapshot_path":%q,"mem_file_path":%q}`, state, mem)
 	h.fault("PUT", "/snapshot/create", body, msgNotBeforeBoot)
 	h.ok("PUT", "/actions", `{"action_type":"InstanceStart"}`)
+	writeGuestMemory(t, h)
 	h.fault("PUT", "/snapshot/create", body, "must be paused first")
 	h.ok("PATCH", "/vm", `{"state":"Paused"}`)
 	for _, c := range []struct{ body, want string }{
@@ -113,12 +152,19 @@ func TestSnapshotCreate(t *testing.T) {
 		t.Fatal(err)
 	}
 	raw, _ := os.ReadFile(mem)
-	if !bytes.Equal(raw[memHeaderLen:], h.m.stream) || int64(len(raw)) != st.MemFileSize || checkMemHeader(raw, st.ID) != nil {
-		t.Errorf("memory file: %d bytes (state says %d), header ok %v", len(raw), st.MemFileSize, checkMemHeader(raw, st.ID) == nil)
+	streamOff := memHeaderLen + st.RAMSize
+	if int64(len(raw)) != st.MemFileSize || !bytes.Equal(raw[streamOff:], h.m.stream) || checkMemHeader(raw, st) != nil {
+		t.Errorf("memory file: %d bytes (state says %d), header ok %v", len(raw), st.MemFileSize, checkMemHeader(raw, st) == nil)
+	}
+	// The guest's pages sit at their offsets in the image; zero pages
+	// are holes.
+	if !bytes.Equal(raw[memHeaderLen+guestPageOff:memHeaderLen+guestPageOff+int64(len(guestPage))], guestPage) || st.RAMBytes != 2*ramPage {
+		t.Errorf("memory image: %d non-zero bytes saved, want the two pages written", st.RAMBytes)
 	}
 	want := snapshotState{
 		ID: st.ID, VMMVersion: Version, QEMUVersion: "7.2.22", Created: h.now.UTC(), Accel: AccelTCG, MemFileSize: st.MemFileSize,
-		VCPUs: 2, MemMiB: 512, Kernel: h.kernel, Cmdline: "console=ttyS0 reboot=k panic=1 root=/dev/vda ro",
+		RAMSize: 32 << 20, StreamLength: int64(len(h.m.stream)), RAMCRC: st.RAMCRC, RAMBytes: 2 * ramPage,
+		VCPUs: 2, MemMiB: 32, Kernel: h.kernel, Cmdline: "console=ttyS0 reboot=k panic=1 root=/dev/vda ro",
 		Drives: []snapshotDrive{
 			{ID: "data", Path: h.dataImg, Cache: "Writeback", Size: 1},
 			{ID: "rootfs", Path: h.rootImg, Root: true, ReadOnly: true, Cache: "Unsafe", Size: 1},
@@ -128,7 +174,7 @@ func TestSnapshotCreate(t *testing.T) {
 	if !reflect.DeepEqual(st, want) {
 		t.Errorf("state:\n got %+v\nwant %+v", st, want)
 	}
-	for _, c := range []string{`migrate-set-parameters {"max-bandwidth":1099511627776}`, `getfd {"fdname":"banger-snapshot"} +fd`, `migrate {"uri":"fd:banger-snapshot"}`} {
+	for _, c := range []string{`migrate-set-capabilities {"capabilities":[{"capability":"x-ignore-shared","state":true}]}`, `getfd {"fdname":"banger-snapshot"} +fd`, `migrate {"uri":"fd:banger-snapshot"}`} {
 		if !strings.Contains(strings.Join(h.m.recorded(), "\n"), c) {
 			t.Errorf("qmp calls lack %q: %q", c, h.m.recorded())
 		}
@@ -136,10 +182,15 @@ func TestSnapshotCreate(t *testing.T) {
 	if got := h.state(); got != "Paused" {
 		t.Errorf("state after the snapshot: %q, want Paused", got)
 	}
-	// A second snapshot replaces both files.
+	// A second snapshot replaces both files; QEMU, left in postmigrate by
+	// the first, is let run for a moment so that it migrates again.
+	n := len(h.m.recorded())
 	h.ok("PUT", "/snapshot/create", body)
 	if st2, err := readState(state); err != nil || st2.ID == st.ID {
 		t.Errorf("second snapshot: %+v, %v", st2, err)
+	}
+	if got := strings.Join(h.m.recorded()[n:n+3], " "); got != "query-status cont stop" {
+		t.Errorf("before the second migration: %q", got)
 	}
 }
 
@@ -160,12 +211,19 @@ func TestSnapshotLoad(t *testing.T) {
 		t.Fatalf("started %d machines", len(h.specs))
 	}
 	spec := h.specs[0]
-	if !spec.Incoming || spec.Cmdline != "console=ttyS0 reboot=k panic=1 root=/dev/vda ro" || spec.VCPUs != 2 || spec.MemMiB != 512 {
+	if !spec.Incoming || spec.Cmdline != "console=ttyS0 reboot=k panic=1 root=/dev/vda ro" || spec.VCPUs != 2 || spec.MemMiB != 32 {
 		t.Errorf("spec: %+v", spec)
 	}
-	// The ELF kernel was replaced by the stand-in; no kernel file needed.
-	if spec.Kernel != "/dev/fd/3" {
-		t.Errorf("kernel %q, want the stand-in at /dev/fd/3", spec.Kernel)
+	// The guest memory came back, in the memfd QEMU maps (descriptor
+	// 3); the ELF kernel was replaced by the stand-in, so no kernel file
+	// is needed.
+	got := make([]byte, len(guestPage))
+	h.v.ram.ReadAt(got, guestPageOff)
+	if spec.RAMFD != 3 || spec.Files[0] != h.v.ram || !bytes.Equal(got, guestPage) {
+		t.Errorf("guest memory: fd %d, content restored %v", spec.RAMFD, bytes.Equal(got, guestPage))
+	}
+	if spec.Kernel != "/dev/fd/4" {
+		t.Errorf("kernel %q, want the stand-in at /dev/fd/4", spec.Kernel)
 	}
 	if len(spec.Drives) != 2 || spec.Drives[0].ID != "rootfs" || spec.Drives[0].Path != src.rootImg || !spec.Drives[0].ReadOnly || spec.Drives[1].Cache != "Writeback" {
 		t.Errorf("drives: %+v", spec.Drives)
@@ -225,7 +283,10 @@ func TestSnapshotLoadRefused(t *testing.T) {
 		return p
 	}
 	truncated := write("truncated.mem", memRaw[:len(memRaw)-10])
-	v2 := write("v2.snap", bytes.Replace(stateRaw, []byte(" v1\n"), []byte(" v2\n"), 1))
+	damagedRaw := append([]byte(nil), memRaw...)
+	damagedRaw[memHeaderLen+int(guestPageOff)+5] ^= 0xff
+	damaged := write("damaged.mem", damagedRaw)
+	v2 := write("v2.snap", bytes.Replace(stateRaw, []byte(" v2\n"), []byte(" v3\n"), 1))
 	partialState := write("partial.snap", stateRaw[:len(stateRaw)/3])
 	h := newHarness(t, nil)
 	h.tap("tap0", 0, 0, 0, 0)
@@ -235,8 +296,9 @@ func TestSnapshotLoadRefused(t *testing.T) {
 	tests := []struct{ name, body, want string }{
 		{"truncated memory", load(state, truncated, ""), "is partial or altered"},
 		{"empty memory", load(state, write("empty.mem", nil), ""), "is partial"},
+		{"damaged memory", load(state, damaged, ""), "memory file is damaged"},
 		{"memory of another snapshot", load(state, otherMem, ""), "belongs to another snapshot"},
-		{"other format version", load(v2, mem, ""), "snapshot format version 2"},
+		{"other format version", load(v2, mem, ""), "snapshot format version 3"},
 		{"partial state", load(partialState, mem, ""), "incomplete"},
 		{"not a state file", load(mem, mem, ""), "not a banger-vmm-qemu snapshot"},
 		{"missing state", load(filepath.Join(dir, "nope"), mem, ""), "no such file"},

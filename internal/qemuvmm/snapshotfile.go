@@ -23,27 +23,29 @@ import (
 //   - the state file (snapshot_path): a magic line with the format
 //     version, the VM's configuration as JSON (machine, kernel command
 //     line, drives with their sizes, network interfaces, the QEMU version
-//     and accelerator, the memory file's size), and a CRC-32C line. A
-//     fresh banger-vmm-qemu needs nothing else to rebuild the same
-//     machine.
-//   - the memory file (mem_file_path): a 64-byte header (magic and the
-//     snapshot's id) followed by QEMU's migration stream, which holds the
-//     guest memory (zero pages left out) and the device state.
+//     and accelerator, the memory file's layout and checksum), and a
+//     CRC-32C line. A fresh banger-vmm-qemu needs nothing else to rebuild
+//     the same machine.
+//   - the memory file (mem_file_path): a 4 KiB header (magic, the
+//     snapshot's id, the layout), the guest's memory as a sparse image
+//     (only the non-zero pages are written, the rest are holes), then
+//     QEMU's migration stream of the device state.
 //
 // Both are written under no name (O_TMPFILE) and linked in when complete,
-// the memory file first; the id ties the pair together, and the recorded
-// size tells a whole memory file from a partial one.
+// the memory file first; the id ties the pair together, the recorded size
+// tells a whole memory file from a partial one, and the checksum of the
+// memory pages is checked as they are loaded.
 
 // SnapshotFormat is the version of the snapshot files this build writes
 // and reads.
-const SnapshotFormat = 1
+const SnapshotFormat = 2
 
 const snapshotFormat = SnapshotFormat
 
 const (
 	stateMagic   = "banger-vmm-qemu-snapshot v"
-	memMagic     = "BNGRMEM1"
-	memHeaderLen = 64
+	memMagic     = "BNGRMEM2"
+	memHeaderLen = 4096
 	// maxStateFile bounds what is read of a state file.
 	maxStateFile = 1 << 20
 )
@@ -60,6 +62,14 @@ type snapshotState struct {
 	Accel       string    `json:"accel"`
 	// MemFileSize is the memory file's full size, header included.
 	MemFileSize int64 `json:"mem_file_size"`
+	// RAMSize is the guest memory's size; it sits in the memory file
+	// after the header, followed by StreamLength bytes of device state.
+	RAMSize      int64 `json:"ram_size"`
+	StreamLength int64 `json:"stream_length"`
+	// RAMCRC is the CRC-32C of the non-zero pages with their offsets,
+	// RAMBytes their total size.
+	RAMCRC   uint32 `json:"ram_crc32c"`
+	RAMBytes int64  `json:"ram_bytes"`
 
 	VCPUs  int  `json:"vcpu_count"`
 	SMT    bool `json:"smt"`
@@ -81,12 +91,13 @@ type snapshotState struct {
 }
 
 type snapshotDrive struct {
-	ID       string `json:"drive_id"`
-	Path     string `json:"path_on_host"`
-	Root     bool   `json:"is_root_device"`
-	ReadOnly bool   `json:"is_read_only"`
-	Cache    string `json:"cache_type"`
-	PartUUID string `json:"partuuid,omitempty"`
+	ID       string   `json:"drive_id"`
+	Path     string   `json:"path_on_host"`
+	Root     bool     `json:"is_root_device"`
+	ReadOnly bool     `json:"is_read_only"`
+	Cache    string   `json:"cache_type"`
+	PartUUID string   `json:"partuuid,omitempty"`
+	Throttle Throttle `json:"throttle,omitzero"`
 	// Size is the drive's size in bytes when the snapshot was taken.
 	Size int64 `json:"size"`
 }
@@ -169,36 +180,43 @@ func decodeState(raw []byte) (snapshotState, error) {
 	if err := json.Unmarshal(body, &st); err != nil {
 		return st, fmt.Errorf("%w: %v", errNotSnapshot, err)
 	}
-	if _, err := hex.DecodeString(st.ID); err != nil || len(st.ID) != 32 || st.MemFileSize < memHeaderLen || st.VCPUs < 1 || st.MemMiB < 1 {
-		return st, fmt.Errorf("%w: bad id, memory size or machine", errNotSnapshot)
+	if _, err := hex.DecodeString(st.ID); err != nil || len(st.ID) != 32 || st.VCPUs < 1 || st.MemMiB < 1 ||
+		st.RAMSize != int64(st.MemMiB)<<20 || st.StreamLength < 1 || st.MemFileSize != memHeaderLen+st.RAMSize+st.StreamLength {
+		return st, fmt.Errorf("%w: bad id, memory layout or machine", errNotSnapshot)
 	}
 	return st, nil
 }
 
-// memHeader returns the memory file's header for snapshot id.
-func memHeader(id string) ([]byte, error) {
-	raw, err := hex.DecodeString(id)
+// memHeader returns the memory file's header for st.
+func memHeader(st snapshotState) ([]byte, error) {
+	raw, err := hex.DecodeString(st.ID)
 	if err != nil || len(raw) != 16 {
-		return nil, fmt.Errorf("bad snapshot id %q", id)
+		return nil, fmt.Errorf("bad snapshot id %q", st.ID)
 	}
 	h := make([]byte, memHeaderLen)
 	copy(h, memMagic)
 	copy(h[8:], raw)
-	binary.LittleEndian.PutUint32(h[24:], snapshotFormat)
+	le := binary.LittleEndian
+	le.PutUint32(h[24:], snapshotFormat)
+	le.PutUint64(h[32:], memHeaderLen)                    // the memory image's offset
+	le.PutUint64(h[40:], uint64(st.RAMSize))              // its size
+	le.PutUint64(h[48:], uint64(memHeaderLen+st.RAMSize)) // the device state's offset
 	return h, nil
 }
 
-// checkMemHeader checks that h is the header of snapshot id's memory.
-func checkMemHeader(h []byte, id string) error {
-	want, err := memHeader(id)
+// checkMemHeader checks that h is the header of st's memory file.
+func checkMemHeader(h []byte, st snapshotState) error {
+	want, err := memHeader(st)
 	if err != nil {
 		return err
 	}
 	switch {
-	case len(h) < memHeaderLen || !bytes.HasPrefix(h, []byte(memMagic)):
+	case len(h) < 8 || !bytes.HasPrefix(h, []byte(memMagic)):
 		return errors.New("not a banger-vmm-qemu snapshot memory file")
-	case !bytes.Equal(h[:memHeaderLen], want):
+	case len(h) < memHeaderLen || !bytes.Equal(h[8:24], want[8:24]):
 		return errors.New("the memory file belongs to another snapshot")
+	case !bytes.Equal(h[:memHeaderLen], want):
+		return errors.New("the memory file's layout does not match its state file")
 	}
 	return nil
 }

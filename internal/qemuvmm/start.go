@@ -3,25 +3,24 @@ package qemuvmm
 import (
 	"context"
 	"os"
+	"path/filepath"
 	"strconv"
 )
 
 // machineSpec gathers the configuration into a MachineSpec. The root drive
 // goes first, the others follow in the order they were first PUT.
 // Inherited descriptors become QEMU's descriptors 3, 4, ...; a kernel or
-// initrd given as a descriptor is copied into a memfd QEMU opens as
-// /dev/fd/N. The returned memfds are the caller's to truncate and close
-// once QEMU has loaded them.
-func (v *VMM) machineSpec(accel string, tscKHz uint64) (spec MachineSpec, memfds []*os.File, err error) {
+// initrd given as a descriptor is copied (copyForQEMU) into a file QEMU
+// opens as /dev/fd/N. The returned copies are the caller's to close once
+// QEMU has inherited them.
+func (v *VMM) machineSpec(accel string, tscKHz uint64) (spec MachineSpec, copies []*os.File, err error) {
 	if v.boot == nil {
 		return MachineSpec{}, nil, faultf("Start microvm error: Cannot start microvm without kernel configuration.")
 	}
 	defer func() {
 		if err != nil {
-			for _, m := range memfds {
-				m.Close()
-			}
-			memfds = nil
+			closeAll(copies)
+			copies = nil
 		}
 	}()
 	spec = MachineSpec{
@@ -33,12 +32,20 @@ func (v *VMM) machineSpec(accel string, tscKHz uint64) (spec MachineSpec, memfds
 		spec.Files = append(spec.Files, f)
 		return 2 + len(spec.Files)
 	}
+	// The guest memory: a new memfd for a boot, the loaded one for a
+	// snapshot load.
+	if v.ram == nil {
+		if v.ram, err = newGuestRAM(v.memMiB); err != nil {
+			return MachineSpec{}, nil, faultf("Start microvm error: %v", err)
+		}
+	}
+	spec.RAMFD = addFile(v.ram)
 	bootFile := func(what string, in *inheritedFile) (string, error) {
-		m, err := copyToMemfd("banger-vmm-"+what, in.f, in.size)
+		m, err := copyForQEMU(filepath.Dir(v.cfg.APISock), "banger-vmm-"+what, in.f, in.size)
 		if err != nil {
 			return "", faultf("Start microvm error: %s: %v", what, err)
 		}
-		memfds = append(memfds, m)
+		copies = append(copies, m)
 		return "/dev/fd/" + strconv.Itoa(addFile(m)), nil
 	}
 	if v.boot.kernelFile != nil {
@@ -97,17 +104,14 @@ func (v *VMM) machineSpec(accel string, tscKHz uint64) (spec MachineSpec, memfds
 	if v.entropy != nil {
 		spec.Entropy = &EntropySpec{MaxBytes: v.entropy.MaxBytes, PeriodMS: v.entropy.PeriodMS}
 	}
-	return spec, memfds, nil
+	return spec, copies, nil
 }
 
-// releaseMemfds frees the kernel and initrd copies once QEMU has loaded
-// them (QEMU's main loop, and so its QMP greeting, starts after the
-// machine is built): truncating frees the memory although QEMU keeps its
-// descriptor.
-func releaseMemfds(memfds []*os.File) {
-	for _, m := range memfds {
-		m.Truncate(0)
-		m.Close()
+// closeAll closes the VMM's own descriptors of the kernel and initrd
+// copies; QEMU keeps its own (and its mappings) for as long as it runs.
+func closeAll(files []*os.File) {
+	for _, f := range files {
+		f.Close()
 	}
 }
 
@@ -118,15 +122,18 @@ func (v *VMM) instanceStart(ctx context.Context) error {
 	if err != nil {
 		return faultf("Start microvm error: %v", err)
 	}
-	spec, memfds, err := v.machineSpec(choice.Accel, choice.TSCkHz)
+	spec, copies, err := v.machineSpec(choice.Accel, choice.TSCkHz)
 	if err != nil {
 		return err
 	}
-	defer releaseMemfds(memfds)
+	defer closeAll(copies)
 	v.logger().Info("starting microvm", "accel", choice.Accel, "accel_reason", choice.Why,
 		"vcpus", spec.VCPUs, "mem_mib", spec.MemMiB, "cmdline", spec.Cmdline)
 	m, err := v.cfg.Start(ctx, spec)
 	if err != nil {
+		// The next start makes its memory anew (the size may change).
+		v.ram.Close()
+		v.ram = nil
 		return faultf("Start microvm error: %v", err)
 	}
 	v.m = m

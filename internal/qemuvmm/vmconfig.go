@@ -22,7 +22,7 @@ func (v *VMM) vmConfig() map[string]any {
 		}
 		drives = append(drives, map[string]any{
 			"drive_id": d.ID, "partuuid": partUUID, "is_root_device": d.root, "cache_type": d.Cache,
-			"is_read_only": d.ReadOnly, "path_on_host": d.Path, "rate_limiter": nil, "io_engine": "Sync", "socket": nil,
+			"is_read_only": d.ReadOnly, "path_on_host": d.Path, "rate_limiter": d.Throttle.rateLimiterJSON(), "io_engine": "Sync", "socket": nil,
 		})
 	}
 	nics := []map[string]any{}

@@ -173,6 +173,8 @@ type VMM struct {
 	cmdline  string
 	balloon  *balloonConfig
 	entropy  *entropyConfig
+	// ram is the guest memory's memfd, shared with QEMU.
+	ram *os.File
 	// fdsetSeq numbers the fd sets of descriptors passed at run time.
 	fdsetSeq int
 
@@ -267,6 +269,9 @@ func (v *VMM) Close() {
 	}
 	for _, n := range v.nics {
 		n.close()
+	}
+	if v.ram != nil {
+		v.ram.Close()
 	}
 }
 

@@ -37,12 +37,16 @@ type fakeMachine struct {
 	// migrateStatus is query-migrate's final status ("completed").
 	migrateStatus string
 	loaded        []byte
+	// runState is query-status's status: what stop, cont and migrate
+	// leave.
+	runState string
 }
 
 func newFakeMachine() *fakeMachine {
 	return &fakeMachine{
 		done: make(chan struct{}), fail: map[string]error{}, version: 22, fds: map[string]*os.File{},
 		stream: []byte("FAKE-QEMU-MIGRATION-STREAM\n" + strings.Repeat("guest memory and device state\n", 100)), migrateStatus: "completed",
+		runState: "running",
 	}
 }
 
@@ -101,8 +105,20 @@ func (f *fakeMachine) Execute(_ context.Context, cmd string, args, out any) erro
 		reply = map[string]any{"qemu": map[string]int{"major": 7, "minor": 2, "micro": f.version}, "package": ""}
 	case "query-migrate":
 		reply = map[string]string{"status": f.migrateStatus, "error-desc": "fake failure"}
+	case "query-status":
+		reply = map[string]string{"status": f.runState}
 	case "migrate", "migrate-incoming":
-		return f.migrate(cmd, args)
+		if err := f.migrate(cmd, args); err != nil {
+			return err
+		}
+		if cmd == "migrate" {
+			f.runState = "postmigrate"
+		}
+		return nil
+	case "stop":
+		f.runState = "paused"
+	case "cont":
+		f.runState = "running"
 	}
 	if reply != nil {
 		raw, _ := json.Marshal(reply)
@@ -304,16 +320,21 @@ func TestStartBuildsSpec(t *testing.T) {
 			{ID: "rootfs", Path: h.rootImg, ReadOnly: true, Cache: "Unsafe"},
 			{ID: "data", Path: h.dataImg, Cache: "Unsafe"},
 		},
-		NICs:      []NICSpec{{ID: "eth0", Tap: "tap0", MAC: "06:00:AC:10:00:02", FD: 3}},
+		NICs:      []NICSpec{{ID: "eth0", Tap: "tap0", MAC: "06:00:AC:10:00:02", FD: 4}},
 		QMPSocket: filepath.Join(h.dir, "api.sock.qmp"),
+		RAMFD:     3,
 	}
 	if len(h.specs) != 1 {
 		t.Fatalf("started %d machines", len(h.specs))
 	}
 	got := h.specs[0]
-	// The tap the VMM opened itself is QEMU's descriptor 3.
-	if len(got.Files) != 1 || got.Files[0].Name() != filepath.Join(h.sysfs, "tap0") || h.opened != 1 {
-		t.Errorf("files: got %v (opened %d taps), want the tap0 descriptor", got.Files, h.opened)
+	// The guest memory is QEMU's descriptor 3, the tap the VMM opened
+	// itself its 4.
+	if len(got.Files) != 2 || got.Files[0] != h.v.ram || got.Files[1].Name() != filepath.Join(h.sysfs, "tap0") || h.opened != 1 {
+		t.Errorf("files: got %v (opened %d taps), want the memory and the tap0 descriptor", got.Files, h.opened)
+	}
+	if st, err := h.v.ram.Stat(); err != nil || st.Size() != 512<<20 {
+		t.Errorf("guest memory: %v, %v; want a 512 MiB memfd", st, err)
 	}
 	got.Files = nil
 	if !reflect.DeepEqual(got, want) {
@@ -422,7 +443,9 @@ func TestBadRequests(t *testing.T) {
 		{"missing drive_id", "PUT", "/drives/rootfs", `{"path_on_host":"/x","is_root_device":true}`, "missing field `drive_id`"},
 		{"missing is_root_device", "PUT", "/drives/rootfs", fmt.Sprintf(`{"drive_id":"rootfs","path_on_host":%q}`, h.rootImg), "missing field `is_root_device`"},
 		{"drive file missing", "PUT", "/drives/rootfs", `{"drive_id":"rootfs","path_on_host":"/nonexistent/root","is_root_device":true}`, "Unable to create the block device"},
-		{"rate limiter", "PUT", "/drives/rootfs", drive(`,"rate_limiter":{"bandwidth":{"size":1,"refill_time":1}}`), "Rate limiters are not supported"},
+		{"rate limiter without refill", "PUT", "/drives/rootfs", drive(`,"rate_limiter":{"bandwidth":{"size":1}}`), "missing field `refill_time`"},
+		{"rate limiter unknown field", "PUT", "/drives/rootfs", drive(`,"rate_limiter":{"bytes":{"size":1,"refill_time":1}}`), "unknown field `bytes`"},
+		{"rate limiter negative", "PUT", "/drives/rootfs", drive(`,"rate_limiter":{"ops":{"size":-1,"refill_time":1}}`), "invalid value"},
 		{"vhost-user", "PUT", "/drives/rootfs", `{"drive_id":"rootfs","socket":"/s","is_root_device":true}`, "vhost-user block devices are not supported"},
 		{"bad cache type", "PUT", "/drives/rootfs", drive(`,"cache_type":"None"`), "unknown variant `None`"},
 		{"bad nic id", "PUT", "/network-interfaces/eth-0", `{"iface_id":"eth-0","host_dev_name":"tap0"}`, "Invalid network interface id"},
