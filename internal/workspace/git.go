@@ -304,9 +304,11 @@ func (s Status) String() string {
 	return strings.Join(parts, ", ")
 }
 
-// WorkTreeStatus returns the working tree's status.
+// WorkTreeStatus returns the working tree's status. It never writes the
+// user's index: git status would otherwise refresh its stat cache (and
+// take its lock while the user may be using git).
 func WorkTreeStatus(ctx context.Context, r hostexec.Runner, root string) (Status, error) {
-	out, err := git(ctx, r, root, "status", "--porcelain=v1", "-z", "--untracked-files=all")
+	out, err := git(ctx, r, root, "--no-optional-locks", "status", "--porcelain=v1", "-z", "--untracked-files=all")
 	if err != nil {
 		return Status{}, fmt.Errorf("git status in %s: %w", root, err)
 	}
