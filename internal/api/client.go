@@ -281,30 +281,17 @@ func (c *Client) copyGET(ctx context.Context, path string, w io.Writer) error {
 
 // Connect opens a byte stream to a guest TCP port through the daemon.
 func (c *Client) Connect(ctx context.Context, ref string, port int) (net.Conn, error) {
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "unix", c.socket)
+	up, status, data, err := c.dialUpgrade(ctx, "POST", Prefix+vmPath(ref, "/connect")+"?port="+strconv.Itoa(port))
 	if err != nil {
-		return nil, c.unreachable(err)
-	}
-	path := Prefix + "/vms/" + url.PathEscape(ref) + "/connect?port=" + strconv.Itoa(port)
-	req := "POST " + path + " HTTP/1.1\r\nHost: bangerd\r\nConnection: Upgrade\r\nUpgrade: banger-stream\r\nContent-Length: 0\r\n\r\n"
-	if _, err := io.WriteString(conn, req); err != nil {
-		conn.Close()
 		return nil, err
 	}
-	br := bufio.NewReader(conn)
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("connect: %w", err)
+	if status != http.StatusSwitchingProtocols {
+		if status < 300 {
+			return nil, fmt.Errorf("connect: the daemon answered %d without a stream", status)
+		}
+		return nil, errorFromBody(status, data)
 	}
-	if resp.StatusCode != http.StatusSwitchingProtocols {
-		data, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		conn.Close()
-		return nil, errorFromBody(resp.StatusCode, data)
-	}
-	return &bufferedConn{Conn: conn, r: br}, nil
+	return &bufferedConn{Conn: up.conn, r: up.r}, nil
 }
 
 // bufferedConn reads through the bufio.Reader that parsed the response,

@@ -409,28 +409,14 @@ func (s *Server) handleConnect(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	hj, ok := w.(http.Hijacker)
-	if !ok {
-		guest.Close()
-		writeError(w, errors.New("connect: connection cannot be hijacked"))
-		return
-	}
-	conn, buf, err := hj.Hijack()
-	if err != nil {
-		guest.Close()
-		return
-	}
-	s.wg.Add(1)
-	defer s.wg.Done()
-	defer conn.Close()
 	defer guest.Close()
-	if _, err := buf.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: banger-stream\r\nConnection: Upgrade\r\n\r\n"); err != nil {
+	conn, rw, release, err := s.upgrade(w, r)
+	if err != nil {
+		writeError(w, err)
 		return
 	}
-	if err := buf.Flush(); err != nil {
-		return
-	}
-	splice(conn, buf.Reader, guest)
+	defer release()
+	splice(conn, rw.Reader, guest)
 }
 
 // splice copies both ways until either side ends, half-closing where it

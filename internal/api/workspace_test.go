@@ -75,11 +75,11 @@ type uploadBackend struct {
 	mu       sync.Mutex
 	received []byte
 	readErr  error
-	prepare  func(ctx context.Context, req WorkspacePrepareRequest, open OpenFunc, p ProgressFunc) (Workspace, error)
+	prepare  func(ctx context.Context, req WorkspacePrepareRequest, open OpenFunc, p ProgressFunc) (model.Workspace, error)
 	git      func(w io.Writer) error
 }
 
-func (b *uploadBackend) PrepareWorkspace(ctx context.Context, ref string, req WorkspacePrepareRequest, open OpenFunc, p ProgressFunc) (Workspace, error) {
+func (b *uploadBackend) PrepareWorkspace(ctx context.Context, ref string, req WorkspacePrepareRequest, open OpenFunc, p ProgressFunc) (model.Workspace, error) {
 	return b.prepare(ctx, req, open, p)
 }
 
@@ -88,16 +88,16 @@ func (b *uploadBackend) WorkspaceGit(ctx context.Context, ref string, req Worksp
 }
 
 // readAll is a prepare that reads the whole payload and reports it.
-func (b *uploadBackend) readAll(ctx context.Context, req WorkspacePrepareRequest, open OpenFunc, p ProgressFunc) (Workspace, error) {
+func (b *uploadBackend) readAll(ctx context.Context, req WorkspacePrepareRequest, open OpenFunc, p ProgressFunc) (model.Workspace, error) {
 	if req.Mode == model.WorkspacePrepareModeMetadataOnly {
-		return Workspace{VMName: "no-payload"}, nil
+		return model.Workspace{VMName: "no-payload"}, nil
 	}
 	if req.Branch == "refuse" {
-		return Workspace{}, model.Errorf(model.ECONFLICT, "refused before the stream")
+		return model.Workspace{}, model.Errorf(model.ECONFLICT, "refused before the stream")
 	}
 	r, err := open()
 	if err != nil {
-		return Workspace{}, err
+		return model.Workspace{}, err
 	}
 	p(Progress{Step: "receiving"})
 	data, err := io.ReadAll(r)
@@ -105,12 +105,12 @@ func (b *uploadBackend) readAll(ctx context.Context, req WorkspacePrepareRequest
 	b.received, b.readErr = data, err
 	b.mu.Unlock()
 	if err != nil {
-		return Workspace{}, fmt.Errorf("payload: %w", err)
+		return model.Workspace{}, fmt.Errorf("payload: %w", err)
 	}
 	if req.Branch == "fail-after" {
-		return Workspace{}, model.Errorf(model.EUNAVAILABLE, "guest said no")
+		return model.Workspace{}, model.Errorf(model.EUNAVAILABLE, "guest said no")
 	}
-	return Workspace{VMName: fmt.Sprintf("got %d bytes", len(data))}, nil
+	return model.Workspace{VMName: fmt.Sprintf("got %d bytes", len(data))}, nil
 }
 
 func serveTest(t *testing.T, b Backend) *Client {

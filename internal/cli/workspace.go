@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -126,103 +125,11 @@ path again replaces it (refused while it holds unfetched work, unless --force).`
 		},
 		ValidArgsFunction: a.completeVMs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
-			dir := "."
+			o := prepareOptions{VM: args[0], Dir: ".", Mode: model.WorkspacePrepareMode(mode), Branch: branch, GuestPath: guestPath, Force: force, Quiet: quiet || asJSON}
 			if len(args) == 2 {
-				dir = args[1]
+				o.Dir = args[1]
 			}
-			m := model.WorkspacePrepareMode(mode)
-			switch m {
-			case model.WorkspacePrepareModeShallowOverlay, model.WorkspacePrepareModeFullCopy, model.WorkspacePrepareModeMetadataOnly:
-			default:
-				return usagef("--mode %q: use shallow_overlay, full_copy or metadata_only", mode)
-			}
-			r := hostexec.Real{}
-			if branch != "" {
-				if err := workspace.CheckBranchWithGit(ctx, r, branch); err != nil {
-					return err
-				}
-			}
-			if guestPath != "" {
-				if _, err := workspace.GuestPath(guestPath, "x"); err != nil {
-					return err
-				}
-			}
-			vm, err := a.api().GetVM(ctx, args[0])
-			if err != nil {
-				return err
-			}
-			if vm.State != model.VMStateRunning {
-				return model.Errorf(model.ECONFLICT, "vm %s is %s; start it with `banger vm start %s`", vm.Name, vm.State, vm.Name)
-			}
-			if branch == "" {
-				branch = workspace.DefaultBranch(vm.Name)
-			}
-			repo, err := workspace.Inspect(ctx, r, dir)
-			if err != nil {
-				return err
-			}
-			if err := workspace.CheckMode(repo, m); err != nil {
-				return err
-			}
-			gp, err := workspace.GuestPath(guestPath, repo.Name)
-			if err != nil {
-				return err
-			}
-			out := &lockedWriter{w: a.Stderr}
-			pp := &progressPrinter{w: out, quiet: quiet || asJSON}
-			// Events come from the daemon's stream while this goroutine
-			// uploads.
-			var ppMu sync.Mutex
-			event := func(ev api.Event) {
-				ppMu.Lock()
-				defer ppMu.Unlock()
-				pp.event(ev)
-			}
-			note := func(msg string, warning bool) {
-				event(api.Event{Type: api.EventProgress, Progress: &api.Progress{Step: "prepare", Message: msg, Warning: warning}})
-			}
-			req := api.WorkspacePrepareRequest{
-				Mode: m, Branch: branch, GuestPath: gp, SourcePath: repo.Source, RepoRoot: repo.Root, RepoName: repo.Name,
-				HeadCommit: repo.Head, CurrentBranch: repo.Branch, UserName: repo.UserName, UserEmail: repo.UserEmail, Force: force,
-			}
-			var body func(io.Writer) error
-			if m != model.WorkspacePrepareModeMetadataOnly {
-				st, err := workspace.WorkTreeStatus(ctx, r, repo.Root)
-				if err != nil {
-					return err
-				}
-				wt, err := workspace.ListWorkTree(ctx, r, repo.Root, m == model.WorkspacePrepareModeFullCopy)
-				if err != nil {
-					return err
-				}
-				for _, n := range wt.Nested {
-					note(fmt.Sprintf("%s is a repository of its own inside this one; not copied", n), true)
-				}
-				stream := workspace.RepoStream{Root: repo.Root, Paths: wt.Paths, GitDir: repo.GitDir}
-				if m == model.WorkspacePrepareModeShallowOverlay {
-					tmp, err := os.MkdirTemp("", "banger-shallow-")
-					if err != nil {
-						return err
-					}
-					defer os.RemoveAll(tmp)
-					clone := filepath.Join(tmp, "repo")
-					note(fmt.Sprintf("cloning %s at depth 1", shortCommit(repo.Head)), false)
-					if err := workspace.ShallowClone(ctx, r, repo.Root, repo.Head, clone); err != nil {
-						return err
-					}
-					stream.GitDir = filepath.Join(clone, ".git")
-				}
-				note(fmt.Sprintf("%s at %s (%s): %d working tree paths, %s", repo.Root, shortCommit(repo.Head), orDetached(repo.Branch), len(wt.Paths), st), false)
-				body = func(w io.Writer) error {
-					var c workspace.Counter
-					stop := uploadProgress(out, &c, quiet || asJSON)
-					err := workspace.WriteRepo(ctx, w, stream, &c, func(s string) { note(s, true) })
-					stop()
-					return err
-				}
-			}
-			ws, err := a.api().PrepareWorkspace(ctx, vm.Name, req, body, event)
+			ws, err := prepareWorkspace(cmd.Context(), a.api(), hostexec.Real{}, o, a.Stderr)
 			if err != nil {
 				return err
 			}
@@ -230,7 +137,7 @@ path again replaces it (refused while it holds unfetched work, unless --force).`
 				return printJSON(a.Stdout, ws)
 			}
 			fmt.Fprintf(a.Stdout, "workspace %s in vm %s (%s) on branch %s at %s\n", ws.GuestPath, ws.VMName, ws.Mode, ws.BranchName, shortCommit(ws.BaseCommit))
-			if ws.Mode != model.WorkspacePrepareModeMetadataOnly {
+			if ws.Mode.Ships() {
 				fmt.Fprintf(a.Stdout, "work there with: banger ssh %s   (cd %s)\nbring it back with: banger workspace fetch %s\n", ws.VMName, ws.GuestPath, ws.VMName)
 			}
 			return nil
@@ -260,14 +167,6 @@ func orDetached(branch string) string {
 	return branch
 }
 
-// fetchResult is `workspace fetch --json`.
-type fetchResult struct {
-	Workspace api.Workspace         `json:"workspace"`
-	Refs      []workspace.RefUpdate `json:"refs"`
-	// Commits is how many commits the work branch has on top of the base.
-	Commits int `json:"commits"`
-}
-
 func (a *App) wsFetchCommand() *cobra.Command {
 	var (
 		guestPath     string
@@ -284,85 +183,46 @@ func (a *App) wsFetchCommand() *cobra.Command {
                                      of the guest's HEAD; removed when there is none
 
 Your HEAD, branches, index and working tree are never touched. A running VM's
-work is captured now; a stopped VM's was captured before it stopped.`,
+work is captured now; a stopped VM's was captured before it stopped. Every
+workspace of the VM is fetched, unless --guest-path names one. The guest's
+bundle is checked before git reads it: one that carries refs fetch did not ask
+for is refused, and nothing is written.`,
 		Example: `  banger workspace fetch dev
   git log --oneline main..banger-dev/banger/dev
   git diff banger-dev/banger/dev banger-dev/banger/dev-wip`,
 		Args:              exactArgs(1, "a VM"),
 		ValidArgsFunction: a.completeVMs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
-			r := hostexec.Real{}
 			pp := &progressPrinter{w: a.Stderr, quiet: quiet || asJSON}
-			ws, err := a.api().GetWorkspace(ctx, args[0], guestPath)
-			if err != nil {
-				return err
-			}
-			if ws.Mode == model.WorkspacePrepareModeMetadataOnly {
-				return model.Errorf(model.EINVALID, "the workspace at %s was prepared metadata_only: there is nothing in the guest to fetch", ws.GuestPath)
-			}
-			if err := workspace.CheckReadableDir(ws.RepoRoot); err != nil {
-				return fmt.Errorf("the repository this workspace came from: %w", err)
-			}
-			if !workspace.HasCommit(ctx, r, ws.RepoRoot, ws.BaseCommit) {
-				return model.Errorf(model.ECONFLICT, "%s does not have the commit the workspace was prepared from (%s); was it moved, rewritten or garbage-collected?", ws.RepoRoot, shortCommit(ws.BaseCommit))
-			}
-			ws, err = a.api().CaptureWorkspace(ctx, ws.VMName, ws.GuestPath, pp.event)
-			if err != nil {
-				return err
-			}
-			c := ws.Capture
-			if c.Error != "" {
-				fmt.Fprintf(a.Stderr, "warning: the last capture of %s failed (%s); fetching the one from %s\n", ws.GuestPath, c.Error, c.At.Local().Format("15:04:05"))
-			}
-			bundle := ""
-			if c.BundleBytes > 0 {
-				f, err := os.CreateTemp("", "banger-fetch-*.bundle")
-				if err != nil {
-					return err
+			results, err := fetchWorkspaces(cmd.Context(), a.api(), hostexec.Real{}, args[0], guestPath, pp.event, a.Stderr)
+			for _, res := range results {
+				if asJSON {
+					if perr := printJSON(a.Stdout, res); perr != nil {
+						return perr
+					}
+					continue
 				}
-				defer os.Remove(f.Name())
-				_, err = a.api().DownloadWorkspaceBundle(ctx, ws.VMName, ws.GuestPath, f)
-				if cerr := f.Close(); err == nil {
-					err = cerr
-				}
-				if err != nil {
-					return err
-				}
-				bundle = f.Name()
+				printFetched(a.Stdout, res)
 			}
-			if err := workspace.ValidateBranch(ws.BranchName); err != nil {
-				return fmt.Errorf("the daemon's record of %s: %w", ws.GuestPath, err)
-			}
-			updates := workspace.FetchRefs(ws.VMName, ws.BranchName, c.Head, c.WIP)
-			if err := workspace.ImportBundle(ctx, r, ws.RepoRoot, bundle, updates); err != nil {
-				return err
-			}
-			n, err := workspace.CountCommits(ctx, r, ws.RepoRoot, ws.BaseCommit, c.Head)
-			if err != nil {
-				return err
-			}
-			ws, err = a.api().MarkWorkspaceFetched(ctx, ws.VMName, api.WorkspaceFetchedRequest{GuestPath: ws.GuestPath, Head: c.Head, WIP: c.WIP})
-			if err != nil {
-				return err
-			}
-			if asJSON {
-				return printJSON(a.Stdout, fetchResult{Workspace: ws, Refs: updates, Commits: n})
-			}
-			remote := strings.TrimPrefix(ws.RemoteRef, "refs/remotes/")
-			fmt.Fprintf(a.Stdout, "fetched vm %s's %s into %s:\n", ws.VMName, ws.GuestPath, ws.RepoRoot)
-			fmt.Fprintf(a.Stdout, "  %s  %s  (%d commit%s on top of %s)\n", remote, shortCommit(c.Head), n, plural(n), shortCommit(ws.BaseCommit))
-			if c.WIP != "" {
-				fmt.Fprintf(a.Stdout, "  %s  %s  (uncommitted work in the guest)\n", strings.TrimPrefix(ws.WIPRef, "refs/remotes/"), shortCommit(c.WIP))
-			}
-			fmt.Fprintf(a.Stdout, "see it with: git log --oneline %s..%s\n", shortCommit(ws.BaseCommit), remote)
-			return nil
+			return err
 		},
 	}
-	cmd.Flags().StringVar(&guestPath, "guest-path", "", "which workspace, when the VM has several")
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
+	cmd.Flags().StringVar(&guestPath, "guest-path", "", "fetch only this workspace (default: all of the VM's)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON, one object per workspace")
 	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "no progress output")
 	return cmd
+}
+
+// printFetched says what one workspace's fetch brought in.
+func printFetched(w io.Writer, res fetchResult) {
+	ws, c := res.Workspace, res.Workspace.Capture
+	remote := strings.TrimPrefix(ws.RemoteRef, "refs/remotes/")
+	fmt.Fprintf(w, "fetched vm %s's %s into %s:\n", ws.VMName, ws.GuestPath, ws.RepoRoot)
+	fmt.Fprintf(w, "  %s  %s  (%d commit%s on top of %s)\n", remote, shortCommit(c.Head), res.Commits, plural(res.Commits), shortCommit(ws.BaseCommit))
+	if c.WIP != "" {
+		fmt.Fprintf(w, "  %s  %s  (uncommitted work in the guest)\n", strings.TrimPrefix(ws.WIPRef, "refs/remotes/"), shortCommit(c.WIP))
+	}
+	fmt.Fprintf(w, "see it with: git log --oneline %s..%s\n", shortCommit(ws.BaseCommit), remote)
 }
 
 func plural(n int) string {
@@ -413,17 +273,17 @@ as they are (for a patch to apply, say).`,
 }
 
 // workspaceStatus summarises a workspace's capture and fetch state.
-func workspaceStatus(w api.Workspace) string {
+func workspaceStatus(w model.Workspace) string {
 	switch {
-	case w.Mode == model.WorkspacePrepareModeMetadataOnly:
+	case !w.Mode.Ships():
 		return "-"
-	case w.Capture == nil:
+	case w.Capture.At.IsZero():
 		return "not captured"
 	case w.Capture.Error != "":
 		return "capture failed"
 	case w.Unfetched:
 		return "unfetched"
-	case w.Fetched != nil:
+	case !w.Fetched.At.IsZero():
 		return "fetched"
 	}
 	return "no new work"
@@ -487,7 +347,7 @@ func (a *App) wsInspectCommand() *cobra.Command {
 				kv("fetch into", w.RemoteRef)
 				kv("wip into", w.WIPRef)
 			}
-			if c := w.Capture; c != nil {
+			if c := w.Capture; !c.At.IsZero() {
 				s := fmt.Sprintf("%s at %s", shortCommit(c.Head), c.At.Local().Format("2006-01-02 15:04:05"))
 				if c.WIP != "" {
 					s += ", uncommitted work " + shortCommit(c.WIP)
@@ -500,7 +360,7 @@ func (a *App) wsInspectCommand() *cobra.Command {
 					kv("capture error", c.Error)
 				}
 			}
-			if f := w.Fetched; f != nil {
+			if f := w.Fetched; !f.At.IsZero() {
 				kv("fetched", fmt.Sprintf("%s at %s", shortCommit(f.Head), f.At.Local().Format("2006-01-02 15:04:05")))
 			}
 			kv("work", workspaceStatus(w))

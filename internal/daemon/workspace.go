@@ -20,7 +20,6 @@ import (
 	"banger/internal/fsutil"
 	"banger/internal/guest"
 	"banger/internal/model"
-	"banger/internal/store"
 	"banger/internal/termsafe"
 	"banger/internal/workspace"
 )
@@ -50,39 +49,27 @@ func (d *Daemon) dialGuest(ctx context.Context, vm model.VMRecord) (*guest.Conn,
 	return conn, nil
 }
 
-// workState is what the daemon knows of a workspace's guest work.
-func workState(w store.Workspace) workspace.WorkState {
-	return workspace.WorkState{
-		Base: w.BaseCommit, PreparedWIP: w.PreparedWIP,
-		CapturedHead: w.Capture.Head, CapturedWIP: w.Capture.WIP,
-		FetchedHead: w.Fetch.Head, FetchedWIP: w.Fetch.WIP,
+// workspaceView fills in what the API shows of a stored workspace
+// beyond what the store keeps: the VM's name and state, the host refs
+// fetch writes, and whether work is unfetched.
+func workspaceView(vm model.VMRecord, w model.Workspace) model.Workspace {
+	w.VMName, w.VMState = vm.Name, vm.State
+	w.RemoteRef, w.WIPRef = "", ""
+	if w.Mode.Ships() {
+		w.RemoteRef = workspace.RemoteRef(vm.Name, w.BranchName)
+		w.WIPRef = workspace.WIPRef(vm.Name, w.BranchName)
 	}
-}
-
-// workspaceView decorates a stored workspace for the API.
-func workspaceView(vm model.VMRecord, w store.Workspace) api.Workspace {
-	v := api.Workspace{WorkspacePrepareResult: w.WorkspacePrepareResult, VMName: vm.Name, VMState: vm.State}
-	if w.Mode != model.WorkspacePrepareModeMetadataOnly {
-		v.RemoteRef = workspace.RemoteRef(vm.Name, w.BranchName)
-		v.WIPRef = workspace.WIPRef(vm.Name, w.BranchName)
-	}
-	if !w.Capture.At.IsZero() {
-		v.Capture = &api.WorkspaceCapture{At: w.Capture.At, Head: w.Capture.Head, WIP: w.Capture.WIP, BundleBytes: w.Capture.BundleBytes, Error: w.Capture.Error}
-	}
-	if !w.Fetch.At.IsZero() {
-		v.Fetched = &api.WorkspaceFetched{At: w.Fetch.At, Head: w.Fetch.Head, WIP: w.Fetch.WIP}
-	}
-	v.Unfetched = workState(w).Unfetched()
-	return v
+	w.Unfetched = w.HasUnfetchedWork()
+	return w
 }
 
 // resolveWorkspace finds a VM's workspace at guestPath, or its only one
 // when guestPath is empty.
-func (d *Daemon) resolveWorkspace(ctx context.Context, vm model.VMRecord, guestPath string) (store.Workspace, error) {
+func (d *Daemon) resolveWorkspace(ctx context.Context, vm model.VMRecord, guestPath string) (model.Workspace, error) {
 	if guestPath != "" {
 		gp, err := workspace.GuestPath(guestPath, "")
 		if err != nil {
-			return store.Workspace{}, err
+			return model.Workspace{}, err
 		}
 		w, err := d.store.GetWorkspace(ctx, vm.ID, gp)
 		if model.ErrorCode(err) == model.ENOTFOUND {
@@ -92,11 +79,11 @@ func (d *Daemon) resolveWorkspace(ctx context.Context, vm model.VMRecord, guestP
 	}
 	all, err := d.store.ListWorkspaces(ctx, vm.ID)
 	if err != nil {
-		return store.Workspace{}, err
+		return model.Workspace{}, err
 	}
 	switch len(all) {
 	case 0:
-		return store.Workspace{}, model.Errorf(model.ENOTFOUND, "vm %s has no workspace; prepare one with `banger workspace prepare %s`", vm.Name, vm.Name)
+		return model.Workspace{}, model.Errorf(model.ENOTFOUND, "vm %s has no workspace; prepare one with `banger workspace prepare %s`", vm.Name, vm.Name)
 	case 1:
 		return all[0], nil
 	}
@@ -104,12 +91,12 @@ func (d *Daemon) resolveWorkspace(ctx context.Context, vm model.VMRecord, guestP
 	for _, w := range all {
 		paths = append(paths, w.GuestPath)
 	}
-	return store.Workspace{}, model.Errorf(model.EINVALID, "vm %s has %d workspaces (%s); choose one with --guest-path", vm.Name, len(all), strings.Join(paths, ", "))
+	return model.Workspace{}, model.Errorf(model.EINVALID, "vm %s has %d workspaces (%s); choose one with --guest-path", vm.Name, len(all), strings.Join(paths, ", "))
 }
 
 // ListWorkspaces implements api.Backend: the workspaces of the caller's
 // VMs.
-func (d *Daemon) ListWorkspaces(ctx context.Context) ([]api.Workspace, error) {
+func (d *Daemon) ListWorkspaces(ctx context.Context) ([]model.Workspace, error) {
 	vms, err := d.store.ListVMs(ctx)
 	if err != nil {
 		return nil, err
@@ -125,7 +112,7 @@ func (d *Daemon) ListWorkspaces(ctx context.Context) ([]api.Workspace, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := []api.Workspace{}
+	out := []model.Workspace{}
 	for _, w := range all {
 		if vm, ok := mine[w.VMID]; ok {
 			out = append(out, workspaceView(vm, w))
@@ -135,14 +122,14 @@ func (d *Daemon) ListWorkspaces(ctx context.Context) ([]api.Workspace, error) {
 }
 
 // GetWorkspace implements api.Backend.
-func (d *Daemon) GetWorkspace(ctx context.Context, ref, guestPath string) (api.Workspace, error) {
+func (d *Daemon) GetWorkspace(ctx context.Context, ref, guestPath string) (model.Workspace, error) {
 	vm, err := d.findVM(ctx, ref)
 	if err != nil {
-		return api.Workspace{}, err
+		return model.Workspace{}, err
 	}
 	w, err := d.resolveWorkspace(ctx, vm, guestPath)
 	if err != nil {
-		return api.Workspace{}, err
+		return model.Workspace{}, err
 	}
 	return workspaceView(vm, w), nil
 }
@@ -150,10 +137,8 @@ func (d *Daemon) GetWorkspace(ctx context.Context, ref, guestPath string) (api.W
 // checkPrepareRequest validates what the CLI says about the repository
 // and resolves the branch and guest path.
 func checkPrepareRequest(vm model.VMRecord, req api.WorkspacePrepareRequest) (model.WorkspacePrepareResult, error) {
-	switch req.Mode {
-	case model.WorkspacePrepareModeShallowOverlay, model.WorkspacePrepareModeFullCopy, model.WorkspacePrepareModeMetadataOnly:
-	default:
-		return model.WorkspacePrepareResult{}, model.Errorf(model.EINVALID, "mode %q: use shallow_overlay, full_copy or metadata_only", req.Mode)
+	if err := req.Mode.Validate(); err != nil {
+		return model.WorkspacePrepareResult{}, err
 	}
 	branch := req.Branch
 	if branch == "" {
@@ -188,50 +173,50 @@ func checkPrepareRequest(vm model.VMRecord, req api.WorkspacePrepareRequest) (mo
 // base commit, identity), and finally replaces what was at the guest
 // path. The daemon never reads the host repository: the stream comes
 // from the user's CLI.
-func (d *Daemon) PrepareWorkspace(ctx context.Context, ref string, req api.WorkspacePrepareRequest, open api.OpenFunc, progress api.ProgressFunc) (api.Workspace, error) {
+func (d *Daemon) PrepareWorkspace(ctx context.Context, ref string, req api.WorkspacePrepareRequest, open api.OpenFunc, progress api.ProgressFunc) (model.Workspace, error) {
 	vm, unlock, err := d.lockVM(ctx, ref)
 	if err != nil {
-		return api.Workspace{}, err
+		return model.Workspace{}, err
 	}
 	defer unlock()
 	if vm.State != model.VMStateRunning {
-		return api.Workspace{}, model.Errorf(model.ECONFLICT, "vm %q is %s; start it with `banger vm start %s`", vm.Name, vm.State, vm.Name)
+		return model.Workspace{}, model.Errorf(model.ECONFLICT, "vm %q is %s; start it with `banger vm start %s`", vm.Name, vm.State, vm.Name)
 	}
 	res, err := checkPrepareRequest(vm, req)
 	if err != nil {
-		return api.Workspace{}, err
+		return model.Workspace{}, err
 	}
 	log := d.logger.With("vm", vm.Name, "guest_path", res.GuestPath, "mode", res.Mode)
 	if err := d.checkBranchClash(ctx, vm, res); err != nil {
-		return api.Workspace{}, err
+		return model.Workspace{}, err
 	}
 	d.touch(vm.ID)
 	existing, err := d.store.GetWorkspace(ctx, vm.ID, res.GuestPath)
 	recorded := err == nil
 	if err != nil && model.ErrorCode(err) != model.ENOTFOUND {
-		return api.Workspace{}, err
+		return model.Workspace{}, err
 	}
 
 	preparedWIP := ""
-	if res.Mode != model.WorkspacePrepareModeMetadataOnly {
+	if res.Mode.Ships() {
 		conn, err := d.dialGuest(ctx, vm)
 		if err != nil {
-			return api.Workspace{}, err
+			return model.Workspace{}, err
 		}
 		defer conn.Close()
 		if err := d.checkGuestPath(ctx, conn, vm, res.GuestPath, existing, recorded, req.Force); err != nil {
-			return api.Workspace{}, err
+			return model.Workspace{}, err
 		}
 		body, err := open()
 		if err != nil {
-			return api.Workspace{}, err
+			return model.Workspace{}, err
 		}
 		if err := d.unpackWorkspace(ctx, conn, res, req, body, progress); err != nil {
 			// The staging directory goes; the guest path is as it was.
 			if aerr := conn.Run(context.WithoutCancel(ctx), workspace.AbortScript(res.GuestPath), nil, nil, nil); aerr != nil {
 				log.Warn("remove staging dir", "err", aerr)
 			}
-			return api.Workspace{}, err
+			return model.Workspace{}, err
 		}
 		// The tree as prepared carries the user's own uncommitted
 		// changes; remember their wip commit, so they do not count as
@@ -244,13 +229,13 @@ func (d *Daemon) PrepareWorkspace(ctx context.Context, ref string, req api.Works
 		}
 	}
 	if err := d.store.PutWorkspace(ctx, res, preparedWIP); err != nil {
-		return api.Workspace{}, err
+		return model.Workspace{}, err
 	}
 	os.Remove(workspaceBundlePath(vm.Runtime.VMDir, res.GuestPath))
 	log.Info("workspace prepared", "repo", res.RepoRoot, "head", res.HeadCommit, "branch", res.BranchName)
 	w, err := d.store.GetWorkspace(ctx, vm.ID, res.GuestPath)
 	if err != nil {
-		return api.Workspace{}, err
+		return model.Workspace{}, err
 	}
 	return workspaceView(vm, w), nil
 }
@@ -259,7 +244,7 @@ func (d *Daemon) PrepareWorkspace(ctx context.Context, ref string, req api.Works
 // the same VM on the same work branch: fetch would bring both into the
 // same host ref.
 func (d *Daemon) checkBranchClash(ctx context.Context, vm model.VMRecord, res model.WorkspacePrepareResult) error {
-	if res.Mode == model.WorkspacePrepareModeMetadataOnly {
+	if !res.Mode.Ships() {
 		return nil
 	}
 	all, err := d.store.ListWorkspaces(ctx, vm.ID)
@@ -267,7 +252,7 @@ func (d *Daemon) checkBranchClash(ctx context.Context, vm model.VMRecord, res mo
 		return err
 	}
 	for _, o := range all {
-		if o.GuestPath != res.GuestPath && o.Mode != model.WorkspacePrepareModeMetadataOnly && o.RepoRoot == res.RepoRoot && o.BranchName == res.BranchName {
+		if o.GuestPath != res.GuestPath && o.Mode.Ships() && o.RepoRoot == res.RepoRoot && o.BranchName == res.BranchName {
 			return model.Errorf(model.ECONFLICT, "vm %s already has a workspace of %s on branch %s (at %s), and fetch would bring both into %s; pass --branch with another name", vm.Name, res.RepoRoot, res.BranchName, o.GuestPath, workspace.RemoteRef(vm.Name, res.BranchName))
 		}
 	}
@@ -278,7 +263,7 @@ func (d *Daemon) checkBranchClash(ctx context.Context, vm model.VMRecord, res mo
 // unless forced: a workspace whose work is not fetched (captured now to
 // know), or anything that is not a banger workspace. It also needs git
 // in the guest.
-func (d *Daemon) checkGuestPath(ctx context.Context, conn *guest.Conn, vm model.VMRecord, gp string, existing store.Workspace, recorded, force bool) error {
+func (d *Daemon) checkGuestPath(ctx context.Context, conn *guest.Conn, vm model.VMRecord, gp string, existing model.Workspace, recorded, force bool) error {
 	out, err := guestOutput(ctx, conn, workspace.PrecheckScript(gp))
 	if err != nil {
 		return fmt.Errorf("examine %s in the guest: %w", gp, err)
@@ -296,14 +281,14 @@ func (d *Daemon) checkGuestPath(ctx context.Context, conn *guest.Conn, vm model.
 	if !recorded || pre.Path != "repo" {
 		return model.Errorf(model.ECONFLICT, "%s already exists in vm %s and is not a banger workspace; choose another --guest-path, or pass --force to replace it", gp, vm.Name)
 	}
-	if existing.Mode == model.WorkspacePrepareModeMetadataOnly {
+	if !existing.Mode.Ships() {
 		return nil
 	}
 	w, err := d.captureLocked(ctx, conn, vm, existing)
 	if err != nil {
 		return fmt.Errorf("check %s for unfetched work (pass --force to replace it anyway): %w", gp, err)
 	}
-	if workState(w).Unfetched() {
+	if w.HasUnfetchedWork() {
 		return model.Errorf(model.ECONFLICT, "the workspace at %s in vm %s has work you have not fetched; run `banger workspace fetch %s --guest-path %s` first, or pass --force to replace it", gp, vm.Name, vm.Name, gp)
 	}
 	return nil
@@ -409,8 +394,8 @@ func (l *limitWriter) Write(p []byte) (int, error) {
 // work branch head, the uncommitted work as a commit, and a bundle of
 // what the base does not have, kept in the VM's directory. The outcome
 // (or the failure) is recorded. The caller holds the VM's lock.
-func (d *Daemon) captureLocked(ctx context.Context, conn *guest.Conn, vm model.VMRecord, w store.Workspace) (store.Workspace, error) {
-	fail := func(err error) (store.Workspace, error) {
+func (d *Daemon) captureLocked(ctx context.Context, conn *guest.Conn, vm model.VMRecord, w model.Workspace) (model.Workspace, error) {
+	fail := func(err error) (model.Workspace, error) {
 		// The message may quote the guest's stderr: it is stored, and
 		// later shown, with its control characters made visible.
 		if rerr := d.store.SetWorkspaceCaptureError(context.WithoutCancel(ctx), vm.ID, w.GuestPath, model.Now(), termsafe.String(err.Error())); rerr != nil {
@@ -426,7 +411,7 @@ func (d *Daemon) captureLocked(ctx context.Context, conn *guest.Conn, vm model.V
 	if err != nil {
 		return fail(fmt.Errorf("capture %s: %w", w.GuestPath, err))
 	}
-	capture := store.WorkspaceCapture{At: model.Now(), Head: c.Head, WIP: c.WIP}
+	capture := model.WorkspaceCapture{At: model.Now(), Head: c.Head, WIP: c.WIP}
 	path := workspaceBundlePath(vm.Runtime.VMDir, w.GuestPath)
 	if c.Bundle {
 		f, err := fsutil.CreateAtomic(path, 0o600)
@@ -464,9 +449,9 @@ func (d *Daemon) captureBeforeStop(ctx context.Context, vm model.VMRecord, progr
 		d.logger.Warn("list workspaces before stop", "vm", vm.Name, "err", err)
 		return
 	}
-	var todo []store.Workspace
+	var todo []model.Workspace
 	for _, w := range all {
-		if w.Mode != model.WorkspacePrepareModeMetadataOnly {
+		if w.Mode.Ships() {
 			todo = append(todo, w)
 		}
 	}
@@ -497,7 +482,7 @@ func (d *Daemon) captureBeforeStop(ctx context.Context, vm model.VMRecord, progr
 		if got.Capture.WIP != "" {
 			msg += ", uncommitted work saved"
 		}
-		if workState(got).Unfetched() {
+		if got.HasUnfetchedWork() {
 			msg += fmt.Sprintf("; not fetched yet: `banger workspace fetch %s --guest-path %s`", vm.Name, w.GuestPath)
 		}
 		progress(api.Progress{Step: "workspace", Message: msg})
@@ -514,8 +499,8 @@ func (d *Daemon) checkUnfetched(ctx context.Context, vm model.VMRecord) error {
 	var why []string
 	for _, w := range all {
 		switch {
-		case w.Mode == model.WorkspacePrepareModeMetadataOnly:
-		case workState(w).Unfetched():
+		case !w.Mode.Ships():
+		case w.HasUnfetchedWork():
 			why = append(why, fmt.Sprintf("%s has unfetched work (`banger workspace fetch %s --guest-path %s`)", w.GuestPath, vm.Name, w.GuestPath))
 		case w.Capture.Error != "":
 			why = append(why, fmt.Sprintf("%s could not be checked when the vm stopped (%s)", w.GuestPath, w.Capture.Error))
@@ -530,27 +515,27 @@ func (d *Daemon) checkUnfetched(ctx context.Context, vm model.VMRecord) error {
 // CaptureWorkspace implements api.Backend: a running VM's work is
 // captured now; a stopped VM's last capture (made before it stopped) is
 // returned as is.
-func (d *Daemon) CaptureWorkspace(ctx context.Context, ref, guestPath string, progress api.ProgressFunc) (api.Workspace, error) {
+func (d *Daemon) CaptureWorkspace(ctx context.Context, ref, guestPath string, progress api.ProgressFunc) (model.Workspace, error) {
 	vm, err := d.findVM(ctx, ref)
 	if err != nil {
-		return api.Workspace{}, err
+		return model.Workspace{}, err
 	}
 	w, err := d.resolveWorkspace(ctx, vm, guestPath)
 	if err != nil {
-		return api.Workspace{}, err
+		return model.Workspace{}, err
 	}
-	if w.Mode == model.WorkspacePrepareModeMetadataOnly {
-		return api.Workspace{}, model.Errorf(model.EINVALID, "the workspace at %s was prepared metadata_only: banger put no repository in the guest, so there is nothing to fetch", w.GuestPath)
+	if !w.Mode.Ships() {
+		return model.Workspace{}, model.Errorf(model.EINVALID, "the workspace at %s was prepared metadata_only: banger put no repository in the guest, so there is nothing to fetch", w.GuestPath)
 	}
 	if vm.State == model.VMStateRunning {
 		unlock := d.locks.lock(vm.ID)
 		defer unlock()
 		if vm, err = d.store.GetVM(ctx, vm.ID); err != nil {
-			return api.Workspace{}, err
+			return model.Workspace{}, err
 		}
 		// A stop may have captured while this waited for the lock.
 		if w, err = d.store.GetWorkspace(ctx, vm.ID, w.GuestPath); err != nil {
-			return api.Workspace{}, err
+			return model.Workspace{}, err
 		}
 	}
 	if vm.State == model.VMStateRunning {
@@ -558,16 +543,16 @@ func (d *Daemon) CaptureWorkspace(ctx context.Context, ref, guestPath string, pr
 		progress(api.Progress{Step: "capture", Message: fmt.Sprintf("capturing %s in the guest", w.GuestPath)})
 		conn, err := d.dialGuest(ctx, vm)
 		if err != nil {
-			return api.Workspace{}, err
+			return model.Workspace{}, err
 		}
 		defer conn.Close()
 		if w, err = d.captureLocked(ctx, conn, vm, w); err != nil {
-			return api.Workspace{}, err
+			return model.Workspace{}, err
 		}
 	} else if w.Capture.At.IsZero() {
-		return api.Workspace{}, model.Errorf(model.ECONFLICT, "vm %s is %s and its work was never captured (a kill skips the capture); start it (`banger vm start %s`) and fetch again", vm.Name, vm.State, vm.Name)
+		return model.Workspace{}, model.Errorf(model.ECONFLICT, "vm %s is %s and its work was never captured (a kill skips the capture); start it (`banger vm start %s`) and fetch again", vm.Name, vm.State, vm.Name)
 	} else if w.Capture.Head == "" {
-		return api.Workspace{}, model.Errorf(model.ECONFLICT, "vm %s is %s and capturing its work failed (%s); start it (`banger vm start %s`) and fetch again", vm.Name, vm.State, w.Capture.Error, vm.Name)
+		return model.Workspace{}, model.Errorf(model.ECONFLICT, "vm %s is %s and capturing its work failed (%s); start it (`banger vm start %s`) and fetch again", vm.Name, vm.State, w.Capture.Error, vm.Name)
 	}
 	return workspaceView(vm, w), nil
 }
@@ -598,25 +583,25 @@ func (d *Daemon) OpenWorkspaceBundle(ctx context.Context, ref, guestPath string)
 }
 
 // MarkWorkspaceFetched implements api.Backend.
-func (d *Daemon) MarkWorkspaceFetched(ctx context.Context, ref string, req api.WorkspaceFetchedRequest) (api.Workspace, error) {
+func (d *Daemon) MarkWorkspaceFetched(ctx context.Context, ref string, req api.WorkspaceFetchedRequest) (model.Workspace, error) {
 	vm, err := d.findVM(ctx, ref)
 	if err != nil {
-		return api.Workspace{}, err
+		return model.Workspace{}, err
 	}
 	w, err := d.resolveWorkspace(ctx, vm, req.GuestPath)
 	if err != nil {
-		return api.Workspace{}, err
+		return model.Workspace{}, err
 	}
 	for _, c := range []string{req.Head, req.WIP} {
 		if c != "" && !workspace.IsObjectName(c) {
-			return api.Workspace{}, model.Errorf(model.EINVALID, "%q is not an object name", c)
+			return model.Workspace{}, model.Errorf(model.EINVALID, "%q is not an object name", c)
 		}
 	}
-	f := store.WorkspaceFetch{At: model.Now(), Head: req.Head, WIP: req.WIP}
+	f := model.WorkspaceFetch{At: model.Now(), Head: req.Head, WIP: req.WIP}
 	if err := d.store.SetWorkspaceFetch(ctx, vm.ID, w.GuestPath, f); err != nil {
-		return api.Workspace{}, err
+		return model.Workspace{}, err
 	}
-	w.Fetch = f
+	w.Fetched = f
 	return workspaceView(vm, w), nil
 }
 
@@ -632,7 +617,7 @@ func (d *Daemon) WorkspaceGit(ctx context.Context, ref string, req api.Workspace
 	if err != nil {
 		return err
 	}
-	if w.Mode == model.WorkspacePrepareModeMetadataOnly {
+	if !w.Mode.Ships() {
 		return model.Errorf(model.EINVALID, "the workspace at %s was prepared metadata_only: there is no repository banger set up in the guest", w.GuestPath)
 	}
 	if vm.State != model.VMStateRunning {

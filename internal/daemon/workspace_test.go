@@ -11,7 +11,6 @@ import (
 
 	"banger/internal/api"
 	"banger/internal/model"
-	"banger/internal/store"
 )
 
 var (
@@ -76,7 +75,7 @@ func TestRmRefusesUnfetchedWork(t *testing.T) {
 	// stays for the rest.
 	other := e.create(t, "other", false)
 	e.addWorkspace(t, other, "/root/proj", model.WorkspacePrepareModeFullCopy)
-	e.d.store.SetWorkspaceCapture(e.ctx, other.ID, "/root/proj", store.WorkspaceCapture{At: model.Now(), Head: baseSHA, WIP: preparedWIP})
+	e.d.store.SetWorkspaceCapture(e.ctx, other.ID, "/root/proj", model.WorkspaceCapture{At: model.Now(), Head: baseSHA, WIP: preparedWIP})
 	if err := e.d.DeleteVM(e.ctx, "other", api.VMDeleteOptions{}, api.NoProgress); err != nil {
 		t.Errorf("rm without new work: %v", err)
 	}
@@ -85,7 +84,7 @@ func TestRmRefusesUnfetchedWork(t *testing.T) {
 	bundle := workspaceBundlePath(vm.Runtime.VMDir, "/root/proj")
 	os.MkdirAll(vm.Runtime.VMDir, 0o700)
 	os.WriteFile(bundle, []byte("bundle"), 0o600)
-	e.d.store.SetWorkspaceCapture(e.ctx, vm.ID, "/root/proj", store.WorkspaceCapture{At: model.Now(), Head: headSHA, WIP: wipSHA, BundlePath: bundle, BundleBytes: 6})
+	e.d.store.SetWorkspaceCapture(e.ctx, vm.ID, "/root/proj", model.WorkspaceCapture{At: model.Now(), Head: headSHA, WIP: wipSHA, BundlePath: bundle, BundleBytes: 6})
 	err := e.d.DeleteVM(e.ctx, "dev", api.VMDeleteOptions{}, api.NoProgress)
 	if model.ErrorCode(err) != model.ECONFLICT || !strings.Contains(err.Error(), "banger workspace fetch dev") || !strings.Contains(err.Error(), "--force") {
 		t.Fatalf("rm with unfetched work: %v", err)
@@ -107,7 +106,7 @@ func TestRmRefusesUnfetchedWork(t *testing.T) {
 	}
 	// A stopped VM's capture is returned as is.
 	ws, err = e.d.CaptureWorkspace(e.ctx, "dev", "/root/proj", api.NoProgress)
-	if err != nil || ws.Capture == nil || ws.Capture.Head != headSHA {
+	if err != nil || ws.Capture.At.IsZero() || ws.Capture.Head != headSHA {
 		t.Errorf("capture of a stopped vm: %+v %v", ws, err)
 	}
 

@@ -13,53 +13,20 @@ import (
 	sqlite3 "modernc.org/sqlite/lib"
 )
 
-// WorkspaceCapture is the daemon's last look at a workspace's guest work.
-type WorkspaceCapture struct {
-	At time.Time
-	// Head is the work branch's head in the guest.
-	Head string
-	// WIP is the commit holding the guest's uncommitted work; empty when
-	// there was none.
-	WIP string
-	// BundlePath is the bundle in the VM's directory carrying the commits
-	// the base does not have; empty when there were none.
-	BundlePath  string
-	BundleBytes int64
-	// Error says why the last capture failed; the other fields are then
-	// those of the capture before.
-	Error string
-}
-
-// WorkspaceFetch is what the user's CLI last brought into the host
-// repository.
-type WorkspaceFetch struct {
-	At   time.Time
-	Head string
-	WIP  string
-}
-
-// Workspace is a stored workspace: the prepare result plus capture and
-// fetch state.
-type Workspace struct {
-	model.WorkspacePrepareResult
-	// PreparedWIP is the uncommitted-work commit of the tree as it was
-	// prepared; empty when it matched HEAD.
-	PreparedWIP string
-	Capture     WorkspaceCapture
-	Fetch       WorkspaceFetch
-}
-
 const workspaceColumns = `vm_id, guest_path, source_path, repo_root, repo_name, mode, head_commit, current_branch, branch_name, base_commit, prepared_at, prepared_wip,
 	captured_at, captured_head, captured_wip, bundle_path, bundle_bytes, capture_error, fetched_at, fetched_head, fetched_wip`
 
-func scanWorkspace(row interface{ Scan(...any) error }) (Workspace, error) {
-	var w Workspace
+// scanWorkspace reads a workspace row: the prepare result, PreparedWIP,
+// Capture and Fetched (the other fields of model.Workspace are the
+// daemon's to fill).
+func scanWorkspace(row interface{ Scan(...any) error }) (model.Workspace, error) {
+	var w model.Workspace
 	var prepared, captured, fetched string
 	err := row.Scan(&w.VMID, &w.GuestPath, &w.SourcePath, &w.RepoRoot, &w.RepoName, &w.Mode, &w.HeadCommit, &w.CurrentBranch, &w.BranchName, &w.BaseCommit, &prepared, &w.PreparedWIP,
-		&captured, &w.Capture.Head, &w.Capture.WIP, &w.Capture.BundlePath, &w.Capture.BundleBytes, &w.Capture.Error, &fetched, &w.Fetch.Head, &w.Fetch.WIP)
+		&captured, &w.Capture.Head, &w.Capture.WIP, &w.Capture.BundlePath, &w.Capture.BundleBytes, &w.Capture.Error, &fetched, &w.Fetched.Head, &w.Fetched.WIP)
 	w.PreparedAt = parseTime(prepared)
 	w.Capture.At = parseTime(captured)
-	w.Fetch.At = parseTime(fetched)
+	w.Fetched.At = parseTime(fetched)
 	return w, err
 }
 
@@ -79,7 +46,7 @@ func (s *DB) PutWorkspace(ctx context.Context, r model.WorkspacePrepareResult, p
 }
 
 // GetWorkspace returns the workspace at a VM's guest path.
-func (s *DB) GetWorkspace(ctx context.Context, vmID, guestPath string) (Workspace, error) {
+func (s *DB) GetWorkspace(ctx context.Context, vmID, guestPath string) (model.Workspace, error) {
 	w, err := scanWorkspace(s.db.QueryRowContext(ctx, `SELECT `+workspaceColumns+` FROM workspaces WHERE vm_id = ? AND guest_path = ?`, vmID, guestPath))
 	if errors.Is(err, sql.ErrNoRows) {
 		return w, model.Errorf(model.ENOTFOUND, "no workspace at %s; see `banger workspace ls`", guestPath)
@@ -89,7 +56,7 @@ func (s *DB) GetWorkspace(ctx context.Context, vmID, guestPath string) (Workspac
 
 // ListWorkspaces returns a VM's workspaces, or every workspace when vmID
 // is empty, by VM and guest path.
-func (s *DB) ListWorkspaces(ctx context.Context, vmID string) ([]Workspace, error) {
+func (s *DB) ListWorkspaces(ctx context.Context, vmID string) ([]model.Workspace, error) {
 	q := `SELECT ` + workspaceColumns + ` FROM workspaces`
 	var args []any
 	if vmID != "" {
@@ -101,7 +68,7 @@ func (s *DB) ListWorkspaces(ctx context.Context, vmID string) ([]Workspace, erro
 		return nil, err
 	}
 	defer rows.Close()
-	var out []Workspace
+	var out []model.Workspace
 	for rows.Next() {
 		w, err := scanWorkspace(rows)
 		if err != nil {
@@ -113,7 +80,7 @@ func (s *DB) ListWorkspaces(ctx context.Context, vmID string) ([]Workspace, erro
 }
 
 // SetWorkspaceCapture records a capture of a workspace's guest work.
-func (s *DB) SetWorkspaceCapture(ctx context.Context, vmID, guestPath string, c WorkspaceCapture) error {
+func (s *DB) SetWorkspaceCapture(ctx context.Context, vmID, guestPath string, c model.WorkspaceCapture) error {
 	res, err := s.db.ExecContext(ctx, `UPDATE workspaces SET captured_at=?, captured_head=?, captured_wip=?, bundle_path=?, bundle_bytes=?, capture_error=? WHERE vm_id=? AND guest_path=?`,
 		formatTime(c.At), c.Head, c.WIP, c.BundlePath, c.BundleBytes, c.Error, vmID, guestPath)
 	if err != nil {
@@ -133,7 +100,7 @@ func (s *DB) SetWorkspaceCaptureError(ctx context.Context, vmID, guestPath strin
 }
 
 // SetWorkspaceFetch records what the user fetched.
-func (s *DB) SetWorkspaceFetch(ctx context.Context, vmID, guestPath string, f WorkspaceFetch) error {
+func (s *DB) SetWorkspaceFetch(ctx context.Context, vmID, guestPath string, f model.WorkspaceFetch) error {
 	res, err := s.db.ExecContext(ctx, `UPDATE workspaces SET fetched_at=?, fetched_head=?, fetched_wip=? WHERE vm_id=? AND guest_path=?`,
 		formatTime(f.At), f.Head, f.WIP, vmID, guestPath)
 	if err != nil {

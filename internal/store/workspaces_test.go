@@ -53,7 +53,7 @@ func TestWorkspaceCRUD(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !reflect.DeepEqual(got.WorkspacePrepareResult, ws) || got.PreparedWIP != "eeee" || got.Capture != (WorkspaceCapture{}) || got.Fetch != (WorkspaceFetch{}) {
+	if !reflect.DeepEqual(got.WorkspacePrepareResult, ws) || got.PreparedWIP != "eeee" || got.Capture != (model.WorkspaceCapture{}) || got.Fetched != (model.WorkspaceFetch{}) {
 		t.Errorf("GetWorkspace = %+v\nwant %+v", got, ws)
 	}
 	if _, err := db.GetWorkspace(ctx, vm.ID, "/root/nope"); model.ErrorCode(err) != model.ENOTFOUND {
@@ -71,7 +71,7 @@ func TestWorkspaceCRUD(t *testing.T) {
 
 	// Capture, a failed capture that keeps it, and a fetch.
 	at := model.Now()
-	c := WorkspaceCapture{At: at, Head: "bbbb", WIP: "cccc", BundlePath: "/x/workspace-1.bundle", BundleBytes: 1234}
+	c := model.WorkspaceCapture{At: at, Head: "bbbb", WIP: "cccc", BundlePath: "/x/workspace-1.bundle", BundleBytes: 1234}
 	if err := db.SetWorkspaceCapture(ctx, vm.ID, "/root/proj", c); err != nil {
 		t.Fatal(err)
 	}
@@ -79,15 +79,15 @@ func TestWorkspaceCRUD(t *testing.T) {
 	if err := db.SetWorkspaceCaptureError(ctx, vm.ID, "/root/proj", later, "guest did not answer"); err != nil {
 		t.Fatal(err)
 	}
-	f := WorkspaceFetch{At: later, Head: "bbbb", WIP: "cccc"}
+	f := model.WorkspaceFetch{At: later, Head: "bbbb", WIP: "cccc"}
 	if err := db.SetWorkspaceFetch(ctx, vm.ID, "/root/proj", f); err != nil {
 		t.Fatal(err)
 	}
 	got, _ = db.GetWorkspace(ctx, vm.ID, "/root/proj")
 	wantCapture := c
 	wantCapture.At, wantCapture.Error = later, "guest did not answer"
-	if got.Capture != wantCapture || got.Fetch != f {
-		t.Errorf("after capture and fetch: %+v %+v", got.Capture, got.Fetch)
+	if got.Capture != wantCapture || got.Fetched != f {
+		t.Errorf("after capture and fetch: %+v %+v", got.Capture, got.Fetched)
 	}
 	if err := db.SetWorkspaceCapture(ctx, vm.ID, "/root/nope", c); model.ErrorCode(err) != model.ENOTFOUND {
 		t.Errorf("capture of a missing workspace: %v", err)
@@ -101,7 +101,7 @@ func TestWorkspaceCRUD(t *testing.T) {
 		t.Fatal(err)
 	}
 	got, _ = db.GetWorkspace(ctx, vm.ID, "/root/proj")
-	if !reflect.DeepEqual(got.WorkspacePrepareResult, again) || got.PreparedWIP != "" || got.Capture != (WorkspaceCapture{}) || got.Fetch != (WorkspaceFetch{}) {
+	if !reflect.DeepEqual(got.WorkspacePrepareResult, again) || got.PreparedWIP != "" || got.Capture != (model.WorkspaceCapture{}) || got.Fetched != (model.WorkspaceFetch{}) {
 		t.Errorf("after replace: %+v", got)
 	}
 

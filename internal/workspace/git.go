@@ -262,12 +262,8 @@ func findLFS(root, gitDir string, tracked []string) []string {
 // files git no longer recognises); a full_copy of a linked worktree, whose
 // .git is a pointer to a directory outside it.
 func CheckMode(repo Repo, mode model.WorkspacePrepareMode) error {
-	switch mode {
-	case model.WorkspacePrepareModeMetadataOnly:
-		return nil
-	case model.WorkspacePrepareModeShallowOverlay, model.WorkspacePrepareModeFullCopy:
-	default:
-		return model.Errorf(model.EINVALID, "mode %q: use shallow_overlay, full_copy or metadata_only", mode)
+	if err := mode.Validate(); err != nil || !mode.Ships() {
+		return err
 	}
 	if len(repo.LFS) > 0 {
 		return model.Errorf(model.EINVALID, "%s uses Git LFS (%s); banger workspaces do not carry LFS objects: use --mode metadata_only and copy what you need with `banger cp`", repo.Root, repo.LFS[0])
@@ -307,9 +303,11 @@ func (s Status) String() string {
 	return strings.Join(parts, ", ")
 }
 
-// WorkTreeStatus returns the working tree's status.
+// WorkTreeStatus returns the working tree's status. It never writes the
+// user's index: git status would otherwise refresh its stat cache (and
+// take its lock while the user may be using git).
 func WorkTreeStatus(ctx context.Context, r hostexec.Runner, root string) (Status, error) {
-	out, err := git(ctx, r, root, "status", "--porcelain=v1", "-z", "--untracked-files=all")
+	out, err := git(ctx, r, root, "--no-optional-locks", "status", "--porcelain=v1", "-z", "--untracked-files=all")
 	if err != nil {
 		return Status{}, fmt.Errorf("git status in %s: %w", root, err)
 	}
@@ -474,8 +472,12 @@ func HasCommit(ctx context.Context, r hostexec.Runner, root, sha string) bool {
 	return err == nil
 }
 
-// CountCommits counts the commits in head that are not in base.
+// CountCommits counts the commits in head that are not in base, both
+// full object names.
 func CountCommits(ctx context.Context, r hostexec.Runner, root, base, head string) (int, error) {
+	if !isObjectName(base) || !isObjectName(head) {
+		return 0, fmt.Errorf("count commits: %q and %q must be object names", base, head)
+	}
 	out, err := git(ctx, r, root, "rev-list", "--count", head, "^"+base)
 	if err != nil {
 		return 0, fmt.Errorf("count commits: %w", err)

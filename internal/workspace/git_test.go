@@ -3,6 +3,7 @@ package workspace
 import (
 	"banger/internal/testutil"
 
+	"bytes"
 	"context"
 	"os"
 	"path/filepath"
@@ -92,9 +93,19 @@ func TestInspectUnreadable(t *testing.T) {
 func TestWorkTreeStatus(t *testing.T) {
 	isolateGit(t)
 	root, _ := testRepo(t)
+	// A file whose stat data changed but not its content: git status
+	// would refresh the index's stat cache and rewrite it.
+	sh(t, root, "touch -d '2030-01-01 00:00:00' run.sh")
+	before, err := os.ReadFile(filepath.Join(root, ".git", "index"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	got, err := WorkTreeStatus(context.Background(), hostexec.Real{}, root)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if after, _ := os.ReadFile(filepath.Join(root, ".git", "index")); !bytes.Equal(after, before) {
+		t.Error("WorkTreeStatus rewrote the user's index")
 	}
 	want := Status{Staged: 1, Modified: 1, Deleted: 1, Untracked: 2}
 	if got != want {

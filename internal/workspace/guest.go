@@ -389,26 +389,3 @@ func LogScript(gp, branch, base string, o GitOutput) string {
 	}
 	return fmt.Sprintf("set -eu\ncd -- %s\ngit --no-pager %s %s --\n", shq(gp), args, shq(base+"..refs/heads/"+branch))
 }
-
-// WorkState is what is known of a workspace's guest work.
-type WorkState struct {
-	Base string
-	// PreparedWIP is the uncommitted-work commit of the tree as it was
-	// prepared: the user's own uncommitted changes, which the host has.
-	PreparedWIP  string
-	CapturedHead string
-	CapturedWIP  string
-	FetchedHead  string
-	FetchedWIP   string
-}
-
-// Unfetched reports whether the last capture holds work the user has not
-// fetched: a work branch head past the base that fetch has not brought
-// back, or uncommitted work that is neither fetched nor the tree as
-// prepared.
-func (s WorkState) Unfetched() bool {
-	if s.CapturedHead != "" && s.CapturedHead != s.Base && s.CapturedHead != s.FetchedHead {
-		return true
-	}
-	return s.CapturedWIP != "" && s.CapturedWIP != s.FetchedWIP && s.CapturedWIP != s.PreparedWIP
-}

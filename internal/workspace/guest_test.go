@@ -148,32 +148,6 @@ func TestParsePrecheck(t *testing.T) {
 	}
 }
 
-func TestUnfetched(t *testing.T) {
-	const base, c1, c2, w0, w1, w2 = "base", "c1", "c2", "w0", "w1", "w2"
-	tests := []struct {
-		name string
-		s    WorkState
-		want bool
-	}{
-		{"nothing captured", WorkState{}, false},
-		{"no work", WorkState{CapturedHead: base}, false},
-		{"new commit", WorkState{CapturedHead: c1}, true},
-		{"commit fetched", WorkState{CapturedHead: c1, FetchedHead: c1}, false},
-		{"newer commit", WorkState{CapturedHead: c2, FetchedHead: c1}, true},
-		{"wip", WorkState{CapturedHead: base, CapturedWIP: w1}, true},
-		{"wip fetched", WorkState{CapturedHead: base, CapturedWIP: w1, FetchedWIP: w1}, false},
-		{"wip changed", WorkState{CapturedHead: c1, CapturedWIP: w2, FetchedHead: c1, FetchedWIP: w1}, true},
-		{"the tree as prepared", WorkState{CapturedHead: base, CapturedWIP: w0, PreparedWIP: w0}, false},
-		{"changed since prepared", WorkState{CapturedHead: base, CapturedWIP: w1, PreparedWIP: w0}, true},
-	}
-	for _, tt := range tests {
-		tt.s.Base = base
-		if got := tt.s.Unfetched(); got != tt.want {
-			t.Errorf("%s: Unfetched = %v, want %v", tt.name, got, tt.want)
-		}
-	}
-}
-
 func TestScriptsQuote(t *testing.T) {
 	gp := "/root/it's $(reboot)"
 	for name, s := range map[string]string{

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"time"
 )
 
 // Counter counts what a stream has carried so far; progress reads it
@@ -72,11 +73,15 @@ func HeaderFor(name string, fi fs.FileInfo, link string, modes Modes) (*tar.Head
 	if err := CheckEntryName(name); err != nil {
 		return nil, err
 	}
+	// Whole seconds, as tar(1) stores them: a sub-second time would
+	// cost every entry a PAX record (1 KiB more per file to send and for
+	// the guest's tar to parse). The format is left to archive/tar,
+	// which writes plain USTAR and adds PAX records only where a field
+	// needs them (long or non-ASCII names and links, large sizes).
 	h := &tar.Header{
 		Name:    name,
-		ModTime: fi.ModTime(),
+		ModTime: fi.ModTime().Truncate(time.Second),
 		Uid:     0, Gid: 0, Uname: "root", Gname: "root",
-		Format: tar.FormatPAX,
 	}
 	perm := fi.Mode().Perm()
 	switch {

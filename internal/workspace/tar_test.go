@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"io/fs"
+	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -73,8 +74,8 @@ func TestHeaderFor(t *testing.T) {
 				return
 			}
 			w := *tt.want
-			w.ModTime = tt.fi.ModTime()
-			w.Uname, w.Gname, w.Format = "root", "root", tar.FormatPAX
+			w.ModTime = tt.fi.ModTime().Truncate(time.Second)
+			w.Uname, w.Gname = "root", "root"
 			if !reflect.DeepEqual(*got, w) {
 				t.Errorf("got %+v\nwant %+v", *got, w)
 			}
@@ -213,5 +214,44 @@ func TestWriteRepoRefusesEscapingPaths(t *testing.T) {
 	err := WriteRepo(context.Background(), io.Discard, RepoStream{Root: dir, Paths: []string{"../etc/passwd"}}, nil, nil)
 	if err == nil || !strings.Contains(err.Error(), "leaves") {
 		t.Errorf("err = %v", err)
+	}
+}
+
+// TestWriteRepoPlainHeaders checks that a file with a sub-second mtime
+// (as git checkouts write them) costs no PAX record, and that a long
+// name still gets one.
+func TestWriteRepoPlainHeaders(t *testing.T) {
+	root := t.TempDir()
+	long := strings.Repeat("d", 120) + "/" + strings.Repeat("f", 60)
+	for _, p := range []string{"short.txt", long} {
+		write(t, filepath.Join(root, p), "x\n", 0o644)
+		if err := os.Chtimes(filepath.Join(root, p), time.Unix(1700000000, 123456789), time.Unix(1700000000, 123456789)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var buf bytes.Buffer
+	if err := WriteRepo(context.Background(), &buf, RepoStream{Root: root, Paths: []string{"short.txt", long}}, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	tr := tar.NewReader(&buf)
+	formats := map[string]tar.Format{}
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		formats[h.Name] = h.Format
+		if h.Typeflag == tar.TypeReg && !h.ModTime.Equal(time.Unix(1700000000, 0)) {
+			t.Errorf("%s: mtime %v, want whole seconds", h.Name, h.ModTime)
+		}
+	}
+	if formats["short.txt"] != tar.FormatUSTAR {
+		t.Errorf("short.txt is %v, want a plain USTAR header", formats["short.txt"])
+	}
+	if _, ok := formats[long]; !ok {
+		t.Errorf("long name lost: %v", formats)
 	}
 }

@@ -22,6 +22,7 @@
 #   BLOB_BYTES=n   size of each synthetic file version (default 8192)
 #   REPS=n         repeat each measurement n times, interleaved (default 2)
 #   VCPUS, MEMORY  the VM's size (default 2, 2G)
+#   SHALLOW=0      skip the shallow_overlay rounds
 #   KEEP=1         keep the work directory (/var/tmp/bgwsbench.*)
 set -euo pipefail
 
@@ -143,7 +144,13 @@ split() {
 	     END { printf "stream into guest tar %.1fs, git setup %.1fs", u, bt - ut }' "$1"
 }
 
-declare -a r_tar r_full r_shallow
+# unpacked prints how long the daemon streamed the upload into the
+# guest's tar (its "unpacked in Xs" progress line).
+unpacked() { sed -n 's/.*unpack: .* unpacked in \([0-9.]*\)s.*/\1/p' "$1" | tail -1; }
+# mean prints the mean of its arguments.
+mean() { printf '%s\n' "$@" | awk '{ s += $1 } END { printf "%.2f", s / NR }'; }
+
+declare -a r_tar r_full r_full_stream r_shallow
 full_sent= shallow_sent=
 for rep in $(seq "$reps"); do
 	say "round $rep/$reps: tar | banger exec ... tar -x"
@@ -158,7 +165,10 @@ for rep in $(seq "$reps"); do
 	banger workspace prepare bench "$repo" --mode full_copy --guest-path "/root/full$rep" --branch "full$rep" >/dev/null 2>"$work/full.err"
 	banger exec bench -- sync
 	r_full+=("$(secs "$s" "$(now)")")
+	r_full_stream+=("$(unpacked "$work/full.err")")
 	full_sent="$(sent "$work/full.err"); $(split "$work/full.err")"
+
+	[ "${SHALLOW:-1}" = 0 ] && continue
 
 	say "round $rep/$reps: workspace prepare (shallow_overlay)"
 	settle
@@ -168,7 +178,7 @@ for rep in $(seq "$reps"); do
 	r_shallow+=("$(secs "$s" "$(now)")")
 	shallow_sent="$(sent "$work/shallow.err"); $(split "$work/shallow.err")"
 done
-guest=$(banger exec bench -- sh -c 'cd /root && for d in tar1 full1 shallow1; do printf "%s %s MiB; " $d $(du -sm $d | cut -f1); done; printf "commits full1 %s shallow1 %s; " $(git -C full1 rev-list --count HEAD) $(git -C shallow1 rev-list --count HEAD); printf "git status lines full1 %s shallow1 %s" $(git -C full1 status --porcelain | wc -l) $(git -C shallow1 status --porcelain | wc -l)')
+guest=$(banger exec bench -- sh -c 'cd /root && for d in tar1 full1 shallow1; do [ -d $d ] && printf "%s %s MiB; " $d $(du -sm $d | cut -f1); done; for d in full1 shallow1; do [ -d $d ] && printf "%s: %s commits, %s git status lines; " $d $(git -C $d rev-list --count HEAD) $(git -C $d status --porcelain | wc -l); done; true')
 
 echo
 echo "tree: $goroot/src as a git repository: $files files, working tree ${tree_mib} MiB, .git ${git_mib} MiB (packed), $commits commits"
@@ -178,4 +188,10 @@ echo
 printf '%-44s %s\n' "what (seconds, each round)" "time"
 printf '%-44s %s\n' "tar -c | banger exec VM -- tar -x  (all)" "${r_tar[*]}"
 printf '%-44s %s\n' "workspace prepare --mode full_copy" "${r_full[*]}   (last: sent $full_sent)"
-printf '%-44s %s\n' "workspace prepare (shallow_overlay)" "${r_shallow[*]}   (last: sent $shallow_sent)"
+[ "${SHALLOW:-1}" = 0 ] || printf '%-44s %s\n' "workspace prepare (shallow_overlay)" "${r_shallow[*]}   (last: sent $shallow_sent)"
+echo
+tar_mean=$(mean "${r_tar[@]}")
+full_mean=$(mean "${r_full[@]}")
+stream_mean=$(mean "${r_full_stream[@]}")
+printf 'full_copy against tar | exec (means of %d rounds): %ss / %ss = ratio %s (goal: at most 1.0)\n' "$reps" "$full_mean" "$tar_mean" "$(awk -v a="$full_mean" -v b="$tar_mean" 'BEGIN { printf "%.2f", a / b }')"
+printf 'of which streaming into the guest'"'"'s tar: %ss = ratio %s\n' "$stream_mean" "$(awk -v a="$stream_mean" -v b="$tar_mean" 'BEGIN { printf "%.2f", a / b }')"

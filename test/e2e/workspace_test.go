@@ -168,13 +168,13 @@ func (e *wsEnv) hostState() string {
 		fmt.Sprintf("index %x\n", sha256.Sum256(idx)) + e.git(e.repo, "status", "--porcelain")
 }
 
-func (e *wsEnv) workspaces(u *harness.User) []api.Workspace {
+func (e *wsEnv) workspaces(u *harness.User) []model.Workspace {
 	e.t.Helper()
 	r := e.d.CLIAs(u, "", "workspace", "ls", "--json")
 	if r.Code != 0 {
 		e.t.Fatalf("workspace ls: %s", r)
 	}
-	var out []api.Workspace
+	var out []model.Workspace
 	if err := json.Unmarshal([]byte(r.Stdout), &out); err != nil {
 		e.t.Fatalf("workspace ls --json: %v\n%s", err, r.Stdout)
 	}
@@ -473,7 +473,7 @@ keys
 		}
 		ws := e.workspaces(e.user)
 		for _, w := range ws {
-			if w.GuestPath == "/root/proj" && (w.Unfetched || w.Fetched == nil || w.Fetched.Head != guestHead) {
+			if w.GuestPath == "/root/proj" && (w.Unfetched || w.Fetched.At.IsZero() || w.Fetched.Head != guestHead) {
 				t.Errorf("after fetch: %+v", w)
 			}
 		}
@@ -551,10 +551,10 @@ keys
 		}
 		for _, w := range e.workspaces(e.user) {
 			want := w.GuestPath == "/root/full" || w.GuestPath == "/root/proj"
-			if w.Mode != model.WorkspacePrepareModeMetadataOnly && (w.Unfetched != want || w.Capture == nil || w.Capture.Error != "") {
+			if w.Mode != model.WorkspacePrepareModeMetadataOnly && (w.Unfetched != want || w.Capture.At.IsZero() || w.Capture.Error != "") {
 				t.Errorf("after stop: %s unfetched %v, want %v: %+v", w.GuestPath, w.Unfetched, want, w.Capture)
 			}
-			if w.GuestPath == "/root/untouched" && (w.Capture == nil || w.Capture.Head != head || w.Capture.WIP == "") {
+			if w.GuestPath == "/root/untouched" && (w.Capture.At.IsZero() || w.Capture.Head != head || w.Capture.WIP == "") {
 				t.Errorf("untouched capture: %+v", w.Capture)
 			}
 		}
