@@ -41,6 +41,7 @@ type Backend interface {
 	Connect(ctx context.Context, ref string, port int) (net.Conn, error)
 
 	WorkspaceBackend
+	ImageUploadBackend
 }
 
 // Progress is one step of a long operation.

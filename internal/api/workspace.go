@@ -359,7 +359,7 @@ func (s *Server) serveUpload(w http.ResponseWriter, r *http.Request, op func(con
 		if err := bw.Flush(); err != nil {
 			return nil, fmt.Errorf("upload: %w", err)
 		}
-		return &frameReader{r: rw.Reader}, nil
+		return &frameReader{r: &idleReader{conn: c, r: rw.Reader, timeout: s.access.ReadTimeout}}, nil
 	}
 	result, err := op(r.Context(), open, func(p Progress) {
 		send(Event{Type: EventProgress, Progress: &p})

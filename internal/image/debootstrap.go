@@ -74,8 +74,8 @@ func packagesArgv(target string, pkgs []string) []string {
 	script := `set -eu
 mount -t proc proc /proc
 export DEBIAN_FRONTEND=noninteractive
-apt-get update
-apt-get install -y --no-install-recommends -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "$@"
+apt-get update ` + aptLimitOpts + `
+apt-get install -y --no-install-recommends ` + aptLimitOpts + ` -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "$@"
 apt-get clean`
 	return append([]string{"chroot", target, "/bin/sh", "-c", script, "banger-packages"}, pkgs...)
 }

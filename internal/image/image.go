@@ -155,6 +155,11 @@ func validateImageOptions(opts ImageOptions) (ImageOptions, error) {
 			return opts, model.Errorf(model.EINVALID, "build image: %q is not a Debian package name", p)
 		}
 	}
+	if opts.Mirror != "" {
+		if err := ValidateMirror(opts.Mirror); err != nil {
+			return opts, err
+		}
+	}
 	if opts.Release != "" && !packageName.MatchString(opts.Release) {
 		return opts, model.Errorf(model.EINVALID, "build image: %q is not a Debian release name", opts.Release)
 	}
@@ -340,7 +345,13 @@ func baseSystem(ctx context.Context, deps imageDeps, opts ImageOptions, root str
 		return "still running: " + truncate(last, 100)
 	}
 	stop := rep.every("debootstrap", progressInterval, status)
-	err := deps.steps.RunStep(ctx, logf, step{Argv: debootstrapArgv(opts.Release, opts.Mirror, root), Isolate: true, NetNS: opts.NetNS})
+	wgetrc := filepath.Join(filepath.Dir(root), "wgetrc")
+	if err := os.WriteFile(wgetrc, []byte(fetchLimits), 0o644); err != nil {
+		stop()
+		return false, fmt.Errorf("debootstrap: %w", err)
+	}
+	err := deps.steps.RunStep(ctx, logf, step{Argv: debootstrapArgv(opts.Release, opts.Mirror, root), Env: []string{"WGETRC=" + wgetrc}, Isolate: true, NetNS: opts.NetNS})
+	os.Remove(wgetrc)
 	stop()
 	if err != nil {
 		return false, fmt.Errorf("debootstrap: %w", err)
