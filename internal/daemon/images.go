@@ -489,4 +489,3 @@ func isExt4(path string) (bool, error) {
 	}
 	return magic[0] == 0x53 && magic[1] == 0xEF, nil
 }
-
