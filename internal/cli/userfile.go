@@ -27,6 +27,9 @@ func openUserFile(flag, path string) (*os.File, error) {
 		if errors.As(err, &pe) && errors.Is(pe.Err, unix.ELOOP) {
 			return nil, model.Errorf(model.EINVALID, "--%s %s: is a symbolic link; banger reads only the file itself: pass --%s \"$(readlink -f %s)\"", flag, path, flag, path)
 		}
+		if errors.As(err, &pe) && errors.Is(pe.Err, unix.EACCES) {
+			return nil, model.Errorf(model.EFORBIDDEN, "--%s %s: you cannot read it (permission denied); banger only uses files you can read yourself", flag, path)
+		}
 		if errors.As(err, &pe) && errors.Is(pe.Err, unix.ENXIO) {
 			return nil, model.Errorf(model.EINVALID, "--%s %s: not a regular file (a socket?); pass an image file", flag, path)
 		}

@@ -117,7 +117,7 @@ func (d *Daemon) BuildImage(ctx context.Context, req api.ImageBuildRequest, prog
 		}
 		f, err := openRegular(req.KernelPath)
 		if err != nil {
-			return model.Image{}, model.Errorf(model.EINVALID, "kernel: %v", err)
+			return model.Image{}, model.Errorf(model.EINVALID, "kernel %s: %v", req.KernelPath, err)
 		}
 		f.Close()
 		kernel = req.KernelPath
@@ -266,7 +266,7 @@ func (d *Daemon) buildImage(ctx context.Context, c api.Caller, req api.ImageBuil
 	if err := d.store.CreateImage(context.WithoutCancel(ctx), img); err != nil {
 		os.RemoveAll(outDir)
 		if model.ErrorCode(err) == model.ECONFLICT {
-			return model.Image{}, model.Errorf(model.ECONFLICT, "you already have an image %q; pick another name or `banger image rm %s` first", req.Name, req.Name)
+			return model.Image{}, model.Errorf(model.ECONFLICT, "image %q already exists; pick another name or `banger image rm %s` first", req.Name, req.Name)
 		}
 		return model.Image{}, err
 	}

@@ -73,7 +73,7 @@ func (d *Daemon) copyLegacyImage(ctx context.Context, img model.Image) error {
 		}
 		src, err := openRegular(*f.path)
 		if err != nil {
-			return fmt.Errorf("%s: %w", f.role, err)
+			return fmt.Errorf("%s %s: %w", f.role, *f.path, err)
 		}
 		dst, err := staged.create(f.role)
 		if err != nil {

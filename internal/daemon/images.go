@@ -167,7 +167,7 @@ func (d *Daemon) checkNewImageName(ctx context.Context, c api.Caller, name strin
 	}
 	for _, img := range imgs {
 		if img.OwnerUID == c.UID && img.Name == name {
-			return model.Errorf(model.ECONFLICT, "you already have an image %q; pick another name or `banger image rm %s` first", name, name)
+			return model.Errorf(model.ECONFLICT, "image %q already exists; pick another name or `banger image rm %s` first", name, name)
 		}
 	}
 	return nil
@@ -215,7 +215,7 @@ func (d *Daemon) RegisterImage(ctx context.Context, req api.ImageRegisterRequest
 		}
 		f, err := openRegular(p.path)
 		if err != nil {
-			return resp, model.Errorf(model.EINVALID, "%s: %v", p.flag, err)
+			return resp, model.Errorf(model.EINVALID, "%s %s: %v", p.flag, p.path, err)
 		}
 		files = append(files, f)
 		roles[p.role] = f
@@ -257,7 +257,7 @@ func openRegular(path string) (*os.File, error) {
 	}
 	if !fi.Mode().IsRegular() {
 		f.Close()
-		return nil, fmt.Errorf("%s is not a regular file (%s)", path, fi.Mode().Type())
+		return nil, fmt.Errorf("not a regular file (%s)", fi.Mode().Type())
 	}
 	return f, nil
 }
@@ -378,7 +378,7 @@ func (d *Daemon) commitImage(ctx context.Context, c api.Caller, staged *stagedIm
 	if err := d.store.CreateImage(context.WithoutCancel(ctx), img); err != nil {
 		os.RemoveAll(staged.dir)
 		if model.ErrorCode(err) == model.ECONFLICT {
-			return resp, model.Errorf(model.ECONFLICT, "you already have an image %q; pick another name or `banger image rm %s` first", req.Name, req.Name)
+			return resp, model.Errorf(model.ECONFLICT, "image %q already exists; pick another name or `banger image rm %s` first", req.Name, req.Name)
 		}
 		return resp, err
 	}
