@@ -201,7 +201,7 @@ func (l *listener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		caller, err := peerCaller(c)
+		caller, err := l.s.peer(c)
 		if err != nil {
 			// Without credentials the caller is nobody: it owns
 			// nothing and sees nothing.
@@ -227,7 +227,7 @@ type connKey struct{}
 func (s *Server) connContext(ctx context.Context, c net.Conn) context.Context {
 	cc, ok := c.(*callerConn)
 	if !ok {
-		caller, err := peerCaller(c)
+		caller, err := s.peer(c)
 		if err != nil {
 			s.logger.Warn("no peer credentials", "err", err)
 			caller = Caller{UID: -1, GID: -1}
@@ -245,8 +245,8 @@ func isOperation(r *http.Request) bool {
 	return r.Method != http.MethodGet && r.Method != http.MethodHead && !strings.HasSuffix(r.URL.Path, "/connect")
 }
 
-// guard applies the connection and operation limits and the body read
-// timeout before a handler runs.
+// guard applies the connection and operation limits before a handler
+// runs.
 func (s *Server) guard(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		caller := CallerFrom(r.Context())
@@ -265,32 +265,8 @@ func (s *Server) guard(next http.Handler) http.Handler {
 				return
 			}
 		}
-		if r.ContentLength != 0 && s.access.ReadTimeout > 0 {
-			// The body must arrive in time. Once it has, the deadline
-			// goes: a read pending past it would cancel the request.
-			rc := http.NewResponseController(w)
-			if err := rc.SetReadDeadline(time.Now().Add(s.access.ReadTimeout)); err == nil {
-				r.Body = &deadlineBody{ReadCloser: r.Body, clear: func() { rc.SetReadDeadline(time.Time{}) }}
-			}
-		}
 		next.ServeHTTP(w, r)
 	})
-}
-
-// deadlineBody clears the connection's read deadline once the body has
-// been read to its end.
-type deadlineBody struct {
-	io.ReadCloser
-	clear func()
-	once  sync.Once
-}
-
-func (b *deadlineBody) Read(p []byte) (int, error) {
-	n, err := b.ReadCloser.Read(p)
-	if err == io.EOF {
-		b.once.Do(b.clear)
-	}
-	return n, err
 }
 
 // idleReader sets a read deadline on conn before each read of an

@@ -35,6 +35,9 @@ type Server struct {
 	// answers the admin check (the host's group database).
 	access Access
 	groups groupDB
+	// peer reads a connection's credentials (SO_PEERCRED); tests
+	// replace it to be another user.
+	peer func(net.Conn) (Caller, error)
 	// conns and ops count each uid's open connections and operations
 	// in flight.
 	conns *counter
@@ -44,7 +47,7 @@ type Server struct {
 // NewServer returns a server for backend, with the default timeouts, no
 // admin group and no per-uid limits until Configure says otherwise.
 func NewServer(backend Backend, logger *slog.Logger) *Server {
-	s := &Server{backend: backend, logger: logger, groups: hostGroups, conns: newCounter(), ops: newCounter()}
+	s := &Server{backend: backend, logger: logger, groups: hostGroups, peer: peerCaller, conns: newCounter(), ops: newCounter()}
 	s.http = &http.Server{
 		Handler:     s.Handler(),
 		ConnContext: s.connContext,
@@ -64,7 +67,12 @@ func (s *Server) Configure(a Access) {
 		a.IdleTimeout = defaultIdleTimeout
 	}
 	s.access = a
+	// A request's headers and body must arrive within ReadTimeout. The
+	// deadline ends with the body (net/http clears it when it starts
+	// watching for the client going away), so a long operation is not
+	// cut short; upgraded streams set their own (idleReader).
 	s.http.ReadHeaderTimeout = a.ReadTimeout
+	s.http.ReadTimeout = a.ReadTimeout
 	s.http.IdleTimeout = a.IdleTimeout
 }
 
