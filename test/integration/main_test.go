@@ -113,6 +113,21 @@ func hostile(mode string, args []string) int {
 		res.SlowestClose = slowest.Round(100 * time.Millisecond).String()
 		json.NewEncoder(os.Stdout).Encode(res)
 		return 0
+	case "tarpit":
+		// A mirror that takes connections and never answers.
+		ln, err := net.Listen("tcp", sock)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "listen:", err)
+			return 1
+		}
+		fmt.Println("listening")
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return 1
+			}
+			go io.Copy(io.Discard, c)
+		}
 	}
 	fmt.Fprintln(os.Stderr, "unknown hostile mode", mode)
 	return 2

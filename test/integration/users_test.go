@@ -11,6 +11,7 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -552,5 +553,112 @@ func TestLegacyImagesAtStart(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(e.d.LogPath()); !bytes.Contains(b, []byte("registered by path before bangerd kept copies")) {
 		t.Errorf("the daemon did not log the unusable legacy image")
+	}
+}
+
+// TestBuildsTakeTurnsAndTimeOut: root's image build from a mirror that
+// never answers holds the build slot only until build_timeout; mallory's
+// build, queued behind it, then runs.
+func TestBuildsTakeTurnsAndTimeOut(t *testing.T) {
+	testutil.RequireTools(t, "debootstrap", "ip")
+	e := newUsersEnv(t, "build_timeout = \"1m\"\n")
+	// The tarpit listens on the bridge address in the daemon's netns.
+	tarpit := exec.Command("ip", "netns", "exec", e.d.Netns, hostileBinary(t, e.d.Dir), "172.16.0.1:8099", "0", "")
+	tarpit.Env = append(os.Environ(), "BANGER_HOSTILE=tarpit")
+	out, err := tarpit.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tarpit.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tarpit.Process.Kill(); tarpit.Wait() })
+	if line, _ := bufioLine(out); !strings.Contains(line, "listening") {
+		t.Fatalf("tarpit: %q", line)
+	}
+	mirror := "http://172.16.0.1:8099/debian"
+	rootDone := make(chan harness.Result, 1)
+	go func() {
+		rootDone <- e.d.CLI("image", "build", "slow", "--kernel", e.kernel, "--release", "bookworm", "--mirror", mirror)
+	}()
+	time.Sleep(2 * time.Second)
+	// Mallory's build waits for its turn, then starts once root's stops.
+	k, _ := e.userImage(e.mallory, "img")
+	mal := exec.Command(filepath.Join(e.d.Bin, "banger"), "image", "build", "theirs", "--kernel", k, "--release", "bookworm", "--mirror", mirror)
+	mal.Env = append(os.Environ(), "BANGER_SOCKET="+e.d.Socket, "HOME="+e.mallory.Home)
+	mal.Dir = e.mallory.Home
+	mal.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: e.mallory.UID, Gid: e.mallory.GID}}
+	stderr, err := mal.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := mal.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { mal.Process.Kill(); mal.Wait() })
+	lines := make(chan string, 100)
+	go func() {
+		buf := make([]byte, 4096)
+		var acc string
+		for {
+			n, err := stderr.Read(buf)
+			acc += string(buf[:n])
+			for {
+				i := strings.IndexByte(acc, '\n')
+				if i < 0 {
+					break
+				}
+				lines <- acc[:i]
+				acc = acc[i+1:]
+			}
+			if err != nil {
+				close(lines)
+				return
+			}
+		}
+	}()
+	waitLine := func(what string, timeout time.Duration) string {
+		t.Helper()
+		deadline := time.After(timeout)
+		for {
+			select {
+			case l, ok := <-lines:
+				if !ok {
+					t.Fatalf("mallory's build ended before %q", what)
+				}
+				if strings.Contains(l, what) {
+					return l
+				}
+			case <-deadline:
+				t.Fatalf("mallory's build: no %q within %s", what, timeout)
+			}
+		}
+	}
+	waitLine("1 build(s) go first", 30*time.Second)
+	r := <-rootDone
+	if r.Code == 0 || !strings.Contains(r.Stderr, "build_timeout") {
+		t.Errorf("root's build from the tarpit: %s; want it stopped naming build_timeout", r)
+	}
+	waitLine("prepare", 30*time.Second)
+	// The test stops here; the daemon goes down hard, taking mallory's
+	// build (also stuck on the tarpit) with it.
+	e.d.Crash()
+}
+
+// bufioLine reads one line from r.
+func bufioLine(r io.Reader) (string, error) {
+	var b []byte
+	one := make([]byte, 1)
+	for {
+		n, err := r.Read(one)
+		if n == 1 {
+			if one[0] == '\n' {
+				return string(b), nil
+			}
+			b = append(b, one[0])
+		}
+		if err != nil {
+			return string(b), err
+		}
 	}
 }
