@@ -98,6 +98,49 @@ func isAdmin(c Caller, group string, db groupDB) bool {
 	return slices.Contains(groups, gid)
 }
 
+// adminTTL is how long the server trusts one answer of the group
+// database for a uid: lookups happen in the accept loop, and a flood
+// from one user must not turn into a flood of lookups.
+const adminTTL = 10 * time.Second
+
+// adminCache remembers isAdmin's answers per uid for adminTTL.
+type adminCache struct {
+	mu      sync.Mutex
+	entries map[[2]int]adminEntry // (uid, gid) → answer
+	now     func() time.Time
+}
+
+type adminEntry struct {
+	admin bool
+	at    time.Time
+}
+
+func newAdminCache() *adminCache {
+	return &adminCache{entries: map[[2]int]adminEntry{}, now: time.Now}
+}
+
+// isAdmin is isAdmin, answered from the cache while it is fresh.
+func (a *adminCache) isAdmin(c Caller, group string, db groupDB) bool {
+	if group == "" || c.UID <= 0 {
+		return false
+	}
+	key := [2]int{c.UID, c.GID}
+	a.mu.Lock()
+	e, ok := a.entries[key]
+	a.mu.Unlock()
+	if ok && a.now().Sub(e.at) < adminTTL {
+		return e.admin
+	}
+	admin := isAdmin(c, group, db)
+	a.mu.Lock()
+	if len(a.entries) > 4096 {
+		clear(a.entries)
+	}
+	a.entries[key] = adminEntry{admin: admin, at: a.now()}
+	a.mu.Unlock()
+	return admin
+}
+
 // counter counts something per uid: open connections, operations in
 // flight.
 type counter struct {
@@ -208,7 +251,7 @@ func (l *listener) Accept() (net.Conn, error) {
 			l.s.logger.Warn("no peer credentials", "err", err)
 			caller = Caller{UID: -1, GID: -1}
 		}
-		caller.Admin = isAdmin(caller, l.s.access.AdminGroup, l.s.groups)
+		caller.Admin = l.s.admins.isAdmin(caller, l.s.access.AdminGroup, l.s.groups)
 		n := l.s.conns.add(caller.UID)
 		uid := caller.UID
 		cc := &callerConn{Conn: c, caller: caller, release: func() { l.s.conns.done(uid) }}
@@ -232,7 +275,7 @@ func (s *Server) connContext(ctx context.Context, c net.Conn) context.Context {
 			s.logger.Warn("no peer credentials", "err", err)
 			caller = Caller{UID: -1, GID: -1}
 		}
-		caller.Admin = isAdmin(caller, s.access.AdminGroup, s.groups)
+		caller.Admin = s.admins.isAdmin(caller, s.access.AdminGroup, s.groups)
 		return WithCaller(ctx, caller)
 	}
 	return context.WithValue(WithCaller(ctx, cc.caller), connKey{}, cc)

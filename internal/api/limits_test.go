@@ -57,6 +57,39 @@ func TestIsAdmin(t *testing.T) {
 	}
 }
 
+func TestAdminCache(t *testing.T) {
+	lookups := 0
+	member := true
+	db := groupDB{
+		gidOf: func(string) (int, error) { return 900, nil },
+		groupsOf: func(int) ([]int, error) {
+			lookups++
+			if member {
+				return []int{900}, nil
+			}
+			return nil, nil
+		},
+	}
+	now := time.Unix(1000, 0)
+	a := newAdminCache()
+	a.now = func() time.Time { return now }
+	c := Caller{UID: 1001, GID: 100}
+	for i := 0; i < 100; i++ {
+		if !a.isAdmin(c, "banger-admin", db) {
+			t.Fatal("not an admin")
+		}
+	}
+	if lookups != 1 {
+		t.Errorf("%d lookups for 100 connections; want 1", lookups)
+	}
+	// Removed from the group: seen once the answer is stale.
+	member = false
+	now = now.Add(adminTTL + time.Second)
+	if a.isAdmin(c, "banger-admin", db) || lookups != 2 {
+		t.Errorf("after removal: still an admin, or %d lookups", lookups)
+	}
+}
+
 func TestJudgeConn(t *testing.T) {
 	user, admin, root := Caller{UID: 1000}, Caller{UID: 1001, Admin: true}, Caller{UID: 0}
 	tests := []struct {

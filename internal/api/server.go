@@ -35,6 +35,7 @@ type Server struct {
 	// answers the admin check (the host's group database).
 	access Access
 	groups groupDB
+	admins *adminCache
 	// peer reads a connection's credentials (SO_PEERCRED); tests
 	// replace it to be another user.
 	peer func(net.Conn) (Caller, error)
@@ -47,7 +48,7 @@ type Server struct {
 // NewServer returns a server for backend, with the default timeouts, no
 // admin group and no per-uid limits until Configure says otherwise.
 func NewServer(backend Backend, logger *slog.Logger) *Server {
-	s := &Server{backend: backend, logger: logger, groups: hostGroups, peer: peerCaller, conns: newCounter(), ops: newCounter()}
+	s := &Server{backend: backend, logger: logger, groups: hostGroups, admins: newAdminCache(), peer: peerCaller, conns: newCounter(), ops: newCounter()}
 	s.http = &http.Server{
 		Handler:     s.Handler(),
 		ConnContext: s.connContext,
