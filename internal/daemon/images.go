@@ -462,7 +462,21 @@ func (d *Daemon) DeleteImage(ctx context.Context, ref string) error {
 		return err
 	}
 	if len(users) > 0 {
-		return model.Errorf(model.ECONFLICT, "image %q is used by %d VM(s): %s; remove them first (`banger vm rm`)", img.Name, len(users), strings.Join(users, ", "))
+		// Name only the VMs the caller could see: others' are counted.
+		var seen []string
+		for _, name := range users {
+			if vm, err := d.store.GetVM(ctx, name); err == nil && api.CallerFrom(ctx).Owns(vm.OwnerUID) {
+				seen = append(seen, name)
+			}
+		}
+		which := strings.Join(seen, ", ")
+		if hidden := len(users) - len(seen); hidden > 0 {
+			if which != "" {
+				which += " and "
+			}
+			which += fmt.Sprintf("%d of other users", hidden)
+		}
+		return model.Errorf(model.ECONFLICT, "image %q is used by %d VM(s): %s; remove them first (`banger vm rm`)", img.Name, len(users), which)
 	}
 	if err := d.store.DeleteImage(ctx, img.ID); err != nil {
 		return err

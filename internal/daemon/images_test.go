@@ -101,6 +101,16 @@ func TestUploadedImageIsTheDaemonsCopy(t *testing.T) {
 	if got, err := e.d.findImage(e.ctx, "1000/mine"); err != nil || got.ID != img.ID {
 		t.Errorf("root's 1000/mine: %v", err)
 	}
+	// Root's VM on alice's image blocks its removal; alice is not told
+	// the VM's name.
+	if _, err := e.d.CreateVM(e.ctx, model.VMCreateRequest{Name: "rootsecret", ImageName: "1000/mine", NoStart: true}, api.NoProgress); err != nil {
+		t.Fatal(err)
+	}
+	err = e.d.DeleteImage(alice, "mine")
+	if model.ErrorCode(err) != model.ECONFLICT || strings.Contains(err.Error(), "rootsecret") || !strings.Contains(err.Error(), "a1 and 1 of other users") {
+		t.Errorf("removing an image another user's VM uses: %v", err)
+	}
+	e.d.DeleteVM(e.ctx, "rootsecret", api.VMDeleteOptions{}, api.NoProgress)
 	// Removal takes the copies with it.
 	e.d.DeleteVM(alice, "a1", api.VMDeleteOptions{}, api.NoProgress)
 	if err := e.d.DeleteImage(alice, "mine"); err != nil {
