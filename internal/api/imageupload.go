@@ -25,10 +25,13 @@ import (
 // a non-root caller names.
 type ImageUploadBackend interface {
 	// UploadImage checks req, then calls open to receive the image's
-	// files (a FileParts stream) and registers its own copies of them.
+	// files (file parts) and registers its own copies of them: EINVALID
+	// (bad name or stream, not a kernel), ECONFLICT (the caller already
+	// has that name), ELIMIT (the disk limit).
 	UploadImage(ctx context.Context, req ImageUploadRequest, open OpenFunc, progress ProgressFunc) (ImageRegisterResponse, error)
 	// BuildImageUpload is BuildImage with the kernel sent in the stream
-	// (one "kernel" part) instead of named by path.
+	// (one "kernel" part) instead of named by path; its error codes are
+	// BuildImage's and UploadImage's.
 	BuildImageUpload(ctx context.Context, req ImageBuildRequest, open OpenFunc, progress ProgressFunc) (model.Image, error)
 }
 

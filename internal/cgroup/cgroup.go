@@ -19,6 +19,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Mode is which cgroup hierarchy a Manager drives.
@@ -129,13 +131,18 @@ func (m *Manager) dirs(name string) []string {
 }
 
 // Path is a group's directory in the unified hierarchy (v2), or in the
-// memory controller's (v1): where a user would look.
+// memory controller's (v1): where a user would look (in the host's mount
+// namespace, when the manager reaches it through another process's root).
 func (m *Manager) Path(name string) string {
+	root := m.root
+	if r, ok := strings.CutPrefix(root, "/proc/1/root"); ok && strings.HasPrefix(r, "/") {
+		root = r
+	}
 	switch m.mode {
 	case ModeV2:
-		return filepath.Join(m.root, m.parent, name)
+		return filepath.Join(root, m.parent, name)
 	case ModeV1:
-		return filepath.Join(m.root, "memory", m.parent, name)
+		return filepath.Join(root, "memory", m.parent, name)
 	}
 	return ""
 }
@@ -485,4 +492,83 @@ func readKV(path string) map[string]int64 {
 		}
 	}
 	return out
+}
+
+// MountHidden makes the kernel's cgroup hierarchies visible at root when
+// this process's mount namespace hides them: `ip netns exec` (how the
+// quickstart and the tests run the daemon) mounts a fresh /sys without
+// /sys/fs/cgroup's mounts. The hierarchies this process is in are read
+// from /proc/self/cgroup and mounted again under root (a tmpfs), which
+// shows the same groups as the host's mounts. It does nothing when root
+// already shows a hierarchy, and says what it mounted.
+func MountHidden(root string) (string, error) {
+	if Detect(root, "x").Mode() != ModeNone {
+		return "", nil
+	}
+	b, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return "", err
+	}
+	v1, v2 := hierarchies(string(b))
+	switch {
+	case len(v1) > 0:
+		if err := unix.Mount("cgroup", root, "tmpfs", 0, "mode=755"); err != nil {
+			return "", fmt.Errorf("mount a tmpfs on %s: %w", root, err)
+		}
+		var done []string
+		for _, opts := range v1 {
+			dir := filepath.Join(root, strings.ReplaceAll(opts, ",", "_"))
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				return "", err
+			}
+			if err := unix.Mount("cgroup", dir, "cgroup", 0, opts); err != nil {
+				return "", fmt.Errorf("mount cgroup %s on %s: %w", opts, dir, err)
+			}
+			// The controllers also answer to their own names (a
+			// hierarchy "cpu,cpuacct" is at cpu and cpuacct too).
+			for _, c := range strings.Split(opts, ",") {
+				if link := filepath.Join(root, c); link != dir {
+					os.Symlink(filepath.Base(dir), link)
+				}
+			}
+			done = append(done, opts)
+		}
+		return "cgroup v1 (" + strings.Join(done, " ") + ") mounted again at " + root, nil
+	case v2:
+		if err := unix.Mount("cgroup2", root, "cgroup2", 0, ""); err != nil {
+			return "", fmt.Errorf("mount cgroup2 on %s: %w", root, err)
+		}
+		return "cgroup2 mounted again at " + root, nil
+	}
+	return "", nil
+}
+
+// hierarchies reads /proc/self/cgroup: the option strings of the v1
+// hierarchies banger uses (e.g. "cpu", "memory", "cpu,cpuacct"), and
+// whether the process is in a v2 hierarchy only.
+func hierarchies(procCgroup string) (v1 []string, v2only bool) {
+	want := map[string]bool{"cpu": true, "memory": true, "pids": true, "blkio": true}
+	sawV1 := false
+	for _, line := range strings.Split(procCgroup, "\n") {
+		f := strings.SplitN(line, ":", 3)
+		if len(f) != 3 {
+			continue
+		}
+		if f[0] == "0" {
+			v2only = true
+			continue
+		}
+		if f[1] == "" || strings.HasPrefix(f[1], "name=") {
+			continue
+		}
+		sawV1 = true
+		for _, c := range strings.Split(f[1], ",") {
+			if want[c] {
+				v1 = append(v1, f[1])
+				break
+			}
+		}
+	}
+	sort.Strings(v1)
+	return v1, v2only && !sawV1
 }

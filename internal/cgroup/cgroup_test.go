@@ -185,3 +185,68 @@ func TestRealHierarchy(t *testing.T) {
 		t.Errorf("List after Remove = %v", names)
 	}
 }
+
+func TestHierarchies(t *testing.T) {
+	v1, v2 := hierarchies("9:name=systemd:/\n8:pids:/\n7:blkio:/\n6:freezer:/\n4:memory:/process_api/x\n2:cpuacct:/\n1:cpu:/\n0::/\n")
+	if strings.Join(v1, " ") != "blkio cpu memory pids" || v2 {
+		t.Errorf("hybrid: %v %v", v1, v2)
+	}
+	v1, v2 = hierarchies("3:cpu,cpuacct:/\n5:memory:/\n")
+	if strings.Join(v1, " ") != "cpu,cpuacct memory" || v2 {
+		t.Errorf("joined controllers: %v %v", v1, v2)
+	}
+	v1, v2 = hierarchies("0::/user.slice\n")
+	if len(v1) != 0 || !v2 {
+		t.Errorf("v2: %v %v", v1, v2)
+	}
+}
+
+// TestMountHidden runs the check in `ip netns exec`, which mounts a fresh
+// /sys without the cgroup mounts (as the quickstart and the tests run the
+// daemon), and checks the hierarchies come back.
+func TestMountHidden(t *testing.T) {
+	testutil.RequireRoot(t)
+	testutil.RequireTools(t, "ip")
+	ns := "bgcg-" + strconv.Itoa(os.Getpid())
+	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v %s", err, out)
+	}
+	defer exec.Command("ip", "netns", "del", ns).Run()
+	cmd := exec.Command("ip", "netns", "exec", ns, os.Args[0], "-test.run", "^TestMountHiddenChild$", "-test.v")
+	cmd.Env = append(os.Environ(), "BANGER_CGROUP_CHILD=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "--- PASS: TestMountHiddenChild") {
+		t.Fatalf("child: %v\n%s", err, out)
+	}
+	t.Logf("%s", out)
+}
+
+func TestMountHiddenChild(t *testing.T) {
+	if os.Getenv("BANGER_CGROUP_CHILD") != "1" {
+		t.Skip("run by TestMountHidden in a mount namespace of its own")
+	}
+	if Detect("/sys/fs/cgroup", "banger").Mode() != ModeNone {
+		t.Fatal("the hierarchy is visible before MountHidden")
+	}
+	what, err := MountHidden("/sys/fs/cgroup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := Detect("/sys/fs/cgroup", "banger-test-hidden")
+	if m.Mode() == ModeNone {
+		t.Fatalf("still hidden after MountHidden (%s)", what)
+	}
+	t.Log(what, "→", m.Why())
+	if err := m.Create("t1", Limits{PidsMax: 9}); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		m.Remove("t1")
+		for _, c := range []string{"", "cpu", "memory", "pids", "blkio"} {
+			os.Remove(filepath.Join("/sys/fs/cgroup", c, "banger-test-hidden"))
+		}
+	}()
+	if l, err := m.Limits("t1"); err != nil || l.PidsMax != 9 {
+		t.Errorf("limits %+v %v", l, err)
+	}
+}

@@ -176,6 +176,16 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 		if root == "" {
 			root = "/sys/fs/cgroup"
 		}
+		if opts.CgroupRoot == "" {
+			// `ip netns exec` (how the quickstart and the tests run the
+			// daemon) mounts a fresh /sys that hides the cgroup mounts:
+			// mount them again in the daemon's own mount namespace.
+			if what, err := cgroup.MountHidden(root); err != nil {
+				logger.Warn("cgroups are hidden here and could not be mounted", "err", err)
+			} else if what != "" {
+				logger.Info("cgroups", "mounted", what)
+			}
+		}
 		cg := cgroup.Detect(root, d.cfg.CgroupParent)
 		if cg.Mode() == cgroup.ModeNone {
 			logger.Warn("VMs run without resource limits", "why", cg.Why())

@@ -32,12 +32,3 @@ func FaultMatrix() []FaultCell {
 	add("rm", false, stepNames(d.deleteSteps()))
 	return cells
 }
-
-// crashPoints lists every crash point name the step lists have.
-func crashPoints() []string {
-	var out []string
-	for _, c := range FaultMatrix() {
-		out = append(out, c.CrashAt)
-	}
-	return out
-}

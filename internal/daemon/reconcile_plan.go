@@ -14,7 +14,7 @@ import (
 // vmObservation is what the OS shows of one VM row.
 type vmObservation struct {
 	VM model.VMRecord
-	// PID is the live VMM process that owns the VM's API socket, or 0.
+	// PID is the VM's live VMM (its API socket, uid and binary), or 0.
 	PID int
 	// Handles are the best known handles: the cache, else handles.json;
 	// the tap falls back to Runtime.TapDevice; the overlay is what the OS
@@ -27,8 +27,9 @@ type vmObservation struct {
 	NATFull  bool
 	// FilterFull says the VM's packet filter is whole on the host.
 	FilterFull bool
-	// Busy says another operation holds the VM's lock: reconcile leaves
-	// it and everything it holds alone.
+	// Busy says another operation holds the VM's lock, or several
+	// processes claim to be its VMM: reconcile leaves it and everything
+	// it holds alone.
 	Busy bool
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -140,6 +141,12 @@ func (d *Daemon) startDisks(ctx context.Context, s *startRun) error {
 	// Paths follow the current layout (a VM made by an older daemon had
 	// its API socket beside its disks, not in the VMM's own directory).
 	d.layout.vmPaths(vm.ID, &vm.Runtime)
+	if d.jailerBinary(d.vmmBinary()) != "" {
+		// Firecracker under its jailer: its socket and metrics are in
+		// the VM's chroot.
+		vm.Runtime.APISockPath = d.jailedSocket(*vm)
+		vm.Runtime.MetricsPath = filepath.Join(filepath.Dir(filepath.Dir(vm.Runtime.APISockPath)), jailMetricsPath)
+	}
 	s.progress(api.Progress{Step: "disks", Message: "preparing system and work disks"})
 	if err := os.MkdirAll(vm.Runtime.VMDir, 0o700); err != nil {
 		return fmt.Errorf("vm dir: %w", err)

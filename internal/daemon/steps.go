@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"strings"
 	"sync"
 	"time"
 )
@@ -106,17 +105,6 @@ func (t *stepTimes) add(name string, d time.Duration) {
 	t.m[name] = s
 }
 
-// snapshot copies the recorded durations.
-func (t *stepTimes) snapshot() map[string][]time.Duration {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	out := make(map[string][]time.Duration, len(t.m))
-	for k, v := range t.m {
-		out[k] = append([]time.Duration(nil), v...)
-	}
-	return out
-}
-
 // stepNames lists the names of steps.
 func stepNames[S any](steps []step[S]) []string {
 	out := make([]string, len(steps))
@@ -124,14 +112,4 @@ func stepNames[S any](steps []step[S]) []string {
 		out[i] = s.Name
 	}
 	return out
-}
-
-// shortStep is a step's name without its operation ("disks" of
-// "start:disks"), as progress shows it.
-func shortStep(name string) string {
-	_, s, ok := strings.Cut(name, ":")
-	if !ok {
-		return name
-	}
-	return s
 }

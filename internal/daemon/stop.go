@@ -304,7 +304,9 @@ func (d *Daemon) cleanupSteps() []step[cleanupRun] {
 			return nil
 		}},
 		{Name: "cleanup:cgroup-removed", Do: func(ctx context.Context, c *cleanupRun) error {
-			return d.removeCgroup(*c.vm)
+			// The VMM's confinement: its cgroup, and its jail when
+			// firecracker ran under the jailer.
+			return errors.Join(d.removeCgroup(*c.vm), d.removeJail(*c.vm))
 		}},
 	}
 }

@@ -157,14 +157,14 @@ func (b vmmBooter) waitReady(ctx context.Context, s *startRun) error {
 
 // configureVMM sends the machine's configuration over the Firecracker API.
 func configureVMM(ctx context.Context, cfg model.DaemonConfig, nameserver string, c *firecracker.Client, vm model.VMRecord, l *vmmLaunch, tap string) error {
-	logger, err := firecracker.NewLogger(vmmLogPath(vm.Runtime.VMDir), "Info")
+	logger, err := firecracker.NewLogger(l.logPath, "Info")
 	if err != nil {
 		return err
 	}
 	if err := c.PutLogger(ctx, logger); err != nil {
 		return err
 	}
-	metrics, err := firecracker.NewMetrics(vm.Runtime.MetricsPath)
+	metrics, err := firecracker.NewMetrics(l.metricsPath)
 	if err != nil {
 		return err
 	}

@@ -50,7 +50,15 @@ func (d *Daemon) isVMM(r proc.Reader, p proc.Process, vm model.VMRecord) bool {
 	if p.Dead() {
 		return false
 	}
-	if sock, ok := proc.FlagValue(p.Argv, "--api-sock"); !ok || sock != vm.Runtime.APISockPath {
+	bin := d.vmmBinaryFor(vm)
+	if d.jailed(vm) {
+		// A jailed firecracker names its socket inside the chroot; it is
+		// known by its instance id and the binary the jailer copied in.
+		if id, ok := proc.FlagValue(p.Argv, "--id"); !ok || id != vmCgroupName(vm.ID) {
+			return false
+		}
+		bin = filepath.Join(filepath.Dir(filepath.Dir(vm.Runtime.APISockPath)), filepath.Base(bin))
+	} else if sock, ok := proc.FlagValue(p.Argv, "--api-sock"); !ok || sock != vm.Runtime.APISockPath {
 		return false
 	}
 	// A VM started by a daemon from before per-VM uids ran its VMM as
@@ -62,7 +70,7 @@ func (d *Daemon) isVMM(r proc.Reader, p proc.Process, vm model.VMRecord) bool {
 	if err != nil {
 		return false
 	}
-	return vmmExeMatches(exe, d.vmmBinaryFor(vm))
+	return vmmExeMatches(exe, bin)
 }
 
 // vmmBinaryFor is the binary vm's VMM was launched from.

@@ -48,8 +48,11 @@ func vmmDir(vmDir string) string { return filepath.Join(vmDir, "vmm") }
 type vmmLaunch struct {
 	cfg firecracker.LaunchConfig
 	// root, work, kernel and initrd are the paths the VMM is told:
-	// /dev/fd/N of a descriptor the daemon opened.
+	// /dev/fd/N of a descriptor the daemon opened (or, in a jail, the
+	// names of the files linked there). logPath and metricsPath are the
+	// VMM's own log and metrics as the VMM names them.
 	root, work, kernel, initrd string
+	logPath, metricsPath       string
 	// files are closed once the VMM has them.
 	files []*os.File
 	// cgroupFD is the v2 cgroup dir the VMM starts in, or -1.
@@ -117,7 +120,10 @@ func (d *Daemon) prepareVMM(vm model.VMRecord, img model.Image, h vmHandles, bin
 	if err := d.prepareVMMDir(vm, uid); err != nil {
 		return nil, err
 	}
-	l = &vmmLaunch{cgroupFD: -1}
+	l = &vmmLaunch{cgroupFD: -1, logPath: vmmLogPath(vm.Runtime.VMDir), metricsPath: vm.Runtime.MetricsPath}
+	if jailer := d.jailerBinary(bin); jailer != "" {
+		return d.prepareJailed(vm, img, h, bin, jailer, l)
+	}
 	l.cfg = firecracker.LaunchConfig{
 		Bin: bin, APISock: vm.Runtime.APISockPath, ID: model.ShortID(vm.ID),
 		ExtraArgs: d.cfg.VMMArgs, LogPath: vm.Runtime.LogPath,
@@ -223,4 +229,39 @@ func (d *Daemon) vmLimitStats(vm model.VMRecord) *model.VMLimits {
 		PidsMaxHits:         ev.PidsMax,
 		MemoryBytes:         ev.MemoryBytes,
 	}
+}
+
+// prepareJailed fills l for firecracker under its jailer: the chroot with
+// the VM's files linked in, the jailer's command line (it runs as root,
+// makes the cgroup with the VM's limits, and drops to the VM's uid), and
+// the tap given to the VM's uid (firecracker opens it by name).
+func (d *Daemon) prepareJailed(vm model.VMRecord, img model.Image, h vmHandles, bin, jailer string, l *vmmLaunch) (*vmmLaunch, error) {
+	plan, err := d.planJail(vm, img, h, bin)
+	if err != nil {
+		return nil, err
+	}
+	if err := buildJail(plan); err != nil {
+		d.removeJail(vm)
+		return nil, err
+	}
+	argv, err := firecracker.JailerArgs(plan.cfg)
+	if err != nil {
+		return nil, err
+	}
+	if h.Tap != "" {
+		if err := firecracker.SetTapOwner(h.Tap, vm.Runtime.VMMUID); err != nil {
+			d.removeJail(vm)
+			return nil, err
+		}
+	}
+	l.cfg = firecracker.LaunchConfig{
+		Bin: jailer, Argv: argv, APISock: vm.Runtime.APISockPath,
+		ID: vmCgroupName(vm.ID), LogPath: vm.Runtime.LogPath,
+	}
+	l.root, l.work, l.kernel = "/rootfs", "/work.ext4", "/vmlinux"
+	if img.InitrdPath != "" {
+		l.initrd = "/initrd"
+	}
+	l.logPath, l.metricsPath = jailLogPath, jailMetricsPath
+	return l, nil
 }
