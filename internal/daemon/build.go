@@ -244,6 +244,7 @@ func (d *Daemon) buildImage(ctx context.Context, c api.Caller, req api.ImageBuil
 		Name: req.Name, OutDir: outDir, CacheDir: filepath.Join(d.cfg.CacheDir, "images"),
 		Release: req.Release, Mirror: req.Mirror, Packages: req.Packages, Docker: req.Docker,
 		KernelPath: kernel, SSHPublicKey: pub, DNS: d.cfg.DefaultDNS, SizeBytes: req.SizeBytes, NetNS: d.cfg.BuildNetNS,
+		Keyring: mirrorKeyring(c, req.Mirror),
 		Logger: d.logger.With("sub", "image", "image", req.Name, "owner", c.UID),
 	}, progressAdapter(progress))
 	if err != nil {
@@ -272,6 +273,21 @@ func (d *Daemon) buildImage(ctx context.Context, c api.Caller, req api.ImageBuil
 	}
 	d.logger.Info("image built", "image", img.Name, "id", img.ID, "owner", c.UID, "size", img.BuildSize, "cache_hit", art.CacheHit)
 	return img, nil
+}
+
+// debianKeyring is the keyring a mirror named by a user who is not an
+// admin must be signed with.
+const debianKeyring = "/usr/share/keyrings/debian-archive-keyring.gpg"
+
+// mirrorKeyring is the keyring a build's mirror is checked against: a
+// user's own mirror serves only what Debian signed (its packages' scripts
+// run as root in the build's chroot); root's, an admin's and the host's
+// mirror are trusted as configured.
+func mirrorKeyring(c api.Caller, mirror string) string {
+	if mirror == "" || c.Privileged() {
+		return ""
+	}
+	return debianKeyring
 }
 
 // validPackageName checks a Debian package name (policy 5.6.1), with an

@@ -318,3 +318,18 @@ func TestLegacyImages(t *testing.T) {
 		t.Errorf("removing a legacy image removed the user's file: %v", err)
 	}
 }
+
+func TestMirrorKeyring(t *testing.T) {
+	user, admin := api.Caller{UID: 1000}, api.Caller{UID: 1001, Admin: true}
+	if got := mirrorKeyring(user, "http://deb.example/debian"); got != debianKeyring {
+		t.Errorf("a user's mirror: keyring %q", got)
+	}
+	for _, tt := range []struct {
+		c      api.Caller
+		mirror string
+	}{{user, ""}, {admin, "http://deb.example/debian"}, {api.Caller{UID: 0}, "http://deb.example/debian"}} {
+		if got := mirrorKeyring(tt.c, tt.mirror); got != "" {
+			t.Errorf("uid %d, mirror %q: keyring %q; want the configured trust", tt.c.UID, tt.mirror, got)
+		}
+	}
+}

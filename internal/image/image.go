@@ -53,6 +53,11 @@ type ImageOptions struct {
 	// NetNS, when set, is the network namespace (a file such as
 	// /run/netns/NAME) the downloads run in.
 	NetNS string
+	// Keyring, when set, is the keyring debootstrap must check the
+	// mirror's Release file with (it fails rather than go on unchecked):
+	// a mirror a user named may serve only what Debian signed, since its
+	// packages' scripts run as root in the build's chroot.
+	Keyring string
 	// Logger receives progress and failures; nil discards.
 	Logger *slog.Logger
 }
@@ -158,6 +163,11 @@ func validateImageOptions(opts ImageOptions) (ImageOptions, error) {
 	if opts.Mirror != "" {
 		if err := ValidateMirror(opts.Mirror); err != nil {
 			return opts, err
+		}
+	}
+	if opts.Keyring != "" {
+		if fi, err := os.Stat(opts.Keyring); err != nil || !fi.Mode().IsRegular() {
+			return opts, model.Errorf(model.EUNAVAILABLE, "build image: keyring %s is missing, and a mirror given to a build must be checked against it: install debian-archive-keyring", opts.Keyring)
 		}
 	}
 	if opts.Release != "" && !packageName.MatchString(opts.Release) {
@@ -350,7 +360,7 @@ func baseSystem(ctx context.Context, deps imageDeps, opts ImageOptions, root str
 		stop()
 		return false, fmt.Errorf("debootstrap: %w", err)
 	}
-	err := deps.steps.RunStep(ctx, logf, step{Argv: debootstrapArgv(opts.Release, opts.Mirror, root), Env: []string{"WGETRC=" + wgetrc}, Isolate: true, NetNS: opts.NetNS})
+	err := deps.steps.RunStep(ctx, logf, step{Argv: debootstrapArgv(opts.Release, opts.Mirror, root, opts.Keyring), Env: []string{"WGETRC=" + wgetrc}, Isolate: true, NetNS: opts.NetNS})
 	os.Remove(wgetrc)
 	stop()
 	if err != nil {
