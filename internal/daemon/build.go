@@ -245,7 +245,7 @@ func (d *Daemon) buildImage(ctx context.Context, c api.Caller, req api.ImageBuil
 		Release: req.Release, Mirror: req.Mirror, Packages: req.Packages, Docker: req.Docker,
 		KernelPath: kernel, SSHPublicKey: pub, DNS: d.cfg.DefaultDNS, SizeBytes: req.SizeBytes, NetNS: d.cfg.BuildNetNS,
 		Keyring: mirrorKeyring(c, req.Mirror),
-		Logger: d.logger.With("sub", "image", "image", req.Name, "owner", c.UID),
+		Logger:  d.logger.With("sub", "image", "image", req.Name, "owner", c.UID),
 	}, progressAdapter(progress))
 	if err != nil {
 		if errors.Is(bctx.Err(), context.DeadlineExceeded) && ctx.Err() == nil {
