@@ -97,7 +97,7 @@ downloads packages and takes minutes; later builds reuse a cache.`,
 	f.StringVar(&req.Mirror, "mirror", "", "Debian mirror URL (default: from this host's apt sources)")
 	f.StringSliceVar(&packages, "packages", nil, "extra packages, comma-separated")
 	f.BoolVar(&req.Docker, "docker", false, "install Docker in the image")
-	f.StringVar(&req.KernelPath, "kernel", "", "use this vmlinux instead of the newest built kernel")
+	f.StringVar(&req.KernelPath, "kernel", "", "use this vmlinux instead of the newest built kernel (read with your rights and sent to the daemon)")
 	f.StringVar(&size, "size", "", "root filesystem size, e.g. 4G (default: fit the contents)")
 	f.BoolVarP(&quiet, "quiet", "q", false, "only print the result")
 	return cmd
