@@ -33,6 +33,8 @@ cleanup() {
   ip netns del "$ns-host" 2>/dev/null || true
 }
 trap cleanup EXIT
+# The daemon's log is root's only.
+(umask 077 && touch "$cache/prep-bangerd.log") && chmod 0600 "$cache/prep-bangerd.log"
 ip netns exec "$ns" "$bin/bangerd" --config "$cache/prep.toml" >>"$cache/prep-bangerd.log" 2>&1 &
 dpid=$!
 export BANGER_SOCKET="$sock"

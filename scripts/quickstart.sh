@@ -38,6 +38,10 @@ if banger version 2>/dev/null | grep -q '^daemon: bangerd'; then
 else
 	step "starting bangerd (log: /var/log/bangerd.log)"
 	mkdir -p /run/banger
+	# The daemon's log names every user's VMs, images and paths: root
+	# only, whatever the umask.
+	(umask 077 && touch /var/log/bangerd.log)
+	chmod 0600 /var/log/bangerd.log
 	if [ "$host_network" -eq 1 ]; then
 		nohup bangerd >>/var/log/bangerd.log 2>&1 &
 	else

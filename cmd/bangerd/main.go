@@ -88,6 +88,7 @@ Flags:
 		return 1
 	}
 	srv := api.NewServer(d, logger)
+	srv.Configure(api.Access{AdminGroup: cfg.AdminGroup, ReadTimeout: cfg.APIReadTimeout, IdleTimeout: cfg.APIIdleTimeout, Limits: cfg.Limits})
 	if err := srv.Listen(cfg.SocketPath, cfg.SocketGroup); err != nil {
 		logger.Error("listen failed", "err", err)
 		d.Close()

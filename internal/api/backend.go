@@ -22,21 +22,26 @@ type Backend interface {
 
 	// ListImages returns the images the caller may use.
 	ListImages(ctx context.Context) ([]model.Image, error)
-	// GetImage: ENOTFOUND.
+	// GetImage: ENOTFOUND, EINVALID (a malformed OWNER/NAME).
 	GetImage(ctx context.Context, ref string) (ImageDetail, error)
-	// RegisterImage: EINVALID (bad name or files), ECONFLICT (the name
-	// is taken), EFORBIDDEN (a file the caller cannot read).
+	// RegisterImage copies files root names: EFORBIDDEN (the caller is
+	// not root: others upload with UploadImage), EINVALID (bad name, or
+	// a path that is not a regular file), ECONFLICT (the caller already
+	// has an image of that name).
 	RegisterImage(ctx context.Context, req ImageRegisterRequest) (ImageRegisterResponse, error)
-	// BuildImage: EINVALID, ECONFLICT, EUNAVAILABLE (build tools or the
-	// mirror missing), EFORBIDDEN.
+	// BuildImage: EINVALID (bad name, packages or mirror), ECONFLICT,
+	// EUNAVAILABLE (build tools or the mirror missing; no kernel built
+	// and the caller may not build one), EFORBIDDEN (a kernel path from
+	// another caller than root; a mirror on the daemon's host), ELIMIT
+	// (build_timeout passed, or the disk limit).
 	BuildImage(ctx context.Context, req ImageBuildRequest, progress ProgressFunc) (model.Image, error)
 	// DeleteImage: ENOTFOUND, ECONFLICT (VMs use it), EFORBIDDEN.
 	DeleteImage(ctx context.Context, ref string) error
 
 	// ListKernels never fails for lack of kernels.
 	ListKernels(ctx context.Context) ([]Kernel, error)
-	// BuildKernel: EINVALID, EUNAVAILABLE (no kernel source or tools),
-	// EFORBIDDEN.
+	// BuildKernel: EFORBIDDEN (the caller is neither root nor an
+	// admin), EINVALID, EUNAVAILABLE (no kernel source or tools).
 	BuildKernel(ctx context.Context, req KernelBuildRequest, progress ProgressFunc) (Kernel, error)
 
 	// ListVMs returns the VMs the caller may see.
@@ -44,12 +49,14 @@ type Backend interface {
 	// GetVM: ENOTFOUND.
 	GetVM(ctx context.Context, ref string) (VMView, error)
 	// CreateVM: EINVALID (a field and what is allowed), ECONFLICT (the
-	// name is taken), ENOTFOUND (the image), EUNAVAILABLE (no free IP,
+	// name is taken; an image registered by path before copies),
+	// ENOTFOUND (the image), ELIMIT (a per-user limit), EUNAVAILABLE (no free IP,
 	// no VMM, no network, a full disk); a failed first start removes
 	// the VM and returns the start's error.
 	CreateVM(ctx context.Context, req model.VMCreateRequest, progress ProgressFunc) (VMView, error)
 	// SetVM: ENOTFOUND, EINVALID, ECONFLICT (a change the VM's state
-	// does not allow, with what to do).
+	// does not allow, with what to do), ELIMIT (a bigger disk past the
+	// disk limit).
 	SetVM(ctx context.Context, req model.VMSetRequest) (VMView, error)
 	// DeleteVM: ENOTFOUND, ECONFLICT (running without force, or
 	// workspace work not fetched).
@@ -78,6 +85,7 @@ type Backend interface {
 	Connect(ctx context.Context, ref string, port int) (net.Conn, error)
 
 	WorkspaceBackend
+	ImageUploadBackend
 }
 
 // Progress is one step of a long operation.

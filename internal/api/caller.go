@@ -9,20 +9,29 @@ import (
 )
 
 // Caller is the process on the other end of the API socket, as the kernel
-// reports it (SO_PEERCRED).
+// reports it (SO_PEERCRED), and whether the server found it in the admin
+// group.
 type Caller struct {
 	UID int
 	GID int
 	PID int
+	// Admin says the caller is a member of the admin group (its gid, or
+	// its uid's supplementary groups in the group database): it is
+	// root-equivalent.
+	Admin bool
 }
 
-// Root reports whether the caller is root, which sees and touches
-// everything.
+// Root reports whether the caller is uid 0. Only root's own requests may
+// name host paths for the daemon to open.
 func (c Caller) Root() bool { return c.UID == 0 }
+
+// Privileged reports whether the caller is root or an admin: it sees and
+// touches everything, builds kernels, and no per-user limit applies.
+func (c Caller) Privileged() bool { return c.Root() || c.Admin }
 
 // Owns reports whether the caller may see and change an object owned by
 // uid.
-func (c Caller) Owns(uid int) bool { return c.Root() || c.UID == uid }
+func (c Caller) Owns(uid int) bool { return c.Privileged() || c.UID == uid }
 
 type callerKey struct{}
 

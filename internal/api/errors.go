@@ -32,6 +32,8 @@ func StatusFor(code string) int {
 		return http.StatusForbidden
 	case model.EUNAVAILABLE:
 		return http.StatusServiceUnavailable
+	case model.ELIMIT:
+		return http.StatusTooManyRequests
 	default:
 		return http.StatusInternalServerError
 	}
@@ -51,6 +53,8 @@ func CodeFor(status int) string {
 		return model.EFORBIDDEN
 	case http.StatusServiceUnavailable:
 		return model.EUNAVAILABLE
+	case http.StatusTooManyRequests:
+		return model.ELIMIT
 	default:
 		return model.EINTERNAL
 	}

@@ -30,27 +30,51 @@ type Server struct {
 	http    *http.Server
 	ln      net.Listener
 	wg      sync.WaitGroup
+
+	// access says who is an admin and what one uid may hold; groups
+	// answers the admin check (the host's group database).
+	access Access
+	groups groupDB
+	admins *adminCache
+	// peer reads a connection's credentials (SO_PEERCRED); tests
+	// replace it to be another user.
+	peer func(net.Conn) (Caller, error)
+	// conns and ops count each uid's open connections and operations
+	// in flight.
+	conns *counter
+	ops   *counter
 }
 
-// NewServer returns a server for backend.
+// NewServer returns a server for backend, with the default timeouts, no
+// admin group and no per-uid limits until Configure says otherwise.
 func NewServer(backend Backend, logger *slog.Logger) *Server {
-	s := &Server{backend: backend, logger: logger}
+	s := &Server{backend: backend, logger: logger, groups: hostGroups, admins: newAdminCache(), peer: peerCaller, conns: newCounter(), ops: newCounter()}
 	s.http = &http.Server{
-		Handler:           s.Handler(),
-		ReadHeaderTimeout: 10 * time.Second,
-		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
-			caller, err := peerCaller(c)
-			if err != nil {
-				// Without credentials the caller is nobody: it owns
-				// nothing and sees nothing.
-				logger.Warn("no peer credentials", "err", err)
-				return WithCaller(ctx, Caller{UID: -1, GID: -1})
-			}
-			return WithCaller(ctx, caller)
-		},
-		ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
+		Handler:     s.Handler(),
+		ConnContext: s.connContext,
+		ErrorLog:    slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
 	}
+	s.Configure(Access{ReadTimeout: defaultReadTimeout, IdleTimeout: defaultIdleTimeout})
 	return s
+}
+
+// Configure sets the admin group, the timeouts and the per-uid limits.
+// Call it before Serve.
+func (s *Server) Configure(a Access) {
+	if a.ReadTimeout <= 0 {
+		a.ReadTimeout = defaultReadTimeout
+	}
+	if a.IdleTimeout <= 0 {
+		a.IdleTimeout = defaultIdleTimeout
+	}
+	s.access = a
+	// A request's headers and body must arrive within ReadTimeout. The
+	// deadline ends with the body (net/http clears it when it starts
+	// watching for the client going away), so a long operation is not
+	// cut short; upgraded streams set their own (idleReader).
+	s.http.ReadHeaderTimeout = a.ReadTimeout
+	s.http.ReadTimeout = a.ReadTimeout
+	s.http.IdleTimeout = a.IdleTimeout
 }
 
 // Listen creates the socket at path: any stale socket file is removed, the
@@ -81,7 +105,7 @@ func (s *Server) Listen(path, group string) error {
 		ln.Close()
 		return fmt.Errorf("listen: chmod socket: %w", err)
 	}
-	s.ln = ln
+	s.ln = &listener{Listener: ln, s: s}
 	return nil
 }
 
@@ -163,11 +187,12 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET "+p+"/vms/{ref}/stats", s.handleStats)
 	mux.HandleFunc("POST "+p+"/vms/{ref}/connect", s.handleConnect)
 	s.workspaceRoutes(mux)
+	s.imageUploadRoutes(mux)
 
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, model.Errorf(model.ENOTFOUND, "no route %s %s; this daemon serves %s", r.Method, r.URL.Path, Prefix))
 	})
-	return s.recoverer(mux)
+	return s.recoverer(s.guard(mux))
 }
 
 // recoverer turns a handler panic into a 500 so one bad request never takes

@@ -62,6 +62,8 @@ type ImageDetail struct {
 	SSHKeyMatches *bool `json:"ssh_key_matches,omitempty"`
 	// UsedBy names the VMs built on this image.
 	UsedBy []string `json:"used_by"`
+	// Note says why the image cannot be used, when it cannot.
+	Note string `json:"note,omitempty"`
 }
 
 // Artifact is one file of an image.

@@ -153,12 +153,13 @@ func (s *Server) serveUpload(w http.ResponseWriter, r *http.Request, op func(con
 		if release != nil {
 			return nil, errors.New("upload: stream opened twice")
 		}
-		_, rw, rel, err := s.upgrade(w, r)
+		c, rw, rel, err := s.upgrade(w, r)
 		if err != nil {
 			return nil, err
 		}
 		release, bw = rel, rw.Writer
-		return &frameReader{r: rw.Reader}, nil
+		// A client that stops sending is cut off after the read timeout.
+		return &frameReader{r: &idleReader{conn: c, r: rw.Reader, timeout: s.access.ReadTimeout}}, nil
 	}
 	result, err := op(r.Context(), open, func(p Progress) {
 		send(Event{Type: EventProgress, Progress: &p})

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 
@@ -59,15 +60,31 @@ downloads packages and takes minutes; later builds reuse a cache.`,
 				}
 				req.SizeBytes = n
 			}
-			if req.KernelPath != "" {
-				abs, err := filepath.Abs(req.KernelPath)
-				if err != nil {
-					return err
+			pp := &progressPrinter{w: a.Stderr, quiet: quiet}
+			var img model.Image
+			var err error
+			switch {
+			case req.KernelPath == "":
+				img, err = a.api().BuildImage(cmd.Context(), req, pp.event)
+			case os.Geteuid() == 0:
+				// Root's paths are root's: the daemon reads them.
+				abs, aerr := filepath.Abs(req.KernelPath)
+				if aerr != nil {
+					return aerr
 				}
 				req.KernelPath = abs
+				img, err = a.api().BuildImage(cmd.Context(), req, pp.event)
+			default:
+				// Read with this user's rights and sent: the daemon
+				// opens no path a user names.
+				f, ferr := openUserFile("kernel", req.KernelPath)
+				if ferr != nil {
+					return ferr
+				}
+				defer f.Close()
+				req.KernelPath = ""
+				img, err = a.api().BuildImageUpload(cmd.Context(), req, f, pp.event)
 			}
-			pp := &progressPrinter{w: a.Stderr, quiet: quiet}
-			img, err := a.api().BuildImage(cmd.Context(), req, pp.event)
 			if err != nil {
 				return err
 			}
@@ -80,7 +97,7 @@ downloads packages and takes minutes; later builds reuse a cache.`,
 	f.StringVar(&req.Mirror, "mirror", "", "Debian mirror URL (default: from this host's apt sources)")
 	f.StringSliceVar(&packages, "packages", nil, "extra packages, comma-separated")
 	f.BoolVar(&req.Docker, "docker", false, "install Docker in the image")
-	f.StringVar(&req.KernelPath, "kernel", "", "use this vmlinux instead of the newest built kernel")
+	f.StringVar(&req.KernelPath, "kernel", "", "use this vmlinux instead of the newest built kernel (read with your rights and sent to the daemon)")
 	f.StringVar(&size, "size", "", "root filesystem size, e.g. 4G (default: fit the contents)")
 	f.BoolVarP(&quiet, "quiet", "q", false, "only print the result")
 	return cmd
@@ -88,13 +105,19 @@ downloads packages and takes minutes; later builds reuse a cache.`,
 
 func (a *App) imageRegisterCommand() *cobra.Command {
 	var req api.ImageRegisterRequest
+	var quiet bool
 	cmd := &cobra.Command{
 		Use:   "register NAME --kernel PATH --rootfs PATH",
 		Short: "Register an existing kernel and root filesystem as an image",
-		Long: `Register an existing kernel and root filesystem as an image, without copying
-them. The kernel must be an uncompressed ELF vmlinux (what Firecracker boots) or
-a bzImage (which only banger-vmm-qemu boots; you get a warning). The files must
-be readable by you.`,
+		Long: `Register an existing kernel and root filesystem as an image. The kernel must be
+an uncompressed ELF vmlinux (what Firecracker boots) or a bzImage (which only
+banger-vmm-qemu boots; you get a warning).
+
+banger reads the files with your rights and the daemon keeps its own copy of
+each (sparse, or a reflink for root's files where the filesystem allows):
+changing or removing the originals later changes nothing. Each path must name
+a regular file itself, not a symbolic link. Image names are yours: another
+user's image of the same name is another image.`,
 		Example: `  banger image register mine --kernel ./vmlinux --rootfs ./rootfs.ext4`,
 		Args:    exactArgs(1, "an image NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -105,17 +128,28 @@ be readable by you.`,
 			if req.KernelPath == "" || req.RootfsPath == "" {
 				return usagef("image register needs --kernel and --rootfs")
 			}
-			for _, p := range []*string{&req.KernelPath, &req.RootfsPath, &req.InitrdPath, &req.ModulesDir, &req.WorkSeed} {
-				if *p == "" {
-					continue
-				}
-				abs, err := filepath.Abs(*p)
-				if err != nil {
-					return err
-				}
-				*p = abs
+			if req.ModulesDir != "" {
+				return usagef("--modules: banger does not use a separate modules directory (put the modules in the root filesystem)")
 			}
-			resp, err := a.api().RegisterImage(cmd.Context(), req)
+			pp := &progressPrinter{w: a.Stderr, quiet: quiet}
+			var resp api.ImageRegisterResponse
+			var err error
+			if os.Geteuid() == 0 {
+				// Root's paths are root's: the daemon copies them.
+				for _, p := range []*string{&req.KernelPath, &req.RootfsPath, &req.InitrdPath, &req.WorkSeed} {
+					if *p == "" {
+						continue
+					}
+					abs, err := filepath.Abs(*p)
+					if err != nil {
+						return err
+					}
+					*p = abs
+				}
+				resp, err = a.api().RegisterImage(cmd.Context(), req)
+			} else {
+				resp, err = a.uploadImage(cmd, req, pp)
+			}
 			if err != nil {
 				return err
 			}
@@ -130,10 +164,37 @@ be readable by you.`,
 	f.StringVar(&req.KernelPath, "kernel", "", "kernel: ELF vmlinux (or bzImage)")
 	f.StringVar(&req.RootfsPath, "rootfs", "", "root filesystem image (ext4)")
 	f.StringVar(&req.InitrdPath, "initrd", "", "initrd (optional)")
-	f.StringVar(&req.ModulesDir, "modules", "", "kernel modules directory (optional)")
+	f.StringVar(&req.ModulesDir, "modules", "", "not supported: modules belong in the root filesystem")
+	f.MarkHidden("modules")
 	f.StringVar(&req.WorkSeed, "work-seed", "", "ext4 image each VM's /root disk starts from (optional)")
 	f.BoolVar(&req.Docker, "docker", false, "the image has Docker")
+	f.BoolVarP(&quiet, "quiet", "q", false, "print no progress")
 	return cmd
+}
+
+// uploadImage opens the image's files with this user's rights (every one
+// before anything is sent) and streams them to the daemon.
+func (a *App) uploadImage(cmd *cobra.Command, req api.ImageRegisterRequest, pp *progressPrinter) (api.ImageRegisterResponse, error) {
+	var files []api.UploadFile
+	defer func() {
+		for _, f := range files {
+			f.File.Close()
+		}
+	}()
+	for _, p := range []struct{ flag, role, path string }{
+		{"kernel", api.RoleKernel, req.KernelPath}, {"rootfs", api.RoleRootfs, req.RootfsPath},
+		{"initrd", api.RoleInitrd, req.InitrdPath}, {"work-seed", api.RoleWorkSeed, req.WorkSeed},
+	} {
+		if p.path == "" {
+			continue
+		}
+		f, err := openUserFile(p.flag, p.path)
+		if err != nil {
+			return api.ImageRegisterResponse{}, err
+		}
+		files = append(files, api.UploadFile{Role: p.role, File: f})
+	}
+	return a.api().UploadImage(cmd.Context(), api.ImageUploadRequest{Name: req.Name, Docker: req.Docker}, files, pp.event)
 }
 
 func (a *App) imageLsCommand() *cobra.Command {
@@ -205,6 +266,9 @@ func (a *App) imageInspectCommand() *cobra.Command {
 			}
 			fmt.Fprintf(w, "ssh key:     %s\n", key)
 			fmt.Fprintf(w, "used by:     %s\n", orDash(strings.Join(det.UsedBy, ", ")))
+			if det.Note != "" {
+				fmt.Fprintf(w, "note:        %s\n", det.Note)
+			}
 			fmt.Fprintln(w, "artifacts:")
 			t := newTable(w, "  ROLE", "SIZE", "ON DISK", "PATH")
 			for _, art := range det.Artifacts {

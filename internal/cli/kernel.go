@@ -30,7 +30,10 @@ ext4, in-kernel ip= autoconfiguration, and Ctrl-Alt-Del support built in.
 
 The result is kept in the daemon's state dir under a name that records the
 source version and a hash of the config, and is reused when present (--force
-rebuilds). A build takes about 10 minutes on 2 cores; the full log is kept.`,
+rebuilds). A build takes about 10 minutes on 2 cores; the full log is kept.
+
+Kernel builds are for root and members of the daemon's admin group
+(banger-admin): every image boots these kernels.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			pp := &progressPrinter{w: a.Stderr, quiet: quiet}

@@ -116,7 +116,7 @@ copy. The guest path defaults to /root/<repository name>; preparing the same
 path again replaces it (refused while it holds unfetched work, unless --force).`,
 		Example: `  banger workspace prepare dev
   banger workspace prepare dev ~/src/app --mode full_copy --branch try-fix
-  banger workspace prepare dev . --guest-path /srv/app`,
+  banger workspace prepare dev . --guest-path /root/src/app`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) < 1 || len(args) > 2 {
 				return usagef("workspace prepare needs a VM and optionally a PATH (usage: %s)", cmd.UseLine())
@@ -146,7 +146,7 @@ path again replaces it (refused while it holds unfetched work, unless --force).`
 	f := cmd.Flags()
 	f.StringVar(&mode, "mode", string(model.WorkspacePrepareModeShallowOverlay), "shallow_overlay, full_copy or metadata_only")
 	f.StringVar(&branch, "branch", "", "work branch in the guest (default banger/VM)")
-	f.StringVar(&guestPath, "guest-path", "", "where the repository goes in the guest (default /root/<repo name>; relative is under /root)")
+	f.StringVar(&guestPath, "guest-path", "", "where the repository goes in the guest, under /root (default /root/<repo name>; relative is under /root)")
 	f.BoolVar(&force, "force", false, "replace what is at the guest path, even a workspace with unfetched work")
 	f.BoolVar(&asJSON, "json", false, "print the workspace as JSON")
 	f.BoolVarP(&quiet, "quiet", "q", false, "no progress output")

@@ -48,7 +48,23 @@ const (
 	// DefaultEgressLogGroup is the NFLOG group of denied guest
 	// connections.
 	DefaultEgressLogGroup = 1701
+	// DefaultAdminGroup is the root-equivalent group.
+	DefaultAdminGroup     = "banger-admin"
+	DefaultAPIReadTimeout = 30 * time.Second
+	DefaultAPIIdleTimeout = 2 * time.Minute
+	DefaultBuildTimeout   = 2 * time.Hour
 )
+
+// DefaultLimits are the per-user limits when the configuration does not
+// set them: room for real work, not for wearing the host down.
+var DefaultLimits = model.UserLimits{
+	Connections:   64,
+	Operations:    8,
+	VMs:           16,
+	UnstartedVMs:  4,
+	FileSyncBytes: 256 << 20,
+	DiskBytes:     512 << 30,
+}
 
 // file is the TOML shape of the configuration. Durations and sizes are
 // strings so their errors can name the key.
@@ -82,6 +98,21 @@ type file struct {
 	CgroupParent       *string         `toml:"cgroup_parent"`
 	FileSync           []fileSyncEntry `toml:"file_sync"`
 	VMDefaults         *vmDefaults     `toml:"vm_defaults"`
+	AdminGroup         *string         `toml:"admin_group"`
+	APIReadTimeout     *string         `toml:"api_read_timeout"`
+	APIIdleTimeout     *string         `toml:"api_idle_timeout"`
+	BuildTimeout       *string         `toml:"build_timeout"`
+	Limits             *limits         `toml:"limits"`
+}
+
+// limits is the [limits] table: per-user limits, 0 meaning none.
+type limits struct {
+	Connections  *int    `toml:"connections"`
+	Operations   *int    `toml:"operations"`
+	VMs          *int    `toml:"vms"`
+	UnstartedVMs *int    `toml:"unstarted_vms"`
+	FileSyncSize *string `toml:"file_sync_size"`
+	Disk         *string `toml:"disk"`
 }
 
 type fileSyncEntry struct {
@@ -125,6 +156,11 @@ func Default() model.DaemonConfig {
 		DNSDomain:          DefaultDNSDomain,
 		VMMUIDBase:         DefaultVMMUIDBase,
 		CgroupParent:       DefaultCgroupParent,
+		AdminGroup:         DefaultAdminGroup,
+		APIReadTimeout:     DefaultAPIReadTimeout,
+		APIIdleTimeout:     DefaultAPIIdleTimeout,
+		BuildTimeout:       DefaultBuildTimeout,
+		Limits:             DefaultLimits,
 		VMDefaults: model.VMDefaultsOverride{
 			VCPUCount:             model.DefaultVCPUCount,
 			MemoryMiB:             model.DefaultMemoryMiB,
@@ -217,6 +253,9 @@ func valueError(lines map[string]int, key, format string, args ...any) error {
 
 var cgroupParentRe = regexp.MustCompile(`^[a-z0-9][a-z0-9.-]{0,63}$`)
 
+// groupNameRe is what useradd accepts for a group name (and a bit more).
+var groupNameRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?$`)
+
 func apply(cfg *model.DaemonConfig, f *file, lines map[string]int) error {
 	setString := func(dst *string, src *string) {
 		if src != nil {
@@ -251,6 +290,7 @@ func apply(cfg *model.DaemonConfig, f *file, lines map[string]int) error {
 	setString(&cfg.BuildNetNS, f.BuildNetNS)
 	setString(&cfg.JailerBin, f.JailerBin)
 	setString(&cfg.CgroupParent, f.CgroupParent)
+	setString(&cfg.AdminGroup, f.AdminGroup)
 	if f.VMMUIDBase != nil {
 		// The range must stay clear of root and system users and fit a
 		// /16's worth of VMs below the largest uid.
@@ -281,6 +321,9 @@ func apply(cfg *model.DaemonConfig, f *file, lines map[string]int) error {
 		{"stale_sweep_interval", f.StaleSweepInterval, &cfg.StaleSweepInterval, false, 100 * time.Millisecond},
 		{"boot_timeout", f.BootTimeout, &cfg.BootTimeout, false, time.Second},
 		{"stop_timeout", f.StopTimeout, &cfg.StopTimeout, false, 0},
+		{"api_read_timeout", f.APIReadTimeout, &cfg.APIReadTimeout, false, time.Second},
+		{"api_idle_timeout", f.APIIdleTimeout, &cfg.APIIdleTimeout, false, time.Second},
+		{"build_timeout", f.BuildTimeout, &cfg.BuildTimeout, false, time.Minute},
 	}
 	for _, d := range durations {
 		if d.src == nil {
@@ -349,6 +392,12 @@ func apply(cfg *model.DaemonConfig, f *file, lines map[string]int) error {
 		}
 	}
 
+	if l := f.Limits; l != nil {
+		if err := applyLimits(&cfg.Limits, l, lines); err != nil {
+			return err
+		}
+	}
+
 	for i, e := range f.FileSync {
 		prefix := fmt.Sprintf("file_sync.%d", i)
 		if strings.TrimSpace(e.Host) == "" {
@@ -369,6 +418,80 @@ func apply(cfg *model.DaemonConfig, f *file, lines map[string]int) error {
 	}
 
 	return validate(cfg, lines)
+}
+
+// applyLimits reads the [limits] table. Counts are 0 (no limit) or
+// positive; sizes are sizes such as "256M", or "0" for no limit.
+func applyLimits(dst *model.UserLimits, l *limits, lines map[string]int) error {
+	for _, c := range []struct {
+		key string
+		src *int
+		dst *int
+	}{
+		{"limits.connections", l.Connections, &dst.Connections},
+		{"limits.operations", l.Operations, &dst.Operations},
+		{"limits.vms", l.VMs, &dst.VMs},
+		{"limits.unstarted_vms", l.UnstartedVMs, &dst.UnstartedVMs},
+	} {
+		if c.src == nil {
+			continue
+		}
+		if *c.src < 0 || *c.src > 1_000_000 {
+			return valueError(lines, c.key, "%d must be between 0 (no limit) and 1000000", *c.src)
+		}
+		*c.dst = *c.src
+	}
+	for _, s := range []struct {
+		key string
+		src *string
+		dst *int64
+	}{
+		{"limits.file_sync_size", l.FileSyncSize, &dst.FileSyncBytes},
+		{"limits.disk", l.Disk, &dst.DiskBytes},
+	} {
+		if s.src == nil {
+			continue
+		}
+		if strings.TrimSpace(*s.src) == "0" {
+			*s.dst = 0
+			continue
+		}
+		n, err := parseLimitSize(*s.src)
+		if err != nil {
+			return valueError(lines, s.key, "%v", err)
+		}
+		*s.dst = n
+	}
+	return nil
+}
+
+// parseLimitSize reads a size such as "256M", "64G" or "2T" (a bare
+// number is MiB, as everywhere in banger), up to 1 PiB.
+func parseLimitSize(s string) (int64, error) {
+	bad := fmt.Errorf("%q is not a size such as \"256M\", \"64G\" or \"2T\", or \"0\" for no limit", s)
+	t := strings.ToUpper(strings.TrimSpace(s))
+	if t == "" {
+		return 0, bad
+	}
+	shift := 20
+	switch t[len(t)-1] {
+	case 'K':
+		shift = 10
+	case 'M':
+		shift = 20
+	case 'G':
+		shift = 30
+	case 'T':
+		shift = 40
+	}
+	if t[len(t)-1] > '9' {
+		t = t[:len(t)-1]
+	}
+	v, err := strconv.ParseInt(t, 10, 64)
+	if err != nil || v <= 0 || v > (1<<50)>>shift {
+		return 0, bad
+	}
+	return v << shift, nil
 }
 
 func validate(cfg *model.DaemonConfig, lines map[string]int) error {
@@ -434,6 +557,12 @@ func validate(cfg *model.DaemonConfig, lines map[string]int) error {
 				return valueError(lines, "dns_domain", "%q must be dot-separated DNS labels", cfg.DNSDomain)
 			}
 		}
+	}
+	if cfg.AdminGroup != "" && !groupNameRe.MatchString(cfg.AdminGroup) {
+		return valueError(lines, "admin_group", "%q is not a group name", cfg.AdminGroup)
+	}
+	if cfg.AdminGroup != "" && cfg.AdminGroup == cfg.SocketGroup {
+		return valueError(lines, "admin_group", "%q is also socket_group: the admin group must be a group of its own, or members of the socket group would all be root-equivalent", cfg.AdminGroup)
 	}
 	if cfg.DNSListen != "" && cfg.DNSListen != "off" {
 		if _, _, err := net.SplitHostPort(cfg.DNSListen); err != nil {

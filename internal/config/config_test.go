@@ -59,6 +59,18 @@ default_image_name = "dev"
 state_dir = "/tmp/banger-state"
 socket_path = "/tmp/banger.sock"
 dns_domain = "vm.test"
+admin_group = "wheel-vms"
+api_read_timeout = "5s"
+api_idle_timeout = "1m"
+build_timeout = "30m"
+
+[limits]
+connections = 10
+operations = 0
+vms = 3
+unstarted_vms = 1
+file_sync_size = "10M"
+disk = "2T"
 
 [vm_defaults]
 vcpus = 4
@@ -105,6 +117,28 @@ guest = ".config/nvim"
 	if cfg.CacheDir != "/tmp/banger-state/cache" {
 		t.Errorf("cache dir %q", cfg.CacheDir)
 	}
+	if cfg.AdminGroup != "wheel-vms" || cfg.APIReadTimeout != 5*time.Second || cfg.APIIdleTimeout != time.Minute || cfg.BuildTimeout != 30*time.Minute {
+		t.Errorf("admin group %q, timeouts %s %s %s", cfg.AdminGroup, cfg.APIReadTimeout, cfg.APIIdleTimeout, cfg.BuildTimeout)
+	}
+	wantLimits := model.UserLimits{Connections: 10, Operations: 0, VMs: 3, UnstartedVMs: 1, FileSyncBytes: 10 << 20, DiskBytes: 2 << 40}
+	if cfg.Limits != wantLimits {
+		t.Errorf("limits %+v, want %+v", cfg.Limits, wantLimits)
+	}
+}
+
+func TestLimitsDefaultAndPartial(t *testing.T) {
+	cfg, err := Parse([]byte("[limits]\nvms = 2\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := DefaultLimits
+	want.VMs = 2
+	if cfg.Limits != want {
+		t.Errorf("limits %+v, want %+v", cfg.Limits, want)
+	}
+	if cfg.AdminGroup != DefaultAdminGroup || cfg.APIReadTimeout != DefaultAPIReadTimeout {
+		t.Errorf("defaults: %q %s", cfg.AdminGroup, cfg.APIReadTimeout)
+	}
 }
 
 func TestParseErrors(t *testing.T) {
@@ -139,6 +173,13 @@ func TestParseErrors(t *testing.T) {
 		{"dns number", "default_dns = 1\n", []string{"default_dns", "list of addresses"}},
 		{"log group", "egress_log_group = 70000\n", []string{"egress_log_group", "65535"}},
 		{"egress mode", "[vm_defaults]\negress = \"closed\"\n", []string{"line 2", "vm_defaults.egress", "unknown mode"}},
+		{"negative limit", "[limits]\nvms = -1\n", []string{"line 2", "limits.vms", "0 (no limit)"}},
+		{"bad limit size", "[limits]\ndisk = \"lots\"\n", []string{"line 2", "limits.disk", "not a size"}},
+		{"huge limit size", "[limits]\nfile_sync_size = \"9999999T\"\n", []string{"limits.file_sync_size"}},
+		{"unknown limit", "[limits]\nimages = 3\n", []string{"line 2", "limits.images"}},
+		{"admin group is socket group", "socket_group = \"banger\"\nadmin_group = \"banger\"\n", []string{"admin_group", "socket_group"}},
+		{"bad admin group", "admin_group = \"a b\"\n", []string{"admin_group", "not a group name"}},
+		{"tiny read timeout", "api_read_timeout = \"10ms\"\n", []string{"api_read_timeout", "minimum"}},
 		{"egress cidr", "[vm_defaults]\negress = \"allow=10.0.0.1/8\"\n", []string{"vm_defaults.egress", "did you mean 10.0.0.0/8"}},
 	}
 	for _, tt := range tests {
@@ -207,7 +248,8 @@ func TestPackagedConfigParses(t *testing.T) {
 		t.Fatalf("packaging/bangerd.toml uncommented: %v\n%s", err, uncommented)
 	}
 	def := Default()
-	if cfg.BridgeName != def.BridgeName || cfg.VMDefaults.MemoryMiB != def.VMDefaults.MemoryMiB || cfg.TapPoolSize != def.TapPoolSize {
+	if cfg.BridgeName != def.BridgeName || cfg.VMDefaults.MemoryMiB != def.VMDefaults.MemoryMiB || cfg.TapPoolSize != def.TapPoolSize ||
+		cfg.Limits != def.Limits || cfg.AdminGroup != def.AdminGroup || cfg.BuildTimeout != def.BuildTimeout || cfg.APIIdleTimeout != def.APIIdleTimeout {
 		t.Errorf("the example's values differ from the defaults: %+v", cfg)
 	}
 }

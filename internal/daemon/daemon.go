@@ -88,8 +88,11 @@ type Daemon struct {
 
 	// createMu serialises name and IP allocation for new VMs.
 	createMu sync.Mutex
-	// buildMu runs kernel and image builds one at a time.
-	buildMu sync.Mutex
+	// builds runs kernel and image builds one at a time, taking users
+	// in turn.
+	builds *buildQueue
+	// lookupUID turns the owner part of an image reference into a uid.
+	lookupUID uidOf
 
 	// crashAt is the fault-injection step (EnvCrashAt), for tests.
 	crashAt string
@@ -129,17 +132,19 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 		runner = hostexec.Real{}
 	}
 	d := &Daemon{
-		cfg:      opts.Config,
-		logger:   logger,
-		version:  opts.Version,
-		runner:   runner,
-		layout:   layout{stateDir: opts.Config.StateDir},
-		locks:    newVMLocks(),
-		handles:  newHandleCache(),
-		crashAt:  os.Getenv(EnvCrashAt),
-		noWatch:  os.Getenv(EnvNoWatch) == "1",
-		sessions: newSessionCounter(),
-		denied:   newDeniedLog(),
+		cfg:       opts.Config,
+		logger:    logger,
+		version:   opts.Version,
+		runner:    runner,
+		layout:    layout{stateDir: opts.Config.StateDir},
+		locks:     newVMLocks(),
+		handles:   newHandleCache(),
+		crashAt:   os.Getenv(EnvCrashAt),
+		noWatch:   os.Getenv(EnvNoWatch) == "1",
+		sessions:  newSessionCounter(),
+		denied:    newDeniedLog(),
+		builds:    newBuildQueue(),
+		lookupUID: hostUID,
 	}
 	// The state dir holds VM disks and the daemon's private key: only
 	// root may list it.
@@ -236,6 +241,8 @@ func (d *Daemon) Start(ctx context.Context) error {
 	if err := d.setupNetwork(ctx); err != nil {
 		d.logger.Error("network setup failed; VMs cannot start until it works", "err", err)
 	}
+	d.settleLegacyImages(ctx)
+	d.logger.Info("access", "admin_group", d.cfg.AdminGroup, "user_limits", describeLimits(d.cfg.Limits), "build_timeout", d.cfg.BuildTimeout)
 	if err := d.reconcile(ctx, "startup"); err != nil {
 		d.logger.Error("reconcile at startup", "err", err)
 	}

@@ -47,14 +47,19 @@ func (d *Daemon) UploadFileSync(ctx context.Context, ref string, open api.OpenFu
 		return api.FileSyncUpload{}, fmt.Errorf("file sync: %w", err)
 	}
 	defer f.Abort()
-	// The work disk bounds what fits in /root.
-	limit := vm.Spec.WorkDiskSizeBytes
+	// The work disk bounds what fits in /root; limits.file_sync_size
+	// bounds what one user may make the daemon store.
+	limit, key := d.fileSyncLimit(api.CallerFrom(ctx), vm.Spec.WorkDiskSizeBytes)
 	n, err := io.Copy(f, io.LimitReader(body, limit+1))
 	if err != nil {
 		return api.FileSyncUpload{}, fmt.Errorf("file sync upload: %w", err)
 	}
 	if n > limit {
-		return api.FileSyncUpload{}, model.Errorf(model.EINVALID, "file sync archive is larger than the vm's work disk (%s)", model.FormatSizeBytes(limit))
+		code := model.EINVALID
+		if key != "the vm's work disk" {
+			code = model.ELIMIT
+		}
+		return api.FileSyncUpload{}, model.Errorf(code, "file sync archive is larger than %s, the limit (%s); sync fewer files (the [[file_sync]] entries of bangerd's config)", model.FormatSizeBytes(limit), key)
 	}
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return api.FileSyncUpload{}, err

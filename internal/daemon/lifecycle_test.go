@@ -159,8 +159,12 @@ func newTestDaemon(t *testing.T, dm bool) *testEnv {
 	if err := d.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	// An image whose rootfs the fake e2fsprogs take for ext4.
-	rootfs := filepath.Join(dir, "rootfs.ext4")
+	// An image whose rootfs the fake e2fsprogs take for ext4, in the
+	// state dir like every image's files.
+	imgID := strings.Repeat("a", 64)
+	imgDir := d.layout.imageDir(imgID)
+	os.MkdirAll(imgDir, 0o700)
+	rootfs := filepath.Join(imgDir, "rootfs.ext4")
 	if err := os.WriteFile(rootfs, make([]byte, 32<<20), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -168,7 +172,7 @@ func newTestDaemon(t *testing.T, dm bool) *testEnv {
 		t.Fatal(err)
 	}
 	now := model.Now()
-	img := model.Image{ID: strings.Repeat("a", 64), Name: "base", RootfsPath: rootfs, KernelPath: "/k", CreatedAt: now, UpdatedAt: now}
+	img := model.Image{ID: imgID, Name: "base", ArtifactDir: imgDir, RootfsPath: rootfs, KernelPath: filepath.Join(imgDir, "vmlinux"), CreatedAt: now, UpdatedAt: now}
 	if err := d.store.CreateImage(ctx, img); err != nil {
 		t.Fatal(err)
 	}
@@ -308,7 +312,7 @@ func TestStartStopKillNATOnTheFakeHostDM(t *testing.T) {
 rule filter/FORWARD -d 172.16.0.2/32 -o br-fc -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment "banger:vm=` + short + `:tap=bgtap0:ip=172.16.0.2" -j ACCEPT
 rule nat/POSTROUTING -s 172.16.0.2/32 ! -o br-fc -m comment --comment "banger:vm=` + short + `:tap=bgtap0:ip=172.16.0.2" -j MASQUERADE
 `
-	devices := `loop /dev/loop0 ` + "$STATE/../rootfs.ext4" + ` ro
+	devices := `loop /dev/loop0 ` + "$STATE/images/aaaaaaaaaaaa/rootfs.ext4" + ` ro
 loop /dev/loop1 $STATE/vms/` + short + `/system.img
 dm banger-` + short + ` 0 65536 snapshot /dev/loop0 /dev/loop1 P 8
 `

@@ -97,13 +97,6 @@ func (d *Daemon) observeHost(ctx context.Context) (hostObservation, error) {
 	} else {
 		errs = append(errs, err)
 	}
-	if imgs, err := d.store.ListImages(ctx); err == nil {
-		for _, img := range imgs {
-			host.ImageRootfs = append(host.ImageRootfs, img.RootfsPath)
-		}
-	} else {
-		errs = append(errs, err)
-	}
 	return host, errors.Join(errs...)
 }
 

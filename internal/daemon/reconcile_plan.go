@@ -48,10 +48,10 @@ type hostObservation struct {
 	VMMs []vmmProcess
 	// VMDirs are the entries of the vms dir.
 	VMDirs []string
-	// StateDir and ImageRootfs say which loop devices are banger's: those
-	// on a file under the state dir or on an image's root filesystem.
-	StateDir    string
-	ImageRootfs []string
+	// StateDir holds every file whose loop devices are banger's: the
+	// images' copies and the VMs' disks. A loop on any other file is
+	// someone else's, whatever an image row once named.
+	StateDir string
 	// Cgroups are the groups under the daemon's cgroup parent.
 	Cgroups []string
 	// Procs are the host's processes when observed.
@@ -224,15 +224,8 @@ func holdsAnything(r vmObservation) bool {
 	return r.Handles.Tap != "" || r.NATRules || r.Handles.Overlay.DMName != "" || len(r.Handles.Overlay.Loops) > 0
 }
 
-// ownsFile reports whether a loop's backing file is banger's.
+// ownsFile reports whether a loop's backing file is banger's: a file
+// under the state dir.
 func ownsFile(host hostObservation, file string) bool {
-	if host.StateDir != "" && strings.HasPrefix(file, strings.TrimSuffix(host.StateDir, "/")+"/") {
-		return true
-	}
-	for _, r := range host.ImageRootfs {
-		if file == r {
-			return true
-		}
-	}
-	return false
+	return host.StateDir != "" && strings.HasPrefix(file, strings.TrimSuffix(host.StateDir, "/")+"/")
 }

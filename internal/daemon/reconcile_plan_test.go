@@ -107,19 +107,22 @@ func TestPlanReconcile(t *testing.T) {
 			name: "orphans: vmm, dm, loops and dirs no row explains",
 			rows: []vmObservation{{VM: running, PID: 42, Handles: vmHandles{PID: 42, Tap: "bgtap1", Overlay: storage.Attached{DMName: "banger-alive0000000", Loops: []string{"/dev/loop0", "/dev/loop1"}}}, NATRules: true, NATFull: true}},
 			host: hostObservation{
-				StateDir:    "/s",
-				ImageRootfs: []string{"/images/base.ext4"},
-				VMMs:        []vmmProcess{{PID: 42, APISock: running.Runtime.APISockPath}, {PID: 99, APISock: "/s/vms/ghost/api.sock"}},
+				StateDir: "/s",
+				VMMs:     []vmmProcess{{PID: 42, APISock: running.Runtime.APISockPath}, {PID: 99, APISock: "/s/vms/ghost/api.sock"}},
 				DMs: []storage.DMDevice{
 					{Name: "banger-alive0000000", Deps: []string{"7:0", "7:1"}},
 					{Name: "banger-ghost", Deps: []string{"7:2", "7:3"}},
 				},
 				Loops: []storage.LoopDevice{
-					{Dev: "/dev/loop0", BackFile: "/images/base.ext4", MajMin: "7:0"},
+					{Dev: "/dev/loop0", BackFile: "/s/images/base0000000/rootfs.ext4", MajMin: "7:0"},
 					{Dev: "/dev/loop1", BackFile: "/s/vms/alive0000000/system.img", MajMin: "7:1"},
-					{Dev: "/dev/loop2", BackFile: "/images/base.ext4", MajMin: "7:2"},
+					{Dev: "/dev/loop2", BackFile: "/s/images/base0000000/rootfs.ext4", MajMin: "7:2"},
 					{Dev: "/dev/loop3", BackFile: "/s/vms/ghost/system.img", MajMin: "7:3"},
+					// A user's own loops are not banger's, even on a
+					// file the user once registered as an image.
 					{Dev: "/dev/loop4", BackFile: "/home/user/their.img", MajMin: "7:4"},
+					{Dev: "/dev/loop5", BackFile: "/home/user/rootfs.ext4", MajMin: "7:5"},
+					{Dev: "/dev/loop6", BackFile: "/s-other/x.img", MajMin: "7:6"},
 				},
 				VMDirs: []string{model.ShortID(running.ID), "ghost"},
 				NAT:    []network.NAT{{VMID: "ghost", Tap: "bgtap9"}},

@@ -92,6 +92,9 @@ func (d *Daemon) startLocked(ctx context.Context, vm model.VMRecord, progress ap
 	if err != nil {
 		return vm, fmt.Errorf("image of vm %s: %w", vm.Name, err)
 	}
+	if err := d.checkImageUsable(img); err != nil {
+		return vm, err
+	}
 	s.img = img
 	if err := d.boot.check(); err != nil {
 		return vm, err

@@ -352,6 +352,9 @@ func (d *Daemon) ResetSystem(ctx context.Context, ref string) (api.VMView, error
 	if err != nil {
 		return api.VMView{}, err
 	}
+	if err := d.checkImageUsable(img); err != nil {
+		return api.VMView{}, err
+	}
 	spec := d.overlaySpec(vm, img)
 	if _, err := os.Stat(spec.OverlayPath); errors.Is(err, os.ErrNotExist) {
 		// Never started: the first start makes a fresh overlay anyway.

@@ -135,7 +135,8 @@ func (d *Daemon) specFromRequest(req model.VMCreateRequest) model.VMSpec {
 }
 
 // resolveCreateImage picks the image for a new VM: the named one, else the
-// configured default, else the only image the caller can see.
+// configured default, else the only image a bare name could mean to the
+// caller (its own and root's; root's own for root: never another user's).
 func (d *Daemon) resolveCreateImage(ctx context.Context, name string) (model.Image, error) {
 	if name != "" {
 		return d.findImage(ctx, name)
@@ -149,10 +150,11 @@ func (d *Daemon) resolveCreateImage(ctx context.Context, name string) (model.Ima
 			return img, err
 		}
 	}
-	imgs, err := d.ListImages(ctx)
+	all, err := d.store.ListImages(ctx)
 	if err != nil {
 		return model.Image{}, err
 	}
+	imgs := defaultCandidates(api.CallerFrom(ctx), all)
 	if len(imgs) == 1 {
 		return imgs[0], nil
 	}
@@ -202,6 +204,9 @@ func (d *Daemon) CreateVM(ctx context.Context, req model.VMCreateRequest, progre
 	if err != nil {
 		return api.VMView{}, err
 	}
+	if err := d.checkImageUsable(img); err != nil {
+		return api.VMView{}, err
+	}
 
 	vm, err := d.insertVM(ctx, req, spec, img)
 	if err != nil {
@@ -238,6 +243,13 @@ func (d *Daemon) CreateVM(ctx context.Context, req model.VMCreateRequest, progre
 func (d *Daemon) insertVM(ctx context.Context, req model.VMCreateRequest, spec model.VMSpec, img model.Image) (model.VMRecord, error) {
 	d.createMu.Lock()
 	defer d.createMu.Unlock()
+	add := usage{VMs: 1, DiskBytes: spec.SystemOverlaySizeByte + spec.WorkDiskSizeBytes}
+	if req.NoStart {
+		add.Unstarted = 1
+	}
+	if err := d.checkLimits(ctx, api.CallerFrom(ctx), add); err != nil {
+		return model.VMRecord{}, err
+	}
 	if _, err := d.store.GetVM(ctx, req.Name); err == nil {
 		return model.VMRecord{}, model.Errorf(model.ECONFLICT, "vm %q already exists; pick another name or remove it with `banger vm rm %s`", req.Name, req.Name)
 	} else if model.ErrorCode(err) != model.ENOTFOUND {
@@ -331,6 +343,9 @@ func (d *Daemon) SetVM(ctx context.Context, req model.VMSetRequest) (api.VMView,
 		}
 		if running && n != vm.Spec.WorkDiskSizeBytes {
 			return api.VMView{}, model.Errorf(model.ECONFLICT, "vm %q is running; stop it to grow its disk (`banger vm stop %s`)", vm.Name, vm.Name)
+		}
+		if err := d.checkLimits(ctx, api.CallerFrom(ctx), usage{DiskBytes: n - vm.Spec.WorkDiskSizeBytes}); err != nil {
+			return api.VMView{}, err
 		}
 		next.WorkDiskSizeBytes = n
 	}

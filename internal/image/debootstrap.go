@@ -54,16 +54,20 @@ func extraPackages(pkgs []string, docker bool) []string {
 }
 
 // debootstrapArgv returns the debootstrap command for a minbase system of
-// release from mirror in target.
-func debootstrapArgv(release, mirror, target string) []string {
-	return []string{
+// release from mirror in target; with keyring, the mirror's Release file
+// must be signed by a key in it.
+func debootstrapArgv(release, mirror, target, keyring string) []string {
+	argv := []string{
 		"debootstrap",
 		"--variant=minbase",
 		"--arch=amd64",
 		"--components=main",
 		"--include=" + strings.Join(basePackages, ","),
-		release, target, mirror,
 	}
+	if keyring != "" {
+		argv = append(argv, "--keyring="+keyring)
+	}
+	return append(argv, release, target, mirror)
 }
 
 // packagesArgv returns the command that installs extra packages inside the
@@ -74,8 +78,8 @@ func packagesArgv(target string, pkgs []string) []string {
 	script := `set -eu
 mount -t proc proc /proc
 export DEBIAN_FRONTEND=noninteractive
-apt-get update
-apt-get install -y --no-install-recommends -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "$@"
+apt-get update ` + aptLimitOpts + `
+apt-get install -y --no-install-recommends ` + aptLimitOpts + ` -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "$@"
 apt-get clean`
 	return append([]string{"chroot", target, "/bin/sh", "-c", script, "banger-packages"}, pkgs...)
 }

@@ -9,7 +9,7 @@ import (
 )
 
 func TestDebootstrapArgv(t *testing.T) {
-	got := debootstrapArgv("bookworm", "http://archive.example/debian", "/img/rootfs")
+	got := debootstrapArgv("bookworm", "http://archive.example/debian", "/img/rootfs", "")
 	want := []string{
 		"debootstrap", "--variant=minbase", "--arch=amd64", "--components=main",
 		"--include=systemd,systemd-sysv,openssh-server,git,ca-certificates,iproute2,iputils-ping,procps,netbase,curl,less",
@@ -17,6 +17,12 @@ func TestDebootstrapArgv(t *testing.T) {
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("debootstrapArgv =\n%q\nwant\n%q", got, want)
+	}
+	// A mirror a user named is checked against Debian's keyring.
+	got = debootstrapArgv("bookworm", "http://archive.example/debian", "/img/rootfs", "/usr/share/keyrings/debian-archive-keyring.gpg")
+	want = append(append(append([]string{}, want[:5]...), "--keyring=/usr/share/keyrings/debian-archive-keyring.gpg"), want[5:]...)
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("debootstrapArgv with a keyring =\n%q\nwant\n%q", got, want)
 	}
 }
 

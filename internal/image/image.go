@@ -53,6 +53,11 @@ type ImageOptions struct {
 	// NetNS, when set, is the network namespace (a file such as
 	// /run/netns/NAME) the downloads run in.
 	NetNS string
+	// Keyring, when set, is the keyring debootstrap must check the
+	// mirror's Release file with (it fails rather than go on unchecked):
+	// a mirror a user named may serve only what Debian signed, since its
+	// packages' scripts run as root in the build's chroot.
+	Keyring string
 	// Logger receives progress and failures; nil discards.
 	Logger *slog.Logger
 }
@@ -153,6 +158,16 @@ func validateImageOptions(opts ImageOptions) (ImageOptions, error) {
 	for _, p := range opts.Packages {
 		if !packageName.MatchString(strings.TrimSpace(p)) {
 			return opts, model.Errorf(model.EINVALID, "build image: %q is not a Debian package name", p)
+		}
+	}
+	if opts.Mirror != "" {
+		if err := ValidateMirror(opts.Mirror); err != nil {
+			return opts, err
+		}
+	}
+	if opts.Keyring != "" {
+		if fi, err := os.Stat(opts.Keyring); err != nil || !fi.Mode().IsRegular() {
+			return opts, model.Errorf(model.EUNAVAILABLE, "build image: keyring %s is missing, and a mirror given to a build must be checked against it: install debian-archive-keyring", opts.Keyring)
 		}
 	}
 	if opts.Release != "" && !packageName.MatchString(opts.Release) {
@@ -340,7 +355,13 @@ func baseSystem(ctx context.Context, deps imageDeps, opts ImageOptions, root str
 		return "still running: " + truncate(last, 100)
 	}
 	stop := rep.every("debootstrap", progressInterval, status)
-	err := deps.steps.RunStep(ctx, logf, step{Argv: debootstrapArgv(opts.Release, opts.Mirror, root), Isolate: true, NetNS: opts.NetNS})
+	wgetrc := filepath.Join(filepath.Dir(root), "wgetrc")
+	if err := os.WriteFile(wgetrc, []byte(fetchLimits), 0o644); err != nil {
+		stop()
+		return false, fmt.Errorf("debootstrap: %w", err)
+	}
+	err := deps.steps.RunStep(ctx, logf, step{Argv: debootstrapArgv(opts.Release, opts.Mirror, root, opts.Keyring), Env: []string{"WGETRC=" + wgetrc}, Isolate: true, NetNS: opts.NetNS})
+	os.Remove(wgetrc)
 	stop()
 	if err != nil {
 		return false, fmt.Errorf("debootstrap: %w", err)

@@ -17,6 +17,9 @@ const (
 	// EUNAVAILABLE is returned when the host lacks something the request
 	// needs (a tool, a kernel feature).
 	EUNAVAILABLE = "EUNAVAILABLE"
+	// ELIMIT is returned when a per-user limit is reached; the message
+	// names the limit and its configuration key.
+	ELIMIT = "ELIMIT"
 )
 
 // Error is a domain error: a code and a message meant for the user.

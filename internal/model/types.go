@@ -68,8 +68,9 @@ type DaemonConfig struct {
 	CacheDir string
 	// SocketPath is the API socket.
 	SocketPath string
-	// SocketGroup is the group that may use the API socket. Membership is
-	// root-equivalent.
+	// SocketGroup is the group that may use the API socket. Its members
+	// use their own VMs and images and root's shared images; AdminGroup
+	// members are root-equivalent.
 	SocketGroup string
 	// DNSDomain is the domain under which VM names resolve.
 	DNSDomain string
@@ -105,6 +106,42 @@ type DaemonConfig struct {
 	// EgressLogGroup is the NFLOG group the kernel reports denied guest
 	// connections on, read by the daemon.
 	EgressLogGroup int
+
+	// AdminGroup is the group whose members are root-equivalent: they
+	// see and touch everyone's VMs and images and may build kernels.
+	// Members of SocketGroup alone use only their own.
+	AdminGroup string
+	// APIReadTimeout bounds how long the API waits for a request's
+	// headers and body, and for each read of an upload stream.
+	APIReadTimeout time.Duration
+	// APIIdleTimeout closes a kept-alive API connection idle this long.
+	APIIdleTimeout time.Duration
+	// BuildTimeout bounds one image build (not the wait for its turn).
+	BuildTimeout time.Duration
+	// Limits bound what one non-admin user may hold; root and AdminGroup
+	// members are exempt.
+	Limits UserLimits
+}
+
+// UserLimits bound what one user (uid) may hold or do at once. Zero means
+// no limit. Each refusal names the limit and its configuration key.
+type UserLimits struct {
+	// Connections is the number of open API connections.
+	Connections int
+	// Operations is the number of requests that change something (or
+	// stream) in flight at once, builds waiting for their turn included.
+	Operations int
+	// VMs is the number of VMs.
+	VMs int
+	// UnstartedVMs is the number of VMs created and never started, each
+	// holding a guest IP.
+	UnstartedVMs int
+	// FileSyncBytes bounds one file sync upload.
+	FileSyncBytes int64
+	// DiskBytes bounds the disk a user's images and VMs may take: the
+	// sizes of the user's image files plus the system and work disk sizes
+	// of the user's VMs.
+	DiskBytes int64
 }
 
 // VMDefaultsOverride holds the VM sizes used when a create request leaves

@@ -126,15 +126,35 @@ func (m *Manager) fillFrom(ctx context.Context, dst *os.File, srcPath string, tr
 		return false, err
 	}
 	defer src.Close()
+	return m.fillFromFile(ctx, dst, src, tryClone)
+}
+
+func (m *Manager) fillFromFile(ctx context.Context, dst, src *os.File, tryClone bool) (bool, error) {
 	if tryClone {
 		err := m.clone(dst, src)
 		if err == nil {
 			return true, nil
 		}
-		m.logger.Warn("reflink clone failed, copying instead", "src", srcPath, "dst", dst.Name(), "err", err)
+		m.logger.Warn("reflink clone failed, copying instead", "src", src.Name(), "dst", dst.Name(), "err", err)
 	}
 	if err := sparseCopy(ctx, dst, src); err != nil {
-		return false, fmt.Errorf("copy %s: %w", srcPath, err)
+		return false, fmt.Errorf("copy %s: %w", src.Name(), err)
+	}
+	return false, nil
+}
+
+// ImportFile fills dst, an empty file of the daemon's, with src's
+// contents: a reflink clone where the filesystem shares blocks, else a
+// sparse copy (holes and blocks of zeros stay holes). It reports whether
+// it cloned. Once it returns, nothing done to src reaches dst.
+func (m *Manager) ImportFile(ctx context.Context, dst, src *os.File) (bool, error) {
+	// A clone across filesystems fails at once (EXDEV): that is the
+	// common case here, not worth a warning.
+	if m.clone(dst, src) == nil {
+		return true, nil
+	}
+	if err := sparseCopy(ctx, dst, src); err != nil {
+		return false, fmt.Errorf("copy %s: %w", src.Name(), err)
 	}
 	return false, nil
 }

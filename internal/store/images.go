@@ -23,7 +23,8 @@ func scanImage(row interface{ Scan(...any) error }) (model.Image, error) {
 	return img, nil
 }
 
-// CreateImage stores a new image. A taken name is ECONFLICT.
+// CreateImage stores a new image. A name its owner already uses is
+// ECONFLICT.
 func (s *DB) CreateImage(ctx context.Context, img model.Image) error {
 	_, err := s.db.ExecContext(ctx, `INSERT INTO images (`+imageColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
 		img.ID, img.Name, img.OwnerUID, img.Managed, img.ArtifactDir, img.RootfsPath, img.WorkSeedPath, img.KernelPath, img.InitrdPath, img.ModulesDir, img.BuildSize, img.SeededSSHPublicKeyFingerprint, img.Docker, formatTime(img.CreatedAt), formatTime(img.UpdatedAt))
@@ -40,18 +41,28 @@ func (s *DB) UpdateImage(ctx context.Context, img model.Image) error {
 	return requireOne(res, "image", img.Name)
 }
 
-// GetImage finds an image by ID or name.
-func (s *DB) GetImage(ctx context.Context, idOrName string) (model.Image, error) {
-	img, err := scanImage(s.db.QueryRowContext(ctx, `SELECT `+imageColumns+` FROM images WHERE id = ? OR name = ? ORDER BY name = ? DESC LIMIT 1`, idOrName, idOrName, idOrName))
+// GetImage finds an image by its ID.
+func (s *DB) GetImage(ctx context.Context, id string) (model.Image, error) {
+	img, err := scanImage(s.db.QueryRowContext(ctx, `SELECT `+imageColumns+` FROM images WHERE id = ?`, id))
 	if errors.Is(err, sql.ErrNoRows) {
-		return img, model.Errorf(model.ENOTFOUND, "image %q not found; see `banger image ls`", idOrName)
+		return img, model.Errorf(model.ENOTFOUND, "image %q not found; see `banger image ls`", id)
 	}
 	return img, err
 }
 
-// ListImages returns every image, by name.
+// ImagesNamed returns the images called name (one per owner at most), or
+// the image whose ID is name.
+func (s *DB) ImagesNamed(ctx context.Context, name string) ([]model.Image, error) {
+	return s.queryImages(ctx, `SELECT `+imageColumns+` FROM images WHERE name = ? OR id = ? ORDER BY owner_uid`, name, name)
+}
+
+// ListImages returns every image, by name and owner.
 func (s *DB) ListImages(ctx context.Context) ([]model.Image, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT `+imageColumns+` FROM images ORDER BY name`)
+	return s.queryImages(ctx, `SELECT `+imageColumns+` FROM images ORDER BY name, owner_uid`)
+}
+
+func (s *DB) queryImages(ctx context.Context, query string, args ...any) ([]model.Image, error) {
+	rows, err := s.db.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, err
 	}

@@ -91,10 +91,37 @@ func (s *DB) migrate(ctx context.Context) error {
 	return nil
 }
 
+// noForeignKeys marks a migration that rebuilds a table other tables
+// refer to: it runs with foreign keys off (they cannot be switched inside
+// a transaction), and the keys are checked before it commits.
+const noForeignKeys = "-- banger:foreign_keys=off"
+
 // applyMigration runs one migration in its own transaction, unless it is
 // already recorded.
-func (s *DB) applyMigration(ctx context.Context, version int, name string) error {
-	tx, err := s.db.BeginTx(ctx, nil)
+func (s *DB) applyMigration(ctx context.Context, version int, name string) (err error) {
+	body, err := migrationFS.ReadFile(name)
+	if err != nil {
+		return fmt.Errorf("migrate %d: %w", version, err)
+	}
+	// One connection for the whole migration: the foreign key pragma is
+	// per connection.
+	conn, err := s.db.Conn(ctx)
+	if err != nil {
+		return fmt.Errorf("migrate %d: %w", version, err)
+	}
+	defer conn.Close()
+	fkOff := strings.HasPrefix(string(body), noForeignKeys)
+	if fkOff {
+		if _, err := conn.ExecContext(ctx, `PRAGMA foreign_keys = OFF`); err != nil {
+			return fmt.Errorf("migrate %d: %w", version, err)
+		}
+		defer func() {
+			if _, ferr := conn.ExecContext(context.WithoutCancel(ctx), `PRAGMA foreign_keys = ON`); ferr != nil && err == nil {
+				err = fmt.Errorf("migrate %d: %w", version, ferr)
+			}
+		}()
+	}
+	tx, err := conn.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("migrate %d: %w", version, err)
 	}
@@ -106,12 +133,19 @@ func (s *DB) applyMigration(ctx context.Context, version int, name string) error
 	if n > 0 {
 		return nil
 	}
-	body, err := migrationFS.ReadFile(name)
-	if err != nil {
-		return fmt.Errorf("migrate %d: %w", version, err)
-	}
 	if _, err := tx.ExecContext(ctx, string(body)); err != nil {
 		return fmt.Errorf("migrate %d (%s): %w", version, filepath.Base(name), err)
+	}
+	if fkOff {
+		rows, err := tx.QueryContext(ctx, `PRAGMA foreign_key_check`)
+		if err != nil {
+			return fmt.Errorf("migrate %d: %w", version, err)
+		}
+		bad := rows.Next()
+		rows.Close()
+		if bad {
+			return fmt.Errorf("migrate %d (%s): it would break foreign keys; the database is unchanged", version, filepath.Base(name))
+		}
 	}
 	if _, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)`, version, formatTime(model.Now())); err != nil {
 		return fmt.Errorf("migrate %d: %w", version, err)

@@ -2,7 +2,9 @@ package store
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
+	"io/fs"
 	"path/filepath"
 	"reflect"
 	"sync"
@@ -70,12 +72,27 @@ func TestImageCRUD(t *testing.T) {
 	if err := db.CreateImage(ctx, testImage("debian")); model.ErrorCode(err) != model.ECONFLICT {
 		t.Errorf("duplicate name: %v", err)
 	}
-	got, err := db.GetImage(ctx, "debian")
-	if err != nil || got.ID != img.ID || got.SeededSSHPublicKeyFingerprint != "SHA256:abc" || !got.CreatedAt.Equal(img.CreatedAt) {
+	// Names are per owner: another uid may use the same one.
+	theirs := testImage("debian")
+	theirs.OwnerUID = 1000
+	if err := db.CreateImage(ctx, theirs); err != nil {
+		t.Errorf("same name, other owner: %v", err)
+	}
+	named, err := db.ImagesNamed(ctx, "debian")
+	if err != nil || len(named) != 2 || named[0].ID != img.ID || named[1].ID != theirs.ID {
+		t.Errorf("ImagesNamed = %+v, %v", named, err)
+	}
+	if named, err := db.ImagesNamed(ctx, img.ID); err != nil || len(named) != 1 || named[0].Name != "debian" {
+		t.Errorf("ImagesNamed(id) = %+v, %v", named, err)
+	}
+	db.DeleteImage(ctx, theirs.ID)
+	got, err := db.GetImage(ctx, img.ID)
+	if err != nil || got.Name != "debian" || got.SeededSSHPublicKeyFingerprint != "SHA256:abc" || !got.CreatedAt.Equal(img.CreatedAt) {
 		t.Errorf("GetImage = %+v, %v", got, err)
 	}
-	if got, err := db.GetImage(ctx, img.ID); err != nil || got.Name != "debian" {
-		t.Errorf("GetImage by id = %+v, %v", got, err)
+	// GetImage takes IDs only (names are resolved per caller above it).
+	if _, err := db.GetImage(ctx, "debian"); model.ErrorCode(err) != model.ENOTFOUND {
+		t.Errorf("GetImage by name: %v", err)
 	}
 	if _, err := db.GetImage(ctx, "nope"); model.ErrorCode(err) != model.ENOTFOUND {
 		t.Errorf("missing image: %v", err)
@@ -192,5 +209,63 @@ func TestConcurrentWriters(t *testing.T) {
 	list, _ := db.ListVMs(ctx)
 	if len(list) != 20 {
 		t.Errorf("got %d vms", len(list))
+	}
+}
+
+// TestImageNamesMigration opens a database made by the schema before
+// names were per owner, with a VM on an image, and checks the migration
+// keeps every row and the foreign key.
+func TestImageNamesMigration(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "banger.db")
+	raw, err := sql.Open("sqlite", "file:"+path+"?_pragma=foreign_keys(1)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := raw.Exec(`CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)`); err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range []int{1, 2} {
+		names, _ := fs.Glob(migrationFS, fmt.Sprintf("migrations/%04d_*.sql", v))
+		body, _ := migrationFS.ReadFile(names[0])
+		if _, err := raw.Exec(string(body)); err != nil {
+			t.Fatal(err)
+		}
+		raw.Exec(`INSERT INTO schema_migrations VALUES (?, 'then')`, v)
+	}
+	if _, err := raw.Exec(`INSERT INTO images (id, name, owner_uid, rootfs_path, kernel_path, created_at, updated_at) VALUES ('img1', 'default', 0, '/r', '/k', 't', 't')`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := raw.Exec(`INSERT INTO vms (id, name, image_id, owner_uid, state, guest_ip, created_at, updated_at, last_touched_at, spec_json, runtime_json) VALUES ('vm1', 'dev', 'img1', 1000, 'stopped', '172.16.0.2', 't', 't', 't', '{}', '{}')`); err != nil {
+		t.Fatal(err)
+	}
+	raw.Close()
+
+	db, err := Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if v, _ := db.SchemaVersion(ctx); v < 3 {
+		t.Fatalf("schema version %d", v)
+	}
+	img, err := db.GetImage(ctx, "img1")
+	if err != nil || img.Name != "default" || img.RootfsPath != "/r" {
+		t.Fatalf("image after migration: %+v %v", img, err)
+	}
+	if vm, err := db.GetVM(ctx, "dev"); err != nil || vm.ImageID != "img1" {
+		t.Fatalf("vm after migration: %+v %v", vm, err)
+	}
+	// The VM still holds its image, and a user may now use root's name.
+	if err := db.DeleteImage(ctx, "img1"); model.ErrorCode(err) != model.ECONFLICT {
+		t.Errorf("delete of a used image after migration: %v", err)
+	}
+	mine := testImage("default")
+	mine.OwnerUID = 1000
+	if err := db.CreateImage(ctx, mine); err != nil {
+		t.Errorf("a user's default beside root's: %v", err)
+	}
+	if err := db.CreateVM(ctx, testVM("orphan", "no-such-image", "172.16.0.9")); model.ErrorCode(err) != model.ECONFLICT {
+		t.Errorf("foreign keys off after migration: %v", err)
 	}
 }

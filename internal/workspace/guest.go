@@ -73,7 +73,8 @@ func ValidateBranch(name string) error {
 
 // GuestPath resolves a workspace's guest path: empty means
 // /root/<repoName>; a relative path (or "~/...") is relative to /root. It
-// must not contain "..", and must not be / or /root itself.
+// must not contain "..", must stay under /root, and must not be /root
+// itself.
 func GuestPath(p, repoName string) (string, error) {
 	if p == "" {
 		if repoName == "" || strings.ContainsAny(repoName, "/\x00") || repoName == "." || repoName == ".." {
@@ -102,6 +103,11 @@ func GuestPath(p, repoName string) (string, error) {
 	p = path.Clean(p)
 	if p == "/" || p == GuestHome {
 		return "", model.Errorf(model.EINVALID, "guest path %q: name a directory for the repository, such as /root/project", p)
+	}
+	// Workspaces live on the work disk, which is /root: the system disk
+	// is the image's, reset by reset-system.
+	if !strings.HasPrefix(p, GuestHome+"/") {
+		return "", model.Errorf(model.EINVALID, "guest path %q: workspaces go under %s (the VM's work disk); give a path such as %s/project or a relative one", p, GuestHome, GuestHome)
 	}
 	return p, nil
 }

@@ -68,12 +68,15 @@ stats_poll_interval = "2s"`)
 func TestStateDirFull(t *testing.T) {
 	a := harness.RequireArtifacts(t)
 	d := harness.NewDaemon(t, harness.Options{})
-	// A 200 MiB tmpfs holds the database but not a system disk.
-	os.MkdirAll(d.StateDir, 0o700)
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=200m", "tmpfs", d.StateDir).CombinedOutput(); err != nil {
+	// A 200 MiB tmpfs under the VMs' dir holds no system disk. (The
+	// image's files, the daemon's own copies, go to the images dir on
+	// the real disk.)
+	vmsDir := d.StateDir + "/vms"
+	os.MkdirAll(vmsDir, 0o700)
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=200m", "tmpfs", vmsDir).CombinedOutput(); err != nil {
 		t.Fatalf("mount tmpfs: %v %s", err, out)
 	}
-	t.Cleanup(func() { exec.Command("umount", "-l", d.StateDir).Run() })
+	t.Cleanup(func() { exec.Command("umount", "-l", vmsDir).Run() })
 	d = restartWithE2EConfig(t, d, a)
 	r := d.CLI("vm", "create", "big", "--vcpus", "1", "--memory", "384M")
 	if r.Code == 0 {

@@ -364,6 +364,7 @@ keys
 		e.refuses("permission denied", "workspace", "prepare", "ws", filepath.Join(base, "private"))
 		e.refuses("branch name", "workspace", "prepare", "ws", e.repo, "--branch", "bad..name")
 		e.refuses("..", "workspace", "prepare", "ws", e.repo, "--guest-path", "../etc")
+		e.refuses("workspaces go under /root", "workspace", "prepare", "ws", e.repo, "--guest-path", "/etc/cron.d")
 		e.refuses("--mode", "workspace", "prepare", "ws", e.repo, "--mode", "everything")
 		e.refuses("not found", "workspace", "prepare", "nosuchvm", e.repo)
 		// A VM that is not running (root's, created for this).

@@ -163,7 +163,8 @@ func (d *Daemon) Start() {
 
 // TryStart is Start returning the error.
 func (d *Daemon) TryStart() error {
-	logf, err := os.OpenFile(d.LogPath(), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	// The daemon's log is root's only, as the install scripts make it.
+	logf, err := os.OpenFile(d.LogPath(), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return err
 	}
