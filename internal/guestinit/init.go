@@ -10,6 +10,7 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -59,6 +60,9 @@ func RunInit() {
 	// Ctrl-Alt-Del becomes SIGINT to PID 1 instead of an immediate
 	// reboot, so the init can stop processes and unmount first.
 	_ = unix.Reboot(unix.LINUX_REBOOT_CMD_CAD_OFF)
+	// Named for ps and /proc/1/comm, whatever path the kernel ran.
+	name := []byte("banger-init\x00")
+	_ = unix.Prctl(unix.PR_SET_NAME, uintptr(unsafe.Pointer(&name[0])), 0, 0, 0)
 	sigs := make(chan os.Signal, 16)
 	signal.Notify(sigs, unix.SIGCHLD, unix.SIGINT, unix.SIGTERM, unix.SIGUSR1, unix.SIGUSR2, unix.SIGPWR, unix.SIGHUP)
 

@@ -215,7 +215,7 @@ func buildImage(ctx context.Context, deps imageDeps, opts ImageOptions, progress
 		return Artifacts{}, err
 	}
 
-	tmp, logf, done, err := startBuild(opts.OutDir)
+	tmp, logf, done, err := startBuild(opts.OutDir, true)
 	if err != nil {
 		return Artifacts{}, err
 	}
@@ -248,8 +248,9 @@ func buildImage(ctx context.Context, deps imageDeps, opts ImageOptions, progress
 // startBuild makes the temporary directory and the log of a build of
 // outDir. The returned done, deferred with the build's error, removes
 // everything the build made when it failed (even when cancelled), keeps
-// the log as outDir+".failed.log" and adds the log's tail to the error.
-func startBuild(outDir string) (tmp string, logf *os.File, done func(ctx context.Context, errp *error), err error) {
+// the log as outDir+".failed.log" when keepLog says so, and adds the
+// log's tail to the error.
+func startBuild(outDir string, keepLog bool) (tmp string, logf *os.File, done func(ctx context.Context, errp *error), err error) {
 	if err := os.MkdirAll(filepath.Dir(outDir), 0o755); err != nil {
 		return "", nil, nil, fmt.Errorf("build image: %w", err)
 	}
@@ -271,13 +272,17 @@ func startBuild(outDir string) (tmp string, logf *os.File, done func(ctx context
 			return
 		}
 		tail := tailFile(logPath, 15)
-		_ = os.Rename(logPath, failedLog)
+		where := "the build log"
+		if keepLog {
+			_ = os.Rename(logPath, failedLog)
+			where = "log " + failedLog
+		}
 		// Removal must finish even when the build was cancelled.
 		if rmErr := removeTree(tmp); rmErr != nil {
 			*errp = errors.Join(*errp, rmErr)
 		}
 		if ctx.Err() == nil && tail != "" {
-			*errp = fmt.Errorf("%w\nlog %s ends with:\n%s", *errp, failedLog, tail)
+			*errp = fmt.Errorf("%w\n%s ends with:\n%s", *errp, where, tail)
 		}
 	}
 	return tmp, logf, done, nil

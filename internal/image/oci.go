@@ -124,7 +124,9 @@ func importImage(ctx context.Context, steps stepRunner, tools func(string) bool,
 		return res, err
 	}
 
-	tmp, logf, done, err := startBuild(opts.OutDir)
+	// A failed import keeps no log: its tail is in the error, and a
+	// user's hostile imports must not pile files up.
+	tmp, logf, done, err := startBuild(opts.OutDir, false)
 	if err != nil {
 		return res, err
 	}

@@ -27,10 +27,14 @@ type ent struct {
 	xattrs     map[string]string
 }
 
-func file(name, data string, mode int64) ent { return ent{name: name, typ: tar.TypeReg, data: data, mode: mode} }
-func dir(name string, mode int64) ent       { return ent{name: name, typ: tar.TypeDir, mode: mode} }
-func symlink(name, target string) ent       { return ent{name: name, typ: tar.TypeSymlink, link: target, mode: 0o777} }
-func hardlink(name, target string) ent      { return ent{name: name, typ: tar.TypeLink, link: target} }
+func file(name, data string, mode int64) ent {
+	return ent{name: name, typ: tar.TypeReg, data: data, mode: mode}
+}
+func dir(name string, mode int64) ent { return ent{name: name, typ: tar.TypeDir, mode: mode} }
+func symlink(name, target string) ent {
+	return ent{name: name, typ: tar.TypeSymlink, link: target, mode: 0o777}
+}
+func hardlink(name, target string) ent { return ent{name: name, typ: tar.TypeLink, link: target} }
 
 // layerTar returns a tar of es.
 func layerTar(t testing.TB, es ...ent) []byte {
