@@ -109,6 +109,10 @@ type VMView struct {
 	AutoStopAt *time.Time `json:"auto_stop_at,omitempty"`
 	// PID is the VMM's process ID, when running.
 	PID int `json:"pid,omitempty"`
+	// ImageConfig is the session config of the VM's image (built from a
+	// container image): banger ssh and exec run as its user, in its
+	// working directory, with its environment.
+	ImageConfig *model.ImageConfig `json:"image_config,omitempty"`
 }
 
 // DoctorCheck is one named host check.
