@@ -247,14 +247,17 @@ func waitSSH(ctx context.Context, timeout time.Duration, vm model.VMRecord, proc
 // firstBoot does the per-start guest setup over the daemon's SSH
 // connection: a pending file sync tar is extracted into /root, then the
 // user's keys go into /root/.ssh/authorized_keys (after file sync, so a
-// synced file cannot drop them).
+// synced file cannot drop them). Both scripts end with sync before the
+// daemon deletes its pending copy: a VMM killed right after (a daemon crash
+// then a reconcile, a vm kill) must not take the keys with the guest's page
+// cache, which left a VM nobody could log into.
 func (d *Daemon) firstBoot(ctx context.Context, conn *guest.Conn, vm model.VMRecord) error {
 	if err := d.applyFileSync(ctx, conn, vm); err != nil {
 		return err
 	}
 	keysFile := userKeysPath(vm.Runtime.VMDir)
 	if keys, err := os.ReadFile(keysFile); err == nil {
-		script := `umask 077; mkdir -p /root/.ssh; touch /root/.ssh/authorized_keys; while IFS= read -r k; do [ -n "$k" ] || continue; grep -qxF "$k" /root/.ssh/authorized_keys || printf '%s\n' "$k" >> /root/.ssh/authorized_keys; done`
+		script := `umask 077; mkdir -p /root/.ssh; touch /root/.ssh/authorized_keys; while IFS= read -r k; do [ -n "$k" ] || continue; grep -qxF "$k" /root/.ssh/authorized_keys || printf '%s\n' "$k" >> /root/.ssh/authorized_keys; done; sync`
 		if err := conn.Run(ctx, "sh -c "+guest.Quote(script), strings.NewReader(string(keys)), nil, nil); err != nil {
 			return fmt.Errorf("authorize user keys: %w", err)
 		}
