@@ -8,6 +8,8 @@ packages=(
   qemu-system-x86 qemu-utils
   # network: bridge, taps, NAT
   iproute2 iptables procps
+  # guest isolation and egress policy (nft)
+  nftables
   # disks: loop devices, ext4/xfs/btrfs, device-mapper tools
   util-linux e2fsprogs xfsprogs btrfs-progs dmsetup
   # images: debootstrap and the kernel build

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # banger's test command: installs what the tests need, builds, prepares the
 # guest kernel and image (cached on this machine by a hash of their
-# inputs), and runs every tier: unit, integration, end-to-end. Run as root
+# inputs), and runs every tier: lint, unit, integration, end-to-end. Run as root
 # from the repository. The last line is "N passed, N failed".
 #
 #   ./scripts/test.sh            everything
 #   ./scripts/test.sh unit       only the unit tier (no root needed)
+#   ./scripts/test.sh lint       only the lint tier (no root needed)
 #
 # Environment: BANGER_CACHE (default /var/cache/banger-ci) keeps the kernel,
 # the debootstrap cache and the test image between runs.
@@ -26,6 +27,11 @@ run_tier() { # tier, go test args...
   BANGER_TIER=$tier go test -json "$@" 2>&1 | go run ./test/tools/testsum -tier "$tier" -tally "$tally" -v
 }
 
+if [ "$only" = lint ]; then
+  ./scripts/lint.sh
+  exit
+fi
+
 if [ "$only" = unit ]; then
   run_tier unit -count=1 ./...
   read -r p f s < <(awk '{p+=$1; f+=$2; s+=$3} END {print p+0, f+0, s+0}' "$tally")
@@ -41,6 +47,8 @@ fi
 
 say "installing Debian packages"
 ./scripts/deps.sh || { echo "0 passed, 1 failed"; exit 1; }
+say "tier lint: gofmt, vet, staticcheck, exec allowlist"
+./scripts/lint.sh --tally "$tally"
 say "building"
 bin="$PWD/bin"
 ./scripts/build.sh "$bin" || { echo "0 passed, 1 failed"; exit 1; }

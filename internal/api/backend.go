@@ -9,35 +9,72 @@ import (
 )
 
 // Backend is what the server serves: the daemon. Every method finds the
-// caller in ctx (CallerFrom) and enforces ownership itself.
+// caller in ctx (CallerFrom) and enforces ownership itself: a VM or image
+// the caller may not see is ENOTFOUND, exactly as if it did not exist.
+// The error codes each method returns are listed with it (model.ECode,
+// mapped to HTTP statuses by the server); any method may also return
+// EINTERNAL for a failure of the host or the database.
 type Backend interface {
+	// Version never fails.
 	Version(ctx context.Context) VersionInfo
+	// Doctor never fails: each check carries its own status.
 	Doctor(ctx context.Context) []DoctorCheck
 
+	// ListImages returns the images the caller may use.
 	ListImages(ctx context.Context) ([]model.Image, error)
+	// GetImage: ENOTFOUND.
 	GetImage(ctx context.Context, ref string) (ImageDetail, error)
+	// RegisterImage: EINVALID (bad name or files), ECONFLICT (the name
+	// is taken), EFORBIDDEN (a file the caller cannot read).
 	RegisterImage(ctx context.Context, req ImageRegisterRequest) (ImageRegisterResponse, error)
+	// BuildImage: EINVALID, ECONFLICT, EUNAVAILABLE (build tools or the
+	// mirror missing), EFORBIDDEN.
 	BuildImage(ctx context.Context, req ImageBuildRequest, progress ProgressFunc) (model.Image, error)
+	// DeleteImage: ENOTFOUND, ECONFLICT (VMs use it), EFORBIDDEN.
 	DeleteImage(ctx context.Context, ref string) error
 
+	// ListKernels never fails for lack of kernels.
 	ListKernels(ctx context.Context) ([]Kernel, error)
+	// BuildKernel: EINVALID, EUNAVAILABLE (no kernel source or tools),
+	// EFORBIDDEN.
 	BuildKernel(ctx context.Context, req KernelBuildRequest, progress ProgressFunc) (Kernel, error)
 
+	// ListVMs returns the VMs the caller may see.
 	ListVMs(ctx context.Context) ([]VMView, error)
+	// GetVM: ENOTFOUND.
 	GetVM(ctx context.Context, ref string) (VMView, error)
+	// CreateVM: EINVALID (a field and what is allowed), ECONFLICT (the
+	// name is taken), ENOTFOUND (the image), EUNAVAILABLE (no free IP,
+	// no VMM, no network, a full disk); a failed first start removes
+	// the VM and returns the start's error.
 	CreateVM(ctx context.Context, req model.VMCreateRequest, progress ProgressFunc) (VMView, error)
+	// SetVM: ENOTFOUND, EINVALID, ECONFLICT (a change the VM's state
+	// does not allow, with what to do).
 	SetVM(ctx context.Context, req model.VMSetRequest) (VMView, error)
+	// DeleteVM: ENOTFOUND, ECONFLICT (running without force, or
+	// workspace work not fetched).
 	DeleteVM(ctx context.Context, ref string, opts VMDeleteOptions, progress ProgressFunc) error
+	// StartVM: ENOTFOUND, ECONFLICT (already running), EUNAVAILABLE
+	// (the host cannot run VMs now); a failed step's error leaves the
+	// VM in state error, every step undone.
 	StartVM(ctx context.Context, ref string, progress ProgressFunc) (VMView, error)
+	// StopVM: ENOTFOUND, ECONFLICT (several processes claim to be the
+	// VM's VMM).
 	StopVM(ctx context.Context, ref string, progress ProgressFunc) (VMView, error)
+	// KillVM: as StopVM.
 	KillVM(ctx context.Context, ref string) (VMView, error)
+	// RestartVM: as StopVM, then StartVM.
 	RestartVM(ctx context.Context, ref string, progress ProgressFunc) (VMView, error)
+	// ResetSystem: ENOTFOUND, ECONFLICT (running).
 	ResetSystem(ctx context.Context, ref string) (VMView, error)
-	// VMStats returns the stats the poller last collected for a VM.
+	// VMStats returns the stats the poller last collected for a VM:
+	// ENOTFOUND.
 	VMStats(ctx context.Context, ref string) (model.VMStats, error)
+	// VMLogs: ENOTFOUND, EINVALID (bad options).
 	VMLogs(ctx context.Context, ref string, opts LogsOptions, w io.Writer) error
 	// Connect opens a byte stream to a TCP port of the guest. The caller
 	// closes the connection; the daemon counts it as activity while open.
+	// ENOTFOUND, EINVALID (port), ECONFLICT (not running).
 	Connect(ctx context.Context, ref string, port int) (net.Conn, error)
 
 	WorkspaceBackend

@@ -11,7 +11,9 @@ import (
 	"strings"
 
 	"banger/internal/api"
+	"banger/internal/fsutil"
 	"banger/internal/model"
+	"banger/internal/termsafe"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
@@ -93,11 +95,7 @@ func updateKnownHosts(path, alias, key string) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return err
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(strings.Join(lines, "\n")+"\n"), 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	return fsutil.WriteFileAtomic(path, []byte(strings.Join(lines, "\n")+"\n"), 0o600)
 }
 
 // sshOptions are the -o options that route ssh through the daemon.
@@ -259,19 +257,43 @@ func splitRemote(s string) (vm, path string, remote bool) {
 }
 
 func (a *App) logsCommand() *cobra.Command {
-	var opts api.LogsOptions
+	var (
+		opts api.LogsOptions
+		raw  bool
+	)
 	cmd := &cobra.Command{
-		Use:               "logs NAME",
-		Short:             "Show a VM's serial console",
+		Use:   "logs NAME",
+		Short: "Show a VM's serial console",
+		Long: `Show a VM's serial console. The console is written by the guest, so terminal
+escape sequences and control characters in it are shown as visible escapes
+(\x1b, \r); --raw prints the bytes as they are.`,
 		Args:              exactArgs(1, "a VM NAME"),
 		ValidArgsFunction: a.completeVMs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return a.api().Logs(cmd.Context(), args[0], opts, a.Stdout)
+			return guestText(a.Stdout, raw, termsafe.Options{}, func(w io.Writer) error {
+				return a.api().Logs(cmd.Context(), args[0], opts, w)
+			})
 		},
 	}
 	cmd.Flags().BoolVarP(&opts.Follow, "follow", "f", false, "keep printing new output")
 	cmd.Flags().IntVarP(&opts.Tail, "tail", "n", 0, "start with the last N lines")
+	cmd.Flags().BoolVar(&raw, "raw", false, "print the console's bytes as they are, escape sequences included")
 	return cmd
+}
+
+// guestText runs print with a writer to w that shows text from a guest
+// safely on a terminal (termsafe), or passes its bytes as they are when
+// raw is set.
+func guestText(w io.Writer, raw bool, opts termsafe.Options, print func(io.Writer) error) error {
+	if raw {
+		return print(w)
+	}
+	sw := termsafe.NewWriter(w, opts)
+	err := print(sw)
+	if ferr := sw.Flush(); err == nil {
+		err = ferr
+	}
+	return err
 }
 
 func (a *App) sshConfigCommand() *cobra.Command {

@@ -14,6 +14,7 @@ import (
 	"banger/internal/api"
 	"banger/internal/config"
 	"banger/internal/model"
+	"banger/internal/termsafe"
 
 	"github.com/spf13/cobra"
 )
@@ -71,7 +72,9 @@ func (a *App) Run(ctx context.Context, args []string) int {
 	if errors.As(err, &ee) {
 		return ee.code
 	}
-	fmt.Fprintf(a.Stderr, "banger: %s\n", err.Error())
+	// An error may quote a guest (a boot failure's console lines, a
+	// capture's stderr): its control characters are shown, not obeyed.
+	fmt.Fprintf(a.Stderr, "banger: %s\n", termsafe.String(err.Error()))
 	var ue *usageError
 	if errors.As(err, &ue) {
 		return 2

@@ -100,6 +100,11 @@ func TestUsageErrorsWithoutDaemon(t *testing.T) {
 		{[]string{"vm", "create"}, 2, "needs a VM NAME"},
 		{[]string{"vm", "frobnicate"}, 2, "unknown command"},
 		{[]string{"vm", "set", "x", "--nat", "maybe"}, 2, "use on or off"},
+		{[]string{"vm", "set", "x", "--egress", "closed"}, 2, "--egress: egress \"closed\": unknown mode"},
+		{[]string{"vm", "set", "x", "--egress", "allow=10.0.0.1/8"}, 2, "did you mean 10.0.0.0/8"},
+		{[]string{"vm", "create", "ok", "--egress", "allow="}, 2, "allow needs a list"},
+		{[]string{"vm", "create", "ok", "--egress", "allow=*.*.com"}, 2, "not a domain name"},
+		{[]string{"vm", "create", "ok", "--egress", "allow=::/0"}, 2, "IPv6 is not supported"},
 		{[]string{"cp", "a", "b"}, 2, "exactly one side"},
 		{[]string{"vm", "ls"}, 1, "cannot reach bangerd"},
 	}

@@ -3,7 +3,6 @@ package cli
 import (
 	"context"
 	"fmt"
-	"os/exec"
 
 	"banger/internal/api"
 	"banger/internal/config"
@@ -67,7 +66,7 @@ func (a *App) doctorChecks(ctx context.Context) []api.DoctorCheck {
 			if name == "" {
 				continue
 			}
-			if p, err := exec.LookPath(name); err == nil {
+			if p, err := hostexec.LookPath(name); err == nil {
 				vmm = p
 				break
 			}
@@ -81,7 +80,7 @@ func (a *App) doctorChecks(ctx context.Context) []api.DoctorCheck {
 		}
 		checks = append(checks, hc...)
 	}
-	if p, err := exec.LookPath("ssh"); err == nil {
+	if p, err := hostexec.LookPath("ssh"); err == nil {
 		checks = append(checks, api.DoctorCheck{Name: "ssh-client", Status: api.StatusPass, Detail: p})
 	} else {
 		checks = append(checks, api.DoctorCheck{Name: "ssh-client", Status: api.StatusWarn, Detail: "no ssh client: `banger ssh`, `exec` and `cp` need it", Fix: "apt-get install openssh-client"})

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"banger/internal/fsutil"
 	"bufio"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -58,16 +59,13 @@ func (a *App) bangerKey() (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("create banger key: %w", err)
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, pem.EncodeToMemory(block), 0o600); err != nil {
-		return "", fmt.Errorf("create banger key: %w", err)
-	}
+	// The public half first: the private key's name is what says the
+	// pair exists.
 	line := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(sshPub))) + " banger\n"
-	if err := os.WriteFile(path+".pub", []byte(line), 0o644); err != nil {
-		os.Remove(tmp)
+	if err := fsutil.WriteFileAtomic(path+".pub", []byte(line), 0o644); err != nil {
 		return "", fmt.Errorf("create banger key: %w", err)
 	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err := fsutil.WriteFileAtomic(path, pem.EncodeToMemory(block), 0o600); err != nil {
 		return "", fmt.Errorf("create banger key: %w", err)
 	}
 	return path, nil

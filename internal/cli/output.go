@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"banger/internal/api"
+	"banger/internal/termsafe"
 )
 
 // printJSON writes v as indented JSON: the one stable schema of every
@@ -64,7 +65,8 @@ func (p *progressPrinter) event(ev api.Event) {
 	if pr.Warning {
 		line = "warning: " + line
 	}
-	fmt.Fprintln(p.w, line)
+	// Progress may quote a guest (a capture's error): shown, not obeyed.
+	fmt.Fprintln(p.w, termsafe.String(line))
 }
 
 func ago(t time.Time) string {

@@ -28,11 +28,14 @@ func (a *App) vmStatsCommand() *cobra.Command {
 				return printJSON(a.Stdout, st)
 			}
 			w := a.Stdout
+			kv := func(k, v string) { fmt.Fprintf(w, "%-16s %s\n", k+":", v) }
 			if st.CollectedAt.IsZero() {
 				fmt.Fprintln(w, "no stats yet (the VM has not run since the daemon started polling)")
+				if st.EgressDenied > 0 {
+					kv("egress denied", fmt.Sprintf("%d connections", st.EgressDenied))
+				}
 				return nil
 			}
-			kv := func(k, v string) { fmt.Fprintf(w, "%-16s %s\n", k+":", v) }
 			kv("collected", st.CollectedAt.Local().Format("15:04:05")+" ("+ago(st.CollectedAt)+")")
 			kv("cpu", fmt.Sprintf("%.1f%% of one host CPU", st.CPUPercent))
 			kv("rss", humanBytes(st.RSSBytes))
@@ -40,6 +43,7 @@ func (a *App) vmStatsCommand() *cobra.Command {
 			kv("system disk", humanBytes(st.SystemOverlayBytes)+" allocated")
 			kv("work disk", humanBytes(st.WorkDiskBytes)+" allocated")
 			kv("last active", ago(st.LastActiveAt))
+			kv("egress denied", fmt.Sprintf("%d connections", st.EgressDenied))
 			if len(st.MetricsRaw) > 0 {
 				fmt.Fprintln(w, "vmm metrics (since the previous flush):")
 				for _, line := range metricLines(st.MetricsRaw) {

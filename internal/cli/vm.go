@@ -73,9 +73,9 @@ func parseAutoStop(s string) (int64, error) {
 
 func (a *App) vmCreateCommand() *cobra.Command {
 	var (
-		req                             model.VMCreateRequest
-		memory, overlay, disk, autoStop string
-		asJSON, quiet                   bool
+		req                                     model.VMCreateRequest
+		memory, overlay, disk, autoStop, egress string
+		asJSON, quiet                           bool
 	)
 	cmd := &cobra.Command{
 		Use:   "create NAME",
@@ -92,6 +92,7 @@ or G suffixes (a bare number means MiB). Unset sizes come from the daemon's
 [vm_defaults].`,
 		Example: `  banger vm create dev
   banger vm create big --vcpus 4 --memory 8G --disk-size 32G --nat
+  banger vm create agent --nat --egress allow=*.github.com,pypi.org,10.0.0.0/8
   banger vm create later --no-start`,
 		Args: exactArgs(1, "a VM NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -122,6 +123,13 @@ or G suffixes (a bare number means MiB). Unset sizes come from the daemon's
 				}
 			}
 			req.NATSet = f.Changed("nat")
+			if f.Changed("egress") {
+				p, err := parseEgress(egress)
+				if err != nil {
+					return err
+				}
+				req.Egress = &p
+			}
 			if f.Changed("auto-stop") {
 				secs, err := parseAutoStop(autoStop)
 				if err != nil {
@@ -159,6 +167,7 @@ or G suffixes (a bare number means MiB). Unset sizes come from the daemon's
 	f.StringVar(&overlay, "overlay-size", "", "system disk size (default from [vm_defaults], else 8G)")
 	f.StringVar(&disk, "disk-size", "", "work disk (/root) size (default from [vm_defaults], else 8G)")
 	f.BoolVar(&req.NATEnabled, "nat", false, "give the VM outbound internet access through NAT")
+	f.StringVar(&egress, "egress", "", egressUsage+" (default from [vm_defaults], else open)")
 	f.BoolVar(&req.NoStart, "no-start", false, "only create the VM; start it later with 'banger vm start'")
 	f.StringVar(&autoStop, "auto-stop", "", "stop the VM after this much idle time (e.g. 30m, 2h, never)")
 	f.BoolVar(&asJSON, "json", false, "print the VM as JSON")
@@ -253,6 +262,7 @@ func (a *App) printVM(v api.VMView) {
 	kv("mac", orDash(rt.GuestMAC))
 	kv("tap", orDash(rt.TapDevice))
 	kv("nat", yesNo(v.Spec.NATEnabled))
+	kv("egress", v.Spec.Egress.String())
 	auto := "never"
 	if v.AutoStopAt != nil {
 		auto = v.AutoStopAt.Local().Format("15:04:05") + " (" + until(*v.AutoStopAt) + ")"
@@ -262,6 +272,17 @@ func (a *App) printVM(v api.VMView) {
 	kv("auto-stop", auto)
 	if v.PID > 0 {
 		kv("vmm pid", strconv.Itoa(v.PID))
+	}
+	if rt.VMMUID > 0 {
+		kv("vmm uid", fmt.Sprintf("%d (unprivileged, no capabilities)", rt.VMMUID))
+	}
+	if rt.Cgroup != "" {
+		kv("cgroup", rt.Cgroup)
+	}
+	if l := v.Stats.Limits; l != nil {
+		kv("limits", fmt.Sprintf("cpu %d%%, memory %s, %d tasks", l.CPUQuotaPercent, humanBytes(l.MemoryMaxBytes), l.PidsMax))
+		kv("limits hit", fmt.Sprintf("cpu throttled %d times (%dms), memory limit %d times, %d OOM kills, task limit %d times",
+			l.CPUThrottledPeriods, l.CPUThrottledMs, l.MemoryMaxHits, l.OOMKills, l.PidsMaxHits))
 	}
 	kv("vm dir", rt.VMDir)
 	kv("console log", rt.LogPath)
@@ -306,16 +327,18 @@ func (a *App) vmRmCommand() *cobra.Command {
 
 func (a *App) vmSetCommand() *cobra.Command {
 	var (
-		vcpus                 int
-		memory, disk, nat, as string
-		asJSON                bool
+		vcpus                         int
+		memory, disk, nat, as, egress string
+		asJSON                        bool
 	)
 	cmd := &cobra.Command{
 		Use:   "set NAME",
-		Short: "Change a VM's vCPUs, memory, disk size, NAT or auto-stop",
+		Short: "Change a VM's vCPUs, memory, disk size, NAT, egress or auto-stop",
 		Long: `Change a VM. vCPUs and memory change only while the VM is stopped; the work
-disk only grows, while stopped; NAT turns on and off live.`,
+disk only grows, while stopped; NAT and the egress policy change live
+(connections the new policy does not allow stop).`,
 		Example: `  banger vm set dev --nat on
+  banger vm set dev --egress none
   banger vm set dev --vcpus 4 --memory 4G --disk-size 20G
   banger vm set dev --auto-stop 2h`,
 		Args:              exactArgs(1, "a VM NAME"),
@@ -361,8 +384,15 @@ disk only grows, while stopped; NAT turns on and off live.`,
 				}
 				req.AutoStopAfterSeconds = &secs
 			}
-			if req.VCPUCount == nil && req.MemoryMiB == nil && req.WorkDiskSizeBytes == nil && req.NATEnabled == nil && req.AutoStopAfterSeconds == nil {
-				return usagef("vm set needs at least one of --vcpus, --memory, --disk-size, --nat, --auto-stop")
+			if f.Changed("egress") {
+				p, err := parseEgress(egress)
+				if err != nil {
+					return err
+				}
+				req.Egress = &p
+			}
+			if req.VCPUCount == nil && req.MemoryMiB == nil && req.WorkDiskSizeBytes == nil && req.NATEnabled == nil && req.AutoStopAfterSeconds == nil && req.Egress == nil {
+				return usagef("vm set needs at least one of --vcpus, --memory, --disk-size, --nat, --auto-stop, --egress")
 			}
 			v, err := a.api().SetVM(cmd.Context(), req)
 			if err != nil {
@@ -371,8 +401,8 @@ disk only grows, while stopped; NAT turns on and off live.`,
 			if asJSON {
 				return printJSON(a.Stdout, v)
 			}
-			fmt.Fprintf(a.Stdout, "vm %s: %d vCPUs, %s memory, %s disk, nat %s\n", v.Name, v.Spec.VCPUCount,
-				model.FormatSizeBytes(int64(v.Spec.MemoryMiB)<<20), model.FormatSizeBytes(v.Spec.WorkDiskSizeBytes), onOff(v.Spec.NATEnabled))
+			fmt.Fprintf(a.Stdout, "vm %s: %d vCPUs, %s memory, %s disk, nat %s, egress %s\n", v.Name, v.Spec.VCPUCount,
+				model.FormatSizeBytes(int64(v.Spec.MemoryMiB)<<20), model.FormatSizeBytes(v.Spec.WorkDiskSizeBytes), onOff(v.Spec.NATEnabled), v.Spec.Egress)
 			return nil
 		},
 	}
@@ -382,8 +412,21 @@ disk only grows, while stopped; NAT turns on and off live.`,
 	f.StringVar(&disk, "disk-size", "", "grow the work disk to this size (VM stopped)")
 	f.StringVar(&nat, "nat", "", "on or off (live)")
 	f.StringVar(&as, "auto-stop", "", "idle time before auto-stop (30m, 2h), never, or default")
+	f.StringVar(&egress, "egress", "", egressUsage+" (live)")
 	f.BoolVar(&asJSON, "json", false, "print the VM as JSON")
 	return cmd
+}
+
+// egressUsage describes the --egress flag.
+const egressUsage = "where the VM may connect beyond the host: open, none, or allow=LIST of networks and domains (*.example.com)"
+
+// parseEgress reads --egress; bad input is a usage error.
+func parseEgress(s string) (model.EgressPolicy, error) {
+	p, err := model.ParseEgress(s)
+	if err != nil {
+		return p, usagef("--egress: %v", err)
+	}
+	return p, nil
 }
 
 func onOff(b bool) string {

@@ -12,6 +12,7 @@ import (
 	"banger/internal/api"
 	"banger/internal/hostexec"
 	"banger/internal/model"
+	"banger/internal/termsafe"
 	"banger/internal/workspace"
 
 	"github.com/spf13/cobra"
@@ -330,7 +331,10 @@ work is captured now; a stopped VM's was captured before it stopped.`,
 				}
 				bundle = f.Name()
 			}
-			updates := []workspace.RefUpdate{{Ref: ws.RemoteRef, Commit: c.Head}, {Ref: ws.WIPRef, Commit: c.WIP}}
+			if err := workspace.ValidateBranch(ws.BranchName); err != nil {
+				return fmt.Errorf("the daemon's record of %s: %w", ws.GuestPath, err)
+			}
+			updates := workspace.FetchRefs(ws.VMName, ws.BranchName, c.Head, c.WIP)
 			if err := workspace.ImportBundle(ctx, r, ws.RepoRoot, bundle, updates); err != nil {
 				return err
 			}
@@ -370,16 +374,22 @@ func plural(n int) string {
 
 func (a *App) wsGitCommand(kind string) *cobra.Command {
 	var (
-		guestPath     string
-		stat, oneline bool
+		guestPath          string
+		stat, oneline, raw bool
 	)
 	short := "Show everything the guest changed since the base: commits and uncommitted work (untracked files too)"
 	if kind == "log" {
 		short = "Show the work branch's commits in the guest since the base"
 	}
 	cmd := &cobra.Command{
-		Use:               kind + " VM",
-		Short:             short,
+		Use:   kind + " VM",
+		Short: short,
+		Long: short + `.
+
+The output comes from git in the guest: terminal escape sequences and control
+characters in it (in file contents, names or commit messages) are shown as
+visible escapes (\x1b, \r), git's own colours excepted; --raw prints the bytes
+as they are (for a patch to apply, say).`,
 		Args:              exactArgs(1, "a VM"),
 		ValidArgsFunction: a.completeVMs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -387,10 +397,14 @@ func (a *App) wsGitCommand(kind string) *cobra.Command {
 			if f, ok := a.Stdout.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 				color = true
 			}
-			return a.api().WorkspaceGit(cmd.Context(), args[0], api.WorkspaceGitRequest{Kind: kind, GuestPath: guestPath, Stat: stat, Oneline: oneline, Color: color}, a.Stdout)
+			req := api.WorkspaceGitRequest{Kind: kind, GuestPath: guestPath, Stat: stat, Oneline: oneline, Color: color}
+			return guestText(a.Stdout, raw, termsafe.Options{AllowSGR: color}, func(w io.Writer) error {
+				return a.api().WorkspaceGit(cmd.Context(), args[0], req, w)
+			})
 		},
 	}
 	cmd.Flags().StringVar(&guestPath, "guest-path", "", "which workspace, when the VM has several")
+	cmd.Flags().BoolVar(&raw, "raw", false, "print git's bytes as they are, escape sequences included")
 	cmd.Flags().BoolVar(&stat, "stat", false, "a diffstat")
 	if kind == "log" {
 		cmd.Flags().BoolVar(&oneline, "oneline", false, "one line per commit")

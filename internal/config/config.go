@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -42,6 +43,11 @@ const (
 	DefaultLogFormat       = "text"
 	DefaultFirecrackerBin  = "firecracker"
 	DefaultCacheDirSubpath = "cache"
+	DefaultVMMUIDBase      = 1500000000
+	DefaultCgroupParent    = "banger"
+	// DefaultEgressLogGroup is the NFLOG group of denied guest
+	// connections.
+	DefaultEgressLogGroup = 1701
 )
 
 // file is the TOML shape of the configuration. Durations and sizes are
@@ -61,7 +67,8 @@ type file struct {
 	BridgeIP           *string         `toml:"bridge_ip"`
 	CIDR               *string         `toml:"cidr"`
 	TapPoolSize        *int            `toml:"tap_pool_size"`
-	DefaultDNS         *string         `toml:"default_dns"`
+	DefaultDNS         any             `toml:"default_dns"` // a string or a list of strings
+	EgressLogGroup     *int            `toml:"egress_log_group"`
 	DefaultImageName   *string         `toml:"default_image_name"`
 	StateDir           *string         `toml:"state_dir"`
 	CacheDir           *string         `toml:"cache_dir"`
@@ -70,6 +77,9 @@ type file struct {
 	DNSDomain          *string         `toml:"dns_domain"`
 	DNSListen          *string         `toml:"dns_listen"`
 	BuildNetNS         *string         `toml:"build_netns"`
+	VMMUIDBase         *int            `toml:"vmm_uid_base"`
+	JailerBin          *string         `toml:"jailer_bin"`
+	CgroupParent       *string         `toml:"cgroup_parent"`
 	FileSync           []fileSyncEntry `toml:"file_sync"`
 	VMDefaults         *vmDefaults     `toml:"vm_defaults"`
 }
@@ -87,6 +97,7 @@ type vmDefaults struct {
 	DiskSize      *string `toml:"disk_size"`
 	NAT           *bool   `toml:"nat"`
 	AutoStopAfter *string `toml:"auto_stop_after"`
+	Egress        *string `toml:"egress"`
 }
 
 // Default returns the configuration used when no file exists.
@@ -105,11 +116,15 @@ func Default() model.DaemonConfig {
 		CIDR:               model.DefaultCIDR,
 		TapPoolSize:        DefaultTapPoolSize,
 		DefaultDNS:         model.DefaultDNS,
+		UpstreamDNS:        []string{model.DefaultDNS},
+		EgressLogGroup:     DefaultEgressLogGroup,
 		DefaultImageName:   DefaultImageName,
 		StateDir:           DefaultStateDir,
 		SocketPath:         DefaultSocketPath,
 		SocketGroup:        DefaultSocketGroup,
 		DNSDomain:          DefaultDNSDomain,
+		VMMUIDBase:         DefaultVMMUIDBase,
+		CgroupParent:       DefaultCgroupParent,
 		VMDefaults: model.VMDefaultsOverride{
 			VCPUCount:             model.DefaultVCPUCount,
 			MemoryMiB:             model.DefaultMemoryMiB,
@@ -200,6 +215,8 @@ func valueError(lines map[string]int, key, format string, args ...any) error {
 	return model.Errorf(model.EINVALID, "key %q: %s", key, msg)
 }
 
+var cgroupParentRe = regexp.MustCompile(`^[a-z0-9][a-z0-9.-]{0,63}$`)
+
 func apply(cfg *model.DaemonConfig, f *file, lines map[string]int) error {
 	setString := func(dst *string, src *string) {
 		if src != nil {
@@ -213,7 +230,17 @@ func apply(cfg *model.DaemonConfig, f *file, lines map[string]int) error {
 	setString(&cfg.BridgeName, f.BridgeName)
 	setString(&cfg.BridgeIP, f.BridgeIP)
 	setString(&cfg.CIDR, f.CIDR)
-	setString(&cfg.DefaultDNS, f.DefaultDNS)
+	if f.DefaultDNS != nil {
+		list, err := dnsList(f.DefaultDNS)
+		if err != nil {
+			return valueError(lines, "default_dns", "%v", err)
+		}
+		cfg.UpstreamDNS = list
+		cfg.DefaultDNS = list[0]
+	}
+	if f.EgressLogGroup != nil {
+		cfg.EgressLogGroup = *f.EgressLogGroup
+	}
 	setString(&cfg.DefaultImageName, f.DefaultImageName)
 	setString(&cfg.StateDir, f.StateDir)
 	setString(&cfg.CacheDir, f.CacheDir)
@@ -222,6 +249,19 @@ func apply(cfg *model.DaemonConfig, f *file, lines map[string]int) error {
 	setString(&cfg.DNSDomain, f.DNSDomain)
 	setString(&cfg.DNSListen, f.DNSListen)
 	setString(&cfg.BuildNetNS, f.BuildNetNS)
+	setString(&cfg.JailerBin, f.JailerBin)
+	setString(&cfg.CgroupParent, f.CgroupParent)
+	if f.VMMUIDBase != nil {
+		// The range must stay clear of root and system users and fit a
+		// /16's worth of VMs below the largest uid.
+		if *f.VMMUIDBase < 100000 || *f.VMMUIDBase > 4294967294-65536 {
+			return valueError(lines, "vmm_uid_base", "%d is out of range: use a uid from 100000 to %d whose next 65536 uids no user has", *f.VMMUIDBase, 4294967294-65536)
+		}
+		cfg.VMMUIDBase = *f.VMMUIDBase
+	}
+	if cp := cfg.CgroupParent; cp != "off" && !cgroupParentRe.MatchString(cp) {
+		return valueError(lines, "cgroup_parent", "%q: want a name of lowercase letters, digits, '-' or '.', or \"off\"", cp)
+	}
 	if f.VMMArgs != nil {
 		cfg.VMMArgs = f.VMMArgs
 	}
@@ -300,6 +340,13 @@ func apply(cfg *model.DaemonConfig, f *file, lines map[string]int) error {
 			}
 			cfg.VMDefaults.AutoStopAfter = v
 		}
+		if vd.Egress != nil {
+			p, err := model.ParseEgress(*vd.Egress)
+			if err != nil {
+				return valueError(lines, "vm_defaults.egress", "%v", err)
+			}
+			cfg.VMDefaults.Egress = p
+		}
 	}
 
 	for i, e := range f.FileSync {
@@ -344,6 +391,14 @@ func validate(cfg *model.DaemonConfig, lines map[string]int) error {
 	}
 	if ip := net.ParseIP(cfg.DefaultDNS); ip == nil {
 		return valueError(lines, "default_dns", "%q is not an IP address", cfg.DefaultDNS)
+	}
+	for _, u := range cfg.UpstreamDNS {
+		if ip := net.ParseIP(u); ip == nil {
+			return valueError(lines, "default_dns", "%q is not an IP address", u)
+		}
+	}
+	if cfg.EgressLogGroup < 0 || cfg.EgressLogGroup > 65535 {
+		return valueError(lines, "egress_log_group", "%d must be between 1 and 65535, or 0 to log no denied connections", cfg.EgressLogGroup)
 	}
 	if cfg.BridgeName == "" || len(cfg.BridgeName) > 15 || strings.ContainsAny(cfg.BridgeName, " /") {
 		return valueError(lines, "bridge_name", "%q must be a network interface name of 1-15 characters", cfg.BridgeName)
@@ -397,6 +452,28 @@ func finish(cfg *model.DaemonConfig) error {
 		cfg.SSHKeyPath = filepath.Join(cfg.StateDir, "ssh", "id_ed25519")
 	}
 	return nil
+}
+
+// dnsList reads default_dns: one address, or a non-empty list of them.
+func dnsList(v any) ([]string, error) {
+	switch v := v.(type) {
+	case string:
+		return []string{v}, nil
+	case []any:
+		if len(v) == 0 {
+			return nil, fmt.Errorf("the list is empty; name at least one nameserver")
+		}
+		var out []string
+		for _, e := range v {
+			s, ok := e.(string)
+			if !ok {
+				return nil, fmt.Errorf("%v is not a string; use addresses such as \"1.1.1.1\"", e)
+			}
+			out = append(out, s)
+		}
+		return out, nil
+	}
+	return nil, fmt.Errorf("must be an address or a list of addresses, such as [\"1.1.1.1\", \"9.9.9.9\"]")
 }
 
 func parseDuration(s string, allowZero bool, minimum time.Duration) (time.Duration, error) {

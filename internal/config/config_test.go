@@ -3,6 +3,8 @@ package config
 import (
 	"os"
 	"path/filepath"
+	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -24,6 +26,9 @@ func TestDefaultsWhenMissing(t *testing.T) {
 	d := cfg.VMDefaults
 	if d.VCPUCount != model.DefaultVCPUCount || d.MemoryMiB != model.DefaultMemoryMiB || d.SystemOverlaySizeByte != model.DefaultSystemOverlaySize || d.WorkDiskSizeBytes != model.DefaultWorkDiskSize {
 		t.Errorf("vm defaults: %+v", d)
+	}
+	if !slices.Equal(cfg.UpstreamDNS, []string{model.DefaultDNS}) || cfg.EgressLogGroup != DefaultEgressLogGroup || cfg.VMDefaults.Egress.Effective() != model.EgressOpen {
+		t.Errorf("dns and egress defaults: %+v", cfg)
 	}
 	if cfg.StateDir != DefaultStateDir || cfg.SocketPath != DefaultSocketPath || cfg.CacheDir != "/var/lib/banger/cache" || cfg.SSHKeyPath != "/var/lib/banger/ssh/id_ed25519" {
 		t.Errorf("paths: %+v", cfg)
@@ -48,7 +53,8 @@ bridge_name = "br-test"
 bridge_ip = "10.99.0.1"
 cidr = "24"
 tap_pool_size = 2
-default_dns = "9.9.9.9"
+default_dns = ["9.9.9.9", "1.1.1.1"]
+egress_log_group = 42
 default_image_name = "dev"
 state_dir = "/tmp/banger-state"
 socket_path = "/tmp/banger.sock"
@@ -61,6 +67,7 @@ overlay_size = "4G"
 disk_size = "16G"
 nat = true
 auto_stop_after = "30m"
+egress = "allow=10.0.0.0/8,*.github.com"
 
 [[file_sync]]
 host = "~/.gitconfig"
@@ -84,8 +91,12 @@ guest = ".config/nvim"
 	if got := strings.Join(cfg.VMMArgs, " "); got != "--accel tcg" {
 		t.Errorf("vmm args %q", got)
 	}
-	want := model.VMDefaultsOverride{VCPUCount: 4, MemoryMiB: 1024, SystemOverlaySizeByte: 4 << 30, WorkDiskSizeBytes: 16 << 30, NATEnabled: true, AutoStopAfter: 30 * time.Minute}
-	if cfg.VMDefaults != want {
+	if cfg.DefaultDNS != "9.9.9.9" || !slices.Equal(cfg.UpstreamDNS, []string{"9.9.9.9", "1.1.1.1"}) || cfg.EgressLogGroup != 42 {
+		t.Errorf("dns %q %q, log group %d", cfg.DefaultDNS, cfg.UpstreamDNS, cfg.EgressLogGroup)
+	}
+	want := model.VMDefaultsOverride{VCPUCount: 4, MemoryMiB: 1024, SystemOverlaySizeByte: 4 << 30, WorkDiskSizeBytes: 16 << 30, NATEnabled: true, AutoStopAfter: 30 * time.Minute,
+		Egress: model.EgressPolicy{Mode: model.EgressAllow, Allow: []string{"10.0.0.0/8", "*.github.com"}}}
+	if !reflect.DeepEqual(cfg.VMDefaults, want) {
 		t.Errorf("vm defaults %+v, want %+v", cfg.VMDefaults, want)
 	}
 	if len(cfg.FileSync) != 2 || cfg.FileSync[0].Mode != "0644" || cfg.FileSync[1].Guest != ".config/nvim" {
@@ -121,6 +132,14 @@ func TestParseErrors(t *testing.T) {
 		{"sync no host", "[[file_sync]]\nguest = \"x\"\n", []string{"file_sync.0.host", "required"}},
 		{"second sync entry", "[[file_sync]]\nhost = \"a\"\nguest = \"a\"\n[[file_sync]]\nhost = \"b\"\nguest = \"../b\"\n", []string{"line 6", "file_sync.1.guest"}},
 		{"syntax", "log_level = \n", []string{"line 1"}},
+		{"dns not an ip", "default_dns = \"dns.example\"\n", []string{"line 1", "default_dns", "not an IP"}},
+		{"dns list with a bad entry", "default_dns = [\"1.1.1.1\", \"x\"]\n", []string{"default_dns", "\"x\" is not an IP"}},
+		{"dns empty list", "default_dns = []\n", []string{"default_dns", "empty"}},
+		{"dns list of numbers", "default_dns = [1]\n", []string{"default_dns", "not a string"}},
+		{"dns number", "default_dns = 1\n", []string{"default_dns", "list of addresses"}},
+		{"log group", "egress_log_group = 70000\n", []string{"egress_log_group", "65535"}},
+		{"egress mode", "[vm_defaults]\negress = \"closed\"\n", []string{"line 2", "vm_defaults.egress", "unknown mode"}},
+		{"egress cidr", "[vm_defaults]\negress = \"allow=10.0.0.1/8\"\n", []string{"vm_defaults.egress", "did you mean 10.0.0.0/8"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

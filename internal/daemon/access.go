@@ -2,14 +2,15 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"os/user"
 	"strconv"
-	"syscall"
+	"time"
 
 	"banger/internal/api"
+	"banger/internal/hostexec"
 	"banger/internal/model"
 )
 
@@ -33,7 +34,7 @@ func imageVisible(ctx context.Context, img model.Image) bool {
 // rights, by running test(1) as the caller's uid, gid and groups. Root
 // callers only need the file to exist. This keeps a user from pointing the
 // root daemon at a file the user could not read.
-func checkReadableBy(ctx context.Context, c api.Caller, path string, dir bool) error {
+func (d *Daemon) checkReadableBy(ctx context.Context, c api.Caller, path string, dir bool) error {
 	fi, err := os.Stat(path)
 	if err != nil {
 		return model.Errorf(model.EINVALID, "%s: %v", path, unwrapPathError(err))
@@ -51,8 +52,7 @@ func checkReadableBy(ctx context.Context, c api.Caller, path string, dir bool) e
 	if dir {
 		flag = "-x"
 	}
-	cmd := exec.CommandContext(ctx, "test", flag, path)
-	cred := &syscall.Credential{Uid: uint32(c.UID), Gid: uint32(c.GID)}
+	cred := &hostexec.Credential{UID: uint32(c.UID), GID: uint32(c.GID)}
 	if u, err := user.LookupId(strconv.Itoa(c.UID)); err == nil {
 		if gids, err := u.GroupIds(); err == nil {
 			for _, g := range gids {
@@ -62,11 +62,16 @@ func checkReadableBy(ctx context.Context, c api.Caller, path string, dir bool) e
 			}
 		}
 	}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
-	if err := cmd.Run(); err != nil {
-		if _, ok := err.(*exec.ExitError); ok {
-			return model.Errorf(model.EFORBIDDEN, "%s: you (uid %d) cannot read it; banger only uses files you can read yourself", path, c.UID)
-		}
+	or, ok := d.runner.(hostexec.OptionRunner)
+	if !ok {
+		return fmt.Errorf("check access to %s: the runner cannot run commands as a user", path)
+	}
+	_, err = or.RunWith(ctx, hostexec.Options{As: cred, Timeout: 10 * time.Second}, "test", flag, path)
+	var ee *hostexec.ExitError
+	if errors.As(err, &ee) && ee.ExitCode() == 1 {
+		return model.Errorf(model.EFORBIDDEN, "%s: you (uid %d) cannot read it; banger only uses files you can read yourself", path, c.UID)
+	}
+	if err != nil {
 		return fmt.Errorf("check access to %s: %w", path, err)
 	}
 	return nil

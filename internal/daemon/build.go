@@ -87,7 +87,7 @@ func (d *Daemon) BuildImage(ctx context.Context, req api.ImageBuildRequest, prog
 		return model.Image{}, model.Errorf(model.ECONFLICT, "image %q already exists; pick another name or `banger image rm %s` first", req.Name, req.Name)
 	}
 	if req.KernelPath != "" {
-		if err := checkReadableBy(ctx, caller, req.KernelPath, false); err != nil {
+		if err := d.checkReadableBy(ctx, caller, req.KernelPath, false); err != nil {
 			return model.Image{}, fmt.Errorf("kernel: %w", err)
 		}
 		if f, _ := image.KernelFormat(req.KernelPath); f != "elf" {

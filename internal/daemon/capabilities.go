@@ -18,6 +18,43 @@ type capability interface {
 	cleanup(ctx context.Context, vm model.VMRecord, h vmHandles) error
 }
 
+// filterCapability is a VM's packet filter: its tap may send only from
+// its MAC and IP, it reaches neither other guests nor the host (except
+// the daemon's DNS), and its egress policy decides what beyond the host
+// it may connect to. It runs first, so a guest is never up unfiltered.
+type filterCapability struct {
+	net    *network.Manager
+	denied *deniedLog
+}
+
+func (filterCapability) name() string { return "filter" }
+
+func (c filterCapability) start(ctx context.Context, vm model.VMRecord, h vmHandles) error {
+	f, err := guestFilter(vm, tapFor(vm, h))
+	if err != nil {
+		return err
+	}
+	c.denied.forget(model.ShortID(vm.ID))
+	return c.net.EnableFilter(ctx, f)
+}
+
+// cleanup removes the VM's filter objects, whatever tap or IP they name.
+func (c filterCapability) cleanup(ctx context.Context, vm model.VMRecord, _ vmHandles) error {
+	c.denied.forget(model.ShortID(vm.ID))
+	return c.net.DisableFilter(ctx, vm.ID)
+}
+
+// guestFilter is the filter of a VM on a tap.
+func guestFilter(vm model.VMRecord, tap string) (network.Filter, error) {
+	if tap == "" {
+		return network.Filter{}, fmt.Errorf("filter: vm %s has no tap", vm.Name)
+	}
+	if vm.Runtime.GuestMAC == "" {
+		return network.Filter{}, fmt.Errorf("filter: vm %s has no MAC address; recreate it", vm.Name)
+	}
+	return network.Filter{VMID: vm.ID, Tap: tap, GuestIP: vm.Runtime.GuestIP, GuestMAC: vm.Runtime.GuestMAC, Egress: vm.Spec.Egress}, nil
+}
+
 // natCapability gives a VM outbound NAT: a MASQUERADE rule and two
 // FORWARD rules keyed off its tap.
 type natCapability struct {
@@ -52,7 +89,8 @@ func (c natCapability) cleanup(ctx context.Context, vm model.VMRecord, h vmHandl
 	return c.net.DisableNAT(ctx, network.NAT{VMID: vm.ID, GuestIP: vm.Runtime.GuestIP, Tap: tap})
 }
 
-// dnsCapability publishes <vm>.<domain> on the daemon's DNS server.
+// dnsCapability publishes <vm>.<domain> on the daemon's DNS server and
+// tells it the guest's egress policy, which its forwarding follows.
 type dnsCapability struct {
 	dns *network.DNSServer
 }
@@ -63,7 +101,7 @@ func (c dnsCapability) start(_ context.Context, vm model.VMRecord, _ vmHandles) 
 	if c.dns == nil {
 		return nil
 	}
-	return c.dns.Set(vm.Name, vm.Runtime.GuestIP)
+	return c.dns.SetVM(vm.Name, vm.Runtime.GuestIP, vm.ID, vm.Spec.Egress)
 }
 
 func (c dnsCapability) cleanup(_ context.Context, vm model.VMRecord, _ vmHandles) error {

@@ -9,13 +9,18 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strings"
 	"sync"
+	"time"
 
 	"banger/internal/api"
+	"banger/internal/cgroup"
+	"banger/internal/firecracker"
 	"banger/internal/hostexec"
 	"banger/internal/image"
 	"banger/internal/model"
 	"banger/internal/network"
+	"banger/internal/proc"
 	"banger/internal/storage"
 	"banger/internal/store"
 )
@@ -30,6 +35,18 @@ type Options struct {
 	// Storage configures the disk manager (tests force a strategy and
 	// fake device nodes).
 	Storage storage.Options
+	// CgroupRoot is where the cgroup hierarchies are mounted; empty
+	// means /sys/fs/cgroup. Tests point it at a fake tree.
+	CgroupRoot string
+	// Proc reads processes; the zero value means the host's /proc.
+	Proc proc.Reader
+	// OpenProc opens a handle on a VMM process (signal it, wait for
+	// it); nil means the host's pidfds. Unit tests fake it along with
+	// Proc and VMMClient.
+	OpenProc func(pid int) (vmmProc, error)
+	// VMMClient returns the API client for a VMM running as uid at
+	// apiSock; nil means one that checks the peer's uid.
+	VMMClient func(apiSock string, uid int) *firecracker.Client
 }
 
 // Daemon is bangerd.
@@ -48,6 +65,16 @@ type Daemon struct {
 	storage *storage.Manager
 	caps    []capability
 	boot    booter
+	// cgroups puts each VMM in a group with its VM's limits; nil when
+	// cgroup_parent is "off" or the host has no usable hierarchy.
+	cgroups *cgroup.Manager
+	// procs reads the host's processes (a fake tree in tests);
+	// openProc and newVMMClient reach them (fakes in tests).
+	procs        proc.Reader
+	openProc     func(pid int) (vmmProc, error)
+	newVMMClient func(apiSock string, uid int) *firecracker.Client
+	// denied remembers which denied guest connections were logged.
+	denied *deniedLog
 
 	// strategy is how system overlays are made on this host.
 	strategy       storage.Strategy
@@ -66,13 +93,27 @@ type Daemon struct {
 
 	// crashAt is the fault-injection step (EnvCrashAt), for tests.
 	crashAt string
+	// onCrashPoint, when set, sees every crash point passed (tests).
+	onCrashPoint func(step string)
+	// noWatch turns off the VMM watcher (EnvNoWatch), for tests of the
+	// sweep.
+	noWatch bool
+	// stepTimes are the last durations of each lifecycle step.
+	stepTimes stepTimes
 
 	// sessions counts open connect streams per VM, for idle detection.
 	sessions *sessionCounter
 	// poll is the stats poller's memory.
 	poll pollState
 
+	// watchMu guards watching: the VMM PID each running VM is watched
+	// for (see watch.go).
+	watchMu  sync.Mutex
+	watching map[string]int
+
+	// bg is the daemon's lifetime context: background work runs in it.
 	// wg tracks background goroutines; cancel stops them.
+	bg     context.Context
 	wg     sync.WaitGroup
 	cancel context.CancelFunc
 }
@@ -96,7 +137,9 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 		locks:    newVMLocks(),
 		handles:  newHandleCache(),
 		crashAt:  os.Getenv(EnvCrashAt),
+		noWatch:  os.Getenv(EnvNoWatch) == "1",
 		sessions: newSessionCounter(),
+		denied:   newDeniedLog(),
 	}
 	// The state dir holds VM disks and the daemon's private key: only
 	// root may list it.
@@ -110,7 +153,42 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 		return nil, err
 	}
 	d.net = netm
-	d.boot = vmmBooter{d: d}
+	d.boot = d.newVMMBooter()
+	d.procs = opts.Proc
+	if d.procs.Root == "" {
+		d.procs = proc.Host
+	}
+	d.openProc = opts.OpenProc
+	if d.openProc == nil {
+		d.openProc = openHostProc
+	}
+	d.newVMMClient = opts.VMMClient
+	if d.newVMMClient == nil {
+		d.newVMMClient = firecracker.NewClientAs
+	}
+	if d.cfg.CgroupParent != "off" && d.cfg.CgroupParent != "" {
+		root := opts.CgroupRoot
+		if root == "" {
+			root = "/sys/fs/cgroup"
+		}
+		if opts.CgroupRoot == "" {
+			// `ip netns exec` (how the quickstart and the tests run the
+			// daemon) mounts a fresh /sys that hides the cgroup mounts:
+			// mount them again in the daemon's own mount namespace.
+			if what, err := cgroup.MountHidden(root); err != nil {
+				logger.Warn("cgroups are hidden here and could not be mounted", "err", err)
+			} else if what != "" {
+				logger.Info("cgroups", "mounted", what)
+			}
+		}
+		cg := cgroup.Detect(root, d.cfg.CgroupParent)
+		if cg.Mode() == cgroup.ModeNone {
+			logger.Warn("VMs run without resource limits", "why", cg.Why())
+		} else {
+			d.cgroups = cg
+			logger.Info("VM limits", "cgroups", cg.Why())
+		}
+	}
 	d.storage = storage.New(runner, logger.With("sub", "storage"), opts.Storage)
 	db, err := store.Open(ctx, d.layout.dbPath())
 	if err != nil {
@@ -125,8 +203,21 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 func (d *Daemon) Start(ctx context.Context) error {
 	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	d.cancel = cancel
+	d.bg = bg
 	if _, _, err := image.EnsureSSHKey(d.cfg.SSHKeyPath); err != nil {
 		return fmt.Errorf("daemon ssh key: %w", err)
+	}
+	if bin := d.vmmBinary(); isQEMUVMM(bin) {
+		// banger-vmm-qemu runs unprivileged and cannot cache its choice
+		// of accelerator under /run itself: choose once, as root.
+		pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		out, err := d.runner.Run(pctx, bin, "--probe-accel")
+		cancel()
+		if err != nil {
+			d.logger.Warn("accelerator probe failed; each VMM will probe on its own", "err", err)
+		} else {
+			d.logger.Info("accelerator", "choice", strings.TrimSpace(string(out)))
+		}
 	}
 	d.strategy, d.strategyReason = d.storage.DetectStrategy(ctx, d.layout.vmsDir())
 	d.logger.Info("system overlays", "strategy", d.strategy, "why", d.strategyReason)
@@ -136,15 +227,19 @@ func (d *Daemon) Start(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		if err := dns.SetForwarding(d.forwardConfig()); err != nil {
+			return err
+		}
 		d.dns = dns
 	}
-	d.caps = []capability{natCapability{net: d.net}, dnsCapability{dns: d.dns}}
+	d.caps = []capability{filterCapability{net: d.net, denied: d.denied}, natCapability{net: d.net}, dnsCapability{dns: d.dns}}
 	if err := d.setupNetwork(ctx); err != nil {
 		d.logger.Error("network setup failed; VMs cannot start until it works", "err", err)
 	}
 	if err := d.reconcile(ctx, "startup"); err != nil {
 		d.logger.Error("reconcile at startup", "err", err)
 	}
+	d.listenDenied(bg)
 	d.startLoops(bg)
 	return nil
 }
@@ -166,6 +261,11 @@ func (d *Daemon) setupNetwork(ctx context.Context) error {
 func (d *Daemon) setupNetworkLocked(ctx context.Context) error {
 	if err := d.net.EnsureBridge(ctx); err != nil {
 		return fmt.Errorf("bridge %s: %w", d.cfg.BridgeName, err)
+	}
+	// Guests are isolated before any can start: without the filter, no
+	// VM gets a network.
+	if err := d.net.EnsureFilter(ctx); err != nil {
+		return fmt.Errorf("packet filter (is nft installed?): %w", err)
 	}
 	if d.dns != nil && d.dns.Addr() == "" {
 		addr := d.cfg.DNSListen

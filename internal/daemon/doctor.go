@@ -3,11 +3,11 @@ package daemon
 import (
 	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 
 	"banger/internal/api"
 	"banger/internal/doctor"
+	"banger/internal/hostexec"
 )
 
 // vmmBinary resolves the VMM to launch: firecracker_bin when configured,
@@ -15,12 +15,12 @@ import (
 // PATH. It returns "" when there is none.
 func (d *Daemon) vmmBinary() string {
 	if d.cfg.FirecrackerBin != "" {
-		if p, err := exec.LookPath(d.cfg.FirecrackerBin); err == nil {
+		if p, err := hostexec.LookPath(d.cfg.FirecrackerBin); err == nil {
 			return p
 		}
 		return ""
 	}
-	if p, err := exec.LookPath("firecracker"); err == nil {
+	if p, err := hostexec.LookPath("firecracker"); err == nil {
 		return p
 	}
 	if self, err := os.Executable(); err == nil {
@@ -29,7 +29,7 @@ func (d *Daemon) vmmBinary() string {
 			return p
 		}
 	}
-	if p, err := exec.LookPath("banger-vmm-qemu"); err == nil {
+	if p, err := hostexec.LookPath("banger-vmm-qemu"); err == nil {
 		return p
 	}
 	return ""

@@ -9,6 +9,7 @@ import (
 	"os"
 
 	"banger/internal/api"
+	"banger/internal/fsutil"
 	"banger/internal/guest"
 	"banger/internal/model"
 	"banger/internal/workspace"
@@ -41,13 +42,11 @@ func (d *Daemon) UploadFileSync(ctx context.Context, ref string, open api.OpenFu
 		return api.FileSyncUpload{}, err
 	}
 	path := fileSyncPath(vm.Runtime.VMDir)
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_RDWR, 0o600)
+	f, err := fsutil.CreateAtomic(path, 0o600)
 	if err != nil {
 		return api.FileSyncUpload{}, fmt.Errorf("file sync: %w", err)
 	}
-	defer os.Remove(tmp)
-	defer f.Close()
+	defer f.Abort()
 	// The work disk bounds what fits in /root.
 	limit := vm.Spec.WorkDiskSizeBytes
 	n, err := io.Copy(f, io.LimitReader(body, limit+1))
@@ -64,10 +63,7 @@ func (d *Daemon) UploadFileSync(ctx context.Context, ref string, open api.OpenFu
 	if err != nil {
 		return api.FileSyncUpload{}, err
 	}
-	if err := f.Close(); err != nil {
-		return api.FileSyncUpload{}, fmt.Errorf("file sync: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err := f.Commit(); err != nil {
 		return api.FileSyncUpload{}, fmt.Errorf("file sync: %w", err)
 	}
 	d.logger.Info("file sync stored", "vm", vm.Name, "entries", entries, "bytes", n)

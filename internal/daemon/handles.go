@@ -6,6 +6,8 @@ import (
 	"os"
 	"sync"
 
+	"banger/internal/firecracker"
+	"banger/internal/fsutil"
 	"banger/internal/storage"
 )
 
@@ -15,10 +17,22 @@ import (
 // rediscovered from the OS after a restart; the database never holds them
 // (except the tap, mirrored on Runtime.TapDevice, which cannot be derived).
 type vmHandles struct {
+	// Version is handles.json's format (handlesVersion when written).
+	Version int              `json:"version"`
 	PID     int              `json:"pid,omitempty"`
 	Tap     string           `json:"tap,omitempty"`
 	Overlay storage.Attached `json:"overlay,omitempty"`
+
+	// launched is the VMM process when this daemon started it (its
+	// exit is then seen as its parent); in memory only.
+	launched *firecracker.Process
 }
+
+// handlesVersion is the format of handles.json this daemon writes. A file
+// without a version is the first format (the same fields); a newer
+// version than this daemon knows is not trusted (the handles are then
+// rebuilt from the OS, as when the file is missing).
+const handlesVersion = 1
 
 // handleCache is the in-memory side of the handles.
 type handleCache struct {
@@ -48,19 +62,16 @@ func (c *handleCache) clear(id string) {
 }
 
 // setVMHandles records h in the cache and in handles.json (written to a
-// temporary file and renamed, so a crash leaves the old or the new file).
+// temporary file and renamed, so a crash of the daemon leaves the old or
+// the new file; not synced: a host crash kills the VMMs too).
 func (d *Daemon) setVMHandles(id, vmDir string, h vmHandles) error {
 	d.handles.set(id, h)
+	h.Version = handlesVersion
 	b, err := json.Marshal(h)
 	if err != nil {
 		return err
 	}
-	path := handlesPath(vmDir)
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return fmt.Errorf("write handles: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err := fsutil.ReplaceFile(handlesPath(vmDir), b, 0o600); err != nil {
 		return fmt.Errorf("write handles: %w", err)
 	}
 	return nil
@@ -70,7 +81,6 @@ func (d *Daemon) setVMHandles(id, vmDir string, h vmHandles) error {
 func (d *Daemon) clearVMHandles(id, vmDir string) {
 	d.handles.clear(id)
 	os.Remove(handlesPath(vmDir))
-	os.Remove(handlesPath(vmDir) + ".tmp")
 }
 
 // readHandlesFile reads handles.json; a missing or corrupt file gives
@@ -83,6 +93,9 @@ func readHandlesFile(vmDir string) (vmHandles, error) {
 	}
 	if err := json.Unmarshal(b, &h); err != nil {
 		return vmHandles{}, fmt.Errorf("corrupt handles.json: %w", err)
+	}
+	if h.Version > handlesVersion {
+		return vmHandles{}, fmt.Errorf("handles.json is version %d, newer than this daemon's %d", h.Version, handlesVersion)
 	}
 	return h, nil
 }

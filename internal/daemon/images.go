@@ -116,7 +116,7 @@ func (d *Daemon) RegisterImage(ctx context.Context, req api.ImageRegisterRequest
 			return resp, model.Errorf(model.EINVALID, "%s %q: must be an absolute path", p.flag, *p.p)
 		}
 		*p.p = filepath.Clean(*p.p)
-		if err := checkReadableBy(ctx, caller, *p.p, p.dir); err != nil {
+		if err := d.checkReadableBy(ctx, caller, *p.p, p.dir); err != nil {
 			return resp, fmt.Errorf("%s: %w", p.flag, err)
 		}
 	}

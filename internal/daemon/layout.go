@@ -29,14 +29,14 @@ func (l layout) vmDir(id string) string { return filepath.Join(l.vmsDir(), model
 func (l layout) vmPaths(id string, rt *model.VMRuntime) {
 	dir := l.vmDir(id)
 	rt.VMDir = dir
-	rt.APISockPath = filepath.Join(dir, "api.sock")
+	rt.APISockPath = filepath.Join(vmmDir(dir), "api.sock")
 	rt.LogPath = filepath.Join(dir, "console.log")
-	rt.MetricsPath = filepath.Join(dir, "metrics.json")
+	rt.MetricsPath = filepath.Join(vmmDir(dir), "metrics.json")
 	rt.WorkDiskPath = filepath.Join(dir, "work.ext4")
 	rt.SystemOverlay = filepath.Join(dir, "system.img")
 }
 
 func handlesPath(vmDir string) string  { return filepath.Join(vmDir, "handles.json") }
-func vmmLogPath(vmDir string) string   { return filepath.Join(vmDir, "vmm.log") }
+func vmmLogPath(vmDir string) string   { return filepath.Join(vmmDir(vmDir), "vmm.log") }
 func fileSyncPath(vmDir string) string { return filepath.Join(vmDir, "file-sync.tar") }
 func userKeysPath(vmDir string) string { return filepath.Join(vmDir, "authorized_keys.user") }

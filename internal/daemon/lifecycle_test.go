@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -11,32 +12,75 @@ import (
 	"time"
 
 	"banger/internal/api"
+	"banger/internal/firecracker"
 	"banger/internal/hostexec/fakeos"
 	"banger/internal/model"
+	"banger/internal/proc"
 	"banger/internal/storage"
 )
 
-// fakeBooter stands in for the VMM in unit tests: it "boots" by recording
-// a PID, or fails.
+// fakeBooter stands in for the VMM in unit tests: it "launches" a fake
+// VMM process (fakeVMMs), or fails at the step named by failAt with fail.
 type fakeBooter struct {
-	d    *Daemon
-	fail error
+	vmms   *fakeVMMs
+	fail   error
+	failAt string // "launch" (the default), "configure", "start" or "ready"
 }
 
 func (fakeBooter) check() error { return nil }
 
-func (b fakeBooter) boot(ctx context.Context, vm model.VMRecord, img model.Image, h *vmHandles, _ time.Time, _ api.ProgressFunc) (string, error) {
-	if b.fail != nil {
-		return "", b.fail
+func (b fakeBooter) failed(phase string) error {
+	at := b.failAt
+	if at == "" {
+		at = "launch"
 	}
-	h.PID = 4242
-	return "ssh-ed25519 AAAAfake", b.d.setVMHandles(vm.ID, vm.Runtime.VMDir, *h)
+	if b.fail != nil && at == phase {
+		return b.fail
+	}
+	return nil
+}
+
+func (b fakeBooter) launch(ctx context.Context, s *startRun) error {
+	if err := b.failed("launch"); err != nil {
+		return err
+	}
+	pid, err := b.vmms.start(s.vm)
+	if err != nil {
+		return err
+	}
+	s.h.PID = pid
+	return nil
+}
+
+func (b fakeBooter) kill(ctx context.Context, s *startRun) {
+	if s.h.PID > 0 {
+		b.vmms.exit(s.h.PID)
+	}
+	s.h.PID = 0
+}
+
+func (b fakeBooter) configure(ctx context.Context, s *startRun) error {
+	if s.vm.Runtime.SSHHostKey == "" || !s.vm.Runtime.HostKeyInstalled {
+		return fmt.Errorf("fake boot: vm %s has no host key on its system disk", s.vm.Name)
+	}
+	return b.failed("configure")
+}
+
+func (b fakeBooter) instanceStart(ctx context.Context, s *startRun) error {
+	return b.failed("start")
+}
+
+func (b fakeBooter) waitReady(ctx context.Context, s *startRun) error {
+	return b.failed("ready")
 }
 
 type testEnv struct {
-	d   *Daemon
-	os  *fakeos.OS
-	ctx context.Context
+	d    *Daemon
+	os   *fakeos.OS
+	vmms *fakeVMMs
+	ctx  context.Context
+	// owners records which uid each disk was given to.
+	owners map[string]int
 }
 
 // newTestDaemon is a daemon on a fake host: commands go to fakeos, the VMM
@@ -49,16 +93,46 @@ func newTestDaemon(t *testing.T, dm bool) *testEnv {
 			t.Errorf("commands the fake does not know: %q", u)
 		}
 	})
-	dir := t.TempDir()
+	// A short dir: unix socket paths are limited to 108 bytes.
+	dir, err := os.MkdirTemp("", "bgd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	vmms := newFakeVMMs(filepath.Join(dir, "proc"), "/bin/true")
+	os.MkdirAll(vmms.root, 0o755)
 	cfg := model.DaemonConfig{
-		StateDir: filepath.Join(dir, "state"), BridgeName: "br-fc", BridgeIP: "172.16.0.1", CIDR: "24",
+		FirecrackerBin: "/bin/true",
+		StateDir:       filepath.Join(dir, "state"), BridgeName: "br-fc", BridgeIP: "172.16.0.1", CIDR: "24",
 		TapPoolSize: 2, DefaultDNS: "1.1.1.1", DNSDomain: "banger", DNSListen: "off",
 		StatsPollInterval: time.Hour, StaleSweepInterval: time.Hour, BootTimeout: time.Minute, StopTimeout: time.Second,
 		SSHKeyPath: filepath.Join(dir, "key"),
 		VMDefaults: model.VMDefaultsOverride{VCPUCount: 1, MemoryMiB: 256, SystemOverlaySizeByte: 64 << 20, WorkDiskSizeBytes: 64 << 20},
 	}
-	sopts := storage.Options{Strategy: storage.StrategyCopy}
+	// Disks are given to each VM's uid; without root, the test records it.
+	owners := map[string]int{}
+	sopts := storage.Options{Strategy: storage.StrategyCopy, Chown: func(f *os.File, uid, _ int) error {
+		owners[f.Name()] = uid
+		return nil
+	}}
 	if dm {
+		// dm nodes are files of the test, with an ext4 superblock as the
+		// fake e2fsprogs want it.
+		devs := filepath.Join(dir, "dev")
+		os.MkdirAll(devs, 0o755)
+		sopts.OpenDevice = func(p string, flag int, perm os.FileMode) (*os.File, error) {
+			if name, ok := strings.CutPrefix(p, "/dev/mapper/"); ok {
+				if o.DM[name] == nil {
+					return nil, os.ErrNotExist
+				}
+				p = filepath.Join(devs, name)
+				if _, err := os.Stat(p); err != nil {
+					os.WriteFile(p, make([]byte, 64<<10), 0o600)
+					fakeos.WriteExt4Magic(p)
+				}
+			}
+			return os.OpenFile(p, flag, perm)
+		}
 		sopts.Strategy = storage.StrategyDMSnapshot
 		sopts.Exists = func(p string) bool {
 			switch {
@@ -72,12 +146,16 @@ func newTestDaemon(t *testing.T, dm bool) *testEnv {
 		}
 	}
 	ctx := context.Background()
-	d, err := New(ctx, Options{Config: cfg, Logger: slog.New(slog.DiscardHandler), Runner: o.Runner(), Storage: sopts})
+	d, err := New(ctx, Options{
+		Config: cfg, Logger: slog.New(slog.DiscardHandler), Runner: o.Runner(), Storage: sopts,
+		Proc: proc.Reader{Root: vmms.root}, OpenProc: vmms.open,
+		VMMClient: func(sock string, _ int) *firecracker.Client { return firecracker.NewClient(sock) },
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { d.Close() })
-	d.boot = fakeBooter{d: d}
+	d.boot = fakeBooter{vmms: vmms}
 	if err := d.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -94,13 +172,82 @@ func newTestDaemon(t *testing.T, dm bool) *testEnv {
 	if err := d.store.CreateImage(ctx, img); err != nil {
 		t.Fatal(err)
 	}
-	return &testEnv{d: d, os: o, ctx: ctx}
+	return &testEnv{d: d, os: o, vmms: vmms, ctx: ctx, owners: owners}
 }
 
-// hostState is the fake host's state with temp paths made stable.
+// baseFilter are the lines of the fake host's state that banger's base
+// packet filter makes (network.EnsureFilter); its maps are printed with
+// their elements, which are per VM.
+var baseFilter = []string{
+	`nft bridge banger chain prerouting { type filter hook prerouting priority -300 ; policy accept ; }`,
+	`nft bridge banger rule prerouting iifname vmap @ports`,
+	`nft bridge banger rule prerouting iifname "bgtap*" drop`,
+	`nft inet banger chain forward { type filter hook forward priority -10 ; policy accept ; }`,
+	`nft inet banger rule forward iifname "br-fc" oifname "br-fc" drop`,
+	`nft inet banger rule forward iifname "br-fc" ip saddr vmap @guests`,
+	`nft inet banger rule forward iifname "br-fc" drop`,
+	`nft inet banger chain guest-in`,
+	`nft inet banger rule guest-in ct state established,related accept`,
+	`nft inet banger rule guest-in ip daddr 172.16.0.1 udp dport 53 accept`,
+	`nft inet banger rule guest-in ip daddr 172.16.0.1 tcp dport 53 accept`,
+	`nft inet banger rule guest-in drop`,
+	`nft inet banger chain input { type filter hook input priority -10 ; policy accept ; }`,
+	`nft inet banger rule input iifname "br-fc" jump guest-in`,
+}
+
+// Empty maps of the base filter.
+const (
+	emptyPorts  = `nft bridge banger map ports { type ifname : verdict ; }`
+	emptyGuests = `nft inet banger map guests { type ipv4_addr : verdict ; }`
+)
+
+// hostState is the fake host's state with temp paths made stable, and the
+// base filter, when all of it is there, as one last line "nft base
+// filter" (empty maps included, so a VM's map elements show).
 func (e *testEnv) hostState() string {
-	s := e.os.String()
-	return strings.ReplaceAll(s, e.d.cfg.StateDir, "$STATE")
+	s := strings.ReplaceAll(e.os.String(), e.d.cfg.StateDir, "$STATE")
+	lines := strings.Split(strings.TrimSuffix(s, "\n"), "\n")
+	base := map[string]bool{emptyPorts: true, emptyGuests: true}
+	for _, l := range baseFilter {
+		base[l] = true
+	}
+	var kept []string
+	found := 0
+	for _, l := range lines {
+		if base[l] {
+			found++
+			continue
+		}
+		kept = append(kept, l)
+	}
+	if found >= len(baseFilter) {
+		kept = append(kept, "nft base filter")
+	} else if found > 0 {
+		kept = append(kept, fmt.Sprintf("nft base filter: only %d of its %d lines", found, len(baseFilter)))
+	}
+	return strings.Join(kept, "\n") + "\n"
+}
+
+// vmFilter is the fake host's state of a running VM's filter with egress
+// open, on its tap and address, in the order the fake prints.
+func vmFilter(short, tap, ip, mac string) (bridge, inet string) {
+	b := "nft bridge banger chain vm-" + short + "\n"
+	for _, r := range []string{
+		"ether saddr != " + mac + " drop", "arp htype != 1 drop", "arp ptype != ip drop", "arp hlen != 6 drop", "arp plen != 4 drop",
+		"arp saddr ether != " + mac + " drop", "arp saddr ip != " + ip + " drop", "ether type arp accept",
+		"ip saddr != " + ip + " drop", "udp sport 67 drop", "ether type ip accept", "drop",
+	} {
+		b += "nft bridge banger rule vm-" + short + " " + r + "\n"
+	}
+	b += "nft bridge banger map ports { type ifname : verdict ; } = " + tap + " : jump vm-" + short + "\n"
+	i := "nft inet banger chain vm-" + short + "\n" +
+		"nft inet banger rule vm-" + short + " accept\n" +
+		"nft inet banger map guests { type ipv4_addr : verdict ; } = " + ip + " : jump vm-" + short + "\n" +
+		"nft inet banger set vm-" + short + "-allow { type ipv4_addr ; flags interval ; }\n" +
+		"nft inet banger set vm-" + short + "-dns { type ipv4_addr ; flags timeout ; }\n" +
+		"nft inet banger set vm-" + short + "-seen { type ipv4_addr . inet_proto . inet_service . inet_service ; flags dynamic,timeout ; timeout 1m ; size 4096 ; }\n" +
+		"nft inet banger counter vm-" + short + "-denied packets 0\n"
+	return b, i
 }
 
 func (e *testEnv) create(t *testing.T, name string, nat bool) model.VMRecord {
@@ -129,10 +276,11 @@ func want(t *testing.T, step, got, want string) {
 }
 
 const idleHost = `
-link bgtap0 tap master=br-fc up
-link bgtap1 tap master=br-fc up
+link bgtap0 tap master=br-fc up isolated
+link bgtap1 tap master=br-fc up isolated
 link br-fc bridge up 172.16.0.1/24
 sysctl net.ipv4.ip_forward=0
+nft base filter
 `
 
 // hostWith is the fake host's state with exactly these taps and no rules
@@ -141,9 +289,9 @@ func hostWith(taps ...string) string {
 	var b strings.Builder
 	b.WriteString("\n")
 	for _, t := range taps {
-		b.WriteString("link " + t + " tap master=br-fc up\n")
+		b.WriteString("link " + t + " tap master=br-fc up isolated\n")
 	}
-	b.WriteString("link br-fc bridge up 172.16.0.1/24\nsysctl net.ipv4.ip_forward=1\n")
+	b.WriteString("link br-fc bridge up 172.16.0.1/24\nsysctl net.ipv4.ip_forward=1\nnft base filter\n")
 	return b.String()
 }
 
@@ -165,13 +313,15 @@ loop /dev/loop1 $STATE/vms/` + short + `/system.img
 dm banger-` + short + ` 0 65536 snapshot /dev/loop0 /dev/loop1 P 8
 `
 	// The running VM holds bgtap0; the pool was refilled to two idle taps.
+	// Its filter: the tap sends only as the VM; egress open.
+	bridgeFilter, inetFilter := vmFilter(short, "bgtap0", "172.16.0.2", "06:00:ac:10:00:02")
 	running := `
-link bgtap0 tap master=br-fc up
-link bgtap1 tap master=br-fc up
-link bgtap2 tap master=br-fc up
+link bgtap0 tap master=br-fc up isolated
+link bgtap1 tap master=br-fc up isolated
+link bgtap2 tap master=br-fc up isolated
 link br-fc bridge up 172.16.0.1/24
 ` + rules + `sysctl net.ipv4.ip_forward=1
-` + devices
+` + devices + bridgeFilter + inetFilter + "nft base filter\n"
 	got := strings.ReplaceAll(e.hostState(), filepath.Dir(e.d.cfg.StateDir), "$STATE/..")
 	want(t, "started with nat", got, running)
 	vm := e.vm(t, "dev")
@@ -187,7 +337,7 @@ link br-fc bridge up 172.16.0.1/24
 	if _, err := e.d.SetVM(e.ctx, model.VMSetRequest{IDOrName: "dev", NATEnabled: &off}); err != nil {
 		t.Fatal(err)
 	}
-	if strings.Contains(e.hostState(), "rule ") {
+	if strings.Contains(e.hostState(), "\nrule ") {
 		t.Errorf("nat off left rules:\n%s", e.hostState())
 	}
 	on := true
@@ -245,15 +395,17 @@ func TestStartCopyStrategyAndSecondVMGetsNextTap(t *testing.T) {
 	if got, w := e.vm(t, "three").Runtime.TapDevice, "bgtap2"; got != w {
 		t.Errorf("third tap %q; want %q", got, w)
 	}
-	want(t, "three running", e.hostState(), `
-link bgtap0 tap master=br-fc up
-link bgtap1 tap master=br-fc up
-link bgtap2 tap master=br-fc up
-link bgtap3 tap master=br-fc up
-link bgtap4 tap master=br-fc up
+	if got := e.hostState(); !strings.HasPrefix(got, `link bgtap0 tap master=br-fc up isolated
+link bgtap1 tap master=br-fc up isolated
+link bgtap2 tap master=br-fc up isolated
+link bgtap3 tap master=br-fc up isolated
+link bgtap4 tap master=br-fc up isolated
 link br-fc bridge up 172.16.0.1/24
 sysctl net.ipv4.ip_forward=0
-`)
+`) || !strings.Contains(got, "nft bridge banger map ports { type ifname : verdict ; } = bgtap0 : jump vm-") ||
+		strings.Count(got, "nft inet banger rule vm-") != 3 || !strings.HasSuffix(got, "nft base filter\n") {
+		t.Errorf("three running: host state\n%s", got)
+	}
 	if got := e.vm(t, "one").Runtime.OverlayStrategy; got != "copy" {
 		t.Errorf("strategy %q", got)
 	}
@@ -269,7 +421,7 @@ sysctl net.ipv4.ip_forward=0
 func TestFailedStartUndoesEverything(t *testing.T) {
 	e := newTestDaemon(t, true)
 	e.create(t, "bad", true)
-	e.d.boot = fakeBooter{d: e.d, fail: errors.New("vmm exploded")}
+	e.d.boot = fakeBooter{vmms: e.vmms, fail: errors.New("vmm exploded")}
 	_, err := e.d.StartVM(e.ctx, "bad", api.NoProgress)
 	if err == nil || !strings.Contains(err.Error(), "vmm exploded") {
 		t.Fatalf("start error %v", err)
@@ -282,7 +434,7 @@ func TestFailedStartUndoesEverything(t *testing.T) {
 		t.Errorf("after failed start: state %s error %q tap %q", vm.State, vm.Runtime.LastError, vm.Runtime.TapDevice)
 	}
 	// It starts fine once the cause is gone.
-	e.d.boot = fakeBooter{d: e.d}
+	e.d.boot = fakeBooter{vmms: e.vmms}
 	if _, err := e.d.StartVM(e.ctx, "bad", api.NoProgress); err != nil {
 		t.Fatal(err)
 	}
@@ -319,7 +471,7 @@ func TestNATCleanupFallsBackToRuntimeTapDevice(t *testing.T) {
 	if deletes != 3 {
 		t.Errorf("cleanup deleted %d tagged rules through the runner; want 3\n%s", deletes, strings.Join(e.os.Runner().Calls(), "\n"))
 	}
-	if strings.Contains(e.hostState(), "rule ") {
+	if strings.Contains(e.hostState(), "\nrule ") {
 		t.Errorf("rules left:\n%s", e.hostState())
 	}
 
@@ -353,11 +505,13 @@ func TestStopAfterHandleLossUsesRuntimeTap(t *testing.T) {
 
 func TestReconcileCleansDeadRunningVMAndOrphans(t *testing.T) {
 	e := newTestDaemon(t, false)
+	e.d.noWatch = true
 	e.create(t, "dev", true)
 	if _, err := e.d.StartVM(e.ctx, "dev", api.NoProgress); err != nil {
 		t.Fatal(err)
 	}
-	// The "VMM" (no real process) is dead; a stray dir and rule exist.
+	// The VMM dies unwatched; a stray dir exists.
+	e.vmms.exit(e.pid(t, "dev"))
 	stray := filepath.Join(e.d.layout.vmsDir(), "stray")
 	os.MkdirAll(stray, 0o700)
 	if err := e.d.reconcile(e.ctx, "test"); err != nil {
@@ -370,5 +524,65 @@ func TestReconcileCleansDeadRunningVMAndOrphans(t *testing.T) {
 	want(t, "reconciled", e.hostState(), hostWith("bgtap1", "bgtap2"))
 	if _, err := os.Stat(stray); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("stray dir kept: %v", err)
+	}
+}
+
+// TestHostKeyMadeByTheDaemon: the daemon makes the VM's host key, puts
+// it on the system disk before the first boot with debugfs running as the
+// VM's uid, gives the disks to that uid, and installs the key again on a
+// fresh system disk after reset-system, without a new key.
+func TestHostKeyMadeByTheDaemon(t *testing.T) {
+	e := newTestDaemon(t, false)
+	e.create(t, "dev", false)
+	if _, err := e.d.StartVM(e.ctx, "dev", api.NoProgress); err != nil {
+		t.Fatal(err)
+	}
+	vm := e.vm(t, "dev")
+	const uid = defaultVMMUIDBase + 2 // 172.16.0.2 in 172.16.0.0/24
+	if vm.Runtime.VMMUID != uid || !vm.Runtime.HostKeyInstalled || !strings.HasPrefix(vm.Runtime.SSHHostKey, "ssh-ed25519 ") {
+		t.Fatalf("runtime: uid %d installed %v key %q", vm.Runtime.VMMUID, vm.Runtime.HostKeyInstalled, vm.Runtime.SSHHostKey)
+	}
+	if got := strings.TrimSpace(e.os.HostKeys[vm.Runtime.SystemOverlay]); got != vm.Runtime.SSHHostKey {
+		t.Errorf("key on the system disk %q; want %q", got, vm.Runtime.SSHHostKey)
+	}
+	for _, p := range []string{vm.Runtime.SystemOverlay, vm.Runtime.WorkDiskPath} {
+		if e.owners[p] != uid {
+			t.Errorf("%s given to uid %d; want %d", p, e.owners[p], uid)
+		}
+	}
+	n := 0
+	for _, c := range e.os.Runner().Calls() {
+		if strings.Contains(c, "debugfs ") {
+			n++
+			if !strings.HasPrefix(c, fmt.Sprintf("[as %d:%d, fd 3=", uid, uid)) {
+				t.Errorf("not run as the VM's uid: %s", c)
+			}
+		}
+	}
+	if n == 0 {
+		t.Fatal("debugfs never ran")
+	}
+	fi, err := os.Stat(hostKeyPath(vm.Runtime.VMDir))
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("private key file: %v %v", fi, err)
+	}
+	key := vm.Runtime.SSHHostKey
+
+	if _, err := e.d.StopVM(e.ctx, "dev", api.NoProgress); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.d.ResetSystem(e.ctx, "dev"); err != nil {
+		t.Fatal(err)
+	}
+	if vm := e.vm(t, "dev"); vm.Runtime.HostKeyInstalled {
+		t.Error("a fresh system disk is marked as having the host key")
+	}
+	delete(e.os.HostKeys, vm.Runtime.SystemOverlay)
+	if _, err := e.d.StartVM(e.ctx, "dev", api.NoProgress); err != nil {
+		t.Fatal(err)
+	}
+	vm = e.vm(t, "dev")
+	if vm.Runtime.SSHHostKey != key || strings.TrimSpace(e.os.HostKeys[vm.Runtime.SystemOverlay]) != key {
+		t.Errorf("after reset-system: key %q, on disk %q; want the same key %q", vm.Runtime.SSHHostKey, e.os.HostKeys[vm.Runtime.SystemOverlay], key)
 	}
 }

@@ -5,12 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
-	"strconv"
-	"strings"
 	"time"
 
-	"banger/internal/firecracker"
 	"banger/internal/model"
 	"banger/internal/network"
 )
@@ -32,7 +28,12 @@ func (d *Daemon) reconcile(ctx context.Context, why string) error {
 	}
 	plan := planReconcile(d.layout.vmsDir(), rows, host)
 	err = d.applyPlan(ctx, plan, rows)
-	if n := len(plan.Adopt) + len(plan.Cleanup) + len(plan.KillVMMs) + len(plan.RemoveDMs) + len(plan.DetachLoops) + len(plan.RemoveDirs); n > 0 || why == "startup" {
+	if host.FiltersSeen {
+		if ferr := d.applyFilterPlan(ctx, planFilters(rows), rows); ferr != nil {
+			err = errors.Join(err, ferr)
+		}
+	}
+	if n := len(plan.Adopt) + len(plan.Cleanup) + len(plan.KillVMMs) + len(plan.RemoveDMs) + len(plan.DetachLoops) + len(plan.RemoveDirs) + len(plan.RemoveCgroups); n > 0 || why == "startup" {
 		d.logger.Info("reconciled", "why", why, "adopted", len(plan.Adopt), "cleaned", len(plan.Cleanup),
 			"orphan_vmms", len(plan.KillVMMs), "orphan_dms", len(plan.RemoveDMs), "orphan_loops", len(plan.DetachLoops),
 			"orphan_dirs", len(plan.RemoveDirs), "took", time.Since(start).Round(time.Millisecond), "err", err)
@@ -56,6 +57,14 @@ func (d *Daemon) observeHost(ctx context.Context) (hostObservation, error) {
 	} else {
 		errs = append(errs, err)
 	}
+	// A host where nft fails has no filters to see (and starts no VMs);
+	// the rest of reconcile goes on.
+	if filters, err := d.net.ListFilters(ctx); err == nil {
+		host.Filters = filters
+		host.FiltersSeen = true
+	} else {
+		d.logger.Warn("reconcile: cannot list packet filters", "err", err)
+	}
 	if d.strategy == "dm-snapshot" {
 		if dms, err := d.storage.ListDM(ctx); err == nil {
 			host.DMs = dms
@@ -68,7 +77,19 @@ func (d *Daemon) observeHost(ctx context.Context) (hostObservation, error) {
 	} else {
 		errs = append(errs, err)
 	}
-	host.VMMs = findVMMs(d.layout.vmsDir())
+	procs, err := d.procs.List()
+	if err != nil {
+		errs = append(errs, err)
+	}
+	host.Procs = procs
+	host.VMMs = d.strayVMMs(procs)
+	if d.cgroups != nil {
+		if names, err := d.cgroups.List(); err == nil {
+			host.Cgroups = names
+		} else {
+			errs = append(errs, err)
+		}
+	}
 	if entries, err := os.ReadDir(d.layout.vmsDir()); err == nil {
 		for _, e := range entries {
 			host.VMDirs = append(host.VMDirs, e.Name())
@@ -135,9 +156,16 @@ func (d *Daemon) observeRows(ctx context.Context, host hostObservation) ([]vmObs
 				obs.HandlesNote = fmt.Sprintf("%v; rebuilt from the OS", err)
 			}
 		}
-		if pid, err := firecracker.FindPID(vm.Runtime.APISockPath); err == nil && pid > 0 {
-			obs.PID = pid
+		m := d.findVMM(vm, h.PID, host.Procs)
+		if m.Ambiguous {
+			// Someone copies the VMM's command line: which process is
+			// the VMM cannot be told, so nothing of the VM is touched.
+			obs.Busy = true
+			obs.Handles = h
+			out = append(out, obs)
+			continue
 		}
+		obs.PID = m.PID
 		h.PID = obs.PID
 		if h.Tap == "" {
 			h.Tap = vm.Runtime.TapDevice
@@ -159,6 +187,11 @@ func (d *Daemon) observeRows(ctx context.Context, host hostObservation) ([]vmObs
 				}
 			}
 		}
+		for _, f := range host.Filters {
+			if f.VMID == short {
+				obs.FilterFull = !f.Partial && f.Tap == h.Tap && f.GuestIP == vm.Runtime.GuestIP
+			}
+		}
 		obs.Handles = h
 		out = append(out, obs)
 	}
@@ -174,7 +207,7 @@ func (d *Daemon) applyPlan(ctx context.Context, p reconcilePlan, rows []vmObserv
 	var errs []error
 	for _, v := range p.KillVMMs {
 		d.logger.Warn("killing a VMM no VM owns", "pid", v.PID, "api_sock", v.APISock)
-		if _, err := firecracker.Stop(ctx, nil, v.PID, 0); err != nil {
+		if err := d.killVMM(ctx, v.PID); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -182,7 +215,7 @@ func (d *Daemon) applyPlan(ctx context.Context, p reconcilePlan, rows []vmObserv
 		vm := byID[c.VMID]
 		log := d.logger.With("vm", vm.Name, "id", model.ShortID(vm.ID))
 		if c.KillPID > 0 {
-			if _, err := firecracker.Stop(ctx, nil, c.KillPID, 0); err != nil {
+			if err := d.killVMM(ctx, c.KillPID); err != nil {
 				errs = append(errs, err)
 				continue
 			}
@@ -223,13 +256,14 @@ func (d *Daemon) applyPlan(ctx context.Context, p reconcilePlan, rows []vmObserv
 			log.Info("reconcile: restored NAT rules")
 		}
 		if d.dns != nil {
-			if err := d.dns.Set(vm.Name, vm.Runtime.GuestIP); err != nil {
+			if err := d.dns.SetVM(vm.Name, vm.Runtime.GuestIP, vm.ID, vm.Spec.Egress); err != nil {
 				errs = append(errs, err)
 			}
 		}
 		if a.Note != "" {
 			log.Warn("reconcile: adopted", "note", a.Note)
 		}
+		d.watchVMM(vm, a.Handles.PID, nil)
 	}
 	for _, name := range p.RemoveDMs {
 		d.logger.Warn("removing an orphan dm device", "name", name)
@@ -253,6 +287,12 @@ func (d *Daemon) applyPlan(ctx context.Context, p reconcilePlan, rows []vmObserv
 			errs = append(errs, err)
 		}
 	}
+	for _, name := range p.RemoveCgroups {
+		d.logger.Warn("removing a cgroup no running VM owns", "cgroup", name)
+		if err := d.cgroups.Remove(name); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	for _, dir := range p.RemoveDirs {
 		d.logger.Warn("removing a VM dir no VM owns", "dir", dir)
 		if err := os.RemoveAll(dir); err != nil {
@@ -267,40 +307,4 @@ func (d *Daemon) netReady() bool {
 	d.netMu.Lock()
 	defer d.netMu.Unlock()
 	return d.netOK
-}
-
-// findVMMs lists live processes whose argv has --api-sock with a path
-// under dir: VMMs banger started.
-func findVMMs(dir string) []vmmProcess {
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil
-	}
-	prefix := strings.TrimSuffix(dir, "/") + "/"
-	var out []vmmProcess
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil {
-			continue
-		}
-		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
-		for i, a := range args {
-			sock := ""
-			switch {
-			case a == "--api-sock" && i+1 < len(args):
-				sock = args[i+1]
-			case strings.HasPrefix(a, "--api-sock="):
-				sock = strings.TrimPrefix(a, "--api-sock=")
-			}
-			if sock != "" && strings.HasPrefix(sock, prefix) && firecracker.Alive(pid) {
-				out = append(out, vmmProcess{PID: pid, APISock: sock})
-				break
-			}
-		}
-	}
-	return out
 }

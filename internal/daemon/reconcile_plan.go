@@ -7,13 +7,14 @@ import (
 
 	"banger/internal/model"
 	"banger/internal/network"
+	"banger/internal/proc"
 	"banger/internal/storage"
 )
 
 // vmObservation is what the OS shows of one VM row.
 type vmObservation struct {
 	VM model.VMRecord
-	// PID is the live VMM process that owns the VM's API socket, or 0.
+	// PID is the VM's live VMM (its API socket, uid and binary), or 0.
 	PID int
 	// Handles are the best known handles: the cache, else handles.json;
 	// the tap falls back to Runtime.TapDevice; the overlay is what the OS
@@ -24,30 +25,42 @@ type vmObservation struct {
 	// NAT is the state of the VM's tagged rules: none, all, or some.
 	NATRules bool
 	NATFull  bool
-	// Busy says another operation holds the VM's lock: reconcile leaves
-	// it and everything it holds alone.
+	// FilterFull says the VM's packet filter is whole on the host.
+	FilterFull bool
+	// Busy says another operation holds the VM's lock, or several
+	// processes claim to be its VMM: reconcile leaves it and everything
+	// it holds alone.
 	Busy bool
 }
 
 // hostObservation is everything banger-shaped on the host.
 type hostObservation struct {
-	Taps  []string
-	NAT   []network.NAT
-	DMs   []storage.DMDevice
-	Loops []storage.LoopDevice
+	Taps []string
+	NAT  []network.NAT
+	// Filters are the VMs with packet filter objects; FiltersSeen says
+	// nft could list them.
+	Filters     []network.FilterInfo
+	FiltersSeen bool
+	DMs         []storage.DMDevice
+	Loops       []storage.LoopDevice
 	// VMMs are live VMM processes whose API socket is under the vms dir.
 	VMMs []vmmProcess
 	// VMDirs are the entries of the vms dir.
 	VMDirs []string
-	// OwnedFiles are the files whose loop devices are banger's: image
-	// root filesystems and anything under the state dir.
+	// StateDir and ImageRootfs say which loop devices are banger's: those
+	// on a file under the state dir or on an image's root filesystem.
 	StateDir    string
 	ImageRootfs []string
+	// Cgroups are the groups under the daemon's cgroup parent.
+	Cgroups []string
+	// Procs are the host's processes when observed.
+	Procs []proc.Process
 }
 
 type vmmProcess struct {
 	PID     int
 	APISock string
+	UID     int
 }
 
 // reconcilePlan is what to do to make the host and the database agree.
@@ -69,6 +82,8 @@ type reconcilePlan struct {
 	TapsInUse []string
 	// RemoveDirs are VM dirs no row owns.
 	RemoveDirs []string
+	// RemoveCgroups are cgroups of no live VM.
+	RemoveCgroups []string
 }
 
 type adoptAction struct {
@@ -98,6 +113,7 @@ func planReconcile(vmsDir string, rows []vmObservation, host hostObservation) re
 	liveDM := map[string]bool{}
 	liveDeps := map[string]bool{}
 	rowSocks := map[string]bool{}
+	keepCgroup := map[string]bool{}
 	busy := false
 
 	sort.Slice(rows, func(i, j int) bool { return rows[i].VM.Name < rows[j].VM.Name })
@@ -108,6 +124,7 @@ func planReconcile(vmsDir string, rows []vmObservation, host hostObservation) re
 		switch {
 		case r.Busy:
 			busy = true
+			keepCgroup[vmCgroupName(vm.ID)] = true
 			if r.Handles.Tap != "" {
 				p.TapsInUse = append(p.TapsInUse, r.Handles.Tap)
 			}
@@ -117,6 +134,7 @@ func planReconcile(vmsDir string, rows []vmObservation, host hostObservation) re
 			p.NATKeep = append(p.NATKeep, vm.ID)
 		case r.PID > 0 && vm.State == model.VMStateRunning:
 			live[vm.ID] = true
+			keepCgroup[vmCgroupName(vm.ID)] = true
 			p.Adopt = append(p.Adopt, adoptAction{
 				VMID: vm.ID, Handles: r.Handles,
 				RestoreNAT: vm.Spec.NATEnabled && !r.NATFull,
@@ -186,6 +204,12 @@ func planReconcile(vmsDir string, rows []vmObservation, host hostObservation) re
 			p.RemoveDirs = append(p.RemoveDirs, filepath.Join(vmsDir, name))
 		}
 	}
+	for _, name := range host.Cgroups {
+		if !keepCgroup[name] {
+			p.RemoveCgroups = append(p.RemoveCgroups, name)
+		}
+	}
+	sort.Strings(p.RemoveCgroups)
 	sort.Strings(p.NATKeep)
 	sort.Strings(p.TapsInUse)
 	sort.Strings(p.RemoveDMs)

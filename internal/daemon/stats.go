@@ -1,23 +1,25 @@
 package daemon
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
-	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"banger/internal/api"
 	"banger/internal/firecracker"
 	"banger/internal/model"
+	"banger/internal/proc"
 	"banger/internal/storage"
+
+	"golang.org/x/sys/unix"
 )
 
 // Idle detection thresholds: a guest using more CPU than this (percent of
@@ -54,13 +56,16 @@ func (d *Daemon) pollStats(ctx context.Context) {
 		return
 	}
 	// One pass over /proc per poll serves every VM's process tree.
-	var procs procTable
+	var procs proc.Table
 	for _, vm := range vms {
 		if vm.State != model.VMStateRunning {
 			continue
 		}
-		if procs.procs == nil {
-			procs = readProcTable()
+		if procs.Procs == nil {
+			if procs, err = d.procs.Snapshot(); err != nil {
+				d.logger.Warn("stats: read processes", "err", err)
+				return
+			}
 		}
 		stats, err := d.collectStats(ctx, vm, procs)
 		if err != nil {
@@ -80,20 +85,26 @@ func (d *Daemon) pollStats(ctx context.Context) {
 // collectStats measures one VM: CPU percent since the last poll, RSS and
 // VSZ of the VMM and its children, allocated bytes of its disks, and
 // Firecracker's latest metrics line.
-func (d *Daemon) collectStats(ctx context.Context, vm model.VMRecord, procs procTable) (model.VMStats, error) {
+func (d *Daemon) collectStats(ctx context.Context, vm model.VMRecord, procs proc.Table) (model.VMStats, error) {
 	st := vm.Stats
 	now := time.Now()
 	st.CollectedAt = now.UTC().Truncate(time.Second)
-	pid := 0
-	if h, ok := d.handles.get(vm.ID); ok && firecracker.Serves(h.PID, vm.Runtime.APISockPath) {
-		pid = h.PID
-	} else if p, err := firecracker.FindPID(vm.Runtime.APISockPath); err == nil {
-		pid = p
+	hint := 0
+	if h, ok := d.handles.get(vm.ID); ok {
+		hint = h.PID
 	}
+	var list []proc.Process
+	if hint == 0 || !d.isVMM(d.procs, procs.Procs[hint], vm) {
+		for _, p := range procs.Procs {
+			list = append(list, p)
+		}
+		hint = d.findVMM(vm, 0, list).PID
+	}
+	pid := hint
 	if pid == 0 {
 		return st, fmt.Errorf("no vmm process")
 	}
-	ticks, rss, vsz := procs.tree(pid)
+	ticks, rss, vsz := procs.Usage(pid)
 	st.RSSBytes, st.VSZBytes = rss, vsz
 	d.poll.mu.Lock()
 	if d.poll.cpu == nil {
@@ -113,16 +124,17 @@ func (d *Daemon) collectStats(ctx context.Context, vm model.VMRecord, procs proc
 	st.WorkDiskBytes, _ = storage.AllocatedBytes(vm.Runtime.WorkDiskPath)
 
 	fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	err := firecracker.NewClient(vm.Runtime.APISockPath).FlushMetrics(fctx)
+	err := d.vmmClient(vm).FlushMetrics(fctx)
 	cancel()
 	if err != nil {
 		d.logger.Debug("flush metrics", "vm", vm.Name, "err", err)
 	}
 	moved := int64(0)
-	if m, err := lastJSONLine(vm.Runtime.MetricsPath); err == nil {
+	if m, err := lastJSONLine(vm.Runtime.MetricsPath, vm.Runtime.VMMUID); err == nil {
 		st.MetricsRaw = m
 		moved = ioBytes(m)
 	}
+	st.Limits = d.vmLimitStats(vm)
 	active := (ok && st.CPUPercent > activeCPUPercent) || moved > activeIOBytes
 	if active {
 		st.LastActiveAt = st.CollectedAt
@@ -169,129 +181,84 @@ func latest(ts ...time.Time) time.Time {
 	return out
 }
 
-// procEntry is one process's /proc/pid/stat fields after the command.
-type procEntry struct {
-	ppid     int
-	ticks    uint64
-	rss, vsz int64
-}
+// Bounds on reading a VM's metrics file. The VMM writes it, and a VMM a
+// guest took over writes what it likes: only the file's tail is read,
+// and a line longer than a real metrics line is skipped.
+const (
+	maxMetricsTail = 256 << 10
+	maxMetricsLine = 64 << 10
+	// maxIOBytes bounds one counter of one metrics line (a delta since
+	// the previous flush); a larger value is not believed.
+	maxIOBytes = 1 << 50
+)
 
-// procTable is a snapshot of /proc: every process's stat fields and its
-// children, read once per poll.
-type procTable struct {
-	procs    map[int]procEntry
-	children map[int][]int
-}
-
-func readProcTable() procTable {
-	t := procTable{procs: map[int]procEntry{}, children: map[int][]int{}}
-	entries, _ := os.ReadDir("/proc")
-	page := int64(os.Getpagesize())
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		// Fields after the command: state(0) ppid(1) ... utime(11)
-		// stime(12) ... vsize(20) rss(21).
-		f := procStatFields(pid)
-		if len(f) <= 21 {
-			continue
-		}
-		ppid, _ := strconv.Atoi(f[1])
-		u, _ := strconv.ParseUint(f[11], 10, 64)
-		s, _ := strconv.ParseUint(f[12], 10, 64)
-		v, _ := strconv.ParseInt(f[20], 10, 64)
-		r, _ := strconv.ParseInt(f[21], 10, 64)
-		t.procs[pid] = procEntry{ppid: ppid, ticks: u + s, vsz: v, rss: r * page}
-		t.children[ppid] = append(t.children[ppid], pid)
-	}
-	return t
-}
-
-// tree sums CPU ticks, RSS and VSZ over pid and its descendants
-// (banger-vmm-qemu's guest runs in a QEMU child).
-func (t procTable) tree(pid int) (ticks uint64, rss, vsz int64) {
-	queue := []int{pid}
-	for len(queue) > 0 {
-		p := queue[0]
-		queue = queue[1:]
-		if e, ok := t.procs[p]; ok {
-			ticks += e.ticks
-			rss += e.rss
-			vsz += e.vsz
-		}
-		queue = append(queue, t.children[p]...)
-	}
-	return ticks, rss, vsz
-}
-
-// procStatFields returns /proc/pid/stat's fields after the command name.
-func procStatFields(pid int) []string {
-	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+// lastJSONLine reads the last complete JSON object of a metrics file: a
+// regular file (a FIFO, device or symlink put in its place is refused
+// without blocking), of which at most the last 256 KiB are read, lines
+// over 64 KiB skipped.
+func lastJSONLine(path string, uid int) (map[string]any, error) {
+	// The file is in the VMM's own directory: never a link followed by
+	// root, never a FIFO that blocks the poller, only a regular file of
+	// the VM's uid.
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil
+		return nil, &os.PathError{Op: "open", Path: path, Err: err}
 	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return nil
-	}
-	return strings.Fields(s[i+1:])
-}
-
-// lastJSONLine reads the last complete JSON object of a metrics file.
-func lastJSONLine(path string) (map[string]any, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
+	f := os.NewFile(uintptr(fd), path)
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
 		return nil, err
 	}
-	start := fi.Size() - 256<<10
-	if start < 0 {
-		start = 0
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("metrics file %s is not a regular file", path)
 	}
-	if _, err := f.Seek(start, io.SeekStart); err != nil {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && uid > 0 && int(st.Uid) != uid {
+		return nil, fmt.Errorf("metrics file %s belongs to uid %d, not the VM's %d", path, st.Uid, uid)
+	}
+	start := max(fi.Size()-maxMetricsTail, 0)
+	buf := make([]byte, fi.Size()-start)
+	n, err := f.ReadAt(buf, start)
+	if err != nil && !errors.Is(err, io.EOF) {
 		return nil, err
 	}
-	var last string
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		if l := strings.TrimSpace(sc.Text()); strings.HasPrefix(l, "{") && strings.HasSuffix(l, "}") {
-			last = l
+	lines := strings.Split(string(buf[:n]), "\n")
+	if start > 0 && len(lines) > 0 {
+		lines = lines[1:] // the first is likely cut
+	}
+	for i := len(lines) - 1; i >= 0; i-- {
+		l := strings.TrimSpace(lines[i])
+		if len(l) > maxMetricsLine || !strings.HasPrefix(l, "{") || !strings.HasSuffix(l, "}") {
+			continue
 		}
+		var m map[string]any
+		if err := json.Unmarshal([]byte(l), &m); err != nil {
+			continue
+		}
+		return m, nil
 	}
-	if last == "" {
-		return nil, errors.New("no metrics yet")
-	}
-	var m map[string]any
-	if err := json.Unmarshal([]byte(last), &m); err != nil {
-		return nil, err
-	}
-	return m, nil
+	return nil, errors.New("no metrics yet")
 }
 
 // ioBytes sums the byte counters of a Firecracker metrics line: block
 // read/write and network rx/tx, which are deltas since the previous flush.
+// A counter that is not a whole number from 0 to maxIOBytes is ignored.
 func ioBytes(m map[string]any) int64 {
-	var total float64
+	var total int64
 	for k, v := range m {
 		sub, ok := v.(map[string]any)
 		if !ok || !(strings.HasPrefix(k, "block_") || strings.HasPrefix(k, "net_")) {
 			continue
 		}
 		for _, c := range []string{"read_bytes", "write_bytes", "rx_bytes_count", "tx_bytes_count"} {
-			if n, ok := sub[c].(float64); ok {
-				total += n
+			n, ok := sub[c].(float64)
+			if !ok || n < 0 || n > maxIOBytes || n != math.Trunc(n) {
+				continue
 			}
+			total = min(total+int64(n), maxIOBytes)
 		}
 	}
-	return int64(total)
+	return total
 }
 
 // VMStats implements api.Backend: the stats the poller last collected.
@@ -301,6 +268,12 @@ func (d *Daemon) VMStats(ctx context.Context, ref string) (model.VMStats, error)
 	vm, err := d.findVM(ctx, ref)
 	if err != nil {
 		return model.VMStats{}, err
+	}
+	if vm.State == model.VMStateRunning {
+		// Denied connections are counted by the kernel, read when asked.
+		if n, err := d.net.DeniedCount(ctx, vm.ID); err == nil {
+			vm.Stats.EgressDenied = n
+		}
 	}
 	return vm.Stats, nil
 }

@@ -17,104 +17,154 @@ import (
 	"golang.org/x/crypto/ssh"
 )
 
-// booter launches and boots a VM whose disks, tap and capabilities are
-// ready, and waits until the guest answers SSH. It records the VMM's PID
-// in h (through setVMHandles) as soon as it has one. On failure it has
-// already killed the VMM it started. Tests replace it; the daemon uses
-// vmmBooter.
+// booter is the VMM seam of a start: each method is one step of
+// startSteps. vmmBooter drives a real VMM over Firecracker's API; unit
+// tests replace it. It records what it starts in s.h (the PID) and s.proc;
+// the step runner records the handles and calls the crash points.
 type booter interface {
 	// check says why VMs cannot boot here, before anything is touched.
 	check() error
-	// boot returns the guest's SSH host key.
-	boot(ctx context.Context, vm model.VMRecord, img model.Image, h *vmHandles, received time.Time, progress api.ProgressFunc) (string, error)
+	// launch starts the VMM and sets s.h.PID.
+	launch(ctx context.Context, s *startRun) error
+	// kill ends what launch started (the undo of launch).
+	kill(ctx context.Context, s *startRun)
+	// configure sends the machine's configuration.
+	configure(ctx context.Context, s *startRun) error
+	// instanceStart boots the guest.
+	instanceStart(ctx context.Context, s *startRun) error
+	// waitReady returns once the guest answers SSH with the host key
+	// the daemon made for it, and its first-boot setup is done.
+	waitReady(ctx context.Context, s *startRun) error
 }
 
 // vmmBooter boots through the Firecracker API: firecracker itself, or
-// banger-vmm-qemu, which speaks the same API.
+// banger-vmm-qemu, which speaks the same API. It gets what it needs, not
+// the daemon: the configuration, the VMM binary, the sandbox (uid,
+// descriptors, cgroup) and the per-boot guest setup.
 type vmmBooter struct {
-	d *Daemon
+	cfg    model.DaemonConfig
+	binary func() string
+	// prepare opens the VMM's descriptors and makes its cgroup.
+	prepare func(vm model.VMRecord, img model.Image, h vmHandles, bin string) (*vmmLaunch, error)
+	// enterCgroup moves a launched VMM into its cgroup (cgroup v1);
+	// releaseCgroup removes the cgroup.
+	enterCgroup   func(vm model.VMRecord, pid int) error
+	releaseCgroup func(vm model.VMRecord) error
+	// client is the API client for a VM's VMM.
+	client func(vm model.VMRecord) *firecracker.Client
+	// firstBoot is the per-start guest setup over the daemon's SSH
+	// connection (file sync, the user's keys).
+	firstBoot func(ctx context.Context, conn *guest.Conn, vm model.VMRecord) error
+	// killVMM SIGKILLs a VMM and waits for it to go.
+	killVMM func(ctx context.Context, pid int) error
+	// nameserver is the DNS server guests are told to use.
+	nameserver func() string
+}
+
+func (d *Daemon) newVMMBooter() vmmBooter {
+	return vmmBooter{
+		cfg: d.cfg, binary: d.vmmBinary, prepare: d.prepareVMM,
+		enterCgroup: d.enterCgroup, releaseCgroup: d.removeCgroup,
+		client: d.vmmClient, firstBoot: d.firstBoot, killVMM: d.killVMM,
+		nameserver: d.guestNameserver,
+	}
 }
 
 func (b vmmBooter) check() error {
-	if b.d.vmmBinary() == "" {
+	if b.binary() == "" {
 		return model.Errorf(model.EUNAVAILABLE, "no VMM: install firecracker or banger-vmm-qemu, or set firecracker_bin (see `banger doctor`)")
 	}
-	if _, err := os.Stat(b.d.cfg.SSHKeyPath); err != nil {
-		return model.Errorf(model.EUNAVAILABLE, "the daemon's SSH key %s: %v", b.d.cfg.SSHKeyPath, err)
+	if _, err := os.Stat(b.cfg.SSHKeyPath); err != nil {
+		return model.Errorf(model.EUNAVAILABLE, "the daemon's SSH key %s: %v", b.cfg.SSHKeyPath, err)
 	}
 	return nil
 }
 
-func (b vmmBooter) boot(ctx context.Context, vm model.VMRecord, img model.Image, h *vmHandles, received time.Time, progress api.ProgressFunc) (hostKey string, err error) {
-	d := b.d
-	log := d.logger.With("vm", vm.Name, "id", model.ShortID(vm.ID))
-	signer, err := guest.LoadSigner(d.cfg.SSHKeyPath)
+func (b vmmBooter) launch(ctx context.Context, s *startRun) error {
+	vm := s.vm
+	bin := b.binary()
+	s.progress(api.Progress{Step: "vmm", Message: fmt.Sprintf("launching %s as uid %d", bin, vm.Runtime.VMMUID)})
+	l, err := b.prepare(vm, s.img, s.h, bin)
 	if err != nil {
-		return "", model.Errorf(model.EUNAVAILABLE, "the daemon's SSH key: %v", err)
+		return err
 	}
-	bin := d.vmmBinary()
-	progress(api.Progress{Step: "vmm", Message: "launching " + bin})
-	os.Remove(vm.Runtime.MetricsPath)
-	proc, err := firecracker.Launch(firecracker.LaunchConfig{
-		Bin: bin, APISock: vm.Runtime.APISockPath, ID: model.ShortID(vm.ID),
-		ExtraArgs: d.cfg.VMMArgs, LogPath: vm.Runtime.LogPath,
-	})
+	proc, err := firecracker.Launch(l.cfg)
 	if err != nil {
-		return "", err
+		l.close()
+		b.releaseCgroup(vm)
+		return err
 	}
-	defer func() {
-		if err != nil {
-			if _, kerr := firecracker.Stop(context.Background(), nil, proc.PID, 0); kerr != nil {
-				log.Warn("undo: kill vmm", "pid", proc.PID, "err", kerr)
-			}
-			os.Remove(vm.Runtime.APISockPath)
+	// The VMM has its descriptors; the daemon's copies go, except the
+	// paths the configuration names.
+	l.close()
+	s.launch = l
+	s.proc = proc
+	s.h.PID = proc.PID
+	s.h.launched = proc
+	if err := b.enterCgroup(vm, proc.PID); err != nil {
+		b.kill(ctx, s)
+		return err
+	}
+	return nil
+}
+
+func (b vmmBooter) kill(ctx context.Context, s *startRun) {
+	if s.h.PID > 0 {
+		if err := b.killVMM(ctx, s.h.PID); err != nil {
+			s.log.Warn("undo: kill vmm", "pid", s.h.PID, "err", err)
 		}
-	}()
-	h.PID = proc.PID
-	if err := d.setVMHandles(vm.ID, vm.Runtime.VMDir, *h); err != nil {
-		return "", err
 	}
-	d.crashPoint("start:vmm-launched")
+	os.Remove(s.vm.Runtime.APISockPath)
+	if err := b.releaseCgroup(s.vm); err != nil {
+		s.log.Warn("undo: remove cgroup", "err", err)
+	}
+	s.h.PID = 0
+	s.h.launched = nil
+}
+
+func (b vmmBooter) configure(ctx context.Context, s *startRun) error {
 	apiCtx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	err = proc.WaitAPI(apiCtx, vm.Runtime.APISockPath)
+	err := s.proc.WaitAPI(apiCtx, s.vm.Runtime.APISockPath)
 	cancel()
 	if err != nil {
-		return "", fmt.Errorf("vmm api: %w; see %s", err, vm.Runtime.LogPath)
+		return fmt.Errorf("vmm api: %w; see %s", err, s.vm.Runtime.LogPath)
 	}
-	client := firecracker.NewClient(vm.Runtime.APISockPath)
-	if err := d.configureVMM(ctx, client, vm, img, *h); err != nil {
-		return "", err
-	}
-	d.crashPoint("start:configured")
-	if err := client.InstanceStart(ctx); err != nil {
-		return "", err
-	}
-	hostSide := time.Since(received)
-	log.Info("instance started", "host_side_ms", hostSide.Milliseconds())
-	progress(api.Progress{Step: "boot", Message: fmt.Sprintf("InstanceStart sent %dms after the request; waiting for SSH", hostSide.Milliseconds())})
-	d.crashPoint("start:instance-started")
+	return configureVMM(ctx, b.cfg, b.nameserver(), b.client(s.vm), s.vm, s.launch, s.h.Tap)
+}
 
-	conn, err := d.waitSSH(ctx, vm, proc, signer)
+func (b vmmBooter) instanceStart(ctx context.Context, s *startRun) error {
+	if err := b.client(s.vm).InstanceStart(ctx); err != nil {
+		return err
+	}
+	hostSide := time.Since(s.received)
+	s.log.Info("instance started", "host_side_ms", hostSide.Milliseconds())
+	s.progress(api.Progress{Step: "boot", Message: fmt.Sprintf("InstanceStart sent %dms after the request; waiting for SSH", hostSide.Milliseconds())})
+	return nil
+}
+
+func (b vmmBooter) waitReady(ctx context.Context, s *startRun) error {
+	signer, err := guest.LoadSigner(b.cfg.SSHKeyPath)
 	if err != nil {
-		return "", err
+		return model.Errorf(model.EUNAVAILABLE, "the daemon's SSH key: %v", err)
+	}
+	conn, err := waitSSH(ctx, b.cfg.BootTimeout, s.vm, s.proc, signer)
+	if err != nil {
+		return err
 	}
 	defer conn.Close()
-	if err := d.firstBoot(ctx, conn, vm); err != nil {
-		return "", err
-	}
-	return guest.AuthorizedKey(conn.HostKey), nil
+	return b.firstBoot(ctx, conn, s.vm)
 }
 
 // configureVMM sends the machine's configuration over the Firecracker API.
-func (d *Daemon) configureVMM(ctx context.Context, c *firecracker.Client, vm model.VMRecord, img model.Image, h vmHandles) error {
-	logger, err := firecracker.NewLogger(vmmLogPath(vm.Runtime.VMDir), "Info")
+func configureVMM(ctx context.Context, cfg model.DaemonConfig, nameserver string, c *firecracker.Client, vm model.VMRecord, l *vmmLaunch, tap string) error {
+	logger, err := firecracker.NewLogger(l.logPath, "Info")
 	if err != nil {
 		return err
 	}
 	if err := c.PutLogger(ctx, logger); err != nil {
 		return err
 	}
-	metrics, err := firecracker.NewMetrics(vm.Runtime.MetricsPath)
+	metrics, err := firecracker.NewMetrics(l.metricsPath)
 	if err != nil {
 		return err
 	}
@@ -128,7 +178,7 @@ func (d *Daemon) configureVMM(ctx context.Context, c *firecracker.Client, vm mod
 	if err := c.PutMachineConfig(ctx, mc); err != nil {
 		return err
 	}
-	ipArg, err := network.KernelIPArg(vm.Runtime.GuestIP, d.cfg.BridgeIP, d.cfg.CIDR, vm.Name, d.cfg.DefaultDNS)
+	ipArg, err := network.KernelIPArg(vm.Runtime.GuestIP, cfg.BridgeIP, cfg.CIDR, vm.Name, nameserver)
 	if err != nil {
 		return err
 	}
@@ -136,28 +186,32 @@ func (d *Daemon) configureVMM(ctx context.Context, c *firecracker.Client, vm mod
 	if err != nil {
 		return err
 	}
-	bs, err := firecracker.NewBootSource(img.KernelPath, img.InitrdPath, args)
+	bs, err := firecracker.NewBootSource(l.kernel, l.initrd, args)
 	if err != nil {
 		return err
 	}
 	if err := c.PutBootSource(ctx, bs); err != nil {
 		return err
 	}
-	root, err := firecracker.NewDrive("rootfs", h.Overlay.Device, true, false)
+	root, err := firecracker.NewDrive("rootfs", l.root, true, false)
 	if err != nil {
 		return err
 	}
 	if err := c.PutDrive(ctx, root); err != nil {
 		return err
 	}
-	work, err := firecracker.NewDrive("work", vm.Runtime.WorkDiskPath, false, false)
+	work, err := firecracker.NewDrive("work", l.work, false, false)
 	if err != nil {
 		return err
 	}
+	// /root keeps what the guest flushed: its fsync reaches the disk
+	// (the system disk can be rebuilt from the image, so it keeps the
+	// faster default).
+	work.CacheType = "Writeback"
 	if err := c.PutDrive(ctx, work); err != nil {
 		return err
 	}
-	nic, err := firecracker.NewNetworkInterface("eth0", h.Tap, vm.Runtime.GuestMAC)
+	nic, err := firecracker.NewNetworkInterface("eth0", tap, vm.Runtime.GuestMAC)
 	if err != nil {
 		return err
 	}
@@ -166,8 +220,8 @@ func (d *Daemon) configureVMM(ctx context.Context, c *firecracker.Client, vm mod
 
 // waitSSH waits until the guest answers SSH, the VMM dies, or the boot
 // timeout passes; a timeout reports the last console lines.
-func (d *Daemon) waitSSH(ctx context.Context, vm model.VMRecord, proc *firecracker.Process, signer ssh.Signer) (*guest.Conn, error) {
-	ctx, cancel := context.WithTimeout(ctx, d.cfg.BootTimeout)
+func waitSSH(ctx context.Context, timeout time.Duration, vm model.VMRecord, proc *firecracker.Process, signer ssh.Signer) (*guest.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	go func() {
 		select {
@@ -177,7 +231,7 @@ func (d *Daemon) waitSSH(ctx context.Context, vm model.VMRecord, proc *firecrack
 		}
 	}()
 	addr := net.JoinHostPort(vm.Runtime.GuestIP, "22")
-	conn, err := guest.WaitReady(ctx, addr, signer, 250*time.Millisecond)
+	conn, err := guest.WaitReady(ctx, addr, signer, vm.Runtime.SSHHostKey, 250*time.Millisecond)
 	if err == nil {
 		return conn, nil
 	}
@@ -187,7 +241,7 @@ func (d *Daemon) waitSSH(ctx context.Context, vm model.VMRecord, proc *firecrack
 		return nil, fmt.Errorf("the VMM exited during boot; last console lines:\n%s\n(full log: %s)", tail, vm.Runtime.LogPath)
 	default:
 	}
-	return nil, fmt.Errorf("no SSH answer from %s within %s: %v; last console lines:\n%s\n(full log: %s)", addr, d.cfg.BootTimeout, err, tail, vm.Runtime.LogPath)
+	return nil, fmt.Errorf("no SSH answer from %s within %s: %v; last console lines:\n%s\n(full log: %s)", addr, timeout, err, tail, vm.Runtime.LogPath)
 }
 
 // firstBoot does the per-start guest setup over the daemon's SSH

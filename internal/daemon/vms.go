@@ -64,6 +64,8 @@ func (d *Daemon) GetVM(ctx context.Context, ref string) (api.VMView, error) {
 // view decorates a record with derived facts.
 func (d *Daemon) view(vm model.VMRecord) api.VMView {
 	v := api.VMView{VMRecord: vm}
+	// VMs made before egress policies existed are open.
+	v.Spec.Egress.Mode = vm.Spec.Egress.Effective()
 	if h, ok := d.handles.get(vm.ID); ok && vm.State == model.VMStateRunning {
 		v.PID = h.PID
 	}
@@ -120,6 +122,10 @@ func (d *Daemon) specFromRequest(req model.VMCreateRequest) model.VMSpec {
 	}
 	if req.NATSet || req.NATEnabled {
 		spec.NATEnabled = req.NATEnabled
+	}
+	spec.Egress, _ = def.Egress.Normalize() // the config checked it
+	if req.Egress != nil {
+		spec.Egress = *req.Egress
 	}
 	if spec.AutoStopAfterSeconds == nil && def.AutoStopAfter > 0 {
 		s := int64(def.AutoStopAfter / time.Second)
@@ -180,6 +186,13 @@ func (d *Daemon) CreateVM(ctx context.Context, req model.VMCreateRequest, progre
 		if err := validateAuthorizedKey(k); err != nil {
 			return api.VMView{}, err
 		}
+	}
+	if req.Egress != nil {
+		p, err := req.Egress.Normalize()
+		if err != nil {
+			return api.VMView{}, err
+		}
+		req.Egress = &p
 	}
 	spec := d.specFromRequest(req)
 	if err := model.ValidateSpec(spec); err != nil {
@@ -285,8 +298,8 @@ func (d *Daemon) SetVM(ctx context.Context, req model.VMSetRequest) (api.VMView,
 		return api.VMView{}, err
 	}
 	defer unlock()
-	if req.VCPUCount == nil && req.MemoryMiB == nil && req.WorkDiskSizeBytes == nil && req.NATEnabled == nil && req.AutoStopAfterSeconds == nil {
-		return api.VMView{}, model.Errorf(model.EINVALID, "nothing to change; pass --vcpus, --memory, --disk-size, --nat or --auto-stop")
+	if req.VCPUCount == nil && req.MemoryMiB == nil && req.WorkDiskSizeBytes == nil && req.NATEnabled == nil && req.AutoStopAfterSeconds == nil && req.Egress == nil {
+		return api.VMView{}, model.Errorf(model.EINVALID, "nothing to change; pass --vcpus, --memory, --disk-size, --nat, --auto-stop or --egress")
 	}
 	running := vm.State == model.VMStateRunning
 	next := vm.Spec
@@ -331,6 +344,13 @@ func (d *Daemon) SetVM(ctx context.Context, req model.VMSetRequest) (api.VMView,
 	}
 	if req.NATEnabled != nil {
 		next.NATEnabled = *req.NATEnabled
+	}
+	if req.Egress != nil {
+		p, err := req.Egress.Normalize()
+		if err != nil {
+			return api.VMView{}, err
+		}
+		next.Egress = p
 	}
 	if err := d.applySet(ctx, &vm, next); err != nil {
 		return api.VMView{}, err

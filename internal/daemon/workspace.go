@@ -17,9 +17,11 @@ import (
 	"time"
 
 	"banger/internal/api"
+	"banger/internal/fsutil"
 	"banger/internal/guest"
 	"banger/internal/model"
 	"banger/internal/store"
+	"banger/internal/termsafe"
 	"banger/internal/workspace"
 )
 
@@ -234,8 +236,8 @@ func (d *Daemon) PrepareWorkspace(ctx context.Context, ref string, req api.Works
 		// The tree as prepared carries the user's own uncommitted
 		// changes; remember their wip commit, so they do not count as
 		// unfetched guest work.
-		out, err := conn.Output(ctx, workspace.CaptureScript(res.GuestPath, res.BranchName, res.BaseCommit))
-		if c, perr := workspace.ParseCapture(out); err == nil && perr == nil {
+		out, err := guestOutput(ctx, conn, workspace.CaptureScript(res.GuestPath, res.BranchName, res.BaseCommit))
+		if c, perr := workspace.ParseCapture(out, res.BaseCommit); err == nil && perr == nil {
 			preparedWIP = c.WIP
 		} else {
 			log.Warn("snapshot the prepared tree; its changes will count as unfetched", "err", errors.Join(err, perr))
@@ -277,7 +279,7 @@ func (d *Daemon) checkBranchClash(ctx context.Context, vm model.VMRecord, res mo
 // know), or anything that is not a banger workspace. It also needs git
 // in the guest.
 func (d *Daemon) checkGuestPath(ctx context.Context, conn *guest.Conn, vm model.VMRecord, gp string, existing store.Workspace, recorded, force bool) error {
-	out, err := conn.Output(ctx, workspace.PrecheckScript(gp))
+	out, err := guestOutput(ctx, conn, workspace.PrecheckScript(gp))
 	if err != nil {
 		return fmt.Errorf("examine %s in the guest: %w", gp, err)
 	}
@@ -370,17 +372,33 @@ func humanSize(n int64) string {
 	return fmt.Sprintf("%d B", n)
 }
 
+// maxGuestOutput bounds what the daemon keeps of a workspace script's
+// output: each prints one short line.
+const maxGuestOutput = 4 << 10
+
+// guestOutput runs script in the guest and returns its standard output,
+// refusing more than maxGuestOutput bytes: a guest cannot make the
+// daemon hold what it likes in memory.
+func guestOutput(ctx context.Context, conn *guest.Conn, script string) (string, error) {
+	var buf bytes.Buffer
+	lw := &limitWriter{w: &buf, max: maxGuestOutput, over: fmt.Errorf("the guest printed more than the %d bytes expected", maxGuestOutput)}
+	err := conn.Run(ctx, script, nil, lw, nil)
+	return buf.String(), err
+}
+
 // limitWriter fails writes past max bytes: a guest cannot fill the host's
 // disk with a bundle larger than its own disks.
 type limitWriter struct {
 	w   io.Writer
 	n   int64
 	max int64
+	// over is the error of a write past max.
+	over error
 }
 
 func (l *limitWriter) Write(p []byte) (int, error) {
 	if l.n+int64(len(p)) > l.max {
-		return 0, fmt.Errorf("bundle is larger than the vm's disks (%d bytes)", l.max)
+		return 0, l.over
 	}
 	n, err := l.w.Write(p)
 	l.n += int64(n)
@@ -393,37 +411,36 @@ func (l *limitWriter) Write(p []byte) (int, error) {
 // (or the failure) is recorded. The caller holds the VM's lock.
 func (d *Daemon) captureLocked(ctx context.Context, conn *guest.Conn, vm model.VMRecord, w store.Workspace) (store.Workspace, error) {
 	fail := func(err error) (store.Workspace, error) {
-		if rerr := d.store.SetWorkspaceCaptureError(context.WithoutCancel(ctx), vm.ID, w.GuestPath, model.Now(), err.Error()); rerr != nil {
+		// The message may quote the guest's stderr: it is stored, and
+		// later shown, with its control characters made visible.
+		if rerr := d.store.SetWorkspaceCaptureError(context.WithoutCancel(ctx), vm.ID, w.GuestPath, model.Now(), termsafe.String(err.Error())); rerr != nil {
 			d.logger.Warn("record capture error", "vm", vm.Name, "err", rerr)
 		}
 		return w, err
 	}
-	out, err := conn.Output(ctx, workspace.CaptureScript(w.GuestPath, w.BranchName, w.BaseCommit))
+	out, err := guestOutput(ctx, conn, workspace.CaptureScript(w.GuestPath, w.BranchName, w.BaseCommit))
 	if err != nil {
 		return fail(fmt.Errorf("capture %s: %w", w.GuestPath, err))
 	}
-	c, err := workspace.ParseCapture(out)
+	c, err := workspace.ParseCapture(out, w.BaseCommit)
 	if err != nil {
 		return fail(fmt.Errorf("capture %s: %w", w.GuestPath, err))
 	}
 	capture := store.WorkspaceCapture{At: model.Now(), Head: c.Head, WIP: c.WIP}
 	path := workspaceBundlePath(vm.Runtime.VMDir, w.GuestPath)
 	if c.Bundle {
-		tmp := path + ".tmp"
-		f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+		f, err := fsutil.CreateAtomic(path, 0o600)
 		if err != nil {
 			return fail(fmt.Errorf("capture %s: %w", w.GuestPath, err))
 		}
-		lw := &limitWriter{w: f, max: vm.Spec.WorkDiskSizeBytes + vm.Spec.SystemOverlaySizeByte}
+		max := vm.Spec.WorkDiskSizeBytes + vm.Spec.SystemOverlaySizeByte
+		lw := &limitWriter{w: f, max: max, over: fmt.Errorf("bundle is larger than the vm's disks (%d bytes)", max)}
 		err = conn.Run(ctx, workspace.BundleScript(w.GuestPath, w.BranchName, w.BaseCommit, c.WIP != ""), nil, lw, nil)
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
 		if err == nil {
-			err = os.Rename(tmp, path)
+			err = f.Commit()
 		}
 		if err != nil {
-			os.Remove(tmp)
+			f.Abort()
 			return fail(fmt.Errorf("bundle %s: %w", w.GuestPath, err))
 		}
 		capture.BundlePath, capture.BundleBytes = path, lw.n
@@ -637,8 +654,8 @@ func (d *Daemon) WorkspaceGit(ctx context.Context, ref string, req api.Workspace
 		return err
 	}
 	defer conn.Close()
-	var stderr bytes.Buffer
-	if err := conn.Run(ctx, script, nil, out, &stderr); err != nil {
+	// The guest's stderr is kept only as the error's bounded tail.
+	if err := conn.Run(ctx, script, nil, out, nil); err != nil {
 		return fmt.Errorf("%s in the guest: %w", req.Kind, err)
 	}
 	return nil

@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 
@@ -46,6 +45,7 @@ func Host(ctx context.Context, in Input, runner hostexec.Runner) []api.DoctorChe
 		c.loop(),
 		c.tun(),
 		c.iptables(ctx),
+		c.nft(ctx),
 		c.ipForward(),
 		c.disk(),
 		c.sshKey(),
@@ -109,7 +109,7 @@ func (c *checker) vmm(ctx context.Context) api.DoctorCheck {
 
 func (c *checker) firecracker() api.DoctorCheck {
 	const name = "firecracker"
-	if p, err := exec.LookPath("firecracker"); err == nil {
+	if p, err := hostexec.LookPath("firecracker"); err == nil {
 		return pass(name, p)
 	}
 	if c.usesQEMU() {
@@ -120,7 +120,7 @@ func (c *checker) firecracker() api.DoctorCheck {
 
 func (c *checker) qemu() api.DoctorCheck {
 	const name = "qemu"
-	p, err := exec.LookPath("qemu-system-x86_64")
+	p, err := hostexec.LookPath("qemu-system-x86_64")
 	if err == nil {
 		return pass(name, p)
 	}
@@ -176,9 +176,22 @@ func (c *checker) tun() api.DoctorCheck {
 	return pass(name, "/dev/net/tun present")
 }
 
+// nft checks the tool that installs the guests' packet filter (isolation,
+// anti-spoofing, egress policy); without it no VM gets a network.
+func (c *checker) nft(ctx context.Context) api.DoctorCheck {
+	const name = "nft"
+	if _, err := hostexec.LookPath("nft"); err != nil {
+		return fail(name, "nft not found: guests cannot be isolated, so no VM can start", "apt-get install nftables")
+	}
+	if _, err := c.runner.Run(ctx, "nft", "-j", "list", "tables"); err != nil {
+		return fail(name, fmt.Sprintf("nft does not work: %v", err), "load the nf_tables module (and nft_chain_nat, br_netfilter's bridge family)")
+	}
+	return pass(name, "nft works (guest isolation and egress policy)")
+}
+
 func (c *checker) iptables(ctx context.Context) api.DoctorCheck {
 	const name = "iptables"
-	if _, err := exec.LookPath("iptables"); err != nil {
+	if _, err := hostexec.LookPath("iptables"); err != nil {
 		return fail(name, "iptables not found: NAT for VMs cannot work", "apt-get install iptables")
 	}
 	if _, err := c.runner.Run(ctx, "iptables", "-t", "nat", "-S", "POSTROUTING"); err != nil {
@@ -239,7 +252,7 @@ func (c *checker) kernelBuild() api.DoctorCheck {
 		missing = append(missing, "linux-source-6.1")
 	}
 	for _, t := range []string{"make", "gcc", "flex", "bison", "bc"} {
-		if _, err := exec.LookPath(t); err != nil {
+		if _, err := hostexec.LookPath(t); err != nil {
 			missing = append(missing, t)
 		}
 	}
@@ -253,7 +266,7 @@ func (c *checker) imageBuild() api.DoctorCheck {
 	const name = "image-build"
 	var missing []string
 	for _, t := range []string{"debootstrap", "mkfs.ext4", "e2fsck", "resize2fs"} {
-		if _, err := exec.LookPath(t); err != nil {
+		if _, err := hostexec.LookPath(t); err != nil {
 			missing = append(missing, t)
 		}
 	}

@@ -24,6 +24,8 @@ func TestHostChecksOnABareHost(t *testing.T) {
 		switch argv[0] {
 		case "iptables":
 			return "-P POSTROUTING ACCEPT\n", nil
+		case "nft":
+			return `{"nftables": []}` + "\n", nil
 		case "/usr/local/bin/banger-vmm-qemu":
 			return "banger-vmm-qemu 0.1.0\n", nil
 		}

@@ -14,6 +14,8 @@ import (
 	"net"
 	"net/http"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // Client talks to one VMM's API socket. Requests are HTTP/1.1 with a
@@ -42,6 +44,60 @@ func NewClient(apiSock string) *Client {
 		DisableKeepAlives: true,
 	}
 	return &Client{sock: apiSock, http: &http.Client{Transport: tr}}
+}
+
+// NewClientAs returns a client for the API socket at apiSock that talks
+// only to a VMM running as uid: after connecting, it checks the peer's
+// credentials (SO_PEERCRED). The socket lives in a directory the VMM's
+// uid owns, so the VMM could replace it with a link to another VM's
+// socket; the check makes such a link a refused connection, not a
+// command sent to the wrong VM.
+func NewClientAs(apiSock string, uid int) *Client {
+	c := NewClient(apiSock)
+	if uid <= 0 {
+		// A VMM from before per-VM uids runs as root.
+		uid = 0
+	}
+	c.http.Transport.(*http.Transport).DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		conn, err := d.DialContext(ctx, "unix", apiSock)
+		if err != nil {
+			return nil, err
+		}
+		if err := checkPeerUID(conn, uid); err != nil {
+			conn.Close()
+			return nil, err
+		}
+		return conn, nil
+	}
+	return c
+}
+
+// checkPeerUID fails unless the process at the other end of a unix
+// connection runs as uid.
+func checkPeerUID(conn net.Conn, uid int) error {
+	uc, ok := conn.(*net.UnixConn)
+	if !ok {
+		return fmt.Errorf("vmm api: not a unix connection")
+	}
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return err
+	}
+	if cerr != nil {
+		return fmt.Errorf("vmm api: peer credentials: %w", cerr)
+	}
+	if int(cred.Uid) != uid {
+		return fmt.Errorf("vmm api: the socket is served by uid %d, not the VM's uid %d: refusing to talk to it", cred.Uid, uid)
+	}
+	return nil
 }
 
 // Socket returns the API socket path the client talks to.

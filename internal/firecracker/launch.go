@@ -50,6 +50,10 @@ type LaunchConfig struct {
 	// --tap-fd NAME=N flag (banger-vmm-qemu only: firecracker has no such
 	// flag).
 	TapFDs map[string]int
+	// Argv, when set, is the whole command line after Bin instead of
+	// the one Args builds: Firecracker's jailer (see JailerArgs), which
+	// runs as root and drops to the VM's uid itself.
+	Argv []string
 }
 
 // ExtraFileFD returns the descriptor number ExtraFiles[i] has in the VMM.
@@ -64,6 +68,9 @@ var instanceIDRe = regexp.MustCompile(`^[A-Za-z0-9-]{1,64}$`)
 // Args returns the VMM's argv after the binary name: --api-sock, --id,
 // the --tap-fd flags sorted by name, then ExtraArgs.
 func (c LaunchConfig) Args() []string {
+	if c.Argv != nil {
+		return c.Argv
+	}
 	args := []string{"--api-sock", c.APISock, "--id", c.ID}
 	names := make([]string, 0, len(c.TapFDs))
 	for name := range c.TapFDs {

@@ -3,11 +3,10 @@ package firecracker
 import (
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"testing"
 
 	"banger/internal/model"
+	procfs "banger/internal/proc"
 )
 
 // fakeProc is a fake /proc: pid -> argv and state letter.
@@ -16,30 +15,18 @@ type fakeProc map[int]struct {
 	state string
 }
 
-func (f fakeProc) write(t *testing.T) string {
+func (f fakeProc) write(t *testing.T) procfs.Reader {
 	t.Helper()
 	root := t.TempDir()
 	for pid, p := range f {
-		dir := filepath.Join(root, strconv.Itoa(pid))
-		if err := os.MkdirAll(dir, 0o755); err != nil {
+		if err := procfs.WriteFake(root, procfs.Process{PID: pid, PPID: 1, State: p.state[0], Argv: p.argv}, ""); err != nil {
 			t.Fatal(err)
 		}
-		cmdline := ""
-		if len(p.argv) > 0 {
-			cmdline = strings.Join(p.argv, "\x00") + "\x00"
-		}
-		name := "x"
-		if len(p.argv) > 0 {
-			name = filepath.Base(p.argv[0])
-		}
-		stat := strconv.Itoa(pid) + " (" + name + ") " + p.state + " 1 1 1 0 -1"
-		os.WriteFile(filepath.Join(dir, "cmdline"), []byte(cmdline), 0o644)
-		os.WriteFile(filepath.Join(dir, "stat"), []byte(stat), 0o644)
 	}
 	// Entries that are not processes are skipped.
 	os.MkdirAll(filepath.Join(root, "sys"), 0o755)
 	os.WriteFile(filepath.Join(root, "uptime"), []byte("1 1"), 0o644)
-	return root
+	return procfs.Reader{Root: root}
 }
 
 func TestFindPID(t *testing.T) {
@@ -98,18 +85,6 @@ func TestFindPIDTwoClaimants(t *testing.T) {
 	_, err := findPID(root, sock)
 	if model.ErrorCode(err) != model.ECONFLICT {
 		t.Errorf("got %v, want ECONFLICT", err)
-	}
-}
-
-func TestProcStateParsesOddNames(t *testing.T) {
-	root := t.TempDir()
-	os.MkdirAll(filepath.Join(root, "7"), 0o755)
-	os.WriteFile(filepath.Join(root, "7", "stat"), []byte("7 (a) b) (c) Z 1 1"), 0o644)
-	if got := procState(root, 7); got != 'Z' {
-		t.Errorf("got %q, want Z", got)
-	}
-	if got := procState(root, 8); got != 0 {
-		t.Errorf("missing process: got %q, want 0", got)
 	}
 }
 

@@ -78,6 +78,33 @@ func Stop(ctx context.Context, c *Client, pid int, timeout time.Duration) (StopR
 	return res, nil
 }
 
+// Proc is a handle on a VMM process that may not be the caller's child
+// (after a daemon restart it is not): a pidfd where the kernel has them,
+// so signals and waits are safe from PID reuse.
+type Proc struct{ p *proc }
+
+// OpenProc returns a handle on pid, or nil when it is already gone.
+func OpenProc(pid int) (*Proc, error) {
+	p, err := openProc(pid)
+	if err != nil || p == nil {
+		return nil, err
+	}
+	return &Proc{p: p}, nil
+}
+
+// Kill sends SIGKILL; a process already gone is not an error.
+func (p *Proc) Kill() error { return p.p.kill() }
+
+// Wait waits up to d for the process to exit and reports whether it did;
+// a cancelled ctx ends the wait with ctx's error.
+func (p *Proc) Wait(ctx context.Context, d time.Duration) (bool, error) { return p.p.wait(ctx, d) }
+
+// KillWait is how long to wait for a SIGKILLed VMM to disappear.
+const KillWait = killWait
+
+// Close releases the handle.
+func (p *Proc) Close() { p.p.close() }
+
 // proc is a handle on a process that may not be our child.
 type proc struct {
 	pid   int

@@ -80,3 +80,18 @@ func TapName(f *os.File) (string, uint16, error) {
 	}
 	return ifr.Name(), ifr.Uint16(), nil
 }
+
+// SetTapOwner lets uid attach to the tap device name (TUNSETOWNER on the
+// persistent tap), for a VMM that opens its tap by name as that uid:
+// Firecracker under its jailer.
+func SetTapOwner(name string, uid int) error {
+	f, err := OpenTap(name)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := unix.IoctlSetInt(int(f.Fd()), unix.TUNSETOWNER, uid); err != nil {
+		return fmt.Errorf("tap %s: set owner %d: %w", name, uid, err)
+	}
+	return nil
+}

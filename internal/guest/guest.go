@@ -7,6 +7,9 @@ package guest
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -38,29 +41,53 @@ type Conn struct {
 	HostKey ssh.PublicKey
 }
 
-// Dial connects once. A non-empty knownHostKey (authorized_keys format)
-// must match the guest's key; empty accepts any key and records it.
-func Dial(ctx context.Context, addr string, signer ssh.Signer, knownHostKey string) (*Conn, error) {
-	var want ssh.PublicKey
-	if knownHostKey != "" {
-		pk, _, _, _, err := ssh.ParseAuthorizedKey([]byte(knownHostKey))
-		if err != nil {
-			return nil, fmt.Errorf("parse known host key: %w", err)
-		}
-		want = pk
+// ErrNoHostKey is returned by Dial when no host key is known: banger
+// never trusts a guest's key on first use.
+var ErrNoHostKey = errors.New("no recorded host key for the guest (banger does not trust a key on first use)")
+
+// NewHostKey makes an SSH host key pair for a guest: the private key in
+// OpenSSH format (as sshd reads it from /etc/ssh) and the public key in
+// authorized_keys format (as Dial takes it).
+func NewHostKey() (private []byte, public string, err error) {
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, "", fmt.Errorf("generate host key: %w", err)
 	}
-	var got ssh.PublicKey
+	block, err := ssh.MarshalPrivateKey(priv, "")
+	if err != nil {
+		return nil, "", fmt.Errorf("marshal host key: %w", err)
+	}
+	sshPub, err := ssh.NewPublicKey(pub)
+	if err != nil {
+		return nil, "", fmt.Errorf("marshal host key: %w", err)
+	}
+	return pem.EncodeToMemory(block), AuthorizedKey(sshPub), nil
+}
+
+// Dial connects once. The guest must present hostKey (authorized_keys
+// format), the key the daemon made for it; anything else is refused
+// before authentication, so a guest that answers on another VM's address
+// never receives the daemon's connection. Only that key's algorithm is
+// offered, so a guest cannot present a different key type.
+func Dial(ctx context.Context, addr string, signer ssh.Signer, hostKey string) (*Conn, error) {
+	if strings.TrimSpace(hostKey) == "" {
+		return nil, ErrNoHostKey
+	}
+	want, _, _, _, err := ssh.ParseAuthorizedKey([]byte(hostKey))
+	if err != nil {
+		return nil, fmt.Errorf("parse known host key: %w", err)
+	}
 	cfg := &ssh.ClientConfig{
 		User: "root",
 		Auth: []ssh.AuthMethod{ssh.PublicKeys(signer)},
 		HostKeyCallback: func(_ string, _ net.Addr, key ssh.PublicKey) error {
-			got = key
-			if want != nil && !bytes.Equal(want.Marshal(), key.Marshal()) {
-				return fmt.Errorf("guest host key %s does not match the recorded %s", ssh.FingerprintSHA256(key), ssh.FingerprintSHA256(want))
+			if !bytes.Equal(want.Marshal(), key.Marshal()) {
+				return &HostKeyMismatchError{Got: ssh.FingerprintSHA256(key), Want: ssh.FingerprintSHA256(want)}
 			}
 			return nil
 		},
-		Timeout: 10 * time.Second,
+		HostKeyAlgorithms: hostKeyAlgorithms(want.Type()),
+		Timeout:           10 * time.Second,
 	}
 	var d net.Dialer
 	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -79,15 +106,42 @@ func Dial(ctx context.Context, addr string, signer ssh.Signer, knownHostKey stri
 		return nil, err
 	}
 	raw.SetDeadline(time.Time{})
-	return &Conn{client: ssh.NewClient(c, chans, reqs), HostKey: got}, nil
+	return &Conn{client: ssh.NewClient(c, chans, reqs), HostKey: want}, nil
 }
 
-// WaitReady dials until the guest answers SSH and runs `true`, or ctx
-// ends. It returns the last error on timeout.
-func WaitReady(ctx context.Context, addr string, signer ssh.Signer, interval time.Duration) (*Conn, error) {
-	var last error
+// hostKeyAlgorithms are the signature algorithms a key of type t can
+// sign host key proofs with.
+func hostKeyAlgorithms(t string) []string {
+	if t == ssh.KeyAlgoRSA {
+		return []string{ssh.KeyAlgoRSASHA512, ssh.KeyAlgoRSASHA256}
+	}
+	return []string{t}
+}
+
+// HostKeyMismatchError is a guest presenting a key other than its own.
+type HostKeyMismatchError struct {
+	Got, Want string
+}
+
+func (e *HostKeyMismatchError) Error() string {
+	return fmt.Sprintf("the guest presented host key %s, not the %s banger made for it: refusing to connect (another machine may be answering on its address)", e.Got, e.Want)
+}
+
+// WaitReady dials until the guest answers SSH with hostKey and runs
+// `true`, or ctx ends. It returns the last error on timeout. A guest that
+// presents another key is retried (the address may still belong to
+// someone else for a moment) but never trusted.
+func WaitReady(ctx context.Context, addr string, signer ssh.Signer, hostKey string, interval time.Duration) (*Conn, error) {
+	var last, impostor error
 	for {
-		c, err := Dial(ctx, addr, signer, "")
+		c, err := Dial(ctx, addr, signer, hostKey)
+		if errors.Is(err, ErrNoHostKey) {
+			return nil, err
+		}
+		var mismatch *HostKeyMismatchError
+		if errors.As(err, &mismatch) {
+			impostor = err
+		}
 		if err == nil {
 			if _, err = c.Output(ctx, "true"); err == nil {
 				return c, nil
@@ -99,6 +153,10 @@ func WaitReady(ctx context.Context, addr string, signer ssh.Signer, interval tim
 		case <-ctx.Done():
 			if last == nil {
 				last = ctx.Err()
+			}
+			if impostor != nil {
+				// Say what matters most: something else answered there.
+				last = impostor
 			}
 			return nil, fmt.Errorf("guest ssh at %s not ready: %w", addr, last)
 		case <-time.After(interval):

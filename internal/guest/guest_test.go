@@ -90,7 +90,7 @@ func TestDialRunAndHostKey(t *testing.T) {
 	addr, hostKey := testServer(t, signer.PublicKey())
 	ctx := context.Background()
 
-	c, err := WaitReady(ctx, addr, signer, 50*time.Millisecond)
+	c, err := WaitReady(ctx, addr, signer, AuthorizedKey(hostKey), 50*time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,11 +116,19 @@ func TestDialRunAndHostKey(t *testing.T) {
 	}
 	_, otherPriv, _ := ed25519.GenerateKey(rand.Reader)
 	other, _ := ssh.NewSignerFromKey(otherPriv)
-	if _, err := Dial(ctx, addr, signer, AuthorizedKey(other.PublicKey())); err == nil || !strings.Contains(err.Error(), "does not match") {
+	var mismatch *HostKeyMismatchError
+	if _, err := Dial(ctx, addr, signer, AuthorizedKey(other.PublicKey())); !errors.As(err, &mismatch) {
 		t.Errorf("dial with a wrong recorded key: %v", err)
 	}
+	// No trust on first use: without a recorded key nothing is dialled.
+	if _, err := Dial(ctx, addr, signer, ""); !errors.Is(err, ErrNoHostKey) {
+		t.Errorf("dial without a recorded key: %v", err)
+	}
+	if _, err := WaitReady(ctx, addr, signer, "", time.Millisecond); !errors.Is(err, ErrNoHostKey) {
+		t.Errorf("WaitReady without a recorded key: %v", err)
+	}
 	// A key the guest does not accept fails.
-	if _, err := Dial(ctx, addr, other, ""); err == nil {
+	if _, err := Dial(ctx, addr, other, AuthorizedKey(hostKey)); err == nil {
 		t.Error("dial with an unknown client key succeeded")
 	}
 }
@@ -133,7 +141,7 @@ func TestWaitReadyTimesOut(t *testing.T) {
 	ln.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
-	_, err := WaitReady(ctx, addr, signer, 50*time.Millisecond)
+	_, err := WaitReady(ctx, addr, signer, AuthorizedKey(signer.PublicKey()), 50*time.Millisecond)
 	if err == nil || !strings.Contains(err.Error(), "not ready") {
 		t.Errorf("WaitReady = %v", err)
 	}
@@ -142,5 +150,43 @@ func TestWaitReadyTimesOut(t *testing.T) {
 func TestQuote(t *testing.T) {
 	if got := Quote("it's"); got != `'it'\''s'` {
 		t.Errorf("Quote = %s", got)
+	}
+}
+
+// TestWaitReadyNeverTrustsAnImpostor: a server with another key keeps
+// being refused until the deadline; the error names the mismatch.
+func TestWaitReadyNeverTrustsAnImpostor(t *testing.T) {
+	_, cpriv, _ := ed25519.GenerateKey(rand.Reader)
+	signer, _ := ssh.NewSignerFromKey(cpriv)
+	addr, _ := testServer(t, signer.PublicKey())
+	_, real, err := NewHostKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Long enough for a handshake on a loaded machine; the impostor is
+	// refused every time until then.
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	_, err = WaitReady(ctx, addr, signer, real, 50*time.Millisecond)
+	var mismatch *HostKeyMismatchError
+	if !errors.As(err, &mismatch) {
+		t.Errorf("WaitReady against an impostor = %v", err)
+	}
+}
+
+func TestNewHostKey(t *testing.T) {
+	priv, pub, err := NewHostKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := ssh.ParsePrivateKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if AuthorizedKey(s.PublicKey()) != pub || !strings.HasPrefix(pub, "ssh-ed25519 ") {
+		t.Errorf("public %q does not match the private key", pub)
+	}
+	if !strings.Contains(string(priv), "BEGIN OPENSSH PRIVATE KEY") {
+		t.Errorf("private key is not in OpenSSH format:\n%s", priv)
 	}
 }

@@ -24,6 +24,7 @@ import (
 // cache `banger kernel build` just filled), which proves the cache path.
 func TestBuildKernelReal(t *testing.T) {
 	testutil.Slow(t)
+	testutil.Heavy(t)
 	testutil.RequireTools(t, "make", "gcc", "flex", "bison", "bc", "tar", "xz", "nice", "dpkg-query")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Minute)
 	defer cancel()

@@ -1,7 +1,6 @@
 package image
 
 import (
-	"bytes"
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/pem"
@@ -15,6 +14,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"banger/internal/fsutil"
 	"banger/internal/model"
 )
 
@@ -80,35 +80,13 @@ func Fingerprint(pubKey string) (string, error) {
 	return ssh.FingerprintSHA256(k), nil
 }
 
-// writeFileAtomic writes data to a temporary file next to path and renames
-// it over path, so a reader sees the old file or the whole new one.
+// writeFileAtomic writes data so a reader sees the old file or the whole
+// new one.
 func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	return writeAtomic(path, bytes.NewReader(data), mode)
+	return fsutil.WriteFileAtomic(path, data, mode)
 }
 
-// writeAtomic writes r to a temporary file next to path, syncs it and
-// renames it over path, so readers see the old file or the whole new one.
+// writeAtomic is writeFileAtomic with the content read from r.
 func writeAtomic(path string, r io.Reader, mode os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp)
-	if _, err := io.Copy(f, r); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Chmod(mode); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	return fsutil.WriteAtomic(path, r, mode)
 }

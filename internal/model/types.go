@@ -89,6 +89,22 @@ type DaemonConfig struct {
 	// image builds download in; empty means the daemon's own. It lets a
 	// daemon kept in an isolated namespace still reach the mirror.
 	BuildNetNS string
+	// VMMUIDBase is the first of the unprivileged uids (and gids) VMMs run
+	// as: a VM's VMM runs as VMMUIDBase plus the offset of its guest IP in
+	// the subnet, so no two VMs share one.
+	VMMUIDBase int
+	// JailerBin is Firecracker's jailer; empty means "jailer" next to the
+	// firecracker binary when there is one. banger-vmm-qemu runs without.
+	JailerBin string
+	// CgroupParent names the cgroup subtree VMs are put in (one group per
+	// VM, with limits from its size); "off" puts them in none.
+	CgroupParent string
+	// UpstreamDNS are the nameservers the daemon's DNS forwards guests'
+	// queries to, in order (default_dns; DefaultDNS is the first).
+	UpstreamDNS []string
+	// EgressLogGroup is the NFLOG group the kernel reports denied guest
+	// connections on, read by the daemon.
+	EgressLogGroup int
 }
 
 // VMDefaultsOverride holds the VM sizes used when a create request leaves
@@ -102,6 +118,8 @@ type VMDefaultsOverride struct {
 	// AutoStopAfter overrides DaemonConfig.AutoStopStaleAfter for new VMs
 	// when non-zero.
 	AutoStopAfter time.Duration
+	// Egress is the egress policy of new VMs; the zero value is open.
+	Egress EgressPolicy
 }
 
 // FileSyncEntry is a user-declared host→guest file or directory copy
@@ -150,6 +168,8 @@ type VMSpec struct {
 	// AutoStopAfterSeconds overrides the daemon's idle auto-stop for this
 	// VM: nil means the daemon default, 0 means never.
 	AutoStopAfterSeconds *int64 `json:"auto_stop_after_seconds,omitempty"`
+	// Egress is where the guest may connect beyond the host.
+	Egress EgressPolicy `json:"egress"`
 }
 
 // VMRuntime holds the durable runtime state that the daemon needs to reach
@@ -187,6 +207,29 @@ type VMRuntime struct {
 	SSHHostKey string `json:"ssh_host_key,omitempty"`
 	// StartedAt is when the VM last became running.
 	StartedAt time.Time `json:"started_at,omitempty"`
+	// VMMUID is the unprivileged uid (and gid) the VM's VMM runs as.
+	VMMUID int `json:"vmm_uid,omitempty"`
+	// Cgroup is the VM's control group (its directory), "" when none.
+	Cgroup string `json:"cgroup,omitempty"`
+	// HostKeyInstalled says the VM's SSH host key (SSHHostKey, made by
+	// the daemon) is on its system disk; a fresh system disk clears it.
+	HostKeyInstalled bool `json:"host_key_installed,omitempty"`
+}
+
+// VMLimits are the limits a VM's VMM runs under (its cgroup) and how
+// often it hit them.
+type VMLimits struct {
+	CPUQuotaPercent int   `json:"cpu_quota_percent,omitempty"`
+	MemoryMaxBytes  int64 `json:"memory_max_bytes,omitempty"`
+	PidsMax         int64 `json:"pids_max,omitempty"`
+	IOWeight        int64 `json:"io_weight,omitempty"`
+
+	CPUThrottledPeriods int64 `json:"cpu_throttled_periods"`
+	CPUThrottledMs      int64 `json:"cpu_throttled_ms"`
+	MemoryMaxHits       int64 `json:"memory_max_hits"`
+	OOMKills            int64 `json:"oom_kills"`
+	PidsMaxHits         int64 `json:"pids_max_hits"`
+	MemoryBytes         int64 `json:"memory_bytes,omitempty"`
 }
 
 // VMStats is what the stats poller last saw of a VM.
@@ -202,6 +245,12 @@ type VMStats struct {
 	// LastActiveAt is the last time the poller saw the guest working
 	// (CPU, block or network activity).
 	LastActiveAt time.Time `json:"last_active_at,omitempty"`
+	// Limits are the VMM's cgroup limits and how often they were hit.
+	Limits *VMLimits `json:"limits,omitempty"`
+	// EgressDenied counts the connections the guest tried to open that
+	// its egress policy refused, since it last started (read from the
+	// kernel when asked).
+	EgressDenied int64 `json:"egress_denied,omitempty"`
 }
 
 // VMRecord is a VM as stored and as shown.
@@ -239,6 +288,8 @@ type VMCreateRequest struct {
 	AutoStopAfterSeconds *int64 `json:"auto_stop_after_seconds,omitempty"`
 	// SSHPublicKeys are the caller's public keys, authorized in the guest.
 	SSHPublicKeys []string `json:"ssh_public_keys,omitempty"`
+	// Egress is the VM's egress policy; nil means the configured default.
+	Egress *EgressPolicy `json:"egress,omitempty"`
 }
 
 // VMSetRequest changes a VM. Nil fields are left alone.
@@ -252,6 +303,8 @@ type VMSetRequest struct {
 	// AutoStopAfterSeconds changes the idle auto-stop for this VM; a
 	// negative value goes back to the daemon default.
 	AutoStopAfterSeconds *int64 `json:"auto_stop_after_seconds,omitempty"`
+	// Egress changes the egress policy, live when the VM runs.
+	Egress *EgressPolicy `json:"egress,omitempty"`
 }
 
 // WorkspacePrepareMode says how much of a repository goes into a VM.

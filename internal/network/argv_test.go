@@ -19,6 +19,7 @@ func TestIPArgv(t *testing.T) {
 		{"tap", addTapArgv("bgtap3"), "tuntap add dev bgtap3 mode tap"},
 		{"master", setMasterArgv("bgtap3", "br-fc"), "link set dev bgtap3 master br-fc up"},
 		{"del", delLinkArgv("bgtap3"), "link del dev bgtap3"},
+		{"isolate", isolateArgv("bgtap3"), "link set dev bgtap3 type bridge_slave isolated on"},
 	}
 	for _, tt := range tests {
 		if got := strings.Join(tt.got, " "); got != tt.want {

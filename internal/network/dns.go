@@ -21,20 +21,29 @@ import (
 const dnsTTL = 5
 
 // DNSServer answers A queries for <vm name>.<domain> from an in-memory
-// table. It is authoritative for the domain only: a name in the domain
-// that is not in the table gets NXDOMAIN, a query for any other domain
-// gets REFUSED, and nothing is ever forwarded. Names compare
-// case-insensitively.
+// table, authoritatively: a name in the domain that is not in the table
+// gets NXDOMAIN. Names compare case-insensitively.
 //
-// Use: NewDNSServer, Listen, then Serve in a goroutine the caller owns;
-// Close (or cancelling Serve's context) stops it. Set and Remove may be
-// called at any time.
+// Queries come from two sides. The host side (any source outside the
+// guest subnet, and the gateway) sees every VM name and gets REFUSED for
+// other domains. A guest (a source in the guest subnet, see
+// SetForwarding) is answered only for names it may reach: its own VM
+// name; other VMs' names are NXDOMAIN to it, since it cannot reach them.
+// Its queries for other domains are forwarded upstream as its egress
+// policy allows (open: all; allow: the names its domain patterns match,
+// whose answers then open the policy for their addresses; none: none),
+// and REFUSED otherwise.
+//
+// Use: NewDNSServer, SetForwarding, Listen, then Serve in a goroutine the
+// caller owns; Close (or cancelling Serve's context) stops it. Set,
+// SetVM and Remove may be called at any time.
 type DNSServer struct {
 	zone string // canonical: lowercase, fully qualified ("banger.")
 	log  *slog.Logger
 
 	mu      sync.RWMutex
-	records map[string]netip.Addr // by lowercase VM name
+	records map[string]dnsRecord // by lowercase VM name
+	fwd     ForwardConfig
 
 	lmu     sync.Mutex
 	pc      net.PacketConn
@@ -60,7 +69,7 @@ func NewDNSServer(domain string, log *slog.Logger) (*DNSServer, error) {
 	return &DNSServer{
 		zone:    zone,
 		log:     log,
-		records: map[string]netip.Addr{},
+		records: map[string]dnsRecord{},
 		stop:    make(chan struct{}),
 		done:    make(chan struct{}),
 	}, nil
@@ -69,7 +78,16 @@ func NewDNSServer(domain string, log *slog.Logger) (*DNSServer, error) {
 // Domain returns the zone the server answers for, without the final dot.
 func (s *DNSServer) Domain() string { return strings.TrimSuffix(s.zone, ".") }
 
-// Set makes name.<domain> resolve to ip, replacing any earlier address.
+// dnsRecord is one VM: its address, and what the server needs to answer
+// it as a guest.
+type dnsRecord struct {
+	addr   netip.Addr
+	vmID   string
+	egress model.EgressPolicy
+}
+
+// Set makes name.<domain> resolve to ip, replacing any earlier address
+// and keeping what SetVM recorded for the name.
 func (s *DNSServer) Set(name, ip string) error {
 	if err := model.ValidateVMName(strings.ToLower(name)); err != nil {
 		return fmt.Errorf("dns record: %w", err)
@@ -80,7 +98,28 @@ func (s *DNSServer) Set(name, ip string) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.records[strings.ToLower(name)] = a
+	r := s.records[strings.ToLower(name)]
+	r.addr = a
+	s.records[strings.ToLower(name)] = r
+	return nil
+}
+
+// SetVM makes name.<domain> resolve to ip and records, for the guest at
+// ip, its VM ID and egress policy: what the server forwards for it and
+// whose filter learns the addresses of allowed names.
+func (s *DNSServer) SetVM(name, ip, vmID string, egress model.EgressPolicy) error {
+	if err := s.Set(name, ip); err != nil {
+		return err
+	}
+	egress, err := egress.Normalize()
+	if err != nil {
+		return fmt.Errorf("dns record %s: %w", name, err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r := s.records[strings.ToLower(name)]
+	r.vmID, r.egress = vmID, egress
+	s.records[strings.ToLower(name)] = r
 	return nil
 }
 
@@ -103,11 +142,11 @@ func (s *DNSServer) Lookup(name string) (string, bool) {
 	}
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	a, ok := s.records[label]
+	r, ok := s.records[label]
 	if !ok {
 		return "", false
 	}
-	return a.String(), true
+	return r.addr.String(), true
 }
 
 // label returns the VM name of a canonical qname one label below the
@@ -146,10 +185,19 @@ func (s *DNSServer) answer(req *dns.Msg) *dns.Msg {
 	var addr netip.Addr
 	if ok {
 		s.mu.RLock()
-		addr, ok = s.records[label]
+		var r dnsRecord
+		r, ok = s.records[label]
+		addr = r.addr
 		s.mu.RUnlock()
 	}
-	if !ok {
+	return s.zoneAnswer(req, resp, addr, ok)
+}
+
+// zoneAnswer completes an authoritative reply for a name of the zone:
+// its address when found, NXDOMAIN otherwise.
+func (s *DNSServer) zoneAnswer(req, resp *dns.Msg, addr netip.Addr, found bool) *dns.Msg {
+	q := req.Question[0]
+	if !found {
 		resp.Rcode = dns.RcodeNameError
 		resp.Ns = []dns.RR{s.soa()}
 		return resp
@@ -182,9 +230,16 @@ func (s *DNSServer) soa() dns.RR {
 	}
 }
 
-// ServeDNS implements dns.Handler.
+// ServeDNS implements dns.Handler: guests get the guest's answer, the
+// host side the full table.
 func (s *DNSServer) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
-	if err := w.WriteMsg(s.answer(req)); err != nil {
+	var resp *dns.Msg
+	if src, ok := s.guestSource(w.RemoteAddr()); ok {
+		resp = s.guestAnswer(req, src, w.LocalAddr().Network())
+	} else {
+		resp = s.answer(req)
+	}
+	if err := w.WriteMsg(resp); err != nil {
 		s.log.Debug("dns: write reply", "err", err)
 	}
 }

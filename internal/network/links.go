@@ -14,6 +14,9 @@ type link struct {
 	Master string
 	Up     bool     // administratively up
 	Addrs  []string // IPv4 addresses in CIDR notation
+	// Isolated says the link is a bridge port that may not talk to other
+	// isolated ports (bridge_slave isolated on).
+	Isolated bool
 }
 
 // ipLinkJSON is the part of iproute2's JSON output that banger reads.
@@ -26,6 +29,9 @@ type ipLinkJSON struct {
 		InfoData struct {
 			Type string `json:"type"`
 		} `json:"info_data"`
+		InfoSlaveData struct {
+			Isolated bool `json:"isolated"`
+		} `json:"info_slave_data"`
 	} `json:"linkinfo"`
 	AddrInfo []struct {
 		Family    string `json:"family"`
@@ -49,6 +55,7 @@ func parseLinks(out []byte) ([]link, error) {
 			if l.Kind == "tun" && r.LinkInfo.InfoData.Type == "tap" {
 				l.Kind = "tap"
 			}
+			l.Isolated = r.LinkInfo.InfoSlaveData.Isolated
 		}
 		for _, a := range r.AddrInfo {
 			if a.Family == "inet" {
@@ -79,6 +86,13 @@ func setMasterArgv(dev, master string) []string {
 }
 
 func delLinkArgv(name string) []string { return []string{"link", "del", "dev", name} }
+
+// isolateArgv makes a bridge port isolated: the bridge forwards nothing
+// between two isolated ports, so guests cannot reach each other at layer
+// 2. It cannot share one `ip link set` with the master change.
+func isolateArgv(dev string) []string {
+	return []string{"link", "set", "dev", dev, "type", "bridge_slave", "isolated", "on"}
+}
 
 // listLinks returns every interface of the host with its addresses.
 func (m *Manager) listLinks(ctx context.Context) (map[string]link, error) {
@@ -128,6 +142,13 @@ func (m *Manager) addTap(ctx context.Context, name string) error {
 func (m *Manager) setMaster(ctx context.Context, dev, master string) error {
 	if _, err := m.ip(ctx, setMasterArgv(dev, master)...); err != nil {
 		return fmt.Errorf("attach %s to %s: %w", dev, master, err)
+	}
+	return nil
+}
+
+func (m *Manager) isolate(ctx context.Context, dev string) error {
+	if _, err := m.ip(ctx, isolateArgv(dev)...); err != nil {
+		return fmt.Errorf("isolate %s: %w", dev, err)
 	}
 	return nil
 }

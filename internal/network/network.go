@@ -32,6 +32,9 @@ type Config struct {
 	TapPrefix string
 	// DNSDomain is the domain VM names resolve under.
 	DNSDomain string
+	// EgressLogGroup is the NFLOG group denied guest connections are
+	// logged to; 0 means they are counted but not logged.
+	EgressLogGroup int
 }
 
 // ConfigFrom takes the network settings out of the daemon's
@@ -43,6 +46,8 @@ func ConfigFrom(c model.DaemonConfig) Config {
 		CIDR:        c.CIDR,
 		TapPoolSize: c.TapPoolSize,
 		DNSDomain:   c.DNSDomain,
+
+		EgressLogGroup: c.EgressLogGroup,
 	}
 }
 
@@ -60,6 +65,9 @@ func (c *Config) validate() error {
 	}
 	if _, err := Subnet(c.BridgeIP, c.CIDR); err != nil {
 		return model.Errorf(model.EINVALID, "network: %v", err)
+	}
+	if c.EgressLogGroup < 0 || c.EgressLogGroup > 65535 {
+		return model.Errorf(model.EINVALID, "egress log group %d: must be 0 (off) to 65535", c.EgressLogGroup)
 	}
 	if c.TapPoolSize < 0 {
 		return model.Errorf(model.EINVALID, "tap pool size %d: must not be negative", c.TapPoolSize)
@@ -86,8 +94,8 @@ func validIfName(name string) error {
 	return nil
 }
 
-// Manager owns the host side of VM networking: the bridge, the tap pool
-// and the per-VM NAT rules. It runs every command through its runner and
+// Manager owns the host side of VM networking: the bridge, the tap pool,
+// the per-VM NAT rules and the packet filter. It runs every command through its runner and
 // is safe for concurrent use.
 type Manager struct {
 	cfg Config
@@ -102,6 +110,9 @@ type Manager struct {
 	// natMu serialises rule changes so a check-then-insert is not raced
 	// by another VM's.
 	natMu sync.Mutex
+	// filterMu serialises nft changes so a list-then-change is not raced
+	// by another VM's.
+	filterMu sync.Mutex
 }
 
 // New returns a Manager. It touches nothing on the host: call

@@ -269,22 +269,34 @@ func (m *Manager) Sync(ctx context.Context, inUse []string) error {
 	return nil
 }
 
-// attach enslaves a tap to the bridge and brings it up, unless it already
-// is.
+// attach enslaves a tap to the bridge as an isolated port and brings it
+// up, unless it already is.
 func (m *Manager) attach(ctx context.Context, l link) error {
-	if l.Master == m.cfg.BridgeName && l.Up {
+	if l.Master != m.cfg.BridgeName || !l.Up {
+		if err := m.setMaster(ctx, l.Name, m.cfg.BridgeName); err != nil {
+			return err
+		}
+		if l.Master != m.cfg.BridgeName {
+			l.Isolated = false // a new port starts unisolated
+		}
+	}
+	if l.Isolated {
 		return nil
 	}
-	return m.setMaster(ctx, l.Name, m.cfg.BridgeName)
+	return m.isolate(ctx, l.Name)
 }
 
-// createTap adds a tap, enslaves it and brings it up; if that fails it
-// deletes the tap again.
+// createTap adds a tap, enslaves it as an isolated port and brings it up;
+// if that fails it deletes the tap again.
 func (m *Manager) createTap(ctx context.Context, name string) error {
 	if err := m.addTap(ctx, name); err != nil {
 		return err
 	}
-	if err := m.setMaster(ctx, name, m.cfg.BridgeName); err != nil {
+	err := m.setMaster(ctx, name, m.cfg.BridgeName)
+	if err == nil {
+		err = m.isolate(ctx, name)
+	}
+	if err != nil {
 		if derr := m.delLink(context.WithoutCancel(ctx), name); derr != nil {
 			m.log.Warn("could not delete half-made tap", "tap", name, "err", derr)
 		}

@@ -118,8 +118,8 @@ func TestTapPool(t *testing.T) {
 	m := newTestManager(t, o, 2)
 	must(t, m.EnsureBridge(ctx))
 	must(t, m.Sync(ctx, nil))
-	wantState(t, o, `link bgtap0 tap master=br-fc up
-link bgtap1 tap master=br-fc up
+	wantState(t, o, `link bgtap0 tap master=br-fc up isolated
+link bgtap1 tap master=br-fc up isolated
 link br-fc bridge up 172.16.0.1/24
 sysctl net.ipv4.ip_forward=0
 `)
@@ -130,9 +130,9 @@ sysctl net.ipv4.ip_forward=0
 	// The pool is empty: the next tap is made beyond it.
 	acquire(t, m, "bgtap2")
 	wantPool(t, m, "", "bgtap0,bgtap1,bgtap2")
-	wantState(t, o, `link bgtap0 tap master=br-fc up
-link bgtap1 tap master=br-fc up
-link bgtap2 tap master=br-fc up
+	wantState(t, o, `link bgtap0 tap master=br-fc up isolated
+link bgtap1 tap master=br-fc up isolated
+link bgtap2 tap master=br-fc up isolated
 link br-fc bridge up 172.16.0.1/24
 sysctl net.ipv4.ip_forward=0
 `)
@@ -143,8 +143,8 @@ sysctl net.ipv4.ip_forward=0
 	// The pool is full now: a released tap is deleted.
 	must(t, m.Release(ctx, "bgtap0"))
 	wantPool(t, m, "bgtap1,bgtap2", "")
-	wantState(t, o, `link bgtap1 tap master=br-fc up
-link bgtap2 tap master=br-fc up
+	wantState(t, o, `link bgtap1 tap master=br-fc up isolated
+link bgtap2 tap master=br-fc up isolated
 link br-fc bridge up 172.16.0.1/24
 sysctl net.ipv4.ip_forward=0
 `)
@@ -160,8 +160,8 @@ sysctl net.ipv4.ip_forward=0
 		}
 	}
 	wantPool(t, m, "bgtap1,bgtap2", "")
-	wantState(t, o, `link bgtap1 tap master=br-fc up
-link bgtap2 tap master=br-fc up
+	wantState(t, o, `link bgtap1 tap master=br-fc up isolated
+link bgtap2 tap master=br-fc up isolated
 link br-fc bridge up 172.16.0.1/24
 link eth0 veth up
 sysctl net.ipv4.ip_forward=0
@@ -195,10 +195,10 @@ func TestTapSyncAfterRestart(t *testing.T) {
 	// lowest go back to the pool, the others are deleted.
 	must(t, m.Sync(ctx, []string{"bgtap1", "bgtap4", "bgtap9", "eth0"}))
 	wantPool(t, m, "bgtap0,bgtap2", "bgtap1,bgtap4,bgtap9")
-	wantState(t, o, `link bgtap0 tap master=br-fc up
-link bgtap1 tap master=br-fc up
-link bgtap2 tap master=br-fc up
-link bgtap4 tap master=br-fc up
+	wantState(t, o, `link bgtap0 tap master=br-fc up isolated
+link bgtap1 tap master=br-fc up isolated
+link bgtap2 tap master=br-fc up isolated
+link bgtap4 tap master=br-fc up isolated
 link bgtap7 bridge
 link bgtap8 tun
 link br-fc bridge up 172.16.0.1/24
@@ -228,8 +228,8 @@ sysctl net.ipv4.ip_forward=0
 	wantPool(t, m, "bgtap1,bgtap4", "bgtap0,bgtap2,bgtap3,bgtap5,bgtap6,bgtap10")
 	must(t, m.Sync(ctx, nil))
 	wantPool(t, m, "bgtap0,bgtap1", "")
-	wantState(t, o, `link bgtap0 tap master=br-fc up
-link bgtap1 tap master=br-fc up
+	wantState(t, o, `link bgtap0 tap master=br-fc up isolated
+link bgtap1 tap master=br-fc up isolated
 link bgtap7 bridge
 link bgtap8 tun
 link br-fc bridge up 172.16.0.1/24

@@ -8,6 +8,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -149,10 +151,38 @@ func resize2fsArgs(path string) []string { return []string{path} }
 // filling path.
 func mkfsArgs(path string) []string { return []string{"-q", "-F", "-L", "work", path} }
 
-// growFS grows the file at path to size bytes and its ext4 filesystem
+// fsToolTimeout bounds one e2fsck or resize2fs run on a VM's disk: a
+// filesystem a guest crafted must not keep the daemon waiting forever.
+const fsToolTimeout = 10 * time.Minute
+
+// growFS grows the disk file f to size bytes and its ext4 filesystem
 // with it. The check comes first, so a filesystem that fails it is left
-// at its old size.
-func (m *Manager) growFS(ctx context.Context, path string, size int64) error {
+// at its old size. The filesystem is the guest's work, which a hostile
+// guest shapes as it likes, and e2fsprogs parse it: they run as owner,
+// an unprivileged user with no supplementary groups, on f passed as an
+// inherited descriptor, and are killed after fsToolTimeout. f is made
+// owner's (mode 0600) so that user can open it.
+func (m *Manager) growFS(ctx context.Context, f *os.File, size int64, owner hostexec.Credential) error {
+	if err := m.ownDisk(f, owner); err != nil {
+		return err
+	}
+	if _, err := m.runOnDisk(ctx, f, owner, "e2fsck", e2fsckArgs(hostexec.FDPath(0))...); err != nil && !e2fsckFixed(err) {
+		return fmt.Errorf("check filesystem in %s: %w", f.Name(), err)
+	}
+	if err := f.Truncate(size); err != nil {
+		return fmt.Errorf("grow %s: %w", f.Name(), err)
+	}
+	if _, err := m.runOnDisk(ctx, f, owner, "resize2fs", resize2fsArgs(hostexec.FDPath(0))...); err != nil {
+		return fmt.Errorf("grow filesystem in %s: %w", f.Name(), err)
+	}
+	return nil
+}
+
+// growImageFS grows the file at path to size bytes and its ext4
+// filesystem with it, running e2fsprogs as the daemon. It serves system
+// overlays, made from an image's root filesystem before any guest wrote
+// to them; a guest's work disk goes through growFS.
+func (m *Manager) growImageFS(ctx context.Context, path string, size int64) error {
 	if _, err := m.run.Run(ctx, "e2fsck", e2fsckArgs(path)...); err != nil && !e2fsckFixed(err) {
 		return fmt.Errorf("check filesystem in %s: %w", path, err)
 	}
@@ -163,6 +193,42 @@ func (m *Manager) growFS(ctx context.Context, path string, size int64) error {
 		return fmt.Errorf("grow filesystem in %s: %w", path, err)
 	}
 	return nil
+}
+
+// ownDisk makes the disk file f owned by owner with mode 0600. Root
+// (uid 0) is refused: a guest's filesystem is never parsed as root.
+func (m *Manager) ownDisk(f *os.File, owner hostexec.Credential) error {
+	if owner.UID == 0 || owner.GID == 0 {
+		return fmt.Errorf("disk %s: refusing to work on a guest's filesystem as root (uid or gid 0); the daemon must pass the VM's own uid", f.Name())
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("disk %s is not a regular file", f.Name())
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); !ok || st.Uid != owner.UID || st.Gid != owner.GID {
+		if err := m.chown(f, int(owner.UID), int(owner.GID)); err != nil {
+			return fmt.Errorf("give disk %s to the vm's user %s: %w", f.Name(), owner, err)
+		}
+	}
+	if fi.Mode().Perm() != diskMode {
+		if err := f.Chmod(diskMode); err != nil {
+			return fmt.Errorf("chmod disk %s: %w", f.Name(), err)
+		}
+	}
+	return nil
+}
+
+// runOnDisk runs a command as owner with f as its descriptor 3
+// (hostexec.FDPath(0)), killed after fsToolTimeout.
+func (m *Manager) runOnDisk(ctx context.Context, f *os.File, owner hostexec.Credential, name string, args ...string) ([]byte, error) {
+	r, ok := m.run.(hostexec.OptionRunner)
+	if !ok {
+		return nil, fmt.Errorf("%s: the command runner cannot run commands as another user", name)
+	}
+	return r.RunWith(ctx, hostexec.Options{As: &owner, ExtraFiles: []*os.File{f}, Timeout: fsToolTimeout}, name, args...)
 }
 
 // e2fsckFixed reports whether an e2fsck failure is its exit status 1 or 2:

@@ -8,11 +8,13 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"banger/internal/hostexec"
 	"banger/internal/hostexec/fakeos"
 )
 
@@ -143,5 +145,29 @@ func noFile(t *testing.T, p string) {
 	t.Helper()
 	if _, err := os.Lstat(p); err == nil {
 		t.Errorf("%s exists, want it gone", p)
+	}
+}
+
+// testOwner is the unprivileged user work disks are given to in unit
+// tests: a VM's uid when the test runs as root (which may chown), else
+// the test's own user (a chown to oneself needs no privilege).
+func testOwner(t *testing.T) hostexec.Credential {
+	t.Helper()
+	if os.Getuid() == 0 {
+		return hostexec.Credential{UID: 1500000002, GID: 1500000002}
+	}
+	return hostexec.Credential{UID: uint32(os.Getuid()), GID: uint32(os.Getgid())}
+}
+
+// checkOwned fails unless path is owner's, mode 0600.
+func checkOwned(t *testing.T, path string, owner hostexec.Credential) {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := fi.Sys().(*syscall.Stat_t)
+	if st.Uid != owner.UID || st.Gid != owner.GID || fi.Mode().Perm() != 0o600 {
+		t.Errorf("%s is %d:%d %v, want %s -rw-------", path, st.Uid, st.Gid, fi.Mode().Perm(), owner)
 	}
 }

@@ -371,28 +371,53 @@ func TestIntegrationWorkDisk(t *testing.T) {
 	if err := os.MkdirAll(filepath.Dir(disk), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if err := m.CreateWorkDisk(ctx, seed, disk, 256<<20); err != nil {
+	// The VM's user: e2fsprogs run as it, on the disk passed as a
+	// descriptor; it cannot even search the VM's directory (0700,
+	// root's).
+	owner := hostexec.Credential{UID: 1500000002, GID: 1500000002}
+	if err := m.CreateWorkDisk(ctx, seed, disk, 256<<20, owner); err != nil {
 		t.Fatalf("CreateWorkDisk: %v", err)
 	}
 	checkExt4(t, disk, hello, 256<<20)
+	checkOwned(t, disk, owner)
 
-	if err := m.GrowWorkDisk(ctx, disk, 512<<20); err != nil {
+	// A disk root still owns (made before the VM had a user of its
+	// own) is handed over, then grown.
+	if err := os.Chown(disk, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.GrowWorkDisk(ctx, disk, 512<<20, owner); err != nil {
 		t.Fatalf("GrowWorkDisk: %v", err)
 	}
 	checkExt4(t, disk, hello, 512<<20)
-	if err := m.GrowWorkDisk(ctx, disk, 256<<20); model.ErrorCode(err) != model.EINVALID || !strings.Contains(err.Error(), "shrinking") {
+	checkOwned(t, disk, owner)
+	if err := m.GrowWorkDisk(ctx, disk, 256<<20, owner); model.ErrorCode(err) != model.EINVALID || !strings.Contains(err.Error(), "shrinking") {
 		t.Errorf("shrinking GrowWorkDisk: %v, want EINVALID saying shrinking is not supported", err)
 	}
-	if err := m.GrowWorkDisk(ctx, disk, 512<<20); err != nil {
+	if err := m.GrowWorkDisk(ctx, disk, 512<<20, owner); err != nil {
 		t.Errorf("same-size GrowWorkDisk: %v", err)
 	}
 	checkExt4(t, disk, hello, 512<<20)
 
+	// A disk that holds no filesystem e2fsck can find fails the check
+	// as the VM's user and keeps its size.
+	bad := filepath.Join(dir, "vm", "bad.ext4")
+	if err := os.WriteFile(bad, bytes.Repeat([]byte("guest garbage\n"), 2<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.GrowWorkDisk(ctx, bad, 64<<20, owner); err == nil || !strings.Contains(err.Error(), "as 1500000002:1500000002") {
+		t.Errorf("GrowWorkDisk of a corrupt filesystem: %v, want e2fsck's failure as the VM's user", err)
+	}
+	if got := fileSize(t, bad); got != 28<<20 {
+		t.Errorf("failed grow left %d bytes", got)
+	}
+
 	// Without a seed: an empty ext4 filesystem of the size asked.
 	empty := filepath.Join(dir, "vm", "empty.ext4")
-	if err := m.CreateWorkDisk(ctx, "", empty, 64<<20); err != nil {
+	if err := m.CreateWorkDisk(ctx, "", empty, 64<<20, owner); err != nil {
 		t.Fatalf("CreateWorkDisk without seed: %v", err)
 	}
+	checkOwned(t, empty, owner)
 	sh(t, "e2fsck", "-fn", empty)
 	if got := fsBytes(t, empty); got != 64<<20 {
 		t.Errorf("seedless work disk is %d bytes, want %d", got, 64<<20)

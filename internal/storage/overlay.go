@@ -126,7 +126,7 @@ func (m *Manager) createOverlay(ctx context.Context, spec OverlaySpec, replace b
 			return err
 		}
 		if spec.SizeBytes > fi.Size() {
-			return m.growFS(ctx, tmp, spec.SizeBytes)
+			return m.growImageFS(ctx, tmp, spec.SizeBytes)
 		}
 		return nil
 	})

@@ -59,6 +59,12 @@ type Options struct {
 	// (the device-mapper control node, /dev/mapper entries). Callers'
 	// unit tests use it with a fake host to run the dm-snapshot path.
 	Exists func(path string) bool
+	// OpenDevice, when set, replaces os.OpenFile for attached devices
+	// (the dm node a VM boots from), for the same tests.
+	OpenDevice func(path string, flag int, perm os.FileMode) (*os.File, error)
+	// Chown, when set, replaces (*os.File).Chown for the disks given to a
+	// VM's uid, so unit tests run without root.
+	Chown func(f *os.File, uid, gid int) error
 }
 
 // Manager makes, attaches and removes VM disks. It keeps no state of its
@@ -79,6 +85,8 @@ type Manager struct {
 	modulesDir string // kernel modules, for an autoloadable dm-snapshot
 	release    func() string
 	exists     func(path string) bool
+	openDevice func(path string, flag int, perm os.FileMode) (*os.File, error)
+	chown      func(f *os.File, uid, gid int) error
 	clone      func(dst, src *os.File) error
 	sleep      func(ctx context.Context, d time.Duration) error
 	// removeTries bounds the attempts at removing a busy dm device.
@@ -95,7 +103,17 @@ func New(run hostexec.Runner, logger *slog.Logger, opts Options) *Manager {
 	if opts.Exists != nil {
 		exists = opts.Exists
 	}
+	openDevice := os.OpenFile
+	if opts.OpenDevice != nil {
+		openDevice = opts.OpenDevice
+	}
+	chown := (*os.File).Chown
+	if opts.Chown != nil {
+		chown = opts.Chown
+	}
 	return &Manager{
+		openDevice:  openDevice,
+		chown:       chown,
 		run:         run,
 		logger:      logger,
 		force:       opts.Strategy,

@@ -7,6 +7,9 @@ import (
 	"os"
 	"time"
 
+	"golang.org/x/sys/unix"
+
+	"banger/internal/hostexec"
 	"banger/internal/model"
 )
 
@@ -17,13 +20,14 @@ func checkDiskSize(what string, size int64) error {
 	return nil
 }
 
-// CreateWorkDisk makes a VM's work disk at path: a clone (where the
-// filesystem allows) or sparse copy of the image's ext4 work seed, grown
-// to sizeBytes with resize2fs; with no seed, an empty ext4 filesystem of
-// sizeBytes. An existing path is an ECONFLICT error, a size below the
-// seed's an EINVALID one. The file appears under its name only when
-// complete.
-func (m *Manager) CreateWorkDisk(ctx context.Context, seedPath, path string, sizeBytes int64) error {
+// CreateWorkDisk makes a VM's work disk at path, owned by owner (the
+// VM's unprivileged user) with mode 0600: a clone (where the filesystem
+// allows) or sparse copy of the image's ext4 work seed, grown to
+// sizeBytes with resize2fs run as owner; with no seed, an empty ext4
+// filesystem of sizeBytes. An existing path is an ECONFLICT error, a size
+// below the seed's an EINVALID one. The file appears under its name only
+// when complete.
+func (m *Manager) CreateWorkDisk(ctx context.Context, seedPath, path string, sizeBytes int64, owner hostexec.Credential) error {
 	if err := checkDiskSize("work disk", sizeBytes); err != nil {
 		return err
 	}
@@ -36,7 +40,7 @@ func (m *Manager) CreateWorkDisk(ctx context.Context, seedPath, path string, siz
 			if _, err := m.run.Run(ctx, "mkfs.ext4", mkfsArgs(tmp)...); err != nil {
 				return fmt.Errorf("make filesystem: %w", err)
 			}
-			return nil
+			return m.ownDisk(f, owner)
 		}
 		fi, err := os.Stat(seedPath)
 		if err != nil {
@@ -52,9 +56,9 @@ func (m *Manager) CreateWorkDisk(ctx context.Context, seedPath, path string, siz
 			return err
 		}
 		if sizeBytes > fi.Size() {
-			return m.growFS(ctx, tmp, sizeBytes)
+			return m.growFS(ctx, f, sizeBytes, owner)
 		}
-		return nil
+		return m.ownDisk(f, owner)
 	})
 	if err != nil {
 		return fmt.Errorf("create work disk %s: %w", path, err)
@@ -65,15 +69,22 @@ func (m *Manager) CreateWorkDisk(ctx context.Context, seedPath, path string, siz
 
 // GrowWorkDisk grows a stopped VM's work disk and its filesystem to
 // newSize. Shrinking is refused with EINVALID; the same size does nothing.
-func (m *Manager) GrowWorkDisk(ctx context.Context, path string, newSize int64) error {
+// The filesystem is the guest's: e2fsck and resize2fs run as owner (the
+// VM's unprivileged user), which the disk file ends up owned by.
+func (m *Manager) GrowWorkDisk(ctx context.Context, path string, newSize int64, owner hostexec.Credential) error {
 	if err := checkDiskSize("work disk", newSize); err != nil {
 		return err
 	}
-	fi, err := os.Stat(path)
+	f, err := os.OpenFile(path, os.O_RDWR|unix.O_NOFOLLOW, 0)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return model.Errorf(model.ENOTFOUND, "grow work disk: %s does not exist: %w", path, err)
 		}
+		return fmt.Errorf("grow work disk: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
 		return fmt.Errorf("grow work disk: %w", err)
 	}
 	switch {
@@ -82,7 +93,10 @@ func (m *Manager) GrowWorkDisk(ctx context.Context, path string, newSize int64) 
 	case newSize == fi.Size():
 		return nil
 	}
-	if err := m.growFS(ctx, path, newSize); err != nil {
+	if err := m.growFS(ctx, f, newSize, owner); err != nil {
+		return fmt.Errorf("grow work disk: %w", err)
+	}
+	if err := f.Sync(); err != nil {
 		return fmt.Errorf("grow work disk: %w", err)
 	}
 	m.logger.Info("work disk grown", "path", path, "from", fi.Size(), "to", newSize)

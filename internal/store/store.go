@@ -36,6 +36,19 @@ func Open(ctx context.Context, path string) (*DB, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("open database: %w", err)
 	}
+	// The database holds every user's VMs: root only, whatever the
+	// directory above allows. SQLite gives its -wal and -shm files the
+	// database file's mode.
+	for _, p := range []string{path, path + "-wal", path + "-shm"} {
+		if err := os.Chmod(p, 0o600); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("open database: %w", err)
+		}
+	}
+	if f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600); err == nil {
+		f.Close()
+	} else {
+		return nil, fmt.Errorf("open database: %w", err)
+	}
 	// WAL lets readers (the CLI's list calls) proceed while a writer holds
 	// the lock; the busy timeout makes concurrent writers wait instead of
 	// failing with SQLITE_BUSY; foreign keys keep a VM from outliving its

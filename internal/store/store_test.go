@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"reflect"
 	"sync"
 	"testing"
 	"time"
@@ -147,7 +148,7 @@ func TestVMCRUD(t *testing.T) {
 	if got.State != model.VMStateRunning || got.Runtime.State != model.VMStateRunning || got.Runtime.LastError != "boom" || got.Runtime.TapDevice != "bgtap0" || got.OwnerUID != 1000 {
 		t.Errorf("got %+v", got)
 	}
-	if got.Spec != vm.Spec || got.Stats.MetricsRaw["utc_timestamp_ms"] != float64(1) {
+	if !reflect.DeepEqual(got.Spec, vm.Spec) || got.Stats.MetricsRaw["utc_timestamp_ms"] != float64(1) {
 		t.Errorf("spec/stats %+v %+v", got.Spec, got.Stats)
 	}
 	if !got.LastTouchedAt.Equal(vm.LastTouchedAt.Add(time.Minute)) {

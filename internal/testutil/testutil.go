@@ -82,6 +82,16 @@ func Slow(t testing.TB) {
 	}
 }
 
+// Heavy marks a test that costs minutes of both cores (a kernel
+// compile): it runs in scripts/test.sh's tiers (BANGER_TIER set) or when
+// asked with BANGER_HEAVY=1, never from a bare `go test ./...`.
+func Heavy(t testing.TB) {
+	t.Helper()
+	if Tier() == "" && os.Getenv("BANGER_HEAVY") != "1" {
+		t.Skip("heavy (a kernel compile): runs in scripts/test.sh, or set BANGER_HEAVY=1")
+	}
+}
+
 // EnvAsNobody marks a test binary re-run by RerunAsNobody.
 const EnvAsNobody = "BANGER_TEST_AS_NOBODY"
 

@@ -15,7 +15,6 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -57,7 +56,7 @@ type Repo struct {
 // git runs git in dir with the given runner.
 func git(ctx context.Context, r hostexec.Runner, dir string, args ...string) (string, error) {
 	out, err := r.Run(ctx, "git", append([]string{"-C", dir}, args...)...)
-	if err != nil && errors.Is(err, exec.ErrNotFound) {
+	if err != nil && errors.Is(err, hostexec.ErrNotFound) {
 		return "", model.Errorf(model.EUNAVAILABLE, "git is not installed on this host; install it (apt-get install git)")
 	}
 	return string(out), err
@@ -461,7 +460,7 @@ func CheckBranchWithGit(ctx context.Context, r hostexec.Runner, name string) err
 		return err
 	}
 	if _, err := r.Run(ctx, "git", "check-ref-format", "--branch", name); err != nil {
-		if errors.Is(err, exec.ErrNotFound) {
+		if errors.Is(err, hostexec.ErrNotFound) {
 			return model.Errorf(model.EUNAVAILABLE, "git is not installed on this host; install it (apt-get install git)")
 		}
 		return model.Errorf(model.EINVALID, "branch name %q: git refuses it (see `git check-ref-format --help`)", name)
@@ -487,10 +486,12 @@ func CountCommits(ctx context.Context, r hostexec.Runner, root, base, head strin
 }
 
 // RefUpdate sets one ref of the host repository to Commit, or deletes it
-// when Commit is empty.
+// when Commit is empty. Source is the ref in the guest's bundle that
+// carries Commit.
 type RefUpdate struct {
 	Ref    string `json:"ref"`
 	Commit string `json:"commit,omitempty"`
+	Source string `json:"source,omitempty"`
 }
 
 // refPrefix is the only part of the host repository fetch may write.
@@ -500,28 +501,60 @@ const refPrefix = "refs/remotes/banger-"
 // current process's rights: the objects of bundle (when not empty), then
 // each ref update. Only refs under refs/remotes/banger-* are written: the
 // user's HEAD, branches, index and working tree are never touched.
+//
+// The bundle comes from the guest and is trusted for nothing: its header
+// is read here (ReadBundleHeader) and must name only the updates'
+// sources, each at the commit the update asks for (CheckBundle);
+// anything else refuses the whole import with ECONFLICT before git
+// writes a thing. The fetch names each ref with an explicit
+// "+source:ref" refspec after --end-of-options, built from the updates,
+// never from the bundle.
 func ImportBundle(ctx context.Context, r hostexec.Runner, root, bundle string, updates []RefUpdate) error {
+	format, err := objectFormat(ctx, r, root)
+	if err != nil {
+		return fmt.Errorf("import: %w", err)
+	}
+	want := map[string]string{}
 	for _, u := range updates {
 		if !strings.HasPrefix(u.Ref, refPrefix) {
 			return fmt.Errorf("import: refusing to write %s: only %s* refs are banger's", u.Ref, refPrefix)
 		}
-		if u.Commit != "" && !isObjectName(u.Commit) {
-			return fmt.Errorf("import: %q is not an object name", u.Commit)
+		if err := checkRefName(ctx, r, u.Ref); err != nil {
+			return fmt.Errorf("import: %w", err)
 		}
+		if u.Commit == "" {
+			continue
+		}
+		if !isHex(u.Commit, hexLen(format)) {
+			return fmt.Errorf("import: %q is not a %s object name", u.Commit, format)
+		}
+		if err := checkRefName(ctx, r, u.Source); err != nil {
+			return fmt.Errorf("import: %w", err)
+		}
+		if _, dup := want[u.Source]; dup {
+			return fmt.Errorf("import: %s is the source of two updates", u.Source)
+		}
+		want[u.Source] = u.Commit
 	}
+	fetched := map[string]bool{}
 	if bundle != "" {
-		out, err := git(ctx, r, root, "bundle", "list-heads", bundle)
+		h, err := ReadBundleFile(bundle)
 		if err != nil {
-			return fmt.Errorf("import: read bundle: %w", err)
+			return bundleRefused(root, err.Error())
 		}
-		var refs []string
-		for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
-			if f := strings.Fields(line); len(f) == 2 {
-				refs = append(refs, f[1])
+		if err := CheckBundle(h, format, want); err != nil {
+			return bundleRefused(root, err.Error())
+		}
+		for _, ref := range h.Refs {
+			fetched[ref.Name] = true
+		}
+		if len(h.Refs) > 0 {
+			args := []string{"fetch", "-q", "--no-tags", "--no-prune", "--no-write-fetch-head", "--no-recurse-submodules", "--end-of-options", bundle}
+			for _, u := range updates {
+				if u.Commit != "" && fetched[u.Source] {
+					args = append(args, "+"+u.Source+":"+u.Ref)
+				}
 			}
-		}
-		if len(refs) > 0 {
-			args := append([]string{"fetch", "-q", "--no-tags", "--no-write-fetch-head", "--no-recurse-submodules", bundle}, refs...)
 			if _, err := git(ctx, r, root, args...); err != nil {
 				if strings.Contains(gitStderr(err), "prerequisite") {
 					return model.Errorf(model.ECONFLICT, "%s lacks the commit the workspace was prepared from (was it rewritten and garbage-collected?): %s", root, gitStderr(err))
@@ -531,19 +564,25 @@ func ImportBundle(ctx context.Context, r hostexec.Runner, root, bundle string, u
 		}
 	}
 	for _, u := range updates {
-		if u.Commit == "" {
+		switch {
+		case u.Commit == "":
 			if _, err := git(ctx, r, root, "rev-parse", "--verify", "-q", u.Ref); err == nil {
 				if _, err := git(ctx, r, root, "update-ref", "-m", "banger: workspace fetch", "-d", u.Ref); err != nil {
 					return fmt.Errorf("import: %w", err)
 				}
 			}
 			continue
+		case !fetched[u.Source]:
+			if !HasCommit(ctx, r, root, u.Commit) {
+				return model.Errorf(model.EINTERNAL, "import: commit %s for %s is neither in the bundle nor in %s", short(u.Commit), u.Ref, root)
+			}
+			if _, err := git(ctx, r, root, "update-ref", "-m", "banger: workspace fetch", u.Ref, u.Commit); err != nil {
+				return fmt.Errorf("import: %w", err)
+			}
 		}
-		if !HasCommit(ctx, r, root, u.Commit) {
-			return model.Errorf(model.EINTERNAL, "import: commit %s for %s is neither in the bundle nor in %s", short(u.Commit), u.Ref, root)
-		}
-		if _, err := git(ctx, r, root, "update-ref", "-m", "banger: workspace fetch", u.Ref, u.Commit); err != nil {
-			return fmt.Errorf("import: %w", err)
+		out, err := git(ctx, r, root, "rev-parse", "--verify", "-q", u.Ref+"^{commit}")
+		if err != nil || strings.TrimSpace(out) != u.Commit {
+			return fmt.Errorf("import: %s is at %q after the fetch, want the commit %s", u.Ref, strings.TrimSpace(out), u.Commit)
 		}
 	}
 	return nil

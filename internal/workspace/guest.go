@@ -141,26 +141,30 @@ type Precheck struct {
 	Path string
 }
 
-// ParsePrecheck reads PrecheckScript's output.
+// ParsePrecheck reads PrecheckScript's output strictly: exactly the
+// two lines it prints, in order, with the values it prints. The guest is
+// not trusted to print what it was asked to.
 func ParsePrecheck(out string) (Precheck, error) {
-	var p Precheck
-	seen := 0
-	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
-		k, v, _ := strings.Cut(strings.TrimSpace(line), "=")
-		switch k {
-		case "git":
-			p.Git = v == "1"
-			seen++
-		case "path":
-			switch v {
-			case "absent", "empty", "repo", "other":
-				p.Path = v
-				seen++
-			}
-		}
+	bad := func() (Precheck, error) {
+		return Precheck{}, fmt.Errorf("unexpected precheck output %q", clip(out))
 	}
-	if seen != 2 {
-		return Precheck{}, fmt.Errorf("unexpected precheck output %q", out)
+	lines := strings.Split(out, "\n")
+	if len(lines) != 3 || lines[2] != "" {
+		return bad()
+	}
+	var p Precheck
+	switch lines[0] {
+	case "git=1":
+		p.Git = true
+	case "git=0":
+	default:
+		return bad()
+	}
+	switch v, ok := strings.CutPrefix(lines[1], "path="); {
+	case ok && (v == "absent" || v == "empty" || v == "repo" || v == "other"):
+		p.Path = v
+	default:
+		return bad()
 	}
 	return p, nil
 }
@@ -299,12 +303,25 @@ type Capture struct {
 	Bundle bool
 }
 
-// ParseCapture reads CaptureScript's output strictly: the guest is not
-// trusted to print well-formed object names.
-func ParseCapture(out string) (Capture, error) {
-	f := strings.Fields(out)
-	if len(f) != 3 || !isObjectName(f[0]) || (f[1] != "-" && !isObjectName(f[1])) || (f[2] != "0" && f[2] != "1") {
-		return Capture{}, fmt.Errorf("unexpected capture output %q", strings.TrimSpace(out))
+// ParseCapture reads CaptureScript's output strictly: one line of
+// "<head> <wip or -> <0 or 1>", object names in full, lowercase, and of
+// the base's length (the guest repository's object format is the
+// host's). The guest is not trusted to print well-formed object names.
+func ParseCapture(out, base string) (Capture, error) {
+	bad := func() (Capture, error) {
+		return Capture{}, fmt.Errorf("unexpected capture output %q", clip(out))
+	}
+	n := len(base)
+	if !isObjectName(base) {
+		return Capture{}, fmt.Errorf("capture: base %q is not an object name", base)
+	}
+	line, ok := strings.CutSuffix(out, "\n")
+	if !ok || strings.Contains(line, "\n") {
+		return bad()
+	}
+	f := strings.Split(line, " ")
+	if len(f) != 3 || !isHex(f[0], n) || (f[1] != "-" && !isHex(f[1], n)) || (f[2] != "0" && f[2] != "1") {
+		return bad()
 	}
 	c := Capture{Head: f[0], Bundle: f[2] == "1"}
 	if f[1] != "-" {
@@ -315,15 +332,7 @@ func ParseCapture(out string) (Capture, error) {
 
 // isObjectName reports whether s is a full SHA-1 or SHA-256 object name.
 func isObjectName(s string) bool {
-	if len(s) != 40 && len(s) != 64 {
-		return false
-	}
-	for _, r := range s {
-		if !(r >= '0' && r <= '9' || r >= 'a' && r <= 'f') {
-			return false
-		}
-	}
-	return true
+	return isHex(s, 40) || isHex(s, 64)
 }
 
 // IsObjectName reports whether s is a full hex object name.

@@ -83,25 +83,39 @@ func TestRefs(t *testing.T) {
 }
 
 func TestParseCapture(t *testing.T) {
+	base := strings.Repeat("0", 40)
 	h := strings.Repeat("a", 40)
 	w := strings.Repeat("b", 40)
 	tests := []struct {
 		in   string
+		base string
 		want Capture
 		ok   bool
 	}{
-		{h + " - 0\n", Capture{Head: h}, true},
-		{h + " " + w + " 1\n", Capture{Head: h, WIP: w, Bundle: true}, true},
-		{strings.Repeat("c", 64) + " - 1", Capture{Head: strings.Repeat("c", 64), Bundle: true}, true},
-		{"", Capture{}, false},
-		{h + " -", Capture{}, false},
-		{"HEAD - 0", Capture{}, false},
-		{strings.ToUpper(h) + " - 0", Capture{}, false},
-		{h + " - 2", Capture{}, false},
-		{h + " ; 0", Capture{}, false},
+		{h + " - 0\n", base, Capture{Head: h}, true},
+		{h + " " + w + " 1\n", base, Capture{Head: h, WIP: w, Bundle: true}, true},
+		{strings.Repeat("c", 64) + " - 1\n", strings.Repeat("0", 64), Capture{Head: strings.Repeat("c", 64), Bundle: true}, true},
+		// A SHA-256 name in a SHA-1 repository, and the reverse.
+		{strings.Repeat("c", 64) + " - 1\n", base, Capture{}, false},
+		{h + " - 1\n", strings.Repeat("0", 64), Capture{}, false},
+		{h + " - 0", base, Capture{}, false},
+		{"", base, Capture{}, false},
+		{h + " -\n", base, Capture{}, false},
+		{"HEAD - 0\n", base, Capture{}, false},
+		{strings.ToUpper(h) + " - 0\n", base, Capture{}, false},
+		{h + " - 2\n", base, Capture{}, false},
+		{h + " ; 0\n", base, Capture{}, false},
+		{h + "  - 0\n", base, Capture{}, false},
+		{" " + h + " - 0\n", base, Capture{}, false},
+		{h + " - 0\r\n", base, Capture{}, false},
+		{"noise\n" + h + " - 0\n", base, Capture{}, false},
+		{h + " - 0\n" + h + " - 1\n", base, Capture{}, false},
+		{h + " --prune 0\n", base, Capture{}, false},
+		{h[:39] + "g - 0\n", base, Capture{}, false},
+		{h + " - 0\n", "HEAD", Capture{}, false},
 	}
 	for _, tt := range tests {
-		got, err := ParseCapture(tt.in)
+		got, err := ParseCapture(tt.in, tt.base)
 		if (err == nil) != tt.ok || got != tt.want {
 			t.Errorf("ParseCapture(%q) = %+v, %v; want %+v ok %v", tt.in, got, err, tt.want, tt.ok)
 		}
@@ -118,6 +132,13 @@ func TestParsePrecheck(t *testing.T) {
 		{"git=0\npath=repo\n", Precheck{Path: "repo"}, true},
 		{"git=1\npath=weird\n", Precheck{}, false},
 		{"", Precheck{}, false},
+		{"git=1\npath=absent", Precheck{}, false},
+		{"path=absent\ngit=1\n", Precheck{}, false},
+		{"git=1\ngit=0\npath=absent\n", Precheck{}, false},
+		{"git=1\npath=absent\npath=repo\n", Precheck{}, false},
+		{"git=yes\npath=absent\n", Precheck{}, false},
+		{" git=1\npath=absent\n", Precheck{}, false},
+		{"git=1\nabsent\n", Precheck{}, false},
 	}
 	for _, tt := range tests {
 		got, err := ParsePrecheck(tt.in)
@@ -313,7 +334,7 @@ func TestRoundTripLocally(t *testing.T) {
 
 			// Nothing done yet: the capture has only the base, no bundle;
 			// the prepared working tree's changes are uncommitted work.
-			c, err := ParseCapture(guestRun(t, CaptureScript(gp, "banger/vm", repo.Head), nil))
+			c, err := ParseCapture(guestRun(t, CaptureScript(gp, "banger/vm", repo.Head), nil), repo.Head)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -324,7 +345,7 @@ func TestRoundTripLocally(t *testing.T) {
 			// Work in the guest: a commit, then uncommitted work.
 			sh(t, gp, "git add -A && git commit -qm 'guest commit' && echo later > later.txt && echo more >> a.txt")
 			guestHead := revParse(t, gp, "HEAD")
-			c, err = ParseCapture(guestRun(t, CaptureScript(gp, "banger/vm", repo.Head), nil))
+			c, err = ParseCapture(guestRun(t, CaptureScript(gp, "banger/vm", repo.Head), nil), repo.Head)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -333,7 +354,7 @@ func TestRoundTripLocally(t *testing.T) {
 			}
 			// Capturing again gives the same wip commit; the guest's own
 			// index is untouched.
-			again, _ := ParseCapture(guestRun(t, CaptureScript(gp, "banger/vm", repo.Head), nil))
+			again, _ := ParseCapture(guestRun(t, CaptureScript(gp, "banger/vm", repo.Head), nil), repo.Head)
 			if again != c {
 				t.Errorf("second capture %+v != %+v", again, c)
 			}
@@ -353,7 +374,7 @@ func TestRoundTripLocally(t *testing.T) {
 			}
 			f.Close()
 			remote, wip := RemoteRef("vm", "banger/vm"), WIPRef("vm", "banger/vm")
-			if err := ImportBundle(ctx, hostexec.Real{}, root, bundle, []RefUpdate{{Ref: remote, Commit: c.Head}, {Ref: wip, Commit: c.WIP}}); err != nil {
+			if err := ImportBundle(ctx, hostexec.Real{}, root, bundle, FetchRefs("vm", "banger/vm", c.Head, c.WIP)); err != nil {
 				t.Fatal(err)
 			}
 			if got := revParse(t, root, remote); got != guestHead {
@@ -390,7 +411,7 @@ func TestRoundTripLocally(t *testing.T) {
 
 			// Once the work is committed and fetched, a wip ref goes away.
 			sh(t, gp, "git add -A && git commit -qm second")
-			c, _ = ParseCapture(guestRun(t, CaptureScript(gp, "banger/vm", repo.Head), nil))
+			c, _ = ParseCapture(guestRun(t, CaptureScript(gp, "banger/vm", repo.Head), nil), repo.Head)
 			if c.WIP != "" {
 				t.Errorf("wip after committing everything: %+v", c)
 			}
@@ -402,7 +423,7 @@ func TestRoundTripLocally(t *testing.T) {
 				t.Fatal(err)
 			}
 			f.Close()
-			if err := ImportBundle(ctx, hostexec.Real{}, root, bundle2, []RefUpdate{{Ref: remote, Commit: c.Head}, {Ref: wip}}); err != nil {
+			if err := ImportBundle(ctx, hostexec.Real{}, root, bundle2, FetchRefs("vm", "banger/vm", c.Head, "")); err != nil {
 				t.Fatal(err)
 			}
 			if out, err := exec.Command("git", "-C", root, "rev-parse", "--verify", "-q", wip).Output(); err == nil {
@@ -417,7 +438,7 @@ func TestImportBundleRefusesOtherRefs(t *testing.T) {
 	root, _ := testRepo(t)
 	head := revParse(t, root, "HEAD")
 	for _, ref := range []string{"refs/heads/main", "HEAD", "refs/remotes/origin/main"} {
-		if err := ImportBundle(context.Background(), hostexec.Real{}, root, "", []RefUpdate{{Ref: ref, Commit: head}}); err == nil {
+		if err := ImportBundle(context.Background(), hostexec.Real{}, root, "", []RefUpdate{{Ref: ref, Commit: head, Source: "refs/heads/banger/vm"}}); err == nil {
 			t.Errorf("ImportBundle wrote %s", ref)
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -11,7 +12,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"banger/internal/api"
 	"banger/internal/model"
@@ -93,7 +96,10 @@ func (e *wsEnv) guest(vm, script string) string {
 // owner check would otherwise refuse).
 func (e *wsEnv) git(dir string, args ...string) string {
 	e.t.Helper()
-	out, err := exec.Command("git", append([]string{"-c", "safe.directory=*", "-C", dir}, args...)...).CombinedOutput()
+	cmd := exec.Command("git", append([]string{"-c", "safe.directory=*", "-C", dir}, args...)...)
+	// Never refresh (rewrite) the user's index as root.
+	cmd.Env = append(os.Environ(), "GIT_OPTIONAL_LOCKS=0")
+	out, err := cmd.CombinedOutput()
 	if err != nil {
 		e.t.Fatalf("git %s in %s: %v\n%s", strings.Join(args, " "), dir, err, out)
 	}
@@ -139,6 +145,7 @@ func (e *wsEnv) makeRepo() {
 	e.write(filepath.Join(r, "run.sh"), "#!/bin/sh\necho run\n", 0o755)
 	os.Symlink(filepath.Join(e.home, "outside.txt"), filepath.Join(r, "outside"))
 	e.sh(r, "git add -A && git commit -qm one && echo a2 > a.txt && git commit -qam two && echo b2 > b.txt && git commit -qam three")
+	e.sh(r, "git branch feature-x && git branch release HEAD~1")
 	e.write(filepath.Join(r, "a.txt"), "a3 staged\n", 0o644)
 	e.sh(r, "git add a.txt")
 	e.write(filepath.Join(r, "b.txt"), "b3 unstaged\n", 0o644)
@@ -149,10 +156,16 @@ func (e *wsEnv) makeRepo() {
 	e.write(filepath.Join(r, "build", "out.bin"), "ignored too\n", 0o644)
 }
 
-// hostState is what fetch must never change: HEAD, the branch, status.
+// hostState is what fetch must never change: HEAD, the branch, the
+// user's branches and tags, the index, status.
 func (e *wsEnv) hostState() string {
 	e.t.Helper()
-	return e.git(e.repo, "rev-parse", "HEAD") + e.git(e.repo, "symbolic-ref", "HEAD") + e.git(e.repo, "status", "--porcelain")
+	idx, err := os.ReadFile(filepath.Join(e.repo, ".git", "index"))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return e.git(e.repo, "rev-parse", "HEAD") + e.git(e.repo, "symbolic-ref", "HEAD") + e.git(e.repo, "for-each-ref", "refs/heads", "refs/tags") +
+		fmt.Sprintf("index %x\n", sha256.Sum256(idx)) + e.git(e.repo, "status", "--porcelain")
 }
 
 func (e *wsEnv) workspaces(u *harness.User) []api.Workspace {
@@ -167,6 +180,29 @@ func (e *wsEnv) workspaces(u *harness.User) []api.Workspace {
 	}
 	return out
 }
+
+// hostileGit installs, as /usr/local/bin/git in the guest (ahead of
+// /usr/bin on root's PATH), a git that writes every `git bundle create -`
+// with extra header lines: `<oid> --prune`, `<oid> --update-head-ok`,
+// `<oid> +refs/heads/*:refs/heads/*` and `<oid> refs/heads/main`.
+const hostileGit = `cat > /usr/local/bin/git <<'EOF'
+#!/bin/sh
+if [ "$1" = bundle ] && [ "$2" = create ] && [ "$3" = - ]; then
+	shift 3
+	tmp=$(mktemp)
+	/usr/bin/git bundle create "$tmp" "$@" || exit $?
+	oid=$(/usr/bin/git rev-parse HEAD)
+	hlen=$(sed '/^$/q' "$tmp" | wc -c)
+	sed '/^$/q' "$tmp" | sed '$d'
+	printf '%s --prune\n%s --update-head-ok\n%s +refs/heads/*:refs/heads/*\n%s refs/heads/main\n\n' "$oid" "$oid" "$oid" "$oid"
+	tail -c +$((hlen + 1)) "$tmp"
+	rm -f "$tmp"
+	exit 0
+fi
+exec /usr/bin/git "$@"
+EOF
+chmod 755 /usr/local/bin/git
+`
 
 // TestWorkspace is issue F's end-to-end test, on one guest: file sync at
 // create (a file, a directory, a missing path, a file the user cannot
@@ -443,6 +479,64 @@ keys
 		}
 	})
 
+	t.Run("a hostile guest: fetch refused, the user's repository untouched, guest text neutralised", func(t *testing.T) {
+		e := e.with(t)
+		before := e.hostState()
+		fetchedRef := strings.TrimSpace(e.git(e.repo, "rev-parse", "refs/remotes/banger-ws/banger/ws"))
+		// The guest's git, first on root's PATH, adds header lines to
+		// every bundle it writes: options and a refspec that the old
+		// fetch passed to git as arguments (deleting or overwriting the
+		// user's branches), and the user's own branch.
+		e.guest("ws", hostileGit)
+		e.guest("ws", "cd /root/proj && echo hostile > hostile.txt && git add hostile.txt && git commit -qm 'hostile commit'")
+		hostileHead := strings.TrimSpace(e.guest("ws", "git -C /root/proj rev-parse HEAD"))
+
+		r := e.as("workspace", "fetch", "ws", "--guest-path", "/root/proj")
+		if r.Code == 0 || !strings.Contains(r.Stderr, "refusing the guest's bundle") || !strings.Contains(r.Stderr, `"--prune"`) || !strings.Contains(r.Stderr, "nothing was written") {
+			t.Errorf("fetch of a tampered bundle: %s", r)
+		}
+		if got := e.hostState(); got != before {
+			t.Errorf("the refused fetch changed the user's repository:\n%s\nwas:\n%s", got, before)
+		}
+		if got := strings.TrimSpace(e.git(e.repo, "rev-parse", "refs/remotes/banger-ws/banger/ws")); got != fetchedRef {
+			t.Errorf("the refused fetch moved banger's ref to %s (was %s)", got, fetchedRef)
+		}
+		if err := exec.Command("git", "-c", "safe.directory=*", "-C", e.repo, "cat-file", "-e", hostileHead).Run(); err == nil {
+			t.Errorf("the refused bundle's commit %s is in the user's repository", hostileHead)
+		}
+
+		// What the guest prints reaches the user's terminal with its
+		// escape sequences shown, not obeyed: the console, a diff.
+		e.guest("ws", `printf 'console \033]0;pwned\007\033[2J end\n' > /dev/console; printf 'line \033]52;c;ZXZpbA==\007\r\n' > /root/proj/escape.txt`)
+		var logs harness.Result
+		for i := 0; i < 20; i++ {
+			if logs = e.mustAs("logs", "ws"); strings.Contains(logs.Stdout, "console ") {
+				break
+			}
+			time.Sleep(250 * time.Millisecond)
+		}
+		if strings.ContainsAny(logs.Stdout, "\x1b\x07") || !strings.Contains(logs.Stdout, `console \x1b]0;pwned\x07\x1b[2J end`) {
+			t.Errorf("banger logs: %q", logs.Stdout)
+		}
+		if raw := e.mustAs("logs", "ws", "--raw"); !strings.Contains(raw.Stdout, "console \x1b]0;pwned\x07") {
+			t.Errorf("banger logs --raw lost the bytes: %q", raw.Stdout)
+		}
+		diff := e.mustAs("workspace", "diff", "ws", "--guest-path", "/root/proj").Stdout
+		if strings.ContainsAny(diff, "\x1b\x07\r") || !strings.Contains(diff, `+line \x1b]52;c;ZXZpbA==\x07\r`) {
+			t.Errorf("workspace diff: %q", diff)
+		}
+
+		// The guest's git is itself again: the fetch goes through.
+		e.guest("ws", "rm -f /usr/local/bin/git /root/proj/escape.txt")
+		e.mustAs("workspace", "fetch", "ws", "--guest-path", "/root/proj")
+		if got := strings.TrimSpace(e.git(e.repo, "rev-parse", "refs/remotes/banger-ws/banger/ws")); got != hostileHead {
+			t.Errorf("fetch after the guest's git is fixed: %s, want %s", got, hostileHead)
+		}
+		if got := e.hostState(); got != before {
+			t.Errorf("the fetch changed the user's repository:\n%s\nwas:\n%s", got, before)
+		}
+	})
+
 	t.Run("captured before stop, fetched from the stopped vm, rm refuses until --force", func(t *testing.T) {
 		e := e.with(t)
 		// A workspace nobody touched: its uncommitted changes are the
@@ -464,6 +558,17 @@ keys
 				t.Errorf("untouched capture: %+v", w.Capture)
 			}
 		}
+		// The stopped VM's work disk grows: e2fsck and resize2fs parse
+		// the guest's filesystem as the VM's own unprivileged user, which
+		// owns the disk file.
+		e.mustAs("vm", "set", "ws", "--disk-size", "3G")
+		disk := e.vm("ws").Runtime.WorkDiskPath
+		if fi, err := os.Stat(disk); err != nil {
+			t.Error(err)
+		} else if st := fi.Sys().(*syscall.Stat_t); fi.Size() != 3<<30 || st.Uid < 1500000000 || st.Uid >= 1500000000+1<<16 || st.Gid != st.Uid || fi.Mode().Perm() != 0o600 {
+			t.Errorf("work disk after growing: %d bytes, owner %d:%d, mode %v", fi.Size(), st.Uid, st.Gid, fi.Mode().Perm())
+		}
+
 		r = e.as("vm", "rm", "ws")
 		if r.Code == 0 || !strings.Contains(r.Stderr, "banger workspace fetch ws") || strings.Contains(r.Stderr, "untouched") {
 			t.Errorf("rm with unfetched work: %s", r)

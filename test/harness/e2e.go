@@ -6,11 +6,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"banger/internal/api"
+	"banger/internal/proc"
 	"banger/internal/testutil"
 )
 
@@ -71,7 +73,8 @@ func (d *Daemon) VM(t testing.TB, name string) api.VMView {
 
 // Leftovers lists what exists in the daemon's netns and state dir that
 // its rows do not explain: taps beyond the pool or held by no running VM,
-// tagged rules of VMs not running with NAT, untagged rules, loop devices
+// tagged rules of VMs not running with NAT, untagged rules, packet filter
+// objects of VMs not running (and running VMs without one), loop devices
 // on state files, dm devices, VMM processes and VM dirs without a row.
 func (d *Daemon) Leftovers(t testing.TB, poolSize int) []string {
 	t.Helper()
@@ -90,7 +93,11 @@ func (d *Daemon) Leftovers(t testing.TB, poolSize int) []string {
 		}
 	}
 	// Taps: the pool plus one per running VM.
-	links, _ := d.InNetns("ip", "-o", "link", "show", "type", "tun")
+	// An observation that fails is a failed test, never "nothing left".
+	links, err := d.InNetns("ip", "-o", "link", "show", "type", "tun")
+	if err != nil {
+		t.Fatalf("leftovers: ip link show: %v: %s", err, links)
+	}
 	taps := 0
 	for _, l := range strings.Split(links, "\n") {
 		f := strings.Fields(l)
@@ -107,7 +114,10 @@ func (d *Daemon) Leftovers(t testing.TB, poolSize int) []string {
 	}
 	// Rules: only tagged ones, only for running VMs with NAT.
 	for _, table := range []string{"filter", "nat"} {
-		rules, _ := d.InNetns("iptables", "-t", table, "-S")
+		rules, err := d.InNetns("iptables", "-t", table, "-S")
+		if err != nil {
+			t.Fatalf("leftovers: iptables -t %s -S: %v: %s", table, err, rules)
+		}
 		for _, l := range strings.Split(rules, "\n") {
 			if !strings.HasPrefix(l, "-A ") {
 				continue
@@ -129,24 +139,41 @@ func (d *Daemon) Leftovers(t testing.TB, poolSize int) []string {
 			}
 		}
 	}
+	out = append(out, d.filterLeftovers(running)...)
 	// Loop devices on state files; dm devices.
-	if lo, err := exec.Command("losetup", "-a").Output(); err == nil {
-		for _, l := range strings.Split(string(lo), "\n") {
-			if strings.Contains(l, d.StateDir) {
-				out = append(out, "loop device: "+l)
-			}
+	lo, err := exec.Command("losetup", "-a").CombinedOutput()
+	if err != nil {
+		t.Fatalf("leftovers: losetup -a: %v: %s", err, lo)
+	}
+	for _, l := range strings.Split(string(lo), "\n") {
+		if strings.Contains(l, d.StateDir) {
+			out = append(out, "loop device: "+l)
 		}
 	}
-	if dm, err := exec.Command("dmsetup", "ls").Output(); err == nil && strings.Contains(string(dm), "banger-") {
-		out = append(out, "dm devices: "+string(dm))
+	// dmsetup fails without device-mapper in the kernel (as on this
+	// project's machines): then there are no dm devices to leave.
+	if misc, _ := os.ReadFile("/proc/misc"); strings.Contains(string(misc), "device-mapper") {
+		dm, err := exec.Command("dmsetup", "ls").CombinedOutput()
+		if err != nil {
+			t.Fatalf("leftovers: dmsetup ls: %v: %s", err, dm)
+		}
+		if strings.Contains(string(dm), "banger-") {
+			out = append(out, "dm devices: "+string(dm))
+		}
 	}
 	// VMM processes: one per running VM, none other.
-	procs := vmmProcesses(d.StateDir)
+	procs, err := vmmProcesses(d.StateDir)
+	if err != nil {
+		t.Fatalf("leftovers: %v", err)
+	}
 	if len(procs) != len(running) {
 		out = append(out, fmt.Sprintf("%d VMM processes (%v), want %d", len(procs), procs, len(running)))
 	}
 	// VM dirs: only rows' dirs.
-	entries, _ := os.ReadDir(filepath.Join(d.StateDir, "vms"))
+	entries, err := os.ReadDir(filepath.Join(d.StateDir, "vms"))
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatalf("leftovers: %v", err)
+	}
 	for _, e := range entries {
 		if !dirs[e.Name()] {
 			out = append(out, "vm dir without a row: "+e.Name())
@@ -155,27 +182,90 @@ func (d *Daemon) Leftovers(t testing.TB, poolSize int) []string {
 	return out
 }
 
-// vmmProcesses lists processes whose argv has an --api-sock under dir.
-func vmmProcesses(dir string) []string {
-	var out []string
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil {
-			continue
+// filterLeftovers checks banger's nftables objects: every per-VM object
+// (chains, sets, counters named vm-<short id>..., map elements that jump
+// to them) must belong to a running VM, and every running VM must have
+// its filter chains.
+func (d *Daemon) filterLeftovers(running map[string]api.VMView) []string {
+	live := map[string]string{} // short id → name
+	for _, v := range running {
+		live[v.ID[:12]] = v.Name
+	}
+	raw, err := d.InNetns("nft", "-j", "list", "ruleset")
+	if err != nil {
+		return []string{"nft list ruleset: " + err.Error() + ": " + raw}
+	}
+	var doc struct {
+		Nftables []map[string]struct {
+			Family string            `json:"family"`
+			Table  string            `json:"table"`
+			Name   string            `json:"name"`
+			Elem   []json.RawMessage `json:"elem"`
+		} `json:"nftables"`
+	}
+	if err := json.Unmarshal([]byte(raw), &doc); err != nil {
+		return []string{"nft -j list ruleset: " + err.Error()}
+	}
+	owner := func(name string) (string, bool) {
+		rest, ok := strings.CutPrefix(name, "vm-")
+		if !ok {
+			return "", false
 		}
-		args := strings.Split(string(b), "\x00")
-		for i, a := range args {
-			if a == "--api-sock" && i+1 < len(args) && strings.HasPrefix(args[i+1], dir) {
-				st, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-				if strings.Contains(string(st), ") Z ") {
+		for _, suf := range []string{"-allow", "-dns", "-seen", "-denied"} {
+			rest = strings.TrimSuffix(rest, suf)
+		}
+		return rest, true
+	}
+	var out []string
+	chains := map[string]int{}
+	for _, obj := range doc.Nftables {
+		for kind, o := range obj {
+			if o.Table != "banger" || (kind != "chain" && kind != "set" && kind != "map" && kind != "counter") {
+				continue
+			}
+			if short, ok := owner(o.Name); ok {
+				if kind == "chain" {
+					chains[short]++
+				}
+				if live[short] == "" {
+					out = append(out, fmt.Sprintf("orphan nft %s %s %s", o.Family, kind, o.Name))
+				}
+			}
+			for _, e := range o.Elem {
+				var pair []json.RawMessage
+				var v struct {
+					Jump struct{ Target string } `json:"jump"`
+				}
+				if json.Unmarshal(e, &pair) != nil || len(pair) != 2 || json.Unmarshal(pair[1], &v) != nil {
 					continue
 				}
-				out = append(out, e.Name())
+				if short, ok := owner(v.Jump.Target); ok && live[short] == "" {
+					out = append(out, fmt.Sprintf("orphan nft %s map element %s %s", o.Family, o.Name, pair[0]))
+				}
 			}
 		}
 	}
+	for short, name := range live {
+		if chains[short] != 2 {
+			out = append(out, fmt.Sprintf("running vm %s has %d of its 2 filter chains", name, chains[short]))
+		}
+	}
 	return out
+}
+
+// vmmProcesses lists processes whose argv has an --api-sock under dir.
+func vmmProcesses(dir string) ([]string, error) {
+	procs, err := proc.Host.List()
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, p := range procs {
+		if sock, ok := proc.FlagValue(p.Argv, "--api-sock"); ok && strings.HasPrefix(sock, dir) && !p.Dead() {
+			out = append(out, strconv.Itoa(p.PID))
+		}
+	}
+	return out, nil
 }
 
 // WaitFor polls cond until it is true or timeout passes.

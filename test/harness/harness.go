@@ -71,6 +71,8 @@ type Daemon struct {
 	Bin        string
 	// Netns is the network namespace the daemon runs in ("" = the host's).
 	Netns string
+	// CgroupParent is the daemon's own cgroup subtree.
+	CgroupParent string
 
 	env    []string
 	cmd    *exec.Cmd
@@ -111,7 +113,11 @@ func NewDaemon(t testing.TB, opts Options) *Daemon {
 	if d.Netns == "" {
 		d.Netns = NewNetns(t)
 	}
-	cfg := fmt.Sprintf("state_dir = %q\nsocket_path = %q\nlog_level = \"debug\"\n%s\n", d.StateDir, d.Socket, opts.Config)
+	// Each daemon under test has cgroups of its own: daemons share the
+	// host's hierarchy, and one's reconcile must not take another's
+	// groups for orphans.
+	d.CgroupParent = "bgt-" + filepath.Base(dir)
+	cfg := fmt.Sprintf("state_dir = %q\nsocket_path = %q\nlog_level = \"debug\"\ncgroup_parent = %q\n%s\n", d.StateDir, d.Socket, d.CgroupParent, opts.Config)
 	if err := os.WriteFile(d.ConfigPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -124,6 +130,9 @@ func NewDaemon(t testing.TB, opts Options) *Daemon {
 		}
 		if os.Getenv("BANGER_KEEP") == "" {
 			os.RemoveAll(dir)
+		}
+		for _, c := range []string{"", "unified", "cpu", "memory", "pids", "blkio"} {
+			os.Remove(filepath.Join("/sys/fs/cgroup", c, d.CgroupParent))
 		}
 	})
 	d.env = opts.Env

@@ -21,6 +21,9 @@ type Link struct {
 	Master string
 	Up     bool
 	Addrs  []string // CIDR notation
+	// Isolated is the bridge port flag (reset when the port leaves its
+	// bridge).
+	Isolated bool
 }
 
 // Loop is an attached loop device.
@@ -46,6 +49,10 @@ type OS struct {
 	Sysctl map[string]string
 	Loops  map[string]*Loop     // by device
 	DM     map[string]*DMDevice // by name
+	// HostKeys are the SSH host public keys debugfs wrote, by disk path.
+	HostKeys map[string]string
+	// Nft holds nftables tables by "family name".
+	Nft map[string]*NftTable
 
 	// Fail makes the next command whose argv starts with the key fail
 	// with the value as its output.
@@ -66,6 +73,8 @@ func New() *OS {
 		Sysctl:   map[string]string{"net.ipv4.ip_forward": "0"},
 		Loops:    map[string]*Loop{},
 		DM:       map[string]*DMDevice{},
+		HostKeys: map[string]string{},
+		Nft:      map[string]*NftTable{},
 		Fail:     map[string]string{},
 		handlers: map[string]handler{},
 	}
@@ -105,9 +114,10 @@ func (o *OS) handle(argv []string, stdin string) (string, error) {
 	return h(o, argv[1:], stdin)
 }
 
-// String prints the state: links, rules, sysctls, loops and dm devices,
-// one per line, sorted where order does not matter. Rule order within a
-// chain is kept, since it matters to iptables.
+// String prints the state: links, rules, sysctls, loops, dm devices and
+// nftables objects, one per line, sorted where order does not matter.
+// Rule order within a chain is kept, since it matters to iptables and
+// nft.
 func (o *OS) String() string {
 	o.mu.Lock()
 	defer o.mu.Unlock()
@@ -127,6 +137,9 @@ func (o *OS) String() string {
 		}
 		if l.Up {
 			b.WriteString(" up")
+		}
+		if l.Isolated {
+			b.WriteString(" isolated")
 		}
 		for _, a := range l.Addrs {
 			fmt.Fprintf(&b, " %s", a)
@@ -172,5 +185,6 @@ func (o *OS) String() string {
 	for _, n := range dms {
 		fmt.Fprintf(&b, "dm %s %s\n", n, o.DM[n].Table)
 	}
+	nftString(o, &b)
 	return b.String()
 }

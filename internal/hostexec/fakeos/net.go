@@ -39,7 +39,8 @@ func netUnexpected(cmd string, args []string) (string, error) {
 
 // ipCommand implements: ip [-j] [-d] link|addr show [dev NAME] (JSON
 // only), ip link add [name] NAME type bridge, ip link del [dev] NAME, ip
-// link set [dev] NAME {up|down|master M|nomaster}..., ip tuntap add|del
+// link set [dev] NAME {up|down|master M|nomaster}..., ip link set [dev]
+// NAME type bridge_slave isolated on|off, ip tuntap add|del
 // [dev] NAME mode tap|tun, ip addr add CIDR dev NAME.
 func ipCommand(o *OS, args []string, _ string) (string, error) {
 	all := args
@@ -120,12 +121,14 @@ func ipLinkDel(o *OS, args, all []string) (string, error) {
 	return "", nil
 }
 
-// ipRemoveLink deletes a link; a deleted bridge releases its ports.
+// ipRemoveLink deletes a link; a deleted bridge releases its ports,
+// which lose their port flags.
 func ipRemoveLink(o *OS, name string) {
 	delete(o.Links, name)
 	for _, l := range o.Links {
 		if l.Master == name {
 			l.Master = ""
+			l.Isolated = false
 		}
 	}
 }
@@ -134,6 +137,9 @@ func ipLinkSet(o *OS, args, all []string) (string, error) {
 	name, rest, ok := ipDevArg(args)
 	if !ok || len(rest) == 0 {
 		return netUnexpected("ip", all)
+	}
+	if rest[0] == "type" {
+		return ipLinkSetSlave(o, name, rest, all)
 	}
 	// Parse everything before changing anything, as ip sends one request.
 	var up, down, nomaster bool
@@ -170,10 +176,12 @@ func ipLinkSet(o *OS, args, all []string) (string, error) {
 		return netFail("Cannot find device %q", name)
 	}
 	switch {
-	case master != "":
+	case master != "" && master != l.Master:
 		l.Master = master
+		l.Isolated = false
 	case nomaster:
 		l.Master = ""
+		l.Isolated = false
 	}
 	switch {
 	case up:
@@ -181,6 +189,25 @@ func ipLinkSet(o *OS, args, all []string) (string, error) {
 	case down:
 		l.Up = false
 	}
+	return "", nil
+}
+
+// ipLinkSetSlave implements ip link set NAME type bridge_slave isolated
+// on|off: only a bridge port has port flags, and the type cannot be
+// combined with other changes (as with the real command, which sends the
+// master change and the port data in separate requests).
+func ipLinkSetSlave(o *OS, name string, rest, all []string) (string, error) {
+	if len(rest) != 4 || rest[1] != "bridge_slave" || rest[2] != "isolated" || (rest[3] != "on" && rest[3] != "off") {
+		return netUnexpected("ip", all)
+	}
+	l, exists := o.Links[name]
+	if !exists {
+		return netFail("Cannot find device %q", name)
+	}
+	if m, ok := o.Links[l.Master]; !ok || m.Kind != "bridge" {
+		return netFail("RTNETLINK answers: Operation not supported")
+	}
+	l.Isolated = rest[3] == "on"
 	return "", nil
 }
 
@@ -244,6 +271,7 @@ type ipJSONInfo struct {
 	InfoKind      string         `json:"info_kind"`
 	InfoData      map[string]any `json:"info_data,omitempty"`
 	InfoSlaveKind string         `json:"info_slave_kind,omitempty"`
+	InfoSlaveData map[string]any `json:"info_slave_data,omitempty"`
 }
 
 type ipJSONAddr struct {
@@ -309,6 +337,9 @@ func ipJSONOf(o *OS, l *Link, addrs, details bool) ipJSONLink {
 		}
 		if m, ok := o.Links[l.Master]; ok && l.Master != "" {
 			info.InfoSlaveKind = m.Kind
+			if m.Kind == "bridge" {
+				info.InfoSlaveData = map[string]any{"state": "forwarding", "hairpin": false, "learning": true, "flood": true, "isolated": l.Isolated}
+			}
 		}
 		j.LinkInfo = info
 	}

@@ -25,6 +25,7 @@ func init() {
 	register("e2fsck", (*OS).e2fsck)
 	register("resize2fs", (*OS).resize2fs)
 	register("mkfs.ext4", (*OS).mkfsExt4)
+	register("debugfs", (*OS).debugfs)
 }
 
 // loopMajor is the block major number of loop devices.
@@ -355,6 +356,39 @@ func (o *OS) resize2fs(args []string, _ string) (string, error) {
 		return "", hostexec.ErrUnexpected
 	}
 	return checkExt4("resize2fs", args[0])
+}
+
+// debugfs handles the host key install: `-w -f - PATH` with a script
+// whose `write SRC ssh_host_ed25519_key.pub` line names a readable file,
+// and `-R "cat /etc/ssh/ssh_host_ed25519_key.pub" PATH`. The key is kept
+// in OS.HostKeys by the disk's path.
+func (o *OS) debugfs(args []string, stdin string) (string, error) {
+	// The disk comes as an inherited descriptor; the key is the file's
+	// own path.
+	disk := args[len(args)-1]
+	if p, err := os.Readlink(disk); err == nil && strings.HasPrefix(disk, "/proc/self/fd/") {
+		disk = p
+	}
+	switch {
+	case len(args) == 4 && args[0] == "-w" && args[1] == "-f" && args[2] == "-":
+		if out, err := checkExt4("debugfs", disk); err != nil {
+			return out, err
+		}
+		for _, line := range strings.Split(stdin, "\n") {
+			f := strings.Fields(line)
+			if len(f) == 3 && f[0] == "write" && f[2] == "ssh_host_ed25519_key.pub" {
+				b, err := os.ReadFile(f[1])
+				if err != nil {
+					return "", fmt.Errorf("fake debugfs: %v", err)
+				}
+				o.HostKeys[disk] = string(b)
+			}
+		}
+		return "", nil
+	case len(args) == 3 && args[0] == "-R" && args[1] == "cat /etc/ssh/ssh_host_ed25519_key.pub":
+		return o.HostKeys[disk], nil
+	}
+	return "", hostexec.ErrUnexpected
 }
 
 // mkfsExt4 handles `-q -F -L LABEL PATH` on an existing file.

@@ -1,0 +1,34 @@
+package daemon
+
+// FaultCell is one cell of the end-to-end fault matrix: the daemon is
+// killed at CrashAt while it runs Op on a VM that is running first when
+// NeedsRunning (stopped otherwise), then restarted.
+type FaultCell struct {
+	Op           string
+	CrashAt      string
+	NeedsRunning bool
+}
+
+// FaultMatrix lists every crash point of the lifecycle once, with an
+// operation that passes through it: the start steps under start, the stop
+// and cleanup steps under stop, the kill steps under kill, the delete
+// steps under rm. It is built from the step lists themselves, so a step
+// added later is in the matrix without editing the test.
+func FaultMatrix() []FaultCell {
+	d := &Daemon{}
+	var cells []FaultCell
+	seen := map[string]bool{}
+	add := func(op string, running bool, names []string) {
+		for _, n := range names {
+			if !seen[n] {
+				seen[n] = true
+				cells = append(cells, FaultCell{Op: op, CrashAt: n, NeedsRunning: running})
+			}
+		}
+	}
+	add("start", false, stepNames(d.startSteps()))
+	add("stop", true, stepNames(d.stopSteps("stop")))
+	add("kill", true, stepNames(d.stopSteps("kill")))
+	add("rm", false, stepNames(d.deleteSteps()))
+	return cells
+}

@@ -1,0 +1,194 @@
+package network
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"banger/internal/hostexec"
+	"banger/internal/model"
+)
+
+// This file applies the filter scripts of filter.go to the host with the
+// nft command, under filterMu so a list-then-change is not raced by
+// another VM's change.
+
+// nftScript runs an nft script as one transaction (`nft -f -`): all of it
+// applies or none does.
+func (m *Manager) nftScript(ctx context.Context, text string) error {
+	if text == "" {
+		return nil
+	}
+	sr, ok := m.run.(hostexec.StdinRunner)
+	if !ok {
+		return errors.New("nft: the runner cannot feed standard input")
+	}
+	if _, err := sr.RunStdin(ctx, strings.NewReader(text), "nft", "-f", "-"); err != nil {
+		return err
+	}
+	return nil
+}
+
+// listFilterState lists banger's tables, in whichever families they
+// exist.
+func (m *Manager) listFilterState(ctx context.Context) (nftState, error) {
+	st := newNftState()
+	out, err := m.run.Run(ctx, "nft", "-j", "list", "tables")
+	if err != nil {
+		return st, fmt.Errorf("list nft tables: %w", err)
+	}
+	if err := parseNftState(&st, out); err != nil {
+		return st, err
+	}
+	for _, fam := range []string{"bridge", "inet"} {
+		if !st.tables[fam] {
+			continue
+		}
+		out, err := m.run.Run(ctx, "nft", "-j", "list", "table", fam, filterTable)
+		if err != nil {
+			return st, fmt.Errorf("list nft table %s %s: %w", fam, filterTable, err)
+		}
+		if err := parseNftState(&st, out); err != nil {
+			return st, err
+		}
+	}
+	return st, nil
+}
+
+// EnsureFilter makes banger's base filter: guests reach neither each
+// other nor the host (except its DNS on the bridge IP), and banger taps
+// without a VM pass nothing. Running it again rebuilds the base chains
+// and keeps every VM's objects.
+func (m *Manager) EnsureFilter(ctx context.Context) error {
+	m.filterMu.Lock()
+	defer m.filterMu.Unlock()
+	if err := m.nftScript(ctx, baseScript(m.cfg)); err != nil {
+		return fmt.Errorf("base filter: %w", err)
+	}
+	return nil
+}
+
+// EnableFilter installs, or replaces, a VM's filter: anti-spoofing on its
+// tap and its egress policy. The change is atomic: the guest never runs
+// without a filter between the old and the new one. The base filter must
+// exist (EnsureFilter).
+func (m *Manager) EnableFilter(ctx context.Context, f Filter) error {
+	f, err := f.validate()
+	if err != nil {
+		return err
+	}
+	m.filterMu.Lock()
+	defer m.filterMu.Unlock()
+	st, err := m.listFilterState(ctx)
+	if err != nil {
+		return fmt.Errorf("enable filter for %s: %w", model.ShortID(f.VMID), err)
+	}
+	if !st.tables["bridge"] || !st.tables["inet"] {
+		if err := m.nftScript(ctx, baseScript(m.cfg)); err != nil {
+			return fmt.Errorf("enable filter for %s: base filter: %w", model.ShortID(f.VMID), err)
+		}
+		if st, err = m.listFilterState(ctx); err != nil {
+			return fmt.Errorf("enable filter for %s: %w", model.ShortID(f.VMID), err)
+		}
+	}
+	if err := m.nftScript(ctx, enableScript(st, f, m.cfg.EgressLogGroup)); err != nil {
+		return fmt.Errorf("enable filter for %s: %w", model.ShortID(f.VMID), err)
+	}
+	return nil
+}
+
+// DisableFilter removes every object of a VM's filter (full or short ID).
+// What is already gone is not an error.
+func (m *Manager) DisableFilter(ctx context.Context, vmID string) error {
+	if err := validVMID(vmID); err != nil {
+		return fmt.Errorf("disable filter: %w", err)
+	}
+	short := model.ShortID(vmID)
+	m.filterMu.Lock()
+	defer m.filterMu.Unlock()
+	st, err := m.listFilterState(ctx)
+	if err != nil {
+		return fmt.Errorf("disable filter for %s: %w", short, err)
+	}
+	if err := m.nftScript(ctx, removeScript(st, short)); err != nil {
+		return fmt.Errorf("disable filter for %s: %w", short, err)
+	}
+	return nil
+}
+
+// ListFilters returns the VMs that have filter objects on the host, by
+// short ID.
+func (m *Manager) ListFilters(ctx context.Context) ([]FilterInfo, error) {
+	m.filterMu.Lock()
+	defer m.filterMu.Unlock()
+	st, err := m.listFilterState(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list filters: %w", err)
+	}
+	return filterInfos(st), nil
+}
+
+// RemoveOrphanFilters removes the filter objects of every VM not in keep
+// (full or short IDs) in one transaction and returns their short IDs.
+func (m *Manager) RemoveOrphanFilters(ctx context.Context, keep []string) ([]string, error) {
+	kept := map[string]bool{}
+	for _, id := range keep {
+		kept[model.ShortID(id)] = true
+	}
+	m.filterMu.Lock()
+	defer m.filterMu.Unlock()
+	st, err := m.listFilterState(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("remove orphan filters: %w", err)
+	}
+	var s strings.Builder
+	var removed []string
+	for _, fi := range filterInfos(st) {
+		if kept[fi.VMID] {
+			continue
+		}
+		s.WriteString(removeScript(st, fi.VMID))
+		removed = append(removed, fi.VMID)
+	}
+	if err := m.nftScript(ctx, s.String()); err != nil {
+		return nil, fmt.Errorf("remove orphan filters: %w", err)
+	}
+	for _, short := range removed {
+		m.log.Info("removed orphan filter", "vm", short)
+	}
+	return removed, nil
+}
+
+// AllowResolved lets a VM reach addresses the daemon's DNS answered for a
+// name its policy allows, each for its TTL (10 s to a day). It fails when
+// the VM has no filter.
+func (m *Manager) AllowResolved(ctx context.Context, vmID string, addrs []ResolvedAddr) error {
+	if err := validVMID(vmID); err != nil {
+		return fmt.Errorf("allow resolved: %w", err)
+	}
+	m.filterMu.Lock()
+	defer m.filterMu.Unlock()
+	if err := m.nftScript(ctx, allowResolvedScript(model.ShortID(vmID), addrs)); err != nil {
+		return fmt.Errorf("allow resolved addresses for %s: %w", model.ShortID(vmID), err)
+	}
+	return nil
+}
+
+// DeniedCount returns how many connections a VM's policy refused since
+// its filter was made; 0 when it has none.
+func (m *Manager) DeniedCount(ctx context.Context, vmID string) (int64, error) {
+	if err := validVMID(vmID); err != nil {
+		return 0, fmt.Errorf("denied count: %w", err)
+	}
+	fis, err := m.ListFilters(ctx)
+	if err != nil {
+		return 0, err
+	}
+	for _, fi := range fis {
+		if fi.VMID == model.ShortID(vmID) {
+			return fi.Denied, nil
+		}
+	}
+	return 0, nil
+}

@@ -1,0 +1,77 @@
+package proc
+
+import (
+	"os"
+	"strings"
+	"testing"
+)
+
+func TestFakeTree(t *testing.T) {
+	root := t.TempDir()
+	r := Reader{Root: root, PageSize: 4096}
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(WriteFake(root, Process{PID: 10, PPID: 1, UID: 1500000002, Argv: []string{"/usr/bin/banger-vmm-qemu", "--api-sock", "/s/api.sock", "--id", "x"}, Ticks: 5, RSS: 10, VSZ: 1000, StartTicks: 77}, "/usr/bin/banger-vmm-qemu"))
+	must(WriteFake(root, Process{PID: 11, PPID: 10, UID: 1500000002, Argv: []string{"qemu-system-x86_64", "-qmp", "/s/api.sock.qmp"}, Ticks: 100, RSS: 1000, VSZ: 5000}, ""))
+	must(WriteFake(root, Process{PID: 12, PPID: 1, State: 'Z'}, ""))
+	// A command name with spaces and parentheses does not confuse the
+	// stat parser.
+	must(WriteFake(root, Process{PID: 13, PPID: 1, Argv: []string{"a) b (c"}}, ""))
+	os.MkdirAll(root+"/self", 0o755)
+
+	pids, err := r.PIDs()
+	if err != nil || len(pids) != 4 {
+		t.Fatalf("PIDs = %v, %v", pids, err)
+	}
+	p, err := r.Get(10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.PPID != 1 || p.UID != 1500000002 || p.Ticks != 5 || p.RSS != 40960 || p.StartTicks != 77 || p.State != 'S' || p.Dead() {
+		t.Errorf("Get(10) = %+v", p)
+	}
+	if v, ok := FlagValue(p.Argv, "--api-sock"); !ok || v != "/s/api.sock" {
+		t.Errorf("FlagValue = %q %v", v, ok)
+	}
+	if v, ok := FlagValue([]string{"x", "--api-sock=/a"}, "--api-sock"); !ok || v != "/a" {
+		t.Errorf("FlagValue = %q %v", v, ok)
+	}
+	if exe, err := r.Exe(10); err != nil || exe != "/usr/bin/banger-vmm-qemu" {
+		t.Errorf("Exe = %q %v", exe, err)
+	}
+	if z, _ := r.Get(12); !z.Dead() {
+		t.Errorf("zombie not dead: %+v", z)
+	}
+	if q, err := r.Get(13); err != nil || q.PPID != 1 || !strings.Contains(q.Argv[0], "(c") {
+		t.Errorf("odd name: %+v %v", q, err)
+	}
+	tab, err := r.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ticks, rss, vsz := tab.Usage(10)
+	if ticks != 105 || rss != 1010*4096 || vsz != 6000 {
+		t.Errorf("Usage = %d %d %d", ticks, rss, vsz)
+	}
+	if _, err := r.Get(99); !os.IsNotExist(err) {
+		t.Errorf("Get of a missing pid: %v", err)
+	}
+}
+
+func TestHost(t *testing.T) {
+	p, err := Host.Get(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.PPID != os.Getppid() || p.UID != os.Getuid() || len(p.Argv) == 0 || p.RSS == 0 {
+		t.Errorf("self = %+v", p)
+	}
+	exe, _ := os.Executable()
+	if got, err := Host.Exe(os.Getpid()); err != nil || got != exe {
+		t.Errorf("Exe = %q %v; want %q", got, err, exe)
+	}
+}
