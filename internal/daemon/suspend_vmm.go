@@ -1,0 +1,127 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"banger/internal/firecracker"
+	"banger/internal/guest"
+	"banger/internal/model"
+)
+
+// restoreFiles is the saved state a resume loads: the files in the
+// saved directory, and the paths the VMM is told (/dev/fd/N of the
+// descriptors the daemon passes, set by the launch).
+type restoreFiles struct {
+	state, mem         string
+	vmmState, vmmMem   string
+}
+
+// pass opens the saved files and gives them to the VMM as descriptors,
+// after its disks, kernel and tap, so those keep the numbers they had
+// when the snapshot was taken (the VMM finds its drives by number).
+func (r *restoreFiles) pass(l *vmmLaunch) error {
+	st, err := openSaved(r.state)
+	if err != nil {
+		return err
+	}
+	mem, err := openSaved(r.mem)
+	if err != nil {
+		st.Close()
+		return err
+	}
+	r.vmmState = l.addFile(st)
+	r.vmmMem = l.addFile(mem)
+	return nil
+}
+
+// snapshotIface is the network interface every VM has, which a restore
+// moves to the tap it was given this time.
+const snapshotIface = "eth0"
+
+// resumeSSHTimeout bounds the wait for a restored guest's SSH: it was
+// answering when it was saved, so a long silence means the restore did
+// not work.
+const resumeSSHTimeout = 90 * time.Second
+
+// snapshotVMMs names the VMMs known to save and restore a VM with
+// Firecracker's snapshot API.
+func snapshotVMM(bin string) bool {
+	base := filepath.Base(bin)
+	return isQEMUVMM(bin) || base == "firecracker" || strings.HasPrefix(base, "firecracker-")
+}
+
+func (b vmmBooter) snapshots() error {
+	bin := b.binary()
+	if bin == "" {
+		return model.Errorf(model.EUNAVAILABLE, "no VMM: install firecracker or banger-vmm-qemu, or set firecracker_bin (see `banger doctor`)")
+	}
+	if !snapshotVMM(bin) {
+		return model.Errorf(model.EUNAVAILABLE, "the VMM %s is not known to save and restore VMs (firecracker and banger-vmm-qemu are); stop the VM instead", bin)
+	}
+	return nil
+}
+
+func (b vmmBooter) syncGuest(ctx context.Context, vm model.VMRecord) error {
+	conn, err := b.dial(ctx, vm)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	return conn.Run(ctx, "sync", nil, nil, nil)
+}
+
+func (b vmmBooter) load(ctx context.Context, s *startRun) error {
+	apiCtx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	err := s.proc.WaitAPI(apiCtx, s.vm.Runtime.APISockPath)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("vmm api: %w; see %s", err, s.vm.Runtime.LogPath)
+	}
+	return loadVMM(ctx, b.client(s.vm), s.vm, s.restore, s.h.Tap)
+}
+
+func (b vmmBooter) waitResumed(ctx context.Context, s *startRun) error {
+	signer, err := guest.LoadSigner(b.cfg.SSHKeyPath)
+	if err != nil {
+		return model.Errorf(model.EUNAVAILABLE, "the daemon's SSH key: %v", err)
+	}
+	conn, err := waitSSH(ctx, min(b.cfg.BootTimeout, resumeSSHTimeout), s.vm, s.proc, signer)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	return conn.SetClock(cctx, time.Now)
+}
+
+// loadVMM sends a fresh VMM its logger and metrics, then the saved state
+// to load, paused, with the VM's interface on tap.
+func loadVMM(ctx context.Context, c *firecracker.Client, vm model.VMRecord, r *restoreFiles, tap string) error {
+	if r == nil || r.vmmState == "" || r.vmmMem == "" {
+		return fmt.Errorf("load: no saved state was passed to the VMM")
+	}
+	logger, err := firecracker.NewLogger(vmmLogPath(vm.Runtime.VMDir), "Info")
+	if err != nil {
+		return err
+	}
+	if err := c.PutLogger(ctx, logger); err != nil {
+		return err
+	}
+	metrics, err := firecracker.NewMetrics(vm.Runtime.MetricsPath)
+	if err != nil {
+		return err
+	}
+	if err := c.PutMetrics(ctx, metrics); err != nil {
+		return err
+	}
+	load, err := firecracker.NewSnapshotLoad(r.vmmState, r.vmmMem, false, map[string]string{snapshotIface: tap})
+	if err != nil {
+		return err
+	}
+	return c.LoadSnapshot(ctx, load)
+}
