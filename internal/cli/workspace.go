@@ -152,7 +152,8 @@ path again replaces it (refused while it holds unfetched work, unless --force).`
 			if err != nil {
 				return err
 			}
-			if vm.State != model.VMStateRunning {
+			// A suspended VM is resumed by the daemon first.
+			if vm.State != model.VMStateRunning && vm.State != model.VMStateSuspended {
 				return model.Errorf(model.ECONFLICT, "vm %s is %s; start it with `banger vm start %s`", vm.Name, vm.State, vm.Name)
 			}
 			if branch == "" {

@@ -203,3 +203,30 @@ func roughAge(t time.Time) string {
 	}
 	return fmt.Sprintf("%dh%02dm", int(d.Hours()), int(d.Minutes())%60)
 }
+
+// wakeLocked resumes vm if it is suspended: an operation that needs the
+// guest wakes it. The caller holds the lock.
+func (d *Daemon) wakeLocked(ctx context.Context, vm model.VMRecord, progress api.ProgressFunc) (model.VMRecord, error) {
+	if vm.State != model.VMStateSuspended {
+		return vm, nil
+	}
+	progress(api.Progress{Step: "resume", Message: fmt.Sprintf("vm %s is suspended; resuming it", vm.Name)})
+	// The resume outlives the request, as a start does.
+	return d.resumeLocked(context.WithoutCancel(ctx), vm, progress)
+}
+
+// wake is wakeLocked for a caller without the lock; the wake counts as
+// use of the VM.
+func (d *Daemon) wake(ctx context.Context, vm model.VMRecord, progress api.ProgressFunc) (model.VMRecord, error) {
+	if vm.State != model.VMStateSuspended {
+		return vm, nil
+	}
+	unlock := d.locks.lock(vm.ID)
+	defer unlock()
+	d.touch(vm.ID)
+	fresh, err := d.store.GetVM(ctx, vm.ID)
+	if err != nil {
+		return vm, err
+	}
+	return d.wakeLocked(ctx, fresh, progress)
+}

@@ -16,8 +16,8 @@ import (
 // saved directory, and the paths the VMM is told (/dev/fd/N of the
 // descriptors the daemon passes, set by the launch).
 type restoreFiles struct {
-	state, mem         string
-	vmmState, vmmMem   string
+	state, mem       string
+	vmmState, vmmMem string
 }
 
 // pass opens the saved files and gives them to the VMM as descriptors,
