@@ -67,7 +67,6 @@ type faultOutcome struct {
 	detail string
 }
 
-
 // runFaultCell brings the VM to the state step's operation needs, has
 // the daemon crash at step.CrashAt during it, restarts the daemon and
 // checks what is left: nothing unexplained, no VM lost, a VM shown
