@@ -587,3 +587,37 @@ func TestAdoptSnapshotRefusesWhatTheVMMCouldPlant(t *testing.T) {
 		t.Error("openSaved followed a link")
 	}
 }
+
+// TestRestoreFilesComeAfterTheDrives: the saved state's files are passed
+// after what a boot passes (disks, kernel, initrd, tap), so the drives
+// keep the descriptor numbers the snapshot recorded; a link in the saved
+// directory is refused.
+func TestRestoreFilesComeAfterTheDrives(t *testing.T) {
+	dir := t.TempDir()
+	os.MkdirAll(savedDir(dir), 0o700)
+	st, mem := savedPaths(dir)
+	os.WriteFile(st, []byte("state"), 0o600)
+	os.WriteFile(mem, []byte("mem"), 0o600)
+	l := &vmmLaunch{cgroupFD: -1}
+	defer l.close()
+	var boot []string
+	for range 4 { // root, work, kernel, tap
+		f, err := os.Open(os.DevNull)
+		if err != nil {
+			t.Fatal(err)
+		}
+		boot = append(boot, l.addFile(f))
+	}
+	r := &restoreFiles{state: st, mem: mem}
+	if err := r.pass(l); err != nil {
+		t.Fatal(err)
+	}
+	if boot[0] != "/dev/fd/3" || r.vmmState != "/dev/fd/7" || r.vmmMem != "/dev/fd/8" {
+		t.Errorf("boot files %v, state %s, mem %s; want the saved state after the boot's", boot, r.vmmState, r.vmmMem)
+	}
+	os.Remove(mem)
+	os.Symlink("/etc/shadow", mem)
+	if err := (&restoreFiles{state: st, mem: mem}).pass(l); err == nil {
+		t.Error("a link in the saved directory was passed to the VMM")
+	}
+}

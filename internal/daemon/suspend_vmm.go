@@ -2,7 +2,9 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net"
 	"path/filepath"
 	"strings"
 	"time"
@@ -84,19 +86,55 @@ func (b vmmBooter) load(ctx context.Context, s *startRun) error {
 	return loadVMM(ctx, b.client(s.vm), s.vm, s.restore, s.h.Tap)
 }
 
+// waitResumed dials the restored guest until it answers with its host
+// key and sets its clock on that first connection: the clock's exchange
+// is the proof the guest runs, so no other command is run first. A guest
+// that answers with another key is retried, never trusted.
 func (b vmmBooter) waitResumed(ctx context.Context, s *startRun) error {
 	signer, err := guest.LoadSigner(b.cfg.SSHKeyPath)
 	if err != nil {
 		return model.Errorf(model.EUNAVAILABLE, "the daemon's SSH key: %v", err)
 	}
-	conn, err := waitSSH(ctx, min(b.cfg.BootTimeout, resumeSSHTimeout), s.vm, s.proc, signer)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	timeout := min(b.cfg.BootTimeout, resumeSSHTimeout)
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	return conn.SetClock(cctx, time.Now)
+	go func() {
+		select {
+		case <-s.proc.Done():
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	addr := net.JoinHostPort(s.vm.Runtime.GuestIP, "22")
+	start := time.Now()
+	var last error
+	for tries := 1; ; tries++ {
+		conn, err := guest.Dial(ctx, addr, signer, s.vm.Runtime.SSHHostKey)
+		if err == nil {
+			dialed := time.Since(start)
+			err = conn.SetClock(ctx, time.Now)
+			conn.Close()
+			if err == nil {
+				s.log.Info("restored guest answered", "dial_ms", dialed.Milliseconds(), "clock_ms", (time.Since(start) - dialed).Milliseconds(), "tries", tries)
+				return nil
+			}
+		}
+		if errors.Is(err, guest.ErrNoHostKey) {
+			return err
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			tail := lastLines(s.vm.Runtime.LogPath, 15)
+			select {
+			case <-s.proc.Done():
+				return fmt.Errorf("the VMM exited after the restore; last console lines:\n%s\n(full log: %s)", tail, s.vm.Runtime.LogPath)
+			default:
+			}
+			return fmt.Errorf("no SSH answer from the restored guest at %s within %s: %v; last console lines:\n%s\n(full log: %s)", addr, timeout, last, tail, s.vm.Runtime.LogPath)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 // loadVMM sends a fresh VMM its logger and metrics, then the saved state
