@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
+	"time"
 
 	"banger/internal/firecracker"
 	"banger/internal/model"
@@ -153,8 +155,43 @@ func (b fakeBooter) snapshots() error {
 	return nil
 }
 
-func (b fakeBooter) syncGuest(ctx context.Context, vm model.VMRecord) error {
-	return b.failed("sync")
+// fakeHold stands in for the session a suspend leaves in the guest.
+type fakeHold struct {
+	mu     sync.Mutex
+	set    int
+	closed bool
+	fail   error
+}
+
+func (h *fakeHold) Set(ctx context.Context, now func() time.Time) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return fmt.Errorf("fake hold: closed")
+	}
+	h.closed = true
+	if h.fail != nil {
+		return h.fail
+	}
+	h.set++
+	return nil
+}
+
+func (h *fakeHold) Close() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.closed = true
+}
+
+func (b fakeBooter) prepareSuspend(ctx context.Context, vm model.VMRecord) (clockHold, error) {
+	if err := b.failed("sync"); err != nil {
+		return nil, err
+	}
+	h := &fakeHold{}
+	b.vmms.mu.Lock()
+	b.vmms.holds = append(b.vmms.holds, h)
+	b.vmms.mu.Unlock()
+	return h, nil
 }
 
 func (b fakeBooter) load(ctx context.Context, s *startRun) error {
@@ -168,9 +205,19 @@ func (b fakeBooter) waitResumed(ctx context.Context, s *startRun) error {
 	if err := b.failed("clock"); err != nil {
 		return err
 	}
-	// A guest answers SSH only once its vCPUs run again.
+	// A guest answers only once its vCPUs run again.
 	if b.vmms.snapOf(s.h.PID).paused {
 		return fmt.Errorf("fake: the guest is still paused; no SSH answer")
 	}
+	if s.held != nil {
+		err := s.held.Set(ctx, time.Now)
+		s.held = nil
+		if err == nil {
+			return nil
+		}
+	}
+	b.vmms.mu.Lock()
+	b.vmms.dialled++
+	b.vmms.mu.Unlock()
 	return nil
 }

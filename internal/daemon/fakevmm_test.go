@@ -34,6 +34,10 @@ type fakeVMMs struct {
 	// failSnapshot and failLoad make new VMMs refuse PUT /snapshot/create
 	// and PUT /snapshot/load with this message.
 	failSnapshot, failLoad string
+	// holds are the clock holds suspends left (fakesnap_test.go);
+	// dialled counts the resumes that had to connect again.
+	holds   []*fakeHold
+	dialled int
 }
 
 type fakeVMM struct {

@@ -71,9 +71,16 @@ func (d *Daemon) resumeLocked(ctx context.Context, vm model.VMRecord, progress a
 		return vm, err
 	}
 	if err := d.boot.snapshots(); err != nil {
+		d.clocks.drop(vm.ID)
 		return d.resumeFallback(ctx, s, err)
 	}
 	progress(api.Progress{Step: "resume", Message: fmt.Sprintf("restoring the state saved %s ago (%s)", roughAge(vm.Runtime.SuspendedAt), sizeMiB(vm.Runtime.SavedStateBytes))})
+	s.held = d.clocks.take(vm.ID)
+	defer func() {
+		if s.held != nil {
+			s.held.Close()
+		}
+	}()
 	err = runSteps(ctx, d.steps(s.log), undoOnError, d.resumeSteps(), s)
 	if err == nil {
 		if rerr := d.net.Refill(ctx); rerr != nil {
@@ -88,6 +95,10 @@ func (d *Daemon) resumeLocked(ctx context.Context, vm model.VMRecord, progress a
 	// The host could not give the VM what it needs now (a tap, its
 	// rules, a VMM): the saved state is intact, the VM stays suspended.
 	vm = s.vm
+	if s.held != nil {
+		d.clocks.put(vm.ID, s.held) // for the next try
+		s.held = nil
+	}
 	d.clearVMHandles(vm.ID, vm.Runtime.VMDir)
 	vm.State = model.VMStateSuspended
 	vm.Runtime.TapDevice = ""

@@ -69,6 +69,9 @@ type startRun struct {
 	// restore is the saved state a resume loads (resume.go); nil for a
 	// boot.
 	restore *restoreFiles
+	// held is the session the suspend left in the guest to set its
+	// clock (suspend_vmm.go); nil when there is none.
+	held clockHold
 }
 
 // startSteps are the steps of a start, in order. The VMM steps go

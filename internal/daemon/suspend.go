@@ -39,6 +39,9 @@ type suspendRun struct {
 	proc     vmmProc
 	bytes    int64
 	vmmGone  bool
+	// hold is the session left in the guest to set its clock at the
+	// resume; kept by the daemon once the VM is suspended.
+	hold     clockHold
 	clean    cleanupRun
 	received time.Time
 	progress api.ProgressFunc
@@ -96,9 +99,16 @@ func (d *Daemon) suspendLocked(ctx context.Context, vm model.VMRecord, progress 
 		if s.proc != nil {
 			s.proc.Close()
 		}
+		if s.hold != nil {
+			s.hold.Close()
+		}
 	}()
 	err := runSteps(ctx, d.steps(log), undoOnError, d.suspendSteps(), s)
 	if err == nil {
+		if s.hold != nil {
+			d.clocks.put(s.vm.ID, s.hold)
+			s.hold = nil
+		}
 		return s.vm, nil
 	}
 	if !s.vmmGone {
@@ -118,6 +128,7 @@ func (d *Daemon) suspendLocked(ctx context.Context, vm model.VMRecord, progress 
 		log.Warn("drop the saved state", "err", derr)
 	}
 	vm.Runtime.LastError = fmt.Sprintf("suspend failed after the VMM ended: %v; the VM was stopped, its disks are intact", err)
+	d.clocks.drop(vm.ID)
 	vm.UpdatedAt = model.Now()
 	if uerr := d.store.UpdateVM(ctx, vm); uerr != nil {
 		log.Error("record the failed suspend", "err", uerr)
@@ -128,13 +139,15 @@ func (d *Daemon) suspendLocked(ctx context.Context, vm model.VMRecord, progress 
 // suspendSync has the guest flush its disks, and captures the work of
 // its workspaces as a stop does: if the saved state is dropped later
 // (`vm stop` of a suspended VM), what the guest wrote is on its disks
-// and unfetched work is known. Neither is needed for the suspend itself,
-// so a failure is only reported.
+// and unfetched work is known. The flush's session stays in the guest,
+// waiting to set its clock at the resume. None of it is needed for the
+// suspend itself, so a failure is only reported.
 func (d *Daemon) suspendSync(ctx context.Context, s *suspendRun) error {
 	s.progress(api.Progress{Step: "suspend", Message: "flushing the guest's disks"})
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	err := d.boot.syncGuest(sctx, s.vm)
+	hold, err := d.boot.prepareSuspend(sctx, s.vm)
 	cancel()
+	s.hold = hold
 	if err != nil {
 		s.log.Warn("guest sync before suspend", "err", err)
 		s.progress(api.Progress{Step: "suspend", Message: fmt.Sprintf("the guest could not flush its disks (%v); suspending anyway", err), Warning: true})
@@ -284,6 +297,7 @@ func (d *Daemon) discardLocked(ctx context.Context, vm model.VMRecord, op string
 }
 
 func (d *Daemon) discardSaved(ctx context.Context, r *discardRun) error {
+	d.clocks.drop(r.vm.ID)
 	// Nothing should run for a suspended VM, but a resume cut short by a
 	// crash may have left a VMM or a tap: free them first.
 	h, m := d.currentHandlesMatch(ctx, r.vm)

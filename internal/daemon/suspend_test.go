@@ -394,7 +394,15 @@ func TestIdlePolicy(t *testing.T) {
 		if err := e.d.store.UpdateVM(e.ctx, vm); err != nil {
 			t.Fatal(err)
 		}
-		e.d.maybeAutoStop(e.ctx, e.vm(t, name))
+		// The poller skips a VM whose lock is held (a watcher finishing
+		// after the previous stop): it tries again at its next poll.
+		for range 50 {
+			e.d.maybeAutoStop(e.ctx, e.vm(t, name))
+			if e.vm(t, name).State != model.VMStateRunning {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
 		return e.vm(t, name)
 	}
 	e.create(t, "a", false)
@@ -619,5 +627,54 @@ func TestRestoreFilesComeAfterTheDrives(t *testing.T) {
 	os.Symlink("/etc/shadow", mem)
 	if err := (&restoreFiles{state: st, mem: mem}).pass(l); err == nil {
 		t.Error("a link in the saved directory was passed to the VMM")
+	}
+}
+
+// TestResumeSetsTheClockOverTheHeldSession: the session a suspend leaves
+// in the guest sets its clock at the resume, with no new connection;
+// without it (the daemon restarted) the resume connects again; a stop of
+// a suspended VM closes it unused.
+func TestResumeSetsTheClockOverTheHeldSession(t *testing.T) {
+	e := newTestDaemon(t, false)
+	e.create(t, "dev", false)
+	e.start(t, "dev")
+	e.suspend(t, "dev")
+	e.start(t, "dev")
+	e.vmms.mu.Lock()
+	holds, dialled := e.vmms.holds, e.vmms.dialled
+	e.vmms.mu.Unlock()
+	if len(holds) != 1 || holds[0].set != 1 || dialled != 0 {
+		t.Fatalf("holds %d (set %v), dialled %d; want one hold used, no dial", len(holds), holds, dialled)
+	}
+
+	e.suspend(t, "dev")
+	e.d.clocks.closeAll() // what a daemon restart loses
+	e.start(t, "dev")
+	e.vmms.mu.Lock()
+	holds, dialled = e.vmms.holds, e.vmms.dialled
+	e.vmms.mu.Unlock()
+	if len(holds) != 2 || holds[1].set != 0 || !holds[1].closed || dialled != 1 {
+		t.Errorf("after the hold was lost: set %d closed %v, dialled %d; want a new connection", holds[1].set, holds[1].closed, dialled)
+	}
+
+	e.suspend(t, "dev")
+	if _, err := e.d.StopVM(e.ctx, "dev", api.NoProgress); err != nil {
+		t.Fatal(err)
+	}
+	e.vmms.mu.Lock()
+	last := e.vmms.holds[len(e.vmms.holds)-1]
+	e.vmms.mu.Unlock()
+	if !last.closed || last.set != 0 {
+		t.Errorf("the stop of a suspended vm left its hold: closed %v set %d", last.closed, last.set)
+	}
+	// A guest that could not flush or hold still suspends.
+	e.start(t, "dev")
+	e.d.boot = fakeBooter{vmms: e.vmms, fail: errors.New("no ssh"), failAt: "sync"}
+	var prog progressLog
+	if _, err := e.d.SuspendVM(e.ctx, "dev", prog.add); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(prog.String(), "warning: suspend: the guest could not flush its disks (no ssh)") {
+		t.Errorf("progress:\n%s", prog.String())
 	}
 }

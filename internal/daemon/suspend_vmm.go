@@ -7,6 +7,7 @@ import (
 	"net"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"banger/internal/firecracker"
@@ -44,6 +45,10 @@ func (r *restoreFiles) pass(l *vmmLaunch) error {
 // moves to the tap it was given this time.
 const snapshotIface = "eth0"
 
+// heldClockTimeout bounds the use of the session a suspend left in the
+// guest; past it, the daemon connects again.
+const heldClockTimeout = 10 * time.Second
+
 // resumeSSHTimeout bounds the wait for a restored guest's SSH: it was
 // answering when it was saved, so a long silence means the restore did
 // not work.
@@ -67,13 +72,75 @@ func (b vmmBooter) snapshots() error {
 	return nil
 }
 
-func (b vmmBooter) syncGuest(ctx context.Context, vm model.VMRecord) error {
-	conn, err := b.dial(ctx, vm)
-	if err != nil {
-		return err
+// clockHold is a session left in a suspended guest to set its clock at
+// the resume (*guest.ClockHold).
+type clockHold interface {
+	Set(ctx context.Context, now func() time.Time) error
+	Close()
+}
+
+// clockHolds keeps the holds of suspended VMs, by VM ID. The zero value
+// is ready.
+type clockHolds struct {
+	mu sync.Mutex
+	m  map[string]clockHold
+}
+
+// put keeps h for id, closing any hold id had.
+func (c *clockHolds) put(id string, h clockHold) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil {
+		c.m = map[string]clockHold{}
 	}
-	defer conn.Close()
-	return conn.Run(ctx, "sync", nil, nil, nil)
+	if old := c.m[id]; old != nil {
+		old.Close()
+	}
+	c.m[id] = h
+}
+
+// take removes and returns id's hold, nil when it has none.
+func (c *clockHolds) take(id string) clockHold {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	h := c.m[id]
+	delete(c.m, id)
+	return h
+}
+
+// drop closes id's hold, if any.
+func (c *clockHolds) drop(id string) {
+	if h := c.take(id); h != nil {
+		h.Close()
+	}
+}
+
+func (c *clockHolds) closeAll() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for id, h := range c.m {
+		h.Close()
+		delete(c.m, id)
+	}
+}
+
+// prepareSuspend flushes the guest's disks and leaves a shell waiting
+// to set its clock, on a connection without keepalives (a sleeping
+// guest answers none).
+func (b vmmBooter) prepareSuspend(ctx context.Context, vm model.VMRecord) (clockHold, error) {
+	signer, err := guest.LoadSigner(b.cfg.SSHKeyPath)
+	if err != nil {
+		return nil, model.Errorf(model.EUNAVAILABLE, "the daemon's SSH key: %v", err)
+	}
+	conn, err := guest.DialQuiet(ctx, net.JoinHostPort(vm.Runtime.GuestIP, "22"), signer, vm.Runtime.SSHHostKey)
+	if err != nil {
+		return nil, fmt.Errorf("reach vm %s over ssh: %w", vm.Name, err)
+	}
+	h, err := conn.HoldClock(ctx, "sync")
+	if err != nil {
+		return nil, err
+	}
+	return h, nil
 }
 
 func (b vmmBooter) load(ctx context.Context, s *startRun) error {
@@ -105,8 +172,20 @@ func (b vmmBooter) waitResumed(ctx context.Context, s *startRun) error {
 		case <-ctx.Done():
 		}
 	}()
-	addr := net.JoinHostPort(s.vm.Runtime.GuestIP, "22")
 	start := time.Now()
+	if s.held != nil {
+		// The session the suspend left: no new connection needed.
+		hctx, hcancel := context.WithTimeout(ctx, heldClockTimeout)
+		err := s.held.Set(hctx, time.Now)
+		hcancel()
+		s.held = nil
+		if err == nil {
+			s.log.Info("restored guest set its clock over the held session", "ms", time.Since(start).Milliseconds())
+			return nil
+		}
+		s.log.Warn("the held session did not answer; connecting again", "err", err)
+	}
+	addr := net.JoinHostPort(s.vm.Runtime.GuestIP, "22")
 	var last error
 	for tries := 1; ; tries++ {
 		conn, err := guest.Dial(ctx, addr, signer, s.vm.Runtime.SSHHostKey)

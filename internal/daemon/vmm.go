@@ -41,14 +41,16 @@ type booter interface {
 	// snapshots says why this VMM cannot save and restore a VM, or nil
 	// when it can.
 	snapshots() error
-	// syncGuest has the running guest flush its disks.
-	syncGuest(ctx context.Context, vm model.VMRecord) error
+	// prepareSuspend has the running guest flush its disks and leaves a
+	// session in it waiting to set its clock at the resume.
+	prepareSuspend(ctx context.Context, vm model.VMRecord) (clockHold, error)
 	// load restores the saved state in s.restore into the VMM launch
 	// started (instead of configure and instanceStart); the guest is
 	// left paused, its network on s.h.Tap.
 	load(ctx context.Context, s *startRun) error
 	// waitResumed returns once the resumed guest answers SSH with its
-	// host key and its clock is set to the host's.
+	// host key and its clock is set to the host's: over s.held, the
+	// session prepareSuspend left, when it still answers.
 	waitResumed(ctx context.Context, s *startRun) error
 }
 

@@ -82,3 +82,75 @@ func (w *readyWriter) seen() bool {
 	defer w.mu.Unlock()
 	return w.fired
 }
+
+// ClockHold is a session left waiting in a guest to set its clock, for a
+// guest about to be suspended: at the resume, with the connection still
+// open, setting the clock costs no new SSH connection, only the time's
+// trip to the guest. It works only while the connection lives (the same
+// daemon, no keepalives: DialQuiet).
+type ClockHold struct {
+	conn *Conn
+	in   *io.PipeWriter
+	done chan error
+	once sync.Once
+}
+
+// HoldClock runs pre (a shell command; "" for none) in the guest, then
+// leaves a shell waiting to read the time, and returns once pre is done
+// and the shell waits. The hold owns c from then on: Close closes it.
+func (c *Conn) HoldClock(ctx context.Context, pre string) (*ClockHold, error) {
+	pr, pw := io.Pipe()
+	ready := make(chan struct{})
+	out := &readyWriter{onReady: func() { close(ready) }}
+	h := &ClockHold{conn: c, in: pw, done: make(chan error, 1)}
+	script := clockScript
+	if pre != "" {
+		script = pre + "; " + clockScript
+	}
+	// The session lives until the time is sent or the connection is
+	// closed (Close); its goroutine ends with it.
+	go func() { h.done <- c.Run(context.Background(), script, pr, out, nil) }()
+	select {
+	case <-ready:
+		return h, nil
+	case err := <-h.done:
+		h.Close()
+		if err == nil {
+			err = fmt.Errorf("the guest's shell ended before it was ready")
+		}
+		return nil, fmt.Errorf("hold the guest's clock: %w", err)
+	case <-ctx.Done():
+		h.Close()
+		return nil, fmt.Errorf("hold the guest's clock: %w", ctx.Err())
+	}
+}
+
+// Set sends now() to the waiting shell, which sets the guest's clock, and
+// waits for the session's end. The hold is spent either way.
+func (h *ClockHold) Set(ctx context.Context, now func() time.Time) error {
+	defer h.Close()
+	t := now()
+	// A write error shows as the session's end.
+	go func() {
+		fmt.Fprintf(h.in, "%d.%09d\n", t.Unix(), t.Nanosecond())
+		h.in.Close() // the session ends once its input has
+	}()
+	select {
+	case err := <-h.done:
+		if err != nil {
+			return fmt.Errorf("set the guest's clock over the held session: %w", err)
+		}
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("set the guest's clock over the held session: %w", ctx.Err())
+	}
+}
+
+// Close abandons the hold: the guest's shell reads nothing and ends
+// without touching the clock. It is safe to call more than once.
+func (h *ClockHold) Close() {
+	h.once.Do(func() {
+		h.in.Close()
+		h.conn.Close()
+	})
+}

@@ -69,3 +69,60 @@ func TestSetClockSendsTheTimeWhenTheGuestIsReady(t *testing.T) {
 		t.Errorf("a guest that never said ready: %v", err)
 	}
 }
+
+// TestHoldClock: the held shell runs its first command, says ready, and
+// sets the clock when the time comes, over the same connection; a hold
+// that is closed sends nothing.
+func TestHoldClock(t *testing.T) {
+	_, cpriv, _ := ed25519.GenerateKey(rand.Reader)
+	signer, _ := ssh.NewSignerFromKey(cpriv)
+	addr, hostKey := testServer(t, signer.PublicKey())
+	ctx := context.Background()
+	script := "sync; " + clockScript
+	got := make(chan string, 1)
+	execHooks[script] = func(ch ssh.Channel) uint32 {
+		io.WriteString(ch, "ready\n")
+		line, _ := bufio.NewReader(ch).ReadString('\n')
+		got <- line
+		return 0
+	}
+	t.Cleanup(func() { delete(execHooks, script) })
+
+	c, err := DialQuiet(ctx, addr, signer, AuthorizedKey(hostKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := c.HoldClock(ctx, "sync")
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond) // the guest sleeps
+	at := time.Unix(1800000000, 123456789)
+	if err := h.Set(ctx, func() time.Time { return at }); err != nil {
+		t.Fatal(err)
+	}
+	if line := strings.TrimSpace(<-got); line != "1800000000.123456789" {
+		t.Errorf("the guest read %q", line)
+	}
+
+	// Closed without setting: the shell reads an empty input.
+	c2, err := DialQuiet(ctx, addr, signer, AuthorizedKey(hostKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h2, err := c2.HoldClock(ctx, "sync")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h2.Close()
+	h2.Close()
+	if line := <-got; line != "" {
+		t.Errorf("a closed hold sent %q", line)
+	}
+	// A guest whose shell fails before it is ready.
+	execHooks["false; "+clockScript] = func(ch ssh.Channel) uint32 { return 1 }
+	c3, _ := Dial(ctx, addr, signer, AuthorizedKey(hostKey))
+	if _, err := c3.HoldClock(ctx, "false"); err == nil {
+		t.Error("a hold whose shell failed was returned")
+	}
+}

@@ -31,7 +31,7 @@ stats_poll_interval = "2s"`)
 
 	// A counter and a TCP server, detached from the exec session.
 	d.MustCLI("exec", vm, "--", "sh", "-c", `
-nohup sh -c 'i=0; while :; do i=$((i+1)); echo $i > /root/counter; sleep 1; done' >/dev/null 2>&1 &
+nohup perl -e 'for ($i = 1; ; $i++) { open F, ">/root/counter.new" or die; print F "$i\n"; close F; rename "/root/counter.new", "/root/counter"; sleep 1 }' >/dev/null 2>&1 &
 echo $! > /root/counter.pid
 nohup perl -MIO::Socket::INET -e '$s = IO::Socket::INET->new(LocalPort => 7777, Listen => 5, ReuseAddr => 1) or die "listen: $!"; $n = 0; while ($c = $s->accept) { $n++; print $c "server $$ connection $n\n"; close $c }' >/dev/null 2>&1 &
 echo $! > /root/server.pid
