@@ -34,11 +34,11 @@ func (d *Daemon) SuspendVM(ctx context.Context, ref string, progress api.Progres
 
 // suspendRun is the state of one suspend, passed from step to step.
 type suspendRun struct {
-	vm       model.VMRecord
-	h        vmHandles
-	proc     vmmProc
-	bytes    int64
-	vmmGone  bool
+	vm      model.VMRecord
+	h       vmHandles
+	proc    vmmProc
+	bytes   int64
+	vmmGone bool
 	// hold is the session left in the guest to set its clock at the
 	// resume; kept by the daemon once the VM is suspended.
 	hold     clockHold
