@@ -82,7 +82,8 @@ type Backend interface {
 	VMLogs(ctx context.Context, ref string, opts LogsOptions, w io.Writer) error
 	// Connect opens a byte stream to a TCP port of the guest. The caller
 	// closes the connection; the daemon counts it as activity while open.
-	// ENOTFOUND, EINVALID (port), ECONFLICT (not running).
+	// A suspended VM is resumed first. ENOTFOUND, EINVALID (port),
+	// ECONFLICT (not running).
 	Connect(ctx context.Context, ref string, port int) (net.Conn, error)
 
 	WorkspaceBackend

@@ -47,7 +47,7 @@ const snapshotIface = "eth0"
 
 // heldClockTimeout bounds the use of the session a suspend left in the
 // guest; past it, the daemon connects again.
-const heldClockTimeout = 10 * time.Second
+const heldClockTimeout = 5 * time.Second
 
 // resumeSSHTimeout bounds the wait for a restored guest's SSH: it was
 // answering when it was saved, so a long silence means the restore did
