@@ -9,6 +9,8 @@
 #     against a cold `banger vm start` of the same VM until SSH answers,
 #     and the ratio (the goal: resume ≤ 0.15 of the cold start);
 #  3. the guest clock's offset from the host's right after the resume.
+# The first suspend of a VM after a boot is slower than later ones (QEMU's
+# first migration reads all of the guest's memory); each run is printed.
 # Each is measured RUNS times (default 3); the medians are printed.
 # Usage: scripts/bench/suspend.sh   (root; under the shared heavy lock)
 set -euo pipefail
@@ -40,11 +42,15 @@ for i in $(seq "$runs"); do
 	secs "$t0" "$t1" >> "$bench_dir/resume.txt"
 	err=$(inspect "v['runtime'].get('last_error','')")
 	[ -z "$err" ] || { echo "the resume fell back to a boot: $err" >&2; exit 1; }
-	# The guest's clock against the host's: the host's time halfway
-	# through the exec, less the guest's.
-	h0=$(now); g=$(b exec s1 -- date +%s.%N); h1=$(now)
-	echo "($h0 + $h1) / 2 - $g" | bc -l >> "$bench_dir/skew.txt"
-	printf '   run %d: suspend %.2f s, saved %s bytes; resume → SSH %.2f s; clock offset %+.3f s (exec round trip %.2f s)\n' \
+	# The guest's clock against the host's: the guest reads its clock
+	# when the host's line reaches it; the host's time is the middle of
+	# that round trip.
+	coproc probe { b exec s1 -- sh -c 'echo ready; read x; date +%s.%N'; }
+	read -r _ <&"${probe[0]}"
+	h0=$(now); echo go >&"${probe[1]}"; read -r g <&"${probe[0]}"; h1=$(now)
+	wait "$probe_PID" || true
+	echo "$g - ($h0 + $h1) / 2" | bc -l >> "$bench_dir/skew.txt"
+	printf '   run %d: suspend %.2f s, saved %s bytes; resume → SSH %.2f s; guest clock %+.3f s off the host'"'"'s (probe round trip %.3f s)\n' \
 		"$i" "$(tail -1 "$bench_dir/suspend.txt")" "$(tail -1 "$bench_dir/bytes.txt")" "$(tail -1 "$bench_dir/resume.txt")" "$(tail -1 "$bench_dir/skew.txt")" "$(secs "$h0" "$h1")"
 done
 for i in $(seq "$runs"); do
@@ -59,11 +65,12 @@ r=$(median < "$bench_dir/resume.txt"); c=$(median < "$bench_dir/cold.txt"); k=$(
 echo "== medians over $runs runs"
 printf '   suspend: %.2f s; saved state: %s bytes (%.1f MiB) for 2 GiB of guest memory\n' "$s" "$by" "$(echo "$by / 1048576" | bc -l)"
 printf '   resume → SSH answering: %.2f s; cold start → SSH answering: %.2f s; ratio %.3f (goal ≤ 0.15)\n' "$r" "$c" "$(echo "$r / $c" | bc -l)"
-printf '   guest clock offset right after the resume: %+.3f s\n' "$k"
+printf '   guest clock right after the resume: %+.3f s off the host'"'"'s (negative: behind)\n' "$k"
 grep -o 'msg="vm resumed".*ready_ms=[0-9]*' "$bench_dir/bangerd.log" | sed 's/.*ready_ms=/   daemon-side resume (request → SSH and clock set): /; s/$/ ms/' || true
 grep -o 'msg="vm suspended".*took_ms=[0-9]*' "$bench_dir/bangerd.log" | sed 's/.*took_ms=/   daemon-side suspend: /; s/$/ ms/' || true
 echo "== where the time goes (the last run's steps, from bangerd's log)"
 for op in suspend resume; do
-	grep -o "msg=step step=$op:[a-z-]* took_ms=[0-9.]*" "$bench_dir/bangerd.log" | sed 's/msg=step step=//; s/ took_ms=/ /' |
+	grep -o "step=$op:[a-z-]* took_ms=[0-9.]*" "$bench_dir/bangerd.log" | sed 's/^step=//; s/ took_ms=/ /' |
 		awk -v op="$op" '{t[$1]=$2; if (!($1 in seen)) {seen[$1]=1; order[++n]=$1}} END {printf "   %s:", op; for (i=1;i<=n;i++) printf " %s %.0fms", substr(order[i], length(op)+2), t[order[i]]; print ""}'
 done
+grep -o 'msg="restored guest[^"]*".*' "$bench_dir/bangerd.log" | sed 's/^msg=/   /; s/ vm=[^ ]* id=[^ ]*//' || true
