@@ -35,6 +35,23 @@ type booter interface {
 	// waitReady returns once the guest answers SSH with the host key
 	// the daemon made for it, and its first-boot setup is done.
 	waitReady(ctx context.Context, s *startRun) error
+
+	// The VMM side of suspend and resume (suspend.go, resume.go).
+
+	// snapshots says why this VMM cannot save and restore a VM, or nil
+	// when it can.
+	snapshots() error
+	// prepareSuspend has the running guest flush its disks and leaves a
+	// session in it waiting to set its clock at the resume.
+	prepareSuspend(ctx context.Context, vm model.VMRecord) (clockHold, error)
+	// load restores the saved state in s.restore into the VMM launch
+	// started (instead of configure and instanceStart); the guest is
+	// left paused, its network on s.h.Tap.
+	load(ctx context.Context, s *startRun) error
+	// waitResumed returns once the resumed guest answers SSH with its
+	// host key and its clock is set to the host's: over s.held, the
+	// session prepareSuspend left, when it still answers.
+	waitResumed(ctx context.Context, s *startRun) error
 }
 
 // vmmBooter boots through the Firecracker API: firecracker itself, or
@@ -59,6 +76,8 @@ type vmmBooter struct {
 	killVMM func(ctx context.Context, pid int) error
 	// nameserver is the DNS server guests are told to use.
 	nameserver func() string
+	// dial opens the daemon's SSH connection to a running guest.
+	dial func(ctx context.Context, vm model.VMRecord) (*guest.Conn, error)
 }
 
 func (d *Daemon) newVMMBooter() vmmBooter {
@@ -66,7 +85,7 @@ func (d *Daemon) newVMMBooter() vmmBooter {
 		cfg: d.cfg, binary: d.vmmBinary, prepare: d.prepareVMM,
 		enterCgroup: d.enterCgroup, releaseCgroup: d.removeCgroup,
 		client: d.vmmClient, firstBoot: d.firstBoot, killVMM: d.killVMM,
-		nameserver: d.guestNameserver,
+		nameserver: d.guestNameserver, dial: d.dialGuest,
 	}
 }
 
@@ -87,6 +106,13 @@ func (b vmmBooter) launch(ctx context.Context, s *startRun) error {
 	l, err := b.prepare(vm, s.img, s.h, bin)
 	if err != nil {
 		return err
+	}
+	if s.restore != nil {
+		if err := s.restore.pass(l); err != nil {
+			l.close()
+			b.releaseCgroup(vm)
+			return err
+		}
 	}
 	proc, err := firecracker.Launch(l.cfg)
 	if err != nil {

@@ -179,6 +179,9 @@ func (d *Daemon) PrepareWorkspace(ctx context.Context, ref string, req api.Works
 		return model.Workspace{}, err
 	}
 	defer unlock()
+	if vm, err = d.wakeLocked(ctx, vm, progress); err != nil {
+		return model.Workspace{}, err
+	}
 	if vm.State != model.VMStateRunning {
 		return model.Workspace{}, model.Errorf(model.ECONFLICT, "vm %q is %s; start it with `banger vm start %s`", vm.Name, vm.State, vm.Name)
 	}
@@ -621,6 +624,9 @@ func (d *Daemon) WorkspaceGit(ctx context.Context, ref string, req api.Workspace
 	}
 	if !w.Mode.Ships() {
 		return model.Errorf(model.EINVALID, "the workspace at %s was prepared metadata_only: there is no repository banger set up in the guest", w.GuestPath)
+	}
+	if vm, err = d.wake(ctx, vm, api.NoProgress); err != nil {
+		return err
 	}
 	if vm.State != model.VMStateRunning {
 		return model.Errorf(model.ECONFLICT, "vm %s is %s; start it, or look at the fetched work on the host: `git log %s..%s`", vm.Name, vm.State, shortSHA(w.BaseCommit), strings.TrimPrefix(workspace.RemoteRef(vm.Name, w.BranchName), "refs/remotes/"))
