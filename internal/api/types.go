@@ -113,6 +113,9 @@ type VMView struct {
 	// container image): banger ssh and exec run as its user, in its
 	// working directory, with its environment.
 	ImageConfig *model.ImageConfig `json:"image_config,omitempty"`
+	// IdleAction is what the idle policy will do to the VM: "suspend"
+	// or "stop" (its own setting, else the daemon's).
+	IdleAction string `json:"idle_action,omitempty"`
 }
 
 // DoctorCheck is one named host check.
