@@ -183,7 +183,16 @@ func importTree(ctx context.Context, steps stepRunner, tools func(string) bool, 
 		if err != nil {
 			return false, "", fmt.Errorf("cache: %w", err)
 		}
-		defer unlock()
+		// A refused import stores no tree and keeps no lock file either,
+		// so hostile imports (each its own key) pile nothing up. The lock
+		// only saves a second unpack: a tree is stored by rename, so two
+		// imports that raced past a removed lock are still correct.
+		defer func() {
+			if _, err := os.Stat(cached); err != nil {
+				os.Remove(cached + ".lock")
+			}
+			unlock()
+		}()
 		if _, err := os.Stat(cached); err == nil {
 			rep.report("cache", "layers already unpacked: %s", cached)
 			if err := steps.RunStep(ctx, logf, step{Argv: tarExtractArgv(cached, root)}); err != nil {
