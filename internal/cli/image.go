@@ -30,7 +30,7 @@ func (a *App) imageBuildCommand() *cobra.Command {
 	var imp importFlags
 	cmd := &cobra.Command{
 		Use:   "build [NAME]",
-		Short: "Build a Debian image with debootstrap",
+		Short: "Build an image: Debian with debootstrap, or from a container image or a Dockerfile",
 		Long: `Build a Debian image: a root filesystem made with debootstrap from this host's
 Debian mirror (its apt sources; --mirror overrides), with systemd, openssh-server,
 git, ca-certificates and iproute2, tuned to boot fast under Firecracker; a work
@@ -49,12 +49,16 @@ buildah (or podman) as you, then imports the result. banger adds what the guest
 needs: its init (systemd's units, or banger-init for images without systemd),
 sshd trusting the daemon's key (installed with the image's package manager when
 missing), the work disk on /root. The image's User, WorkingDir and Env apply to
-banger ssh and exec.`,
+banger ssh and exec. Layers are checked against their digests; a layer that
+climbs out of the image or writes through a link is refused. Unpacked layers
+are cached, so rebuilding an unchanged image skips the unpack; image inspect
+shows the source's digests.`,
 		Example: `  banger kernel build && banger image build
   banger image build dev --packages build-essential,curl
   banger image build dev --release bookworm --docker
   banger image build py --from python:3.12
-  banger image build app --from ./app-image.tar
+  docker save myapp:1 -o app.tar && banger image build app --from app.tar
+  banger image build app --from oci:./layout
   banger image build app --dockerfile ./Dockerfile --context .`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
