@@ -266,7 +266,7 @@ func (a *Applier) entry(hdr *tar.Header, r io.Reader) error {
 		a.created[rel] = true
 		a.dirTimes = append(a.dirTimes, dirTime{rel: rel, mtime: hdr.ModTime})
 		return nil
-	case tar.TypeReg, tar.TypeRegA:
+	case tar.TypeReg: // archive/tar reads the old TypeRegA as TypeReg or TypeDir.
 		if exists {
 			if err := a.remove(pfd, base, isDir); err != nil {
 				return err

@@ -56,7 +56,7 @@ func newTarStore(f *os.File) (*tarStore, error) {
 		if err != nil {
 			return nil, model.Errorf(model.EINVALID, "not an image archive: not a tar file, or a broken one (%v)", err)
 		}
-		if hdr.Typeflag != tar.TypeReg && hdr.Typeflag != tar.TypeRegA {
+		if hdr.Typeflag != tar.TypeReg {
 			continue
 		}
 		name, err := cleanName(hdr.Name)

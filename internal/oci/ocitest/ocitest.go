@@ -278,7 +278,7 @@ func OCIArchive(out string, layers []Layer, opts Options) (string, error) {
 	if err := t.bytes("index.json", img.index(opts)); err != nil {
 		return "", err
 	}
-	for _, b := range append(append([]blob{img.manifest, img.config}, img.layers...)) {
+	for _, b := range append([]blob{img.manifest, img.config}, img.layers...) {
 		if err := t.file("blobs/sha256/"+hexOf(b.digest), b.path); err != nil {
 			return "", err
 		}
