@@ -281,7 +281,9 @@ func startBuild(outDir string, keepLog bool) (tmp string, logf *os.File, done fu
 		if rmErr := removeTree(tmp); rmErr != nil {
 			*errp = errors.Join(*errp, rmErr)
 		}
-		if ctx.Err() == nil && tail != "" {
+		// An import refused for its input (EINVALID) ran no host command
+		// worth showing: its log holds only its first line.
+		if ctx.Err() == nil && tail != "" && (keepLog || model.ErrorCode(*errp) != model.EINVALID) {
 			*errp = fmt.Errorf("%w\n%s ends with:\n%s", *errp, where, tail)
 		}
 	}

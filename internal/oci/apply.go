@@ -132,6 +132,12 @@ func (a *Applier) Apply(ctx context.Context, layer io.Reader) error {
 			break
 		}
 		if err != nil {
+			// A layer reader's own refusal (a corrupt compressed stream)
+			// already names the layer.
+			var me *model.Error
+			if errors.As(err, &me) {
+				return err
+			}
 			return a.fail("", fmt.Errorf("not a tar stream or a broken one: %w", err))
 		}
 		a.entries++

@@ -207,7 +207,7 @@ func (c countingReader) Read(p []byte) (int, error) {
 func (lr *LayerReader) Read(p []byte) (int, error) {
 	n, err := lr.r.Read(p)
 	if err != nil && !errors.Is(err, io.EOF) {
-		err = model.Errorf(model.EINVALID, "layer %d: corrupt: %v", lr.index+1, err)
+		err = model.Errorf(model.EINVALID, "layer %d is corrupt (%v): the image is damaged; make or download it again", lr.index+1, err)
 	}
 	return n, err
 }

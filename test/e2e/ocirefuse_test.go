@@ -79,6 +79,7 @@ func TestOCIRefusesBadImages(t *testing.T) {
 		if r.Code == 0 || !strings.Contains(r.Stderr, tc.want) {
 			t.Errorf("%s: want a refusal saying %q: %s", tc.name, tc.want, r)
 		}
+		t.Logf("%s: %s", tc.name, strings.TrimSpace(r.Stderr))
 	}
 	if r := d.MustCLI("image", "ls"); strings.Contains(r.Stdout, "dotdot") || strings.Contains(r.Stdout, "through") || strings.Contains(r.Stdout, "corrupt") {
 		t.Errorf("refused images listed:\n%s", r.Stdout)
