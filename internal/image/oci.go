@@ -228,8 +228,8 @@ func importTree(ctx context.Context, steps stepRunner, tools func(string) bool, 
 		if facts.pm == nil {
 			return false, "", model.Errorf(model.EINVALID, "the image has no SSH server (sshd in %s) and no package manager banger can install one with (%s): install openssh-server in the image", strings.Join(sshdPaths, ", "), pmNames())
 		}
-		if !tools("chroot") || !tools("mount") {
-			return false, "", model.Errorf(model.EUNAVAILABLE, "import image: chroot or mount not on PATH: run apt-get install coreutils mount")
+		if !tools("chroot") || !tools("mount") || !tools("unshare") {
+			return false, "", model.Errorf(model.EUNAVAILABLE, "import image: chroot, mount or unshare not on PATH: run apt-get install coreutils mount util-linux")
 		}
 		rep.report("ssh", "the image has no SSH server: installing openssh-server with %s (sandboxed)", facts.pm.name)
 		if err := installSSH(ctx, steps, logf, r, root, facts.pm, opts.NetNS); err != nil {
@@ -293,15 +293,18 @@ func installSSH(ctx context.Context, steps stepRunner, logf *os.File, r *imageRo
 }
 
 // sandboxArgv runs script in the tree passed as descriptor 3: with the
-// host's shell and tools it mounts a small /dev (null, zero, full,
+// host's shell and tools it enters the tree, makes its own mount
+// namespace (after the cd, so the working directory is the new
+// namespace's copy of the tree and mounts on it work: the descriptor
+// itself names the host's), mounts a small /dev (null, zero, full,
 // random, urandom, tty bound from the host: the sandbox's root cannot
 // open the host's other devices anyway) and /proc, then chroots into the
 // tree and runs script with the image's /bin/sh. The tree is reached
 // through the descriptor because the sandbox cannot search the daemon's
 // directories.
 func sandboxArgv(script string) []string {
-	outer := `set -eu
-cd /proc/self/fd/3
+	enter := `cd /proc/self/fd/3 && exec unshare --mount --propagation private /bin/sh -c "$1" banger-sandbox "$2"`
+	inside := `set -eu
 mount -t tmpfs -o mode=0755,size=1m banger-dev dev
 for d in null zero full random urandom tty; do
 	: >"dev/$d"
@@ -310,7 +313,7 @@ done
 ln -s /proc/self/fd dev/fd
 mount -t proc proc proc
 exec chroot . /bin/sh -c "$1"`
-	return []string{"/bin/sh", "-c", outer, "banger-sandbox", script}
+	return []string{"/bin/sh", "-c", enter, "banger-sandbox", inside, script}
 }
 
 // storeTree archives root into the cache under a temporary name, renames

@@ -82,9 +82,17 @@ func (procRunner) RunStep(ctx context.Context, log *os.File, s step) error {
 		attr.UidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: sandboxUIDBase, Size: sandboxIDCount}}
 		attr.GidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: sandboxUIDBase, Size: sandboxIDCount}}
 		attr.GidMappingsEnableSetgroups = true
+		// The daemon's uid 0 is not mapped in the sandbox: without a
+		// change of ids the step would run as the overflow uid and lose
+		// its capabilities at exec (and mount refuses to run for it).
+		attr.Credential = &syscall.Credential{Uid: 0, Gid: 0}
 		// The sandbox's root cannot search the daemon's directories: it
-		// reaches what it needs through inherited descriptors.
+		// reaches what it needs through inherited descriptors. A mount
+		// namespace made here would hold the host's mounts under those
+		// descriptors, where the sandbox cannot mount: the step makes its
+		// own once it stands in its tree (sandboxArgv).
 		cmd.Dir = "/"
+		attr.Unshareflags &^= syscall.CLONE_NEWNS
 	}
 	cmd.ExtraFiles = s.Files
 	cmd.SysProcAttr = attr
