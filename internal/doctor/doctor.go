@@ -28,6 +28,13 @@ type Input struct {
 	// made on this host (from storage.DetectStrategy).
 	OverlayStrategy string
 	OverlayReason   string
+	// StoragePool describes the storage pool (its file, mount, space,
+	// and whether new VMs use it) or why there is none; StoragePoolLow
+	// says its space is nearly gone; StoragePoolErr says it could not be
+	// read.
+	StoragePool    string
+	StoragePoolLow bool
+	StoragePoolErr error
 	// Paths of host files, for tests; zero values mean the real ones.
 	Root string
 }
@@ -42,6 +49,7 @@ func Host(ctx context.Context, in Input, runner hostexec.Runner) []api.DoctorChe
 		c.qemu(),
 		c.deviceMapper(ctx),
 		c.overlay(),
+		c.storagePool(),
 		c.loop(),
 		c.tun(),
 		c.iptables(ctx),
@@ -158,6 +166,21 @@ func (c *checker) overlay() api.DoctorCheck {
 	default:
 		return warn(name, c.in.OverlayStrategy+": "+c.in.OverlayReason, "put state_dir on XFS or btrfs (reflink), or enable device-mapper, for instant system disks")
 	}
+}
+
+func (c *checker) storagePool() api.DoctorCheck {
+	const name = "storage-pool"
+	switch {
+	case c.in.StoragePoolErr != nil:
+		return fail(name, fmt.Sprintf("storage pool: %v", c.in.StoragePoolErr), "check the pool's mount (findmnt) and restart bangerd")
+	case c.in.StoragePool == "":
+		return warn(name, "storage pool unknown (daemon not consulted)", "run `banger doctor` with bangerd running")
+	case c.in.StoragePoolLow:
+		return fail(name, c.in.StoragePool, "free space on the filesystem holding the pool file, or remove VMs: VM disks cannot be made")
+	case strings.Contains(c.in.StoragePool, "unusable"):
+		return warn(name, c.in.StoragePool, "install xfsprogs and check loop devices work (modprobe loop), or set storage_pool = \"off\"")
+	}
+	return pass(name, c.in.StoragePool)
 }
 
 func (c *checker) loop() api.DoctorCheck {
