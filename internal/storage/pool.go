@@ -212,7 +212,24 @@ func (p *Pool) mount(ctx context.Context) error {
 	if loop != "" {
 		args = mountDevArgs(loop, p.Dir)
 	}
-	if _, err := p.m.run.Run(ctx, "mount", args...); err != nil {
+	_, err = p.m.run.Run(ctx, "mount", args...)
+	if err != nil && loop != "" {
+		// The loop an earlier daemon left may be going away (the last
+		// mount of it just ended, and the kernel clears it): once it
+		// is gone, attach a fresh one.
+		for i := 0; i < 10 && loop != ""; i++ {
+			if serr := p.m.sleep(ctx, 50*time.Millisecond); serr != nil {
+				return serr
+			}
+			if loop, err = p.loop(ctx); err != nil {
+				return err
+			}
+		}
+		if loop == "" {
+			_, err = p.m.run.Run(ctx, "mount", mountLoopArgs(p.File, p.Dir)...)
+		}
+	}
+	if err != nil {
 		return fmt.Errorf("mount storage pool %s on %s: %w", p.File, p.Dir, err)
 	}
 	p.m.logger.Info("storage pool mounted", "file", p.File, "dir", p.Dir, "reused_loop", loop)

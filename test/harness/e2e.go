@@ -193,7 +193,7 @@ func (d *Daemon) Leftovers(t testing.TB, poolSize int) []string {
 	}
 	// Disks in the storage pool: only rows' (the pool is mounted in the
 	// daemon's mount namespace, so look through its eyes).
-	if pool, err := d.InNetns("sh", "-c", "ls -A "+filepath.Join(d.StateDir, "pool", "vms")+" 2>/dev/null || true"); err == nil {
+	if pool, err := d.InMounts("sh", "-c", "ls -A "+filepath.Join(d.StateDir, "pool", "vms")+" 2>/dev/null || true"); err == nil {
 		for _, name := range strings.Fields(pool) {
 			if !dirs[name] {
 				out = append(out, "pool disks without a row: "+name)

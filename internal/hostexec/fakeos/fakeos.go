@@ -55,8 +55,6 @@ type OS struct {
 	Nft map[string]*NftTable
 	// Mounts are mounted filesystems by mount point (pool.go).
 	Mounts map[string]*Mount
-	// Filesystems are the filesystem types mkfs made, by file.
-	Filesystems map[string]string
 
 	// Fail makes the next command whose argv starts with the key fail
 	// with the value as its output.
@@ -72,17 +70,16 @@ type handler func(o *OS, args []string, stdin string) (string, error)
 // New returns an empty host with the standard iptables chains.
 func New() *OS {
 	o := &OS{
-		Links:       map[string]*Link{"lo": {Name: "lo", Kind: "loopback", Up: true}},
-		Rules:       map[string][]string{},
-		Sysctl:      map[string]string{"net.ipv4.ip_forward": "0"},
-		Loops:       map[string]*Loop{},
-		DM:          map[string]*DMDevice{},
-		HostKeys:    map[string]string{},
-		Nft:         map[string]*NftTable{},
-		Mounts:      map[string]*Mount{},
-		Filesystems: map[string]string{},
-		Fail:        map[string]string{},
-		handlers:    map[string]handler{},
+		Links:    map[string]*Link{"lo": {Name: "lo", Kind: "loopback", Up: true}},
+		Rules:    map[string][]string{},
+		Sysctl:   map[string]string{"net.ipv4.ip_forward": "0"},
+		Loops:    map[string]*Loop{},
+		DM:       map[string]*DMDevice{},
+		HostKeys: map[string]string{},
+		Nft:      map[string]*NftTable{},
+		Mounts:   map[string]*Mount{},
+		Fail:     map[string]string{},
+		handlers: map[string]handler{},
 	}
 	for _, c := range []string{"filter/INPUT", "filter/FORWARD", "filter/OUTPUT", "nat/PREROUTING", "nat/INPUT", "nat/OUTPUT", "nat/POSTROUTING"} {
 		o.Rules[c] = nil

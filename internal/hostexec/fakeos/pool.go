@@ -31,6 +31,23 @@ type Mount struct {
 	Grown int
 }
 
+// xfsMagic starts an XFS superblock.
+const xfsMagic = "XFSB"
+
+// fsType is the filesystem in file, as far as the fake knows them.
+func fsType(file string) string {
+	f, err := os.Open(file)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	b := make([]byte, 4)
+	if _, err := f.ReadAt(b, 0); err == nil && string(b) == xfsMagic {
+		return "xfs"
+	}
+	return ""
+}
+
 // mkfsXFS handles `mkfs.xfs -q -m reflink=1 -L LABEL FILE`.
 func (o *OS) mkfsXFS(args []string, _ string) (string, error) {
 	if len(args) != 6 || args[0] != "-q" || args[1] != "-m" || args[2] != "reflink=1" || args[3] != "-L" {
@@ -40,8 +57,16 @@ func (o *OS) mkfsXFS(args []string, _ string) (string, error) {
 	if err != nil || fi.Size() < 300<<20 {
 		return fmt.Sprintf("mkfs.xfs: %s: not a file of at least 300 MiB\n", args[5]), fmt.Errorf("exit status 1")
 	}
-	p, _ := realPath(args[5])
-	o.Filesystems[p] = "xfs"
+	// The superblock's magic, as mkfs.xfs writes it: mount reads it
+	// back, whatever the file is renamed to.
+	f, err := os.OpenFile(args[5], os.O_WRONLY, 0)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	if _, err := f.WriteAt([]byte(xfsMagic), 0); err != nil {
+		return "", err
+	}
 	return "", nil
 }
 
@@ -83,7 +108,7 @@ func (o *OS) mount(args []string, _ string) (string, error) {
 	} else {
 		return fmt.Sprintf("mount: %s: special device %s does not exist.\n", dir, src), fmt.Errorf("exit status 32")
 	}
-	if o.Filesystems[file] != fstype {
+	if fsType(file) != fstype {
 		return fmt.Sprintf("mount: %s: wrong fs type, bad option, bad superblock on %s.\n", dir, src), fmt.Errorf("exit status 32")
 	}
 	o.Mounts[dir] = &Mount{Source: src, Dir: dir, FSType: fstype}
