@@ -255,3 +255,26 @@ func (d *Daemon) vmPoolView(vm model.VMRecord) string {
 	}
 	return fmt.Sprintf("%s: %s", d.pool.Dir, u)
 }
+
+// warmPool makes the pool templates of a new image for VMs of the
+// default sizes, so their first start clones instead of copying. A
+// failure is only logged: the first start makes what is missing.
+func (d *Daemon) warmPool(ctx context.Context, img model.Image) {
+	if d.pool == nil || d.strategy != storage.StrategyPool {
+		return
+	}
+	spec := d.specFromRequest(model.VMCreateRequest{})
+	ctx = context.WithoutCancel(ctx)
+	if _, err := d.pool.Template(ctx, img.RootfsPath, spec.SystemOverlaySizeByte); err != nil {
+		d.logger.Warn("storage pool: rootfs template", "image", img.Name, "err", err)
+	}
+	if img.WorkSeedPath == "" {
+		return
+	}
+	if fi, err := os.Stat(img.WorkSeedPath); err != nil || fi.Size() > spec.WorkDiskSizeBytes {
+		return
+	}
+	if _, err := d.pool.Template(ctx, img.WorkSeedPath, spec.WorkDiskSizeBytes); err != nil {
+		d.logger.Warn("storage pool: work seed template", "image", img.Name, "err", err)
+	}
+}

@@ -154,3 +154,22 @@ func TestPoolVMRefusedWithoutPool(t *testing.T) {
 		t.Error("a disk dir was made under the unmounted pool's mount point")
 	}
 }
+
+func TestPoolWarmedAtRegisterSoFirstStartOnlyClones(t *testing.T) {
+	e := newPoolDaemon(t)
+	img, err := e.d.store.GetImage(e.ctx, strings.Repeat("a", 64))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.d.warmPool(e.ctx, img)
+	before := len(e.os.Runner().Calls())
+	e.create(t, "one", false)
+	if _, err := e.d.StartVM(e.ctx, "one", api.NoProgress); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range e.os.Runner().Calls()[before:] {
+		if strings.HasPrefix(c, "e2fsck") || strings.HasPrefix(c, "resize2fs") || strings.HasPrefix(c, "mkfs") {
+			t.Errorf("first start after warming ran %q", c)
+		}
+	}
+}
