@@ -236,7 +236,9 @@ func (d *Daemon) poolStatus() (string, bool, error) {
 	if err != nil {
 		return "", false, err
 	}
-	low := u.FreeBytes < storage.PoolHeadroom && u.HostFreeBytes < 2*storage.PoolHeadroom
+	// A new disk needs the headroom, backed by the host beyond its
+	// reserve (storage.Pool.Reserve).
+	low := u.HostFreeBytes < 2*storage.PoolHeadroom
 	return fmt.Sprintf("%s on %s: %s (%s)", d.pool.File, d.pool.Dir, u, d.poolReason), low, nil
 }
 

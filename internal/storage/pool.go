@@ -289,19 +289,18 @@ func (p *Pool) reserveLocked(ctx context.Context, need int64) error {
 		return fmt.Errorf("storage pool: %w", err)
 	}
 	want := need + PoolHeadroom
+	// The pool file is sparse: what the pool has free, the host must
+	// still be able to back.
+	room := u.HostFreeBytes - hostReserve
+	if room < want {
+		return model.Errorf(model.EUNAVAILABLE, "storage pool is short of space: a new disk needs %s free, and the filesystem holding %s can back %s more (%s); free space there, or remove VMs or images", model.FormatSizeBytes(want), p.File, model.FormatSizeBytes(max(room, 0)), u)
+	}
 	if u.FreeBytes >= want {
 		return nil
 	}
 	// Grow by what is missing, and at least a quarter, so growth is
 	// rare.
-	grow := max(want-u.FreeBytes, u.SizeBytes/4)
-	// The host must hold what the pool file does not yet occupy.
-	unbacked := u.SizeBytes - u.AllocatedBytes
-	room := u.HostFreeBytes - hostReserve - max(unbacked, 0)
-	if room < want-u.FreeBytes {
-		return model.Errorf(model.EUNAVAILABLE, "storage pool is full: it needs %s free and has %s (%s), and the host cannot back more; free space on the filesystem holding %s, or remove VMs", model.FormatSizeBytes(want), model.FormatSizeBytes(u.FreeBytes), u, p.File)
-	}
-	grow = min(grow, room)
+	grow := min(max(want-u.FreeBytes, u.SizeBytes/4), room)
 	if err := p.grow(ctx, u.SizeBytes+grow); err != nil {
 		return err
 	}

@@ -185,11 +185,16 @@ func TestPoolReserveGrowsOrRefuses(t *testing.T) {
 	before := fileSize(t, e.spec.File)
 	e.hostFree = 2 << 30
 	err = p.Reserve(ctx, 4<<30)
-	if model.ErrorCode(err) != model.EUNAVAILABLE || !strings.Contains(err.Error(), "storage pool is full") {
+	if model.ErrorCode(err) != model.EUNAVAILABLE || !strings.Contains(err.Error(), "storage pool is short of space") {
 		t.Errorf("err %v, want EUNAVAILABLE pool full", err)
 	}
 	if fileSize(t, e.spec.File) != before || e.o.Mounts[e.spec.Dir].Grown != 1 {
 		t.Error("a refused reserve changed the pool")
+	}
+	// Room in the pool that the host cannot back is no room.
+	e.free, e.hostFree = 8<<30, 1<<30+512<<20
+	if err := p.Reserve(ctx, 0); model.ErrorCode(err) != model.EUNAVAILABLE {
+		t.Errorf("reserve with the host short: %v, want EUNAVAILABLE", err)
 	}
 }
 

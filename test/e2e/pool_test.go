@@ -104,3 +104,34 @@ func poolLoops(t *testing.T, stateDir string) []string {
 	}
 	return strings.Fields(string(out))
 }
+
+// TestStoragePoolFull puts the pool file on a filesystem too small to
+// back an image's templates: registering the image still works (the
+// templates are an optimisation), and creating a VM fails before any
+// boot with a clear error that leaves nothing behind.
+func TestStoragePoolFull(t *testing.T) {
+	a := harness.RequireArtifacts(t)
+	small := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=400m", "tmpfs", small).CombinedOutput(); err != nil {
+		t.Fatalf("mount tmpfs: %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", small).Run() })
+	d := harness.NewE2EDaemon(t, a, `storage_pool = "`+filepath.Join(small, "pool.img")+`"`)
+	r := d.CLI("vm", "create", "big", "--vcpus", "1", "--memory", "384M")
+	if r.Code == 0 {
+		t.Fatalf("create with a pool the host cannot back succeeded: %s", r)
+	}
+	t.Logf("create with a full pool: %s", strings.TrimSpace(r.Stderr))
+	if !strings.Contains(r.Stderr, "storage pool is short of space") {
+		t.Errorf("error does not say the pool is short: %s", r.Stderr)
+	}
+	if r := d.MustCLI("vm", "ls", "-q"); strings.TrimSpace(r.Stdout) != "" {
+		t.Errorf("a VM row was left: %q", r.Stdout)
+	}
+	if r := d.CLI("doctor"); !regexp.MustCompile(`FAIL\s+storage-pool`).MatchString(r.Stdout) {
+		t.Errorf("doctor does not fail the short pool:\n%s", r.Stdout)
+	}
+	if lo := d.Leftovers(t, 2); len(lo) > 0 {
+		t.Errorf("leftovers: %v", lo)
+	}
+}
