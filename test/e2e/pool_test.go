@@ -27,7 +27,9 @@ func TestStoragePool(t *testing.T) {
 		t.Skip("this host has device-mapper: storage_pool = \"auto\" does not use a pool")
 	}
 
-	r := d.MustCLI("doctor")
+	// doctor exits 1 when a check fails (this host has no Firecracker,
+	// say): only the pool's line matters here.
+	r := d.CLI("doctor")
 	if !regexp.MustCompile(`PASS\s+storage-pool\s+\S+/pool\.img on \S+/pool: .* free of .* \(in use\)`).MatchString(r.Stdout) {
 		t.Errorf("doctor does not report the pool in use:\n%s", r.Stdout)
 	}
