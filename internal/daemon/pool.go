@@ -123,9 +123,13 @@ func (d *Daemon) poolDisks(ctx context.Context, vm model.VMRecord, img model.Ima
 	if err := d.requirePool(vm); err != nil {
 		return "", err
 	}
+	if !needOverlay && !needWork {
+		return img.WorkSeedPath, nil
+	}
 	if err := os.MkdirAll(filepath.Dir(vm.Runtime.SystemOverlay), 0o700); err != nil {
 		return "", fmt.Errorf("pool disk dir: %w", err)
 	}
+	// New disks need room for the guest's first writes.
 	if err := d.pool.Reserve(ctx, 0); err != nil {
 		return "", err
 	}
