@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 
 	"banger/internal/model"
@@ -232,9 +233,9 @@ func (d *Daemon) reconcilePool(ctx context.Context, rows []vmObservation) error 
 
 // poolStatus describes the storage pool for doctor: its state and
 // space, and whether new VMs use it.
-func (d *Daemon) poolStatus() (string, bool, error) {
+func (d *Daemon) poolStatus(ctx context.Context) (string, bool, error) {
 	if d.pool == nil {
-		return d.poolReason, false, nil
+		return d.poolReason + d.strategyCounts(ctx), false, nil
 	}
 	u, err := d.pool.Usage()
 	if err != nil {
@@ -243,7 +244,34 @@ func (d *Daemon) poolStatus() (string, bool, error) {
 	// A new disk needs the headroom, backed by the host beyond its
 	// reserve (storage.Pool.Reserve).
 	low := u.HostFreeBytes < 2*storage.PoolHeadroom
-	return fmt.Sprintf("%s on %s: %s (%s)", d.pool.File, d.pool.Dir, u, d.poolReason), low, nil
+	return fmt.Sprintf("%s on %s: %s (%s)%s", d.pool.File, d.pool.Dir, u, d.poolReason, d.strategyCounts(ctx)), low, nil
+}
+
+// strategyCounts says how many VMs use each disk strategy, as
+// "; VMs' disks: 2 pool, 1 copy", or "" without VMs.
+func (d *Daemon) strategyCounts(ctx context.Context) string {
+	vms, err := d.store.ListVMs(ctx)
+	if err != nil || len(vms) == 0 {
+		return ""
+	}
+	n := map[string]int{}
+	for _, vm := range vms {
+		st := vm.Runtime.OverlayStrategy
+		if st == "" {
+			st = "not yet made"
+		}
+		n[st]++
+	}
+	keys := make([]string, 0, len(n))
+	for k := range n {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%d %s", n[k], k)
+	}
+	return "; VMs' disks: " + strings.Join(parts, ", ")
 }
 
 // vmPoolView says, for `vm inspect`, where a VM's disks are: the pool's

@@ -126,7 +126,7 @@ func TestPoolVMDisksAreClonedInThePool(t *testing.T) {
 	if v, _ := e.d.GetVM(e.ctx, "old"); v.DiskPool != "" {
 		t.Errorf("old vm's inspect names the pool: %q", v.DiskPool)
 	}
-	if desc, low, err := e.d.poolStatus(); err != nil || low || !strings.Contains(desc, "in use") {
+	if desc, low, err := e.d.poolStatus(e.ctx); err != nil || low || !strings.Contains(desc, "in use") || !strings.Contains(desc, "VMs' disks: 1 copy, 1 pool") {
 		t.Errorf("pool status %q low %v err %v", desc, low, err)
 	}
 	// Delete removes the disks in the pool.
