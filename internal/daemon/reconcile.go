@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"time"
 
 	"banger/internal/model"
@@ -52,7 +53,11 @@ func (d *Daemon) reconcile(ctx context.Context, why string) error {
 func (d *Daemon) observeHost(ctx context.Context) (hostObservation, error) {
 	host := hostObservation{StateDir: d.cfg.StateDir}
 	if d.pool != nil {
+		// As the kernel names a loop's backing file: symlinks resolved.
 		host.PoolFile = d.pool.File
+		if p, err := filepath.EvalSymlinks(d.pool.File); err == nil {
+			host.PoolFile = p
+		}
 	}
 	var errs []error
 	if taps, err := d.net.ListTaps(ctx); err == nil {
