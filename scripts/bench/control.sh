@@ -15,15 +15,16 @@ log_level = "warn"'
 
 # client ID: ops create/rm pairs of VMs named cID-N.
 client() {
+	set -e
 	for i in $(seq "$ops"); do
-		"$bin/banger" vm create --no-start -q "c$1-$i" >/dev/null
-		"$bin/banger" vm rm "c$1-$i" >/dev/null
+		"$bin/banger" vm create --no-start -q "c$1-$i" >/dev/null 2>&1
+		"$bin/banger" vm rm "c$1-$i" >/dev/null 2>&1
 	done
 }
 export -f client
 export bin ops
 
-echo "== create --no-start + rm, $ops per client"
+echo "== create --no-start + rm, $ops per client (load average now: $(cut -d' ' -f1-3 /proc/loadavg))"
 for clients in 1 8; do
 	t0=$(date +%s.%N)
 	seq "$clients" | xargs -P "$clients" -I{} bash -c 'client {}'
@@ -32,7 +33,7 @@ for clients in 1 8; do
 done
 
 echo "== vm ls with $vms VMs"
-seq "$vms" | xargs -P 8 -I{} "$bin/banger" vm create --no-start -q "l{}" >/dev/null
+seq "$vms" | xargs -P 8 -I{} "$bin/banger" vm create --no-start -q "l{}" >/dev/null 2>&1
 : > "$bench_dir/ls.txt"
 for i in $(seq 20); do
 	t0=$(date +%s%N)
