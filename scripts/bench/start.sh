@@ -24,7 +24,7 @@ out=$(mktemp -d /tmp/bgbs.XXXXXX)
 start_samples() {
 	bench_daemon_start "start-$1" "log_level = \"debug\"
 storage_pool = \"$1\""
-	"$bin/banger" vm create --no-start s1 --vcpus 1 --memory 384M >/dev/null
+	"$bin/banger" vm create --no-start -q s1 --vcpus 1 --memory 384M >/dev/null 2>&1
 	for i in $(seq "$n"); do
 		"$bin/banger" vm start -q s1 >/dev/null
 		"$bin/banger" vm kill s1 >/dev/null
@@ -41,7 +41,7 @@ storage_pool = \"$1\""
 stat() { awk -v s="$2" '$1 == s {print $2}' "$out/$1.steps" | percentile "$3"; }
 
 if [[ " $sections " == *" 1 "* ]]; then
-	echo "== 1. host-side start over $n starts (first start included), ms: storage pool vs storage_pool = off"
+	echo "== 1. host-side start over $n starts (first start included), ms: storage pool vs storage_pool = off (load average: $(cut -d' ' -f1-3 /proc/loadavg))"
 	start_samples auto
 	start_samples off
 	for m in auto off; do echo "   $m: system disk $(cat "$out/$m.disk")"; done
