@@ -60,6 +60,7 @@ func (d *Daemon) GetVM(ctx context.Context, ref string) (api.VMView, error) {
 		v.ImageName = img.Name
 		v.ImageConfig = img.Config
 	}
+	v.DiskPool = d.vmPoolView(vm)
 	return v, nil
 }
 
@@ -294,6 +295,7 @@ func (d *Daemon) insertVM(ctx context.Context, req model.VMCreateRequest, spec m
 			DNSName:  model.DNSName(req.Name, d.cfg.DNSDomain),
 		},
 	}
+	vm.Runtime.OverlayStrategy = d.newVMStrategy()
 	d.layout.vmPaths(id, &vm.Runtime)
 	if err := d.store.CreateVM(ctx, vm); err != nil {
 		return model.VMRecord{}, err
@@ -308,6 +310,7 @@ func (d *Daemon) deleteCreated(vm model.VMRecord) {
 		d.logger.Warn("undo create: delete row", "vm", vm.Name, "err", err)
 	}
 	os.RemoveAll(vm.Runtime.VMDir)
+	d.removePoolDisks(vm)
 }
 
 // SetVM implements api.Backend.
