@@ -126,6 +126,14 @@ func debianRoot(t testing.TB) string {
 	return debianDir
 }
 
+// removeDebianRoot removes the tree debianRoot extracted, once every
+// test of the binary has run.
+func removeDebianRoot() {
+	if debianDir != "" {
+		os.RemoveAll(debianDir)
+	}
+}
+
 // inRoot resolves p (absolute inside root) through the links of root's
 // tree, as the guest would, and returns the host path.
 func inRoot(t testing.TB, root, p string) string {
