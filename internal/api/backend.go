@@ -83,6 +83,10 @@ type Backend interface {
 	// closes the connection; the daemon counts it as activity while open.
 	// ENOTFOUND, EINVALID (port), ECONFLICT (not running).
 	Connect(ctx context.Context, ref string, port int) (net.Conn, error)
+	// Hold counts a VM as in use until release is called, as an open
+	// connect stream does, without a connection to the guest: no idle
+	// policy acts on it meanwhile. ENOTFOUND, ECONFLICT (not running).
+	Hold(ctx context.Context, ref string) (release func(), err error)
 
 	WorkspaceBackend
 	ImageUploadBackend
