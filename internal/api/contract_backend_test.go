@@ -142,7 +142,9 @@ func fillStruct(v reflect.Value, s *openapi3.Schema) {
 	}
 }
 
-func (b *contractBackend) Version(context.Context) VersionInfo { return full[VersionInfo](b, "VersionInfo") }
+func (b *contractBackend) Version(context.Context) VersionInfo {
+	return full[VersionInfo](b, "VersionInfo")
+}
 func (b *contractBackend) Doctor(context.Context) []DoctorCheck {
 	return []DoctorCheck{full[DoctorCheck](b, "DoctorCheck")}
 }

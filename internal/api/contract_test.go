@@ -501,14 +501,18 @@ func TestOpenAPIContract(t *testing.T) {
 			_, err := c.SetVM(ctx, model.VMSetRequest{IDOrName: "dev", VCPUCount: &n, MemoryMiB: &n, WorkDiskSizeBytes: &size, NATEnabled: &yes, AutoStopAfterSeconds: &secs, Egress: &model.EgressPolicy{Mode: "none"}})
 			return err
 		}},
-		{"DeleteVM", func(ctx context.Context, c *Client) error { return c.DeleteVM(ctx, "dev", VMDeleteOptions{Force: true}, progress) }},
+		{"DeleteVM", func(ctx context.Context, c *Client) error {
+			return c.DeleteVM(ctx, "dev", VMDeleteOptions{Force: true}, progress)
+		}},
 		{"StartVM", func(ctx context.Context, c *Client) error { _, err := c.StartVM(ctx, "dev", progress); return err }},
 		{"StopVM", func(ctx context.Context, c *Client) error { _, err := c.StopVM(ctx, "dev", progress); return err }},
 		{"KillVM", func(ctx context.Context, c *Client) error { _, err := c.KillVM(ctx, "dev"); return err }},
 		{"RestartVM", func(ctx context.Context, c *Client) error { _, err := c.RestartVM(ctx, "dev", progress); return err }},
 		{"ResetSystem", func(ctx context.Context, c *Client) error { _, err := c.ResetSystem(ctx, "dev"); return err }},
 		{"VMStats", func(ctx context.Context, c *Client) error { _, err := c.VMStats(ctx, "dev"); return err }},
-		{"Logs", func(ctx context.Context, c *Client) error { return c.Logs(ctx, "dev", LogsOptions{Tail: 10}, io.Discard) }},
+		{"Logs", func(ctx context.Context, c *Client) error {
+			return c.Logs(ctx, "dev", LogsOptions{Tail: 10}, io.Discard)
+		}},
 		{"Connect", func(ctx context.Context, c *Client) error {
 			conn, err := c.Connect(ctx, "dev", 8080)
 			if err != nil {
@@ -530,13 +534,19 @@ func TestOpenAPIContract(t *testing.T) {
 			return h.Close()
 		}},
 		{"ListWorkspaces", func(ctx context.Context, c *Client) error { _, err := c.ListWorkspaces(ctx); return err }},
-		{"GetWorkspace", func(ctx context.Context, c *Client) error { _, err := c.GetWorkspace(ctx, "dev", "/root/proj"); return err }},
+		{"GetWorkspace", func(ctx context.Context, c *Client) error {
+			_, err := c.GetWorkspace(ctx, "dev", "/root/proj")
+			return err
+		}},
 		{"PrepareWorkspace", func(ctx context.Context, c *Client) error {
 			_, err := c.PrepareWorkspace(ctx, "dev", WorkspacePrepareRequest{Mode: model.WorkspacePrepareModeFullCopy, Branch: "banger/dev", GuestPath: "/root/proj", SourcePath: "/src/proj",
 				RepoRoot: "/src/proj", RepoName: "proj", HeadCommit: "abc", CurrentBranch: "main", UserName: "U", UserEmail: "u@example.com", Force: true}, payload, progress)
 			return err
 		}},
-		{"CaptureWorkspace", func(ctx context.Context, c *Client) error { _, err := c.CaptureWorkspace(ctx, "dev", "/root/proj", progress); return err }},
+		{"CaptureWorkspace", func(ctx context.Context, c *Client) error {
+			_, err := c.CaptureWorkspace(ctx, "dev", "/root/proj", progress)
+			return err
+		}},
 		{"DownloadWorkspaceBundle", func(ctx context.Context, c *Client) error {
 			_, err := c.DownloadWorkspaceBundle(ctx, "dev", "/root/proj", io.Discard)
 			return err
@@ -552,7 +562,10 @@ func TestOpenAPIContract(t *testing.T) {
 			return c.WorkspaceGit(ctx, "dev", WorkspaceGitRequest{Kind: "diff", Stat: true}, io.Discard)
 		}},
 		{"FileSyncEntries", func(ctx context.Context, c *Client) error { _, err := c.FileSyncEntries(ctx); return err }},
-		{"UploadFileSync", func(ctx context.Context, c *Client) error { _, err := c.UploadFileSync(ctx, "dev", payload); return err }},
+		{"UploadFileSync", func(ctx context.Context, c *Client) error {
+			_, err := c.UploadFileSync(ctx, "dev", payload)
+			return err
+		}},
 	}
 
 	// Every exported Client method is here (Socket asks nothing).
