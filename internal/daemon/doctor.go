@@ -39,7 +39,7 @@ func (d *Daemon) vmmBinary() string {
 func (d *Daemon) Doctor(ctx context.Context) []api.DoctorCheck {
 	in := doctor.Input{Config: d.cfg, VMMPath: d.vmmBinary()}
 	in.OverlayStrategy, in.OverlayReason = d.overlayStrategy(ctx)
-	return doctor.Host(ctx, in, d.runner)
+	return append(doctor.Host(ctx, in, d.runner), d.hostDNSCheck(ctx))
 }
 
 // overlayStrategy says how system overlays are made here (detected at
