@@ -161,12 +161,15 @@ func TestMCPVMTools(t *testing.T) {
 	if req.MemoryMiB != 1024 || req.WorkDiskSizeBytes != 4<<30 || !req.NATEnabled || !req.NATSet || req.AutoStopAfterSeconds == nil || *req.AutoStopAfterSeconds != 1800 || len(req.SSHPublicKeys) == 0 {
 		t.Errorf("create request: %+v", req)
 	}
-	e.mu.Lock()
-	got := strings.Join(e.progress, "\n")
-	e.mu.Unlock()
-	if !strings.Contains(got, "disks: made") || !strings.Contains(got, "ready: SSH answered") {
-		t.Errorf("progress of vm_create: %q", got)
-	}
+	// Notifications are handled apart from results: they may come a
+	// moment later.
+	got := ""
+	harnessWait(t, func() bool {
+		e.mu.Lock()
+		got = strings.Join(e.progress, "\n")
+		e.mu.Unlock()
+		return strings.Contains(got, "disks: made") && strings.Contains(got, "ready: SSH answered")
+	}, "vm_create's progress")
 
 	var list vmListOut
 	e.mustCall("vm_list", nil, &list)

@@ -206,6 +206,11 @@ func (s *mcpServer) vmCreate(ctx context.Context, req *mcp.CallToolRequest, in v
 		}
 	}
 	p := newProgress(ctx, req)
+	// The user's banger key is made once (calls run concurrently), then
+	// authorized with the user's other keys.
+	if _, err := s.userSigner(); err != nil {
+		p.note(fmt.Sprintf("warning: your banger key: %v", err))
+	}
 	keys, err := s.app.userPublicKeys()
 	if err != nil {
 		p.note(fmt.Sprintf("warning: no SSH key of yours will be authorized in the VM: %v", err))

@@ -177,12 +177,13 @@ func TestAgentSession(t *testing.T) {
 	if created.VM.State != "running" {
 		t.Fatalf("vm_create: %+v", created)
 	}
-	ag.mu.Lock()
-	prog := strings.Join(ag.progress, "\n")
-	ag.mu.Unlock()
-	if !strings.Contains(prog, "vm_create: ready") {
-		t.Errorf("vm_create's progress lacks the ready step:\n%s", prog)
-	}
+	// Notifications are handled apart from results: they may come a
+	// moment later.
+	harness.WaitFor(t, 10*time.Second, "vm_create's progress to report the ready step", func() bool {
+		ag.mu.Lock()
+		defer ag.mu.Unlock()
+		return strings.Contains(strings.Join(ag.progress, "\n"), "vm_create: ready")
+	})
 	if v := d.VM(t, "agent"); v.OwnerUID != nobody {
 		t.Errorf("the VM belongs to uid %d, not the user who ran banger mcp", v.OwnerUID)
 	}
