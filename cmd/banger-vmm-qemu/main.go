@@ -264,14 +264,8 @@ type startupRequest struct {
 
 // startupRequests are the logger and metrics the command line asks for,
 // as API calls.
-func (f *fcFlags) startupRequests() []struct {
-	path string
-	body []byte
-} {
-	var out []struct {
-		path string
-		body []byte
-	}
+func (f *fcFlags) startupRequests() []startupRequest {
+	var out []startupRequest
 	if f.logPath != "" || f.level != "" || f.showLevel || f.showLogOrigin {
 		l := map[string]any{"show_level": f.showLevel, "show_log_origin": f.showLogOrigin}
 		if f.logPath != "" {
@@ -281,17 +275,11 @@ func (f *fcFlags) startupRequests() []struct {
 			l["level"] = f.level
 		}
 		raw, _ := json.Marshal(l)
-		out = append(out, struct {
-			path string
-			body []byte
-		}{"/logger", raw})
+		out = append(out, startupRequest{"/logger", raw})
 	}
 	if f.metricsPath != "" {
 		raw, _ := json.Marshal(map[string]string{"metrics_path": f.metricsPath})
-		out = append(out, struct {
-			path string
-			body []byte
-		}{"/metrics", raw})
+		out = append(out, startupRequest{"/metrics", raw})
 	}
 	return out
 }

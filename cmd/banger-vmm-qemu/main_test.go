@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"banger/internal/qemuvmm"
 )
 
 // runCapture runs the command in-process and returns its exit code,
@@ -233,7 +235,7 @@ func TestFirecrackerFlagsRefused(t *testing.T) {
 		}
 	}
 	code, out, _ := runCapture(t, "--snapshot-version")
-	if code != 0 || out != "v1.0.0\n" {
+	if code != 0 || out != fmt.Sprintf("v%d.0.0\n", qemuvmm.SnapshotFormat) {
 		t.Errorf("--snapshot-version: %d %q", code, out)
 	}
 	notSnap := filepath.Join(dir, "x")

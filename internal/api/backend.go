@@ -63,13 +63,21 @@ type Backend interface {
 	DeleteVM(ctx context.Context, ref string, opts VMDeleteOptions, progress ProgressFunc) error
 	// StartVM: ENOTFOUND, ECONFLICT (already running), EUNAVAILABLE
 	// (the host cannot run VMs now); a failed step's error leaves the
-	// VM in state error, every step undone.
+	// VM in state error, every step undone. A suspended VM is restored
+	// from its saved state; when the restore fails it boots from its
+	// disks, with the reason in LastError and the progress.
 	StartVM(ctx context.Context, ref string, progress ProgressFunc) (VMView, error)
 	// StopVM: ENOTFOUND, ECONFLICT (several processes claim to be the
 	// VM's VMM).
 	StopVM(ctx context.Context, ref string, progress ProgressFunc) (VMView, error)
 	// KillVM: as StopVM.
 	KillVM(ctx context.Context, ref string) (VMView, error)
+	// SuspendVM saves a running VM's memory and device state in its VM
+	// directory and frees its VMM, tap and rules (state suspended; a
+	// StartVM restores it). ENOTFOUND, ECONFLICT (not running, or
+	// several processes claim to be its VMM), EUNAVAILABLE (the VMM
+	// cannot snapshot); a failed step leaves the VM running.
+	SuspendVM(ctx context.Context, ref string, progress ProgressFunc) (VMView, error)
 	// RestartVM: as StopVM, then StartVM.
 	RestartVM(ctx context.Context, ref string, progress ProgressFunc) (VMView, error)
 	// ResetSystem: ENOTFOUND, ECONFLICT (running).
@@ -81,7 +89,8 @@ type Backend interface {
 	VMLogs(ctx context.Context, ref string, opts LogsOptions, w io.Writer) error
 	// Connect opens a byte stream to a TCP port of the guest. The caller
 	// closes the connection; the daemon counts it as activity while open.
-	// ENOTFOUND, EINVALID (port), ECONFLICT (not running).
+	// A suspended VM is resumed first. ENOTFOUND, EINVALID (port),
+	// ECONFLICT (not running).
 	Connect(ctx context.Context, ref string, port int) (net.Conn, error)
 	// Hold counts a VM as in use until release is called, as an open
 	// connect stream does, without a connection to the guest: no idle

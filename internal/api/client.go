@@ -225,6 +225,13 @@ func (c *Client) KillVM(ctx context.Context, ref string) (VMView, error) {
 	return v, c.call(ctx, "POST", "/vms/"+url.PathEscape(ref)+"/kill", nil, &v)
 }
 
+// SuspendVM saves a running VM's state and frees its VMM; StartVM
+// restores it.
+func (c *Client) SuspendVM(ctx context.Context, ref string, progress func(Event)) (VMView, error) {
+	var v VMView
+	return v, c.callStream(ctx, "POST", "/vms/"+url.PathEscape(ref)+"/suspend", nil, &v, progress)
+}
+
 // RestartVM stops and starts a VM.
 func (c *Client) RestartVM(ctx context.Context, ref string, progress func(Event)) (VMView, error) {
 	var v VMView

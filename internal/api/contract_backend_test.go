@@ -206,6 +206,9 @@ func (b *contractBackend) StopVM(_ context.Context, _ string, p ProgressFunc) (V
 func (b *contractBackend) KillVM(context.Context, string) (VMView, error) {
 	return full[VMView](b, "VM"), b.err()
 }
+func (b *contractBackend) SuspendVM(_ context.Context, _ string, p ProgressFunc) (VMView, error) {
+	return streamOp[VMView](b, p, "VM")
+}
 func (b *contractBackend) RestartVM(_ context.Context, _ string, p ProgressFunc) (VMView, error) {
 	return streamOp[VMView](b, p, "VM")
 }

@@ -492,13 +492,13 @@ func TestOpenAPIContract(t *testing.T) {
 		{"CreateVM", func(ctx context.Context, c *Client) error {
 			secs := int64(60)
 			_, err := c.CreateVM(ctx, model.VMCreateRequest{Name: "dev", ImageName: "base", VCPUCount: 2, MemoryMiB: 1024, SystemOverlaySizeByte: 1 << 30, WorkDiskSizeBytes: 1 << 30,
-				NATEnabled: true, NATSet: true, AutoStopAfterSeconds: &secs, SSHPublicKeys: []string{"ssh-ed25519 AAAA"}, Egress: &model.EgressPolicy{Mode: "allow", Allow: []string{"10.0.0.0/8"}}}, progress)
+				NATEnabled: true, NATSet: true, AutoStopAfterSeconds: &secs, SSHPublicKeys: []string{"ssh-ed25519 AAAA"}, Egress: &model.EgressPolicy{Mode: "allow", Allow: []string{"10.0.0.0/8"}}, IdleAction: model.IdleSuspend}, progress)
 			return err
 		}},
 		{"SetVM", func(ctx context.Context, c *Client) error {
-			n, yes, secs := 2, true, int64(-1)
+			n, yes, secs, idle := 2, true, int64(-1), model.IdleDefault
 			size := int64(1 << 30)
-			_, err := c.SetVM(ctx, model.VMSetRequest{IDOrName: "dev", VCPUCount: &n, MemoryMiB: &n, WorkDiskSizeBytes: &size, NATEnabled: &yes, AutoStopAfterSeconds: &secs, Egress: &model.EgressPolicy{Mode: "none"}})
+			_, err := c.SetVM(ctx, model.VMSetRequest{IDOrName: "dev", VCPUCount: &n, MemoryMiB: &n, WorkDiskSizeBytes: &size, NATEnabled: &yes, AutoStopAfterSeconds: &secs, Egress: &model.EgressPolicy{Mode: "none"}, IdleAction: &idle})
 			return err
 		}},
 		{"DeleteVM", func(ctx context.Context, c *Client) error {
@@ -507,6 +507,7 @@ func TestOpenAPIContract(t *testing.T) {
 		{"StartVM", func(ctx context.Context, c *Client) error { _, err := c.StartVM(ctx, "dev", progress); return err }},
 		{"StopVM", func(ctx context.Context, c *Client) error { _, err := c.StopVM(ctx, "dev", progress); return err }},
 		{"KillVM", func(ctx context.Context, c *Client) error { _, err := c.KillVM(ctx, "dev"); return err }},
+		{"SuspendVM", func(ctx context.Context, c *Client) error { _, err := c.SuspendVM(ctx, "dev", progress); return err }},
 		{"RestartVM", func(ctx context.Context, c *Client) error { _, err := c.RestartVM(ctx, "dev", progress); return err }},
 		{"ResetSystem", func(ctx context.Context, c *Client) error { _, err := c.ResetSystem(ctx, "dev"); return err }},
 		{"VMStats", func(ctx context.Context, c *Client) error { _, err := c.VMStats(ctx, "dev"); return err }},

@@ -181,6 +181,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST "+p+"/vms/{ref}/start", s.handleStartVM)
 	mux.HandleFunc("POST "+p+"/vms/{ref}/stop", s.handleStopVM)
 	mux.HandleFunc("POST "+p+"/vms/{ref}/kill", s.handleKillVM)
+	mux.HandleFunc("POST "+p+"/vms/{ref}/suspend", s.handleSuspendVM)
 	mux.HandleFunc("POST "+p+"/vms/{ref}/restart", s.handleRestartVM)
 	mux.HandleFunc("POST "+p+"/vms/{ref}/reset-system", s.handleResetSystem)
 	mux.HandleFunc("GET "+p+"/vms/{ref}/logs", s.handleLogs)
@@ -372,6 +373,13 @@ func (s *Server) handleStopVM(w http.ResponseWriter, r *http.Request) {
 func (s *Server) handleKillVM(w http.ResponseWriter, r *http.Request) {
 	v, err := s.backend.KillVM(r.Context(), r.PathValue("ref"))
 	reply(w, v, err)
+}
+
+func (s *Server) handleSuspendVM(w http.ResponseWriter, r *http.Request) {
+	ref := r.PathValue("ref")
+	stream(w, r, func(ctx context.Context, p ProgressFunc) (any, error) {
+		return s.backend.SuspendVM(ctx, ref, p)
+	})
 }
 
 func (s *Server) handleRestartVM(w http.ResponseWriter, r *http.Request) {

@@ -109,6 +109,9 @@ type VMView struct {
 	AutoStopAt *time.Time `json:"auto_stop_at,omitempty"`
 	// PID is the VMM's process ID, when running.
 	PID int `json:"pid,omitempty"`
+	// IdleAction is what the idle policy will do to the VM: "suspend"
+	// or "stop" (its own setting, else the daemon's).
+	IdleAction string `json:"idle_action,omitempty"`
 }
 
 // DoctorCheck is one named host check.

@@ -19,27 +19,46 @@ type WorkspaceBackend interface {
 	// PrepareWorkspace checks req, then calls open to receive the
 	// repository's tar stream (not for metadata_only) and unpacks it in
 	// the guest. Errors before open reach the client as a plain reply.
+	// Returns ENOTFOUND for a VM the caller does not have, EINVALID for
+	// a bad request or upload, ECONFLICT for a VM that is not running, a
+	// work branch another workspace of the repository uses, or a guest
+	// path that holds something else or unfetched work (without Force),
+	// EUNAVAILABLE when the guest has no git or does not answer.
 	PrepareWorkspace(ctx context.Context, ref string, req WorkspacePrepareRequest, open OpenFunc, progress ProgressFunc) (model.Workspace, error)
+	// ListWorkspaces returns the workspaces of the caller's VMs.
 	ListWorkspaces(ctx context.Context) ([]model.Workspace, error)
 	// GetWorkspace returns a VM's workspace at guestPath, or its only
-	// one when guestPath is empty.
+	// one when guestPath is empty. Returns ENOTFOUND for an unknown VM or
+	// workspace, EINVALID for a bad guest path or, without one, a VM
+	// with several workspaces.
 	GetWorkspace(ctx context.Context, ref, guestPath string) (model.Workspace, error)
 	// CaptureWorkspace captures a running VM's work now (a stopped VM's
-	// last capture is returned as is).
+	// last capture is returned as is). Returns GetWorkspace's codes,
+	// EINVALID for a metadata_only workspace, ECONFLICT for a stopped VM
+	// whose work was never captured, EUNAVAILABLE when the guest does not
+	// answer.
 	CaptureWorkspace(ctx context.Context, ref, guestPath string, progress ProgressFunc) (model.Workspace, error)
 	// OpenWorkspaceBundle opens the last capture's bundle and returns its
-	// size.
+	// size. Returns GetWorkspace's codes, and ENOTFOUND when the last
+	// capture needed no bundle.
 	OpenWorkspaceBundle(ctx context.Context, ref, guestPath string) (io.ReadCloser, int64, error)
 	// MarkWorkspaceFetched records what the user brought into the host
-	// repository.
+	// repository. Returns GetWorkspace's codes, and EINVALID for a commit
+	// that is not a full object name.
 	MarkWorkspaceFetched(ctx context.Context, ref string, req WorkspaceFetchedRequest) (model.Workspace, error)
 	// WorkspaceGit writes git's diff or log of the guest's work to w.
+	// Returns GetWorkspace's codes, EINVALID for a metadata_only
+	// workspace, ECONFLICT for a VM that is not running, EUNAVAILABLE
+	// when the guest does not answer.
 	WorkspaceGit(ctx context.Context, ref string, req WorkspaceGitRequest, w io.Writer) error
 
 	// FileSyncEntries returns the configured file sync entries.
 	FileSyncEntries(ctx context.Context) ([]model.FileSyncEntry, error)
 	// UploadFileSync calls open to receive a VM's file sync tar, checks
-	// and keeps it until the VM's first boot.
+	// and keeps it until the VM's first boot. Returns ENOTFOUND for a VM
+	// the caller does not have, ECONFLICT for a running VM, EINVALID for
+	// an archive with an escaping or unsupported entry or larger than
+	// the VM's work disk.
 	UploadFileSync(ctx context.Context, ref string, open OpenFunc) (FileSyncUpload, error)
 }
 

@@ -39,6 +39,9 @@ func (a *App) prepareSSH(ctx context.Context, name string) (*sshTarget, error) {
 	if err != nil {
 		return nil, err
 	}
+	if vm, err = a.wake(ctx, vm); err != nil {
+		return nil, err
+	}
 	if vm.State != model.VMStateRunning {
 		return nil, model.Errorf(model.ECONFLICT, "vm %s is %s; start it with `banger vm start %s`", vm.Name, vm.State, vm.Name)
 	}

@@ -139,6 +139,19 @@ func (b *testBackend) StopVM(_ context.Context, ref string, p api.ProgressFunc) 
 	return b.GetVM(context.Background(), ref)
 }
 
+func (b *testBackend) SuspendVM(_ context.Context, ref string, p api.ProgressFunc) (api.VMView, error) {
+	v, err := b.GetVM(context.Background(), ref)
+	if err != nil {
+		return api.VMView{}, err
+	}
+	if v.State != model.VMStateRunning {
+		return api.VMView{}, model.Errorf(model.ECONFLICT, "vm %s is %s; only a running VM can be suspended", ref, v.State)
+	}
+	p(api.Progress{Step: "save", Message: "state saved"})
+	b.setState(ref, model.VMStateSuspended)
+	return b.GetVM(context.Background(), ref)
+}
+
 func (b *testBackend) DeleteVM(_ context.Context, ref string, opts api.VMDeleteOptions, p api.ProgressFunc) error {
 	v, err := b.GetVM(context.Background(), ref)
 	if err != nil {

@@ -143,7 +143,7 @@ func TestMCPToolsAndSchemas(t *testing.T) {
 		}
 	}
 	sort.Strings(names)
-	want := []string{"exec", "list_dir", "read_file", "vm_create", "vm_inspect", "vm_list", "vm_rm", "vm_start", "vm_stop",
+	want := []string{"exec", "list_dir", "read_file", "vm_create", "vm_inspect", "vm_list", "vm_rm", "vm_start", "vm_stop", "vm_suspend",
 		"workspace_diff", "workspace_fetch", "workspace_log", "workspace_prepare", "write_file"}
 	if !reflect.DeepEqual(names, want) {
 		t.Errorf("tools %v; want %v", names, want)
@@ -182,6 +182,17 @@ func TestMCPVMTools(t *testing.T) {
 		t.Errorf("vm_inspect: %+v", insp)
 	}
 	e.refuses("ECONFLICT: vm box is running", "vm_rm", map[string]any{"name": "box"})
+	var suspended vmOut
+	e.mustCall("vm_suspend", map[string]any{"name": "box"}, &suspended)
+	if suspended.VM.State != "suspended" || !strings.Contains(suspended.Hint, "vm_start") {
+		t.Errorf("vm_suspend: %+v", suspended)
+	}
+	e.refuses("ECONFLICT: vm box is suspended; only a running VM", "vm_suspend", map[string]any{"name": "box"})
+	var resumed vmOut
+	e.mustCall("vm_start", map[string]any{"name": "box"}, &resumed)
+	if resumed.VM.State != "running" {
+		t.Errorf("vm_start of a suspended VM: %+v", resumed)
+	}
 	var stopped vmOut
 	e.mustCall("vm_stop", map[string]any{"name": "box"}, &stopped)
 	if stopped.VM.State != "stopped" {

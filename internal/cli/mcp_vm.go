@@ -16,7 +16,7 @@ import (
 type mcpVM struct {
 	Name          string     `json:"name"`
 	ID            string     `json:"id"`
-	State         string     `json:"state" jsonschema:"created, running, stopped or error (and suspended where the daemon suspends VMs)"`
+	State         string     `json:"state" jsonschema:"created, running, stopped, suspended (saved; vm_start or exec resumes it) or error"`
 	Image         string     `json:"image,omitempty"`
 	GuestIP       string     `json:"guest_ip,omitempty"`
 	DNSName       string     `json:"dns_name,omitempty"`
@@ -77,12 +77,6 @@ type vmRmOut struct {
 	Removed string `json:"removed"`
 }
 
-// suspender is the client method of VM suspension (issue H: `banger vm
-// suspend`). vm_suspend is offered when the client has it.
-type suspender interface {
-	SuspendVM(ctx context.Context, ref string, progress func(api.Event)) (api.VMView, error)
-}
-
 func (s *mcpServer) addVMTools(srv *mcp.Server) {
 	yes, no := true, false
 	addTool(srv, &mcp.Tool{
@@ -120,7 +114,7 @@ func (s *mcpServer) addVMTools(srv *mcp.Server) {
 	addTool(srv, &mcp.Tool{
 		Name:        "vm_start",
 		Title:       "Start a VM",
-		Description: "Start a stopped VM and wait until it answers (tens of seconds; reports progress). /root and changes to the system disk are kept across stops.",
+		Description: "Start a stopped VM and wait until it answers (tens of seconds; reports progress), or resume a suspended one where it was. /root and changes to the system disk are kept across stops.",
 		Annotations: &mcp.ToolAnnotations{DestructiveHint: &no, IdempotentHint: false, OpenWorldHint: &no},
 	}, nil, func(ctx context.Context, req *mcp.CallToolRequest, in vmRefIn) (vmOut, error) {
 		v, err := s.client.StartVM(ctx, in.Name, newProgress(ctx, req).event)
@@ -145,19 +139,21 @@ func (s *mcpServer) addVMTools(srv *mcp.Server) {
 		err := s.client.DeleteVM(ctx, in.Name, api.VMDeleteOptions{Force: in.Force}, newProgress(ctx, req).event)
 		return vmRmOut{Removed: in.Name}, err
 	})
-	if sus, ok := any(s.client).(suspender); ok {
-		addTool(srv, &mcp.Tool{
-			Name:        "vm_suspend",
-			Title:       "Suspend a VM",
-			Description: "Suspend a running VM: its memory and devices are saved and it stops using CPU and memory; vm_start (or exec) resumes it where it was, processes included.",
-			Annotations: &mcp.ToolAnnotations{DestructiveHint: &no, IdempotentHint: true, OpenWorldHint: &no},
-		}, nil, func(ctx context.Context, req *mcp.CallToolRequest, in vmRefIn) (vmOut, error) {
-			v, err := sus.SuspendVM(ctx, in.Name, newProgress(ctx, req).event)
-			return vmOut{VM: vmSummary(v)}, err
-		})
-	}
+	addTool(srv, &mcp.Tool{
+		Name:  "vm_suspend",
+		Title: "Suspend a VM",
+		Description: "Suspend a running VM: its memory and device state are saved on disk and it stops using CPU and memory (reports progress). " +
+			"vm_start resumes it where it was, processes included; exec, read_file, write_file, list_dir and the workspace tools wake it by themselves.",
+		Annotations: &mcp.ToolAnnotations{DestructiveHint: &no, IdempotentHint: false, OpenWorldHint: &no},
+	}, nil, func(ctx context.Context, req *mcp.CallToolRequest, in vmRefIn) (vmOut, error) {
+		v, err := s.client.SuspendVM(ctx, in.Name, newProgress(ctx, req).event)
+		if err != nil {
+			return vmOut{}, err
+		}
+		return vmOut{VM: vmSummary(v), Hint: fmt.Sprintf("vm %s is %s; vm_start (or any exec) resumes it", v.Name, v.State)}, nil
+	})
 	// vm_fork: not yet. Issue I adds forking a VM (a copy under a new
-	// name and identity); its tool belongs here, next to vm_suspend.
+	// name and identity); its tool belongs here.
 }
 
 func (s *mcpServer) vmCreate(ctx context.Context, req *mcp.CallToolRequest, in vmCreateIn) (vmOut, error) {

@@ -29,6 +29,9 @@ func (a *App) vmStatsCommand() *cobra.Command {
 			}
 			w := a.Stdout
 			kv := func(k, v string) { fmt.Fprintf(w, "%-16s %s\n", k+":", v) }
+			if st.SavedStateBytes > 0 {
+				kv("saved state", humanBytes(st.SavedStateBytes)+" on disk (suspended)")
+			}
 			if st.CollectedAt.IsZero() {
 				fmt.Fprintln(w, "no stats yet (the VM has not run since the daemon started polling)")
 				if st.EgressDenied > 0 {
@@ -118,9 +121,20 @@ func (a *App) topOnce(ctx context.Context, clear bool) error {
 		fmt.Fprint(a.Stdout, "\x1b[H\x1b[2J")
 	}
 	fmt.Fprintf(a.Stdout, "banger top — %s — %d VMs\n\n", time.Now().Format("15:04:05"), len(vms))
-	t := newTable(a.Stdout, "NAME", "STATE", "CPU%", "RSS", "SYSTEM", "WORK", "IDLE", "AUTO-STOP", "UPTIME")
+	t := newTable(a.Stdout, "NAME", "STATE", "CPU%", "RSS", "SYSTEM", "WORK", "IDLE", "AUTO-STOP", "UPTIME", "SAVED")
 	for _, v := range vms {
-		cpu, rss, sys, work, idle, up := "-", "-", "-", "-", "-", "-"
+		cpu, rss, sys, work, idle, up, saved := "-", "-", "-", "-", "-", "-", "-"
+		state := string(v.State)
+		if v.State == model.VMStateSuspended {
+			// Suspended: its disks as last seen, the saved state's size,
+			// and since when.
+			saved = humanBytes(v.Runtime.SavedStateBytes)
+			state = "suspended " + ago(v.Runtime.SuspendedAt)
+			if !v.Stats.CollectedAt.IsZero() {
+				sys = humanBytes(v.Stats.SystemOverlayBytes)
+				work = humanBytes(v.Stats.WorkDiskBytes)
+			}
+		}
 		if v.State == model.VMStateRunning {
 			st := v.Stats
 			if !st.CollectedAt.IsZero() {
@@ -142,7 +156,7 @@ func (a *App) topOnce(ctx context.Context, clear bool) error {
 		if v.AutoStopAt != nil {
 			auto = until(*v.AutoStopAt)
 		}
-		t.row(v.Name, string(v.State), cpu, rss, sys, work, idle, auto, up)
+		t.row(v.Name, state, cpu, rss, sys, work, idle, auto, up, saved)
 	}
 	return t.flush()
 }

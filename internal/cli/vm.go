@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -22,7 +23,7 @@ func (a *App) vmCommand() *cobra.Command {
 	cmd.AddCommand(
 		a.vmCreateCommand(), a.vmLsCommand(), a.vmInspectCommand(), a.vmRmCommand(), a.vmSetCommand(),
 		a.vmStartCommand(), a.vmStopCommand(), a.vmKillCommand(), a.vmRestartCommand(), a.vmResetSystemCommand(),
-		a.vmStatsCommand(),
+		a.vmStatsCommand(), a.vmSuspendCommand(),
 	)
 	return group(cmd)
 }
@@ -122,6 +123,9 @@ or G suffixes (a bare number means MiB). Unset sizes come from the daemon's
 					return err
 				}
 			}
+			if err := parseIdle(req.IdleAction, false); err != nil {
+				return err
+			}
 			req.NATSet = f.Changed("nat")
 			if f.Changed("egress") {
 				p, err := parseEgress(egress)
@@ -170,6 +174,7 @@ or G suffixes (a bare number means MiB). Unset sizes come from the daemon's
 	f.StringVar(&egress, "egress", "", egressUsage+" (default from [vm_defaults], else open)")
 	f.BoolVar(&req.NoStart, "no-start", false, "only create the VM; start it later with 'banger vm start'")
 	f.StringVar(&autoStop, "auto-stop", "", "stop the VM after this much idle time (e.g. 30m, 2h, never)")
+	f.StringVar(&req.IdleAction, "idle", "", idleUsage+" (default: the daemon's auto_stop_mode)")
 	f.BoolVar(&asJSON, "json", false, "print the VM as JSON")
 	f.BoolVarP(&quiet, "quiet", "q", false, "no progress output")
 	return cmd
@@ -205,6 +210,9 @@ func (a *App) vmLsCommand() *cobra.Command {
 				state := string(v.State)
 				if v.State == model.VMStateError {
 					state = "error!"
+				}
+				if v.State == model.VMStateSuspended {
+					state = "suspended " + ago(v.Runtime.SuspendedAt)
 				}
 				t.row(v.Name, state, orDash(v.ImageName), v.Runtime.GuestIP, strconv.Itoa(v.Spec.VCPUCount),
 					model.FormatSizeBytes(int64(v.Spec.MemoryMiB)<<20), model.FormatSizeBytes(v.Spec.WorkDiskSizeBytes),
@@ -270,6 +278,13 @@ func (a *App) printVM(v api.VMView) {
 		auto = fmt.Sprintf("after %s idle", time.Duration(*v.Spec.AutoStopAfterSeconds)*time.Second)
 	}
 	kv("auto-stop", auto)
+	if v.IdleAction != "" {
+		kv("when idle", v.IdleAction)
+	}
+	if v.State == model.VMStateSuspended {
+		kv("suspended", v.Runtime.SuspendedAt.Local().Format("2006-01-02 15:04:05")+" ("+ago(v.Runtime.SuspendedAt)+")")
+		kv("saved state", humanBytes(v.Runtime.SavedStateBytes)+" in "+filepath.Join(rt.VMDir, "saved"))
+	}
 	if v.PID > 0 {
 		kv("vmm pid", strconv.Itoa(v.PID))
 	}
@@ -327,16 +342,17 @@ func (a *App) vmRmCommand() *cobra.Command {
 
 func (a *App) vmSetCommand() *cobra.Command {
 	var (
-		vcpus                         int
-		memory, disk, nat, as, egress string
-		asJSON                        bool
+		vcpus                               int
+		memory, disk, nat, as, egress, idle string
+		asJSON                              bool
 	)
 	cmd := &cobra.Command{
 		Use:   "set NAME",
 		Short: "Change a VM's vCPUs, memory, disk size, NAT, egress or auto-stop",
 		Long: `Change a VM. vCPUs and memory change only while the VM is stopped; the work
 disk only grows, while stopped; NAT and the egress policy change live
-(connections the new policy does not allow stop).`,
+(connections the new policy does not allow stop). A suspended VM keeps its
+vCPUs, memory and disk size until its saved state is used or dropped.`,
 		Example: `  banger vm set dev --nat on
   banger vm set dev --egress none
   banger vm set dev --vcpus 4 --memory 4G --disk-size 20G
@@ -391,8 +407,14 @@ disk only grows, while stopped; NAT and the egress policy change live
 				}
 				req.Egress = &p
 			}
-			if req.VCPUCount == nil && req.MemoryMiB == nil && req.WorkDiskSizeBytes == nil && req.NATEnabled == nil && req.AutoStopAfterSeconds == nil && req.Egress == nil {
-				return usagef("vm set needs at least one of --vcpus, --memory, --disk-size, --nat, --auto-stop, --egress")
+			if f.Changed("idle") {
+				if err := parseIdle(idle, true); err != nil {
+					return err
+				}
+				req.IdleAction = &idle
+			}
+			if req.VCPUCount == nil && req.MemoryMiB == nil && req.WorkDiskSizeBytes == nil && req.NATEnabled == nil && req.AutoStopAfterSeconds == nil && req.Egress == nil && req.IdleAction == nil {
+				return usagef("vm set needs at least one of --vcpus, --memory, --disk-size, --nat, --auto-stop, --idle, --egress")
 			}
 			v, err := a.api().SetVM(cmd.Context(), req)
 			if err != nil {
@@ -413,6 +435,7 @@ disk only grows, while stopped; NAT and the egress policy change live
 	f.StringVar(&nat, "nat", "", "on or off (live)")
 	f.StringVar(&as, "auto-stop", "", "idle time before auto-stop (30m, 2h), never, or default")
 	f.StringVar(&egress, "egress", "", egressUsage+" (live)")
+	f.StringVar(&idle, "idle", "", idleUsage+", or default (the daemon's auto_stop_mode)")
 	f.BoolVar(&asJSON, "json", false, "print the VM as JSON")
 	return cmd
 }
@@ -478,9 +501,15 @@ func (a *App) lifecycleCommand(use, short, done string, op func(ctx context.Cont
 }
 
 func (a *App) vmStartCommand() *cobra.Command {
-	return a.lifecycleCommand("start", "Boot stopped VMs and wait until they answer SSH", "is running", func(ctx context.Context, ref string, p func(api.Event)) (api.VMView, error) {
+	cmd := a.lifecycleCommand("start", "Boot stopped VMs, or resume suspended ones, and wait until they answer SSH", "is running", func(ctx context.Context, ref string, p func(api.Event)) (api.VMView, error) {
 		return a.api().StartVM(ctx, ref, p)
 	})
+	cmd.Aliases = []string{"resume"}
+	cmd.Long = `Boot stopped VMs and wait until they answer SSH. A suspended VM is resumed
+instead: its processes carry on where they were, and its clock is set to the
+host's. If its saved state cannot be restored, it boots from its disks and
+says why.`
+	return cmd
 }
 
 func (a *App) vmStopCommand() *cobra.Command {

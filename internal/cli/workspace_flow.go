@@ -61,7 +61,8 @@ func prepareWorkspace(ctx context.Context, c prepareClient, r hostexec.Runner, o
 	if err != nil {
 		return model.Workspace{}, err
 	}
-	if vm.State != model.VMStateRunning {
+	// A suspended VM is resumed by the daemon first.
+	if vm.State != model.VMStateRunning && vm.State != model.VMStateSuspended {
 		return model.Workspace{}, model.Errorf(model.ECONFLICT, "vm %s is %s; start it with `banger vm start %s`", vm.Name, vm.State, vm.Name)
 	}
 	branch := o.Branch

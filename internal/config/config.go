@@ -75,6 +75,7 @@ type file struct {
 	VMMArgs            []string        `toml:"vmm_args"`
 	SSHKeyPath         *string         `toml:"ssh_key_path"`
 	AutoStopStaleAfter *string         `toml:"auto_stop_stale_after"`
+	AutoStopMode       *string         `toml:"auto_stop_mode"`
 	StatsPollInterval  *string         `toml:"stats_poll_interval"`
 	StaleSweepInterval *string         `toml:"stale_sweep_interval"`
 	BootTimeout        *string         `toml:"boot_timeout"`
@@ -291,6 +292,12 @@ func apply(cfg *model.DaemonConfig, f *file, lines map[string]int) error {
 	setString(&cfg.JailerBin, f.JailerBin)
 	setString(&cfg.CgroupParent, f.CgroupParent)
 	setString(&cfg.AdminGroup, f.AdminGroup)
+	if f.AutoStopMode != nil {
+		if err := model.ValidateIdleAction("auto_stop_mode", *f.AutoStopMode); err != nil {
+			return valueError(lines, "auto_stop_mode", "%q: use \"suspend\" (keep idle VMs' processes, freeing their VMMs) or \"stop\" (shut idle VMs down)", *f.AutoStopMode)
+		}
+		cfg.AutoStopMode = *f.AutoStopMode
+	}
 	if f.VMMUIDBase != nil {
 		// The range must stay clear of root and system users and fit a
 		// /16's worth of VMs below the largest uid.

@@ -48,6 +48,7 @@ log_format = "json"
 firecracker_bin = "/usr/local/bin/banger-vmm-qemu"
 vmm_args = ["--accel", "tcg"]
 auto_stop_stale_after = "2h"
+auto_stop_mode = "stop"
 stats_poll_interval = "5s"
 bridge_name = "br-test"
 bridge_ip = "10.99.0.1"
@@ -96,6 +97,9 @@ guest = ".config/nvim"
 	}
 	if cfg.LogLevel != "debug" || cfg.LogFormat != "json" || cfg.AutoStopStaleAfter != 2*time.Hour || cfg.StatsPollInterval != 5*time.Second {
 		t.Errorf("got %+v", cfg)
+	}
+	if cfg.AutoStopMode != model.IdleStop {
+		t.Errorf("auto stop mode %q", cfg.AutoStopMode)
 	}
 	if cfg.BridgeName != "br-test" || cfg.BridgeIP != "10.99.0.1" || cfg.TapPoolSize != 2 || cfg.DNSDomain != "vm.test" {
 		t.Errorf("got %+v", cfg)
@@ -171,6 +175,7 @@ func TestParseErrors(t *testing.T) {
 		{"dns empty list", "default_dns = []\n", []string{"default_dns", "empty"}},
 		{"dns list of numbers", "default_dns = [1]\n", []string{"default_dns", "not a string"}},
 		{"dns number", "default_dns = 1\n", []string{"default_dns", "list of addresses"}},
+		{"idle mode", "\nauto_stop_mode = \"hibernate\"\n", []string{"line 2", "auto_stop_mode", "\"suspend\"", "\"stop\""}},
 		{"log group", "egress_log_group = 70000\n", []string{"egress_log_group", "65535"}},
 		{"egress mode", "[vm_defaults]\negress = \"closed\"\n", []string{"line 2", "vm_defaults.egress", "unknown mode"}},
 		{"negative limit", "[limits]\nvms = -1\n", []string{"line 2", "limits.vms", "0 (no limit)"}},

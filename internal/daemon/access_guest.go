@@ -120,6 +120,10 @@ func (d *Daemon) Connect(ctx context.Context, ref string, port int) (net.Conn, e
 	if err != nil {
 		return nil, err
 	}
+	// A connection to a suspended VM wakes it.
+	if vm, err = d.wake(ctx, vm, api.NoProgress); err != nil {
+		return nil, err
+	}
 	if vm.State != model.VMStateRunning {
 		return nil, model.Errorf(model.ECONFLICT, "vm %q is %s; start it with `banger vm start %s`", vm.Name, vm.State, vm.Name)
 	}

@@ -114,6 +114,10 @@ type Daemon struct {
 	// poll is the stats poller's memory.
 	poll pollState
 
+	// clocks are the sessions suspended guests wait in to have their
+	// clock set at the resume (suspend_vmm.go).
+	clocks clockHolds
+
 	// watchMu guards watching: the VMM PID each running VM is watched
 	// for (see watch.go).
 	watchMu  sync.Mutex
@@ -318,6 +322,7 @@ func (d *Daemon) Close() error {
 	if d.dns != nil {
 		d.dns.Close()
 	}
+	d.clocks.closeAll()
 	d.wg.Wait()
 	return d.store.Close()
 }

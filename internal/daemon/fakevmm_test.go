@@ -31,6 +31,13 @@ type fakeVMMs struct {
 	proc map[int]*fakeVMM
 	// ignoreCAD makes new VMMs ignore Ctrl-Alt-Del, as a hung guest does.
 	ignoreCAD bool
+	// failSnapshot and failLoad make new VMMs refuse PUT /snapshot/create
+	// and PUT /snapshot/load with this message.
+	failSnapshot, failLoad string
+	// holds are the clock holds suspends left (fakesnap_test.go);
+	// dialled counts the resumes that had to connect again.
+	holds   []*fakeHold
+	dialled int
 }
 
 type fakeVMM struct {
@@ -42,6 +49,8 @@ type fakeVMM struct {
 	killed   bool
 	mu       sync.Mutex
 	ignoreCA bool
+	// snap is its snapshot behaviour (suspend_test.go).
+	snap fakeSnapState
 }
 
 func newFakeVMMs(root, bin string) *fakeVMMs {
@@ -88,6 +97,7 @@ func (f *fakeVMMs) start(vm model.VMRecord) (int, error) {
 		}
 	})
 	mux.HandleFunc("PUT /actions/", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusNoContent) })
+	f.snapshotRoutes(mux, p)
 	go http.Serve(ln, mux)
 	return pid, nil
 }

@@ -7,12 +7,17 @@ type FaultCell struct {
 	Op           string
 	CrashAt      string
 	NeedsRunning bool
+	// NeedsSuspended: the VM is suspended first (resume, and the stop of
+	// a suspended VM).
+	NeedsSuspended bool
 }
 
 // FaultMatrix lists every crash point of the lifecycle once, with an
 // operation that passes through it: the start steps under start, the stop
 // and cleanup steps under stop, the kill steps under kill, the delete
-// steps under rm. It is built from the step lists themselves, so a step
+// steps under rm, the suspend steps under suspend, the resume steps under
+// resume (a start of a suspended VM) and the dropping of a saved state
+// under stop of a suspended VM. It is built from the step lists themselves, so a step
 // added later is in the matrix without editing the test.
 func FaultMatrix() []FaultCell {
 	d := &Daemon{}
@@ -30,5 +35,12 @@ func FaultMatrix() []FaultCell {
 	add("stop", true, stepNames(d.stopSteps("stop")))
 	add("kill", true, stepNames(d.stopSteps("kill")))
 	add("rm", false, stepNames(d.deleteSteps()))
+	add("suspend", true, stepNames(d.suspendSteps()))
+	n := len(cells)
+	add("resume", false, stepNames(d.resumeSteps()))
+	add("stop", false, stepNames(d.discardSteps()))
+	for i := n; i < len(cells); i++ {
+		cells[i].NeedsSuspended = true
+	}
 	return cells
 }

@@ -28,6 +28,11 @@ func TestFaultMatrixCoversEveryCrashPoint(t *testing.T) {
 		func() error { _, err := e.d.StartVM(e.ctx, "dev", api.NoProgress); return err },
 		func() error { _, err := e.d.KillVM(e.ctx, "dev"); return err },
 		func() error { _, err := e.d.StartVM(e.ctx, "dev", api.NoProgress); return err },
+		func() error { _, err := e.d.SuspendVM(e.ctx, "dev", api.NoProgress); return err },
+		func() error { _, err := e.d.StartVM(e.ctx, "dev", api.NoProgress); return err },
+		func() error { _, err := e.d.SuspendVM(e.ctx, "dev", api.NoProgress); return err },
+		func() error { _, err := e.d.StopVM(e.ctx, "dev", api.NoProgress); return err },
+		func() error { _, err := e.d.StartVM(e.ctx, "dev", api.NoProgress); return err },
 		func() error { return e.d.DeleteVM(e.ctx, "dev", api.VMDeleteOptions{Force: true}, api.NoProgress) },
 	} {
 		if err := op(); err != nil {

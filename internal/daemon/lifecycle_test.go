@@ -24,7 +24,7 @@ import (
 type fakeBooter struct {
 	vmms   *fakeVMMs
 	fail   error
-	failAt string // "launch" (the default), "configure", "start" or "ready"
+	failAt string // "launch" (the default), "configure", "start", "ready", or fakesnap_test.go's
 }
 
 func (fakeBooter) check() error { return nil }
@@ -49,6 +49,10 @@ func (b fakeBooter) launch(ctx context.Context, s *startRun) error {
 		return err
 	}
 	s.h.PID = pid
+	if s.restore != nil {
+		// In process, the fake VMM reads the saved files by path.
+		s.restore.vmmState, s.restore.vmmMem = s.restore.state, s.restore.mem
+	}
 	return nil
 }
 

@@ -28,12 +28,16 @@ func (d *Daemon) reconcile(ctx context.Context, why string) error {
 	}
 	plan := planReconcile(d.layout.vmsDir(), rows, host)
 	err = d.applyPlan(ctx, plan, rows)
+	if why == "startup" {
+		// A daemon that died during a suspend may have left a VM paused.
+		d.resumePaused(ctx, plan, rows)
+	}
 	if host.FiltersSeen {
 		if ferr := d.applyFilterPlan(ctx, planFilters(rows), rows, host); ferr != nil {
 			err = errors.Join(err, ferr)
 		}
 	}
-	if n := len(plan.Adopt) + len(plan.Cleanup) + len(plan.KillVMMs) + len(plan.RemoveDMs) + len(plan.DetachLoops) + len(plan.RemoveDirs) + len(plan.RemoveCgroups); n > 0 || why == "startup" {
+	if n := len(plan.Adopt) + len(plan.Cleanup) + len(plan.KillVMMs) + len(plan.RemoveDMs) + len(plan.DetachLoops) + len(plan.RemoveDirs) + len(plan.RemoveCgroups) + len(plan.DropSaved) + len(plan.RemoveSavedPartial); n > 0 || why == "startup" {
 		d.logger.Info("reconciled", "why", why, "adopted", len(plan.Adopt), "cleaned", len(plan.Cleanup),
 			"orphan_vmms", len(plan.KillVMMs), "orphan_dms", len(plan.RemoveDMs), "orphan_loops", len(plan.DetachLoops),
 			"orphan_dirs", len(plan.RemoveDirs), "took", time.Since(start).Round(time.Millisecond), "err", err)
@@ -160,6 +164,7 @@ func (d *Daemon) observeRows(ctx context.Context, host hostObservation) ([]vmObs
 		}
 		obs.PID = m.PID
 		h.PID = obs.PID
+		obs.Saved = readSavedState(vm.Runtime.VMDir)
 		if h.Tap == "" {
 			h.Tap = vm.Runtime.TapDevice
 		}
@@ -214,12 +219,24 @@ func (d *Daemon) applyPlan(ctx context.Context, p reconcilePlan, rows []vmObserv
 			}
 		}
 		vm.State = c.NewState
+		was := byID[c.VMID].State
 		if err := d.cleanupRuntime(ctx, &vm, c.Handles); err != nil {
 			vm.State = model.VMStateError
 			vm.Runtime.LastError = fmt.Sprintf("cleanup after a dead VMM failed: %v", err)
 			errs = append(errs, err)
-		} else if c.NewState == model.VMStateStopped && byID[c.VMID].State != model.VMStateStopped {
+		} else if (c.NewState == model.VMStateStopped || c.NewState == model.VMStateSuspended) && was != c.NewState {
 			vm.Runtime.LastError = c.Reason
+		}
+		if c.NewState == model.VMStateSuspended && was != model.VMStateSuspended {
+			vm.Runtime.SuspendedAt = c.Saved.At
+			vm.Runtime.SavedStateBytes = c.Saved.Bytes
+		}
+		if was == model.VMStateSuspended && c.NewState != model.VMStateSuspended {
+			vm.Runtime.SuspendedAt = time.Time{}
+			vm.Runtime.SavedStateBytes = 0
+			if err := dropSavedState(vm.Runtime.VMDir); err != nil {
+				errs = append(errs, err)
+			}
 		}
 		vm.UpdatedAt = model.Now()
 		if err := d.store.UpdateVM(ctx, vm); err != nil {
@@ -286,7 +303,22 @@ func (d *Daemon) applyPlan(ctx context.Context, p reconcilePlan, rows []vmObserv
 			errs = append(errs, err)
 		}
 	}
+	for _, dir := range p.DropSaved {
+		d.logger.Warn("dropping a saved state whose VM is not suspended", "dir", dir)
+		if err := dropSavedState(dir); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, dir := range p.RemoveSavedPartial {
+		d.logger.Warn("removing what a cut-short suspend or resume left", "dir", dir)
+		if err := removeSavedPartial(dir); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	for _, dir := range p.RemoveDirs {
+		if readSavedState(dir).Complete {
+			d.logger.Warn("removing the saved state of a VM no row owns", "dir", dir)
+		}
 		d.logger.Warn("removing a VM dir no VM owns", "dir", dir)
 		if err := os.RemoveAll(dir); err != nil {
 			errs = append(errs, err)
@@ -300,4 +332,30 @@ func (d *Daemon) netReady() bool {
 	d.netMu.Lock()
 	defer d.netMu.Unlock()
 	return d.netOK
+}
+
+// resumePaused lets the vCPUs of adopted VMs run again where a daemon
+// that died during a suspend (or a resume) left them paused: their rows
+// say running, and nothing else would ever resume them.
+func (d *Daemon) resumePaused(ctx context.Context, p reconcilePlan, rows []vmObservation) {
+	byID := map[string]model.VMRecord{}
+	for _, r := range rows {
+		byID[r.VM.ID] = r.VM
+	}
+	for _, a := range p.Adopt {
+		vm := byID[a.VMID]
+		c := d.vmmClient(vm)
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		info, err := c.Describe(cctx)
+		if err == nil && info.State == "Paused" {
+			err = c.Resume(cctx)
+			if err == nil {
+				d.logger.Warn("reconcile: resumed a VM a cut-short suspend or resume left paused", "vm", vm.Name)
+			}
+		}
+		cancel()
+		if err != nil {
+			d.logger.Warn("reconcile: could not check whether the VM is paused", "vm", vm.Name, "err", err)
+		}
+	}
 }

@@ -31,6 +31,8 @@ type vmObservation struct {
 	// processes claim to be its VMM: reconcile leaves it and everything
 	// it holds alone.
 	Busy bool
+	// Saved is what of a saved state (suspend) is in the VM's dir.
+	Saved savedStateInfo
 }
 
 // hostObservation is everything banger-shaped on the host.
@@ -85,6 +87,12 @@ type reconcilePlan struct {
 	RemoveDirs []string
 	// RemoveCgroups are cgroups of no live VM.
 	RemoveCgroups []string
+	// DropSaved are VM dirs whose saved state no longer matches their
+	// VM (it is not suspended): it goes.
+	DropSaved []string
+	// RemoveSavedPartial are VM dirs with leftovers of a suspend, resume
+	// or drop cut short: they go (a complete saved state stays).
+	RemoveSavedPartial []string
 }
 
 type adoptAction struct {
@@ -102,6 +110,8 @@ type cleanupAction struct {
 	KillPID  int
 	NewState model.VMState
 	Reason   string
+	// Saved is the saved state kept when NewState is suspended.
+	Saved savedStateInfo
 }
 
 // planReconcile decides, from the rows and what the OS shows, what
@@ -133,6 +143,29 @@ func planReconcile(vmsDir string, rows []vmObservation, host hostObservation) re
 				liveDM[r.Handles.Overlay.DMName] = true
 			}
 			p.NATKeep = append(p.NATKeep, vm.ID)
+		case vm.State == model.VMStateRunning && r.Saved.Complete:
+			// A suspend was cut short after the daemon kept the saved
+			// state: the guest has not run since (it was paused before
+			// the snapshot), so the suspend is finished.
+			p.Cleanup = append(p.Cleanup, cleanupAction{
+				VMID: vm.ID, Handles: r.Handles, KillPID: r.PID,
+				NewState: model.VMStateSuspended, Saved: r.Saved,
+				Reason: "a suspend was interrupted (daemon restarted) after its state was saved; the VM is suspended",
+			})
+		case r.PID > 0 && vm.State == model.VMStateSuspended:
+			// A resume was cut short: before it used the saved state the
+			// VM stays suspended; after, the guest may have run, so it is
+			// stopped and boots from its disks.
+			c := cleanupAction{
+				VMID: vm.ID, Handles: r.Handles, KillPID: r.PID,
+				NewState: model.VMStateStopped,
+				Reason:   "a resume was interrupted (daemon restarted) after its saved state was used; the VM was stopped, its disks are intact",
+			}
+			if r.Saved.Complete {
+				c.NewState, c.Saved = model.VMStateSuspended, r.Saved
+				c.Reason = "a resume was interrupted (daemon restarted); the VM is still suspended"
+			}
+			p.Cleanup = append(p.Cleanup, c)
 		case r.PID > 0 && vm.State == model.VMStateRunning:
 			live[vm.ID] = true
 			keepCgroup[vmCgroupName(vm.ID)] = true
@@ -159,10 +192,20 @@ func planReconcile(vmsDir string, rows []vmObservation, host hostObservation) re
 				Reason:   "a start was interrupted (daemon restarted); the VM was stopped",
 			})
 		case vm.State == model.VMStateRunning:
+			reason := "the VMM exited while the daemon was not watching"
+			if r.Saved.Partial {
+				reason = "a suspend was interrupted (daemon restarted) before its state was kept; the VM was stopped, its disks are intact"
+			}
 			p.Cleanup = append(p.Cleanup, cleanupAction{
 				VMID: vm.ID, Handles: r.Handles,
 				NewState: model.VMStateStopped,
-				Reason:   "the VMM exited while the daemon was not watching",
+				Reason:   reason,
+			})
+		case vm.State == model.VMStateSuspended && !r.Saved.Complete:
+			p.Cleanup = append(p.Cleanup, cleanupAction{
+				VMID: vm.ID, Handles: r.Handles,
+				NewState: model.VMStateStopped,
+				Reason:   "its saved state is gone; the next start boots it from its disks",
 			})
 		case holdsAnything(r):
 			// Not running and no VMM, but something is still held (a
@@ -178,6 +221,17 @@ func planReconcile(vmsDir string, rows []vmObservation, host hostObservation) re
 		}
 	}
 
+	for _, r := range rows {
+		if r.Busy {
+			continue
+		}
+		keep := r.VM.State == model.VMStateSuspended || r.VM.State == model.VMStateRunning
+		if r.Saved.Complete && !keep {
+			p.DropSaved = append(p.DropSaved, r.VM.Runtime.VMDir)
+		} else if r.Saved.Partial {
+			p.RemoveSavedPartial = append(p.RemoveSavedPartial, r.VM.Runtime.VMDir)
+		}
+	}
 	for _, v := range host.VMMs {
 		if !rowSocks[v.APISock] {
 			p.KillVMMs = append(p.KillVMMs, v)
@@ -216,6 +270,8 @@ func planReconcile(vmsDir string, rows []vmObservation, host hostObservation) re
 	sort.Strings(p.RemoveDMs)
 	sort.Strings(p.DetachLoops)
 	sort.Strings(p.RemoveDirs)
+	sort.Strings(p.DropSaved)
+	sort.Strings(p.RemoveSavedPartial)
 	return p
 }
 

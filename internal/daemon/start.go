@@ -32,6 +32,13 @@ func (d *Daemon) StartVM(ctx context.Context, ref string, progress api.ProgressF
 	if vm.State == model.VMStateRunning {
 		return api.VMView{}, model.Errorf(model.ECONFLICT, "vm %q is already running", vm.Name)
 	}
+	if vm.State == model.VMStateSuspended {
+		// A start of a suspended VM restores it (resume.go).
+		if _, err := d.resumeLocked(context.WithoutCancel(ctx), vm, progress); err != nil {
+			return api.VMView{}, err
+		}
+		return d.GetVM(ctx, vm.ID)
+	}
 	// A start outlives the request that asked for it: a client that goes
 	// away must not leave a VM half started.
 	if _, err := d.startLocked(context.WithoutCancel(ctx), vm, progress); err != nil {
@@ -60,6 +67,12 @@ type startRun struct {
 	received time.Time
 	progress api.ProgressFunc
 	log      *slog.Logger
+	// restore is the saved state a resume loads (resume.go); nil for a
+	// boot.
+	restore *restoreFiles
+	// held is the session the suspend left in the guest to set its
+	// clock (suspend_vmm.go); nil when there is none.
+	held clockHold
 }
 
 // startSteps are the steps of a start, in order. The VMM steps go

@@ -13,7 +13,6 @@ import (
 	"syscall"
 	"time"
 
-	"banger/internal/api"
 	"banger/internal/firecracker"
 	"banger/internal/model"
 	"banger/internal/proc"
@@ -165,10 +164,7 @@ func (d *Daemon) maybeAutoStop(ctx context.Context, vm model.VMRecord) {
 	if time.Since(latest(fresh.LastTouchedAt, fresh.Stats.LastActiveAt, fresh.Runtime.StartedAt)) < after {
 		return
 	}
-	d.logger.Info("auto-stopping an idle vm", "vm", vm.Name, "idle_for", time.Since(last).Round(time.Second), "after", after)
-	if _, err := d.stopLocked(ctx, fresh, false, api.NoProgress); err != nil {
-		d.logger.Warn("auto-stop", "vm", vm.Name, "err", err)
-	}
+	d.idleLocked(ctx, fresh, time.Since(last), after)
 }
 
 func latest(ts ...time.Time) time.Time {
@@ -274,6 +270,9 @@ func (d *Daemon) VMStats(ctx context.Context, ref string) (model.VMStats, error)
 		if n, err := d.net.DeniedCount(ctx, vm.ID); err == nil {
 			vm.Stats.EgressDenied = n
 		}
+	}
+	if vm.State == model.VMStateSuspended {
+		vm.Stats.SavedStateBytes = vm.Runtime.SavedStateBytes
 	}
 	return vm.Stats, nil
 }

@@ -135,6 +135,10 @@ func (d *Daemon) stopLocked(ctx context.Context, vm model.VMRecord, kill bool, p
 	if kill {
 		op = "kill"
 	}
+	if vm.State == model.VMStateSuspended {
+		// Its saved state is dropped (suspend.go).
+		return d.discardLocked(ctx, vm, op, progress)
+	}
 	log := d.logger.With("vm", vm.Name, "id", model.ShortID(vm.ID))
 	h, m := d.currentHandlesMatch(ctx, vm)
 	if m.Ambiguous {
@@ -348,6 +352,9 @@ func (d *Daemon) ResetSystem(ctx context.Context, ref string) (api.VMView, error
 	if vm.State == model.VMStateRunning {
 		return api.VMView{}, model.Errorf(model.ECONFLICT, "vm %q is running; stop it first (`banger vm stop %s`)", vm.Name, vm.Name)
 	}
+	if vm.State == model.VMStateSuspended {
+		return api.VMView{}, model.Errorf(model.ECONFLICT, "vm %q is suspended: its saved memory expects the system disk it has; resume it (`banger vm start %s`) and stop it, or drop the saved state with `banger vm stop %s`, then reset it", vm.Name, vm.Name, vm.Name)
+	}
 	img, err := d.store.GetImage(ctx, vm.ImageID)
 	if err != nil {
 		return api.VMView{}, err
@@ -451,6 +458,9 @@ func (d *Daemon) deleteSteps() []step[deleteRun] {
 func (d *Daemon) deleteLocked(ctx context.Context, vm model.VMRecord, opts api.VMDeleteOptions, progress api.ProgressFunc) error {
 	if vm.State == model.VMStateRunning && !opts.Force {
 		return model.Errorf(model.ECONFLICT, "vm %q is running; stop it first or pass --force", vm.Name)
+	}
+	if vm.State == model.VMStateSuspended && !opts.Force {
+		return model.Errorf(model.ECONFLICT, "vm %q is suspended (its processes are saved); stop it first (`banger vm stop %s` drops the saved state) or pass --force", vm.Name, vm.Name)
 	}
 	if !opts.Force {
 		// Workspace work the user has not fetched dies with the vm.

@@ -35,6 +35,23 @@ type booter interface {
 	// waitReady returns once the guest answers SSH with the host key
 	// the daemon made for it, and its first-boot setup is done.
 	waitReady(ctx context.Context, s *startRun) error
+
+	// The VMM side of suspend and resume (suspend.go, resume.go).
+
+	// snapshots says why this VMM cannot save and restore a VM, or nil
+	// when it can.
+	snapshots() error
+	// prepareSuspend has the running guest flush its disks and leaves a
+	// session in it waiting to set its clock at the resume.
+	prepareSuspend(ctx context.Context, vm model.VMRecord) (clockHold, error)
+	// load restores the saved state in s.restore into the VMM launch
+	// started (instead of configure and instanceStart); the guest is
+	// left paused, its network on s.h.Tap.
+	load(ctx context.Context, s *startRun) error
+	// waitResumed returns once the resumed guest answers SSH with its
+	// host key and its clock is set to the host's: over s.held, the
+	// session prepareSuspend left, when it still answers.
+	waitResumed(ctx context.Context, s *startRun) error
 }
 
 // vmmBooter boots through the Firecracker API: firecracker itself, or
@@ -59,6 +76,8 @@ type vmmBooter struct {
 	killVMM func(ctx context.Context, pid int) error
 	// nameserver is the DNS server guests are told to use.
 	nameserver func() string
+	// dial opens the daemon's SSH connection to a running guest.
+	dial func(ctx context.Context, vm model.VMRecord) (*guest.Conn, error)
 }
 
 func (d *Daemon) newVMMBooter() vmmBooter {
@@ -66,7 +85,7 @@ func (d *Daemon) newVMMBooter() vmmBooter {
 		cfg: d.cfg, binary: d.vmmBinary, prepare: d.prepareVMM,
 		enterCgroup: d.enterCgroup, releaseCgroup: d.removeCgroup,
 		client: d.vmmClient, firstBoot: d.firstBoot, killVMM: d.killVMM,
-		nameserver: d.guestNameserver,
+		nameserver: d.guestNameserver, dial: d.dialGuest,
 	}
 }
 
@@ -87,6 +106,13 @@ func (b vmmBooter) launch(ctx context.Context, s *startRun) error {
 	l, err := b.prepare(vm, s.img, s.h, bin)
 	if err != nil {
 		return err
+	}
+	if s.restore != nil {
+		if err := s.restore.pass(l); err != nil {
+			l.close()
+			b.releaseCgroup(vm)
+			return err
+		}
 	}
 	proc, err := firecracker.Launch(l.cfg)
 	if err != nil {
@@ -247,14 +273,17 @@ func waitSSH(ctx context.Context, timeout time.Duration, vm model.VMRecord, proc
 // firstBoot does the per-start guest setup over the daemon's SSH
 // connection: a pending file sync tar is extracted into /root, then the
 // user's keys go into /root/.ssh/authorized_keys (after file sync, so a
-// synced file cannot drop them).
+// synced file cannot drop them). Both scripts end with sync before the
+// daemon deletes its pending copy: a VMM killed right after (a daemon crash
+// then a reconcile, a vm kill) must not take the keys with the guest's page
+// cache, which left a VM nobody could log into.
 func (d *Daemon) firstBoot(ctx context.Context, conn *guest.Conn, vm model.VMRecord) error {
 	if err := d.applyFileSync(ctx, conn, vm); err != nil {
 		return err
 	}
 	keysFile := userKeysPath(vm.Runtime.VMDir)
 	if keys, err := os.ReadFile(keysFile); err == nil {
-		script := `umask 077; mkdir -p /root/.ssh; touch /root/.ssh/authorized_keys; while IFS= read -r k; do [ -n "$k" ] || continue; grep -qxF "$k" /root/.ssh/authorized_keys || printf '%s\n' "$k" >> /root/.ssh/authorized_keys; done`
+		script := `umask 077; mkdir -p /root/.ssh; touch /root/.ssh/authorized_keys; while IFS= read -r k; do [ -n "$k" ] || continue; grep -qxF "$k" /root/.ssh/authorized_keys || printf '%s\n' "$k" >> /root/.ssh/authorized_keys; done; sync`
 		if err := conn.Run(ctx, "sh -c "+guest.Quote(script), strings.NewReader(string(keys)), nil, nil); err != nil {
 			return fmt.Errorf("authorize user keys: %w", err)
 		}

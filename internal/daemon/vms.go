@@ -69,6 +69,7 @@ func (d *Daemon) view(vm model.VMRecord) api.VMView {
 	if h, ok := d.handles.get(vm.ID); ok && vm.State == model.VMStateRunning {
 		v.PID = h.PID
 	}
+	v.IdleAction = d.idleAction(vm)
 	if vm.State == model.VMStateRunning {
 		if after := d.autoStopAfter(vm); after > 0 {
 			last := vm.LastTouchedAt
@@ -119,6 +120,7 @@ func (d *Daemon) specFromRequest(req model.VMCreateRequest) model.VMSpec {
 		WorkDiskSizeBytes:     pick64(req.WorkDiskSizeBytes, def.WorkDiskSizeBytes, model.DefaultWorkDiskSize),
 		NATEnabled:            def.NATEnabled,
 		AutoStopAfterSeconds:  req.AutoStopAfterSeconds,
+		IdleAction:            req.IdleAction,
 	}
 	if req.NATSet || req.NATEnabled {
 		spec.NATEnabled = req.NATEnabled
@@ -195,6 +197,9 @@ func (d *Daemon) CreateVM(ctx context.Context, req model.VMCreateRequest, progre
 			return api.VMView{}, err
 		}
 		req.Egress = &p
+	}
+	if err := model.ValidateIdleAction("idle", req.IdleAction); err != nil {
+		return api.VMView{}, err
 	}
 	spec := d.specFromRequest(req)
 	if err := model.ValidateSpec(spec); err != nil {
@@ -310,11 +315,24 @@ func (d *Daemon) SetVM(ctx context.Context, req model.VMSetRequest) (api.VMView,
 		return api.VMView{}, err
 	}
 	defer unlock()
-	if req.VCPUCount == nil && req.MemoryMiB == nil && req.WorkDiskSizeBytes == nil && req.NATEnabled == nil && req.AutoStopAfterSeconds == nil && req.Egress == nil {
-		return api.VMView{}, model.Errorf(model.EINVALID, "nothing to change; pass --vcpus, --memory, --disk-size, --nat, --auto-stop or --egress")
+	if req.VCPUCount == nil && req.MemoryMiB == nil && req.WorkDiskSizeBytes == nil && req.NATEnabled == nil && req.AutoStopAfterSeconds == nil && req.Egress == nil && req.IdleAction == nil {
+		return api.VMView{}, model.Errorf(model.EINVALID, "nothing to change; pass --vcpus, --memory, --disk-size, --nat, --auto-stop, --idle or --egress")
 	}
 	running := vm.State == model.VMStateRunning
 	next := vm.Spec
+	if err := checkSetSuspended(vm, req); err != nil {
+		return api.VMView{}, err
+	}
+	if req.IdleAction != nil {
+		a := *req.IdleAction
+		if a == model.IdleDefault {
+			a = ""
+		}
+		if err := model.ValidateIdleAction("idle", a); err != nil {
+			return api.VMView{}, err
+		}
+		next.IdleAction = a
+	}
 	if req.VCPUCount != nil {
 		if err := model.ValidateVCPUCount(*req.VCPUCount); err != nil {
 			return api.VMView{}, err

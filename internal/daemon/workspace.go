@@ -179,6 +179,9 @@ func (d *Daemon) PrepareWorkspace(ctx context.Context, ref string, req api.Works
 		return model.Workspace{}, err
 	}
 	defer unlock()
+	if vm, err = d.wakeLocked(ctx, vm, progress); err != nil {
+		return model.Workspace{}, err
+	}
 	if vm.State != model.VMStateRunning {
 		return model.Workspace{}, model.Errorf(model.ECONFLICT, "vm %q is %s; start it with `banger vm start %s`", vm.Name, vm.State, vm.Name)
 	}
@@ -211,7 +214,8 @@ func (d *Daemon) PrepareWorkspace(ctx context.Context, ref string, req api.Works
 		if err != nil {
 			return model.Workspace{}, err
 		}
-		if err := d.unpackWorkspace(ctx, conn, res, req, body, progress); err != nil {
+		captured, err := d.unpackWorkspace(ctx, conn, res, req, body, progress)
+		if err != nil {
 			// The staging directory goes; the guest path is as it was.
 			if aerr := conn.Run(context.WithoutCancel(ctx), workspace.AbortScript(res.GuestPath), nil, nil, nil); aerr != nil {
 				log.Warn("remove staging dir", "err", aerr)
@@ -221,11 +225,10 @@ func (d *Daemon) PrepareWorkspace(ctx context.Context, ref string, req api.Works
 		// The tree as prepared carries the user's own uncommitted
 		// changes; remember their wip commit, so they do not count as
 		// unfetched guest work.
-		out, err := guestOutput(ctx, conn, workspace.CaptureScript(res.GuestPath, res.BranchName, res.BaseCommit))
-		if c, perr := workspace.ParseCapture(out, res.BaseCommit); err == nil && perr == nil {
+		if c, err := workspace.ParseCapture(captured, res.BaseCommit); err == nil {
 			preparedWIP = c.WIP
 		} else {
-			log.Warn("snapshot the prepared tree; its changes will count as unfetched", "err", errors.Join(err, perr))
+			log.Warn("snapshot the prepared tree; its changes will count as unfetched", "err", err)
 		}
 	}
 	if err := d.store.PutWorkspace(ctx, res, preparedWIP); err != nil {
@@ -312,28 +315,30 @@ func (c *countingReader) Read(p []byte) (int, error) {
 }
 
 // unpackWorkspace streams the upload into the guest's staging directory
-// and sets the repository up there.
-func (d *Daemon) unpackWorkspace(ctx context.Context, conn *guest.Conn, res model.WorkspacePrepareResult, req api.WorkspacePrepareRequest, body io.Reader, progress api.ProgressFunc) error {
+// and sets the repository up there; it returns the capture of the tree
+// as prepared (CaptureScript's output, empty if that failed).
+func (d *Daemon) unpackWorkspace(ctx context.Context, conn *guest.Conn, res model.WorkspacePrepareResult, req api.WorkspacePrepareRequest, body io.Reader, progress api.ProgressFunc) (string, error) {
 	progress(api.Progress{Step: "unpack", Message: "unpacking into " + res.GuestPath + " in the guest"})
 	cr := &countingReader{r: body}
 	start := time.Now()
 	err := conn.Run(ctx, workspace.ExtractScript(res.GuestPath), cr, nil, nil)
 	if cr.err != nil {
-		return model.Errorf(model.EINVALID, "upload cut short: %v", cr.err)
+		return "", model.Errorf(model.EINVALID, "upload cut short: %v", cr.err)
 	}
 	if err != nil {
-		return fmt.Errorf("unpack in the guest: %w", err)
+		return "", fmt.Errorf("unpack in the guest: %w", err)
 	}
 	progress(api.Progress{Step: "unpack", Message: fmt.Sprintf("%s unpacked in %.1fs", humanSize(cr.n.Load()), time.Since(start).Seconds())})
-	setup := workspace.SetupScript(workspace.SetupParams{
+	setup := workspace.SetupAndCaptureScript(workspace.SetupParams{
 		GuestPath: res.GuestPath, Mode: res.Mode, Branch: res.BranchName, Base: res.BaseCommit,
 		UserName: req.UserName, UserEmail: req.UserEmail,
 	})
-	if err := conn.Run(ctx, setup, nil, nil, nil); err != nil {
-		return fmt.Errorf("set up the repository in the guest: %w", err)
+	out, err := guestOutput(ctx, conn, setup)
+	if err != nil {
+		return "", fmt.Errorf("set up the repository in the guest: %w", err)
 	}
 	progress(api.Progress{Step: "branch", Message: fmt.Sprintf("work branch %s at %s", res.BranchName, shortSHA(res.BaseCommit))})
-	return nil
+	return out, nil
 }
 
 func shortSHA(s string) string {
@@ -619,6 +624,9 @@ func (d *Daemon) WorkspaceGit(ctx context.Context, ref string, req api.Workspace
 	}
 	if !w.Mode.Ships() {
 		return model.Errorf(model.EINVALID, "the workspace at %s was prepared metadata_only: there is no repository banger set up in the guest", w.GuestPath)
+	}
+	if vm, err = d.wake(ctx, vm, api.NoProgress); err != nil {
+		return err
 	}
 	if vm.State != model.VMStateRunning {
 		return model.Errorf(model.ECONFLICT, "vm %s is %s; start it, or look at the fetched work on the host: `git log %s..%s`", vm.Name, vm.State, shortSHA(w.BaseCommit), strings.TrimPrefix(workspace.RemoteRef(vm.Name, w.BranchName), "refs/remotes/"))

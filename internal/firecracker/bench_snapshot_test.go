@@ -146,7 +146,8 @@ func BenchmarkSnapshotSSH(b *testing.B) {
 			b.Fatal(err)
 		}
 		snapTime := time.Since(t0)
-		stSize, memSize := fileSize(b, state), fileSize(b, mem)
+		stSize := fileSize(b, state)
+		memApparent, memSize := fileUsage(b, mem)
 		unix.Kill(pA.PID, unix.SIGKILL)
 		<-pA.Done()
 
@@ -162,8 +163,8 @@ func BenchmarkSnapshotSSH(b *testing.B) {
 		loadLaunch := time.Since(launched)
 
 		fmt.Printf("guest: Debian test image, 2 vCPUs, %d MiB, idle %v after SSH answered\n", memMiB, idle)
-		fmt.Printf("snapshot: %.2f s (PATCH paused → PUT /snapshot/create answered); state file %d bytes, memory file %d bytes (%.1f MiB)\n",
-			snapTime.Seconds(), stSize, memSize, float64(memSize)/(1<<20))
+		fmt.Printf("snapshot: %.2f s (paused → PUT /snapshot/create answered); state file %d bytes, memory file %.1f MiB on disk (%d bytes; sparse, %d apparent)\n",
+			snapTime.Seconds(), stSize, float64(memSize)/(1<<20), memSize, memApparent)
 		fmt.Printf("cold boot: InstanceStart → SSH %.2f s; VMM start → SSH %.2f s\n", coldStart.Seconds(), coldLaunch.Seconds())
 		fmt.Printf("load:      PUT /snapshot/load → SSH %.2f s (the load call itself %.2f s); VMM start → SSH %.2f s\n",
 			loadStart.Seconds(), loadCall.Seconds(), loadLaunch.Seconds())

@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -43,7 +42,8 @@ func vmmBinary(t testing.TB) string {
 	vmmBuild.once.Do(func() {
 		gobin, err := exec.LookPath("go")
 		if err != nil {
-			gobin = filepath.Join(runtime.GOROOT(), "bin", "go")
+			gobin = "/usr/local/go/bin/go" // where the project's Go lives
+
 		}
 		vmmBuild.dir, err = os.MkdirTemp("", "banger-vmm-build-")
 		if err != nil {

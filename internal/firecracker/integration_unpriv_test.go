@@ -94,15 +94,6 @@ func procStatus(t testing.TB, pid int) map[string]string {
 	return out
 }
 
-// unprivilegedVM is a VMM launched as vmmUID with every file passed as a
-// descriptor.
-type unprivilegedVM struct {
-	dir, vmmDir, sock, console string
-	p                          *Process
-	c                          *Client
-	kernelFD, rootFD, dataFD   int
-}
-
 // unprivilegedLayout makes the directories of a VM as the daemon lays
 // them out: the VM dir and its parents root-owned and traversable
 // (0711), the VMM's own dir owned by its uid (0700), and the VMM binary
@@ -152,15 +143,14 @@ func TestVMMUnprivilegedWithDescriptors(t *testing.T) {
 		open("vmlinux", os.O_RDONLY), open("rootfs.ext4", os.O_RDWR), open("data.img", os.O_RDONLY),
 		openTapIn(t, ns.name, ns.tap),
 	}
-	vm := &unprivilegedVM{dir: dir, vmmDir: vmmDir, sock: filepath.Join(vmmDir, "api.sock"), console: filepath.Join(dir, "vm.log")}
+	sock, consolePath := filepath.Join(vmmDir, "api.sock"), filepath.Join(dir, "vm.log")
 	p, err := Launch(LaunchConfig{
-		Bin: bin, APISock: vm.sock, ID: "it-unpriv", LogPath: vm.console,
+		Bin: bin, APISock: sock, ID: "it-unpriv", LogPath: consolePath,
 		UID: vmmUID, GID: vmmUID, ExtraFiles: files, TapFDs: map[string]int{ns.tap: ExtraFileFD(3)},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	vm.p = p
 	t.Cleanup(func() {
 		if Alive(p.PID) {
 			unix.Kill(p.PID, unix.SIGKILL)
@@ -169,10 +159,10 @@ func TestVMMUnprivilegedWithDescriptors(t *testing.T) {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), bootTimeout)
 	defer cancel()
-	if err := p.WaitAPI(ctx, vm.sock); err != nil {
-		t.Fatalf("%v\n%s", err, readTail(vm.console))
+	if err := p.WaitAPI(ctx, sock); err != nil {
+		t.Fatalf("%v\n%s", err, readTail(consolePath))
 	}
-	c := newCheckedClient(t, vm.sock)
+	c := newCheckedClient(t, sock)
 	args, err := BootArgs(BootArgsConfig{IP: "ip=172.31.0.2::172.31.0.1:255.255.255.0:bgt-guest:eth0:off"})
 	if err != nil {
 		t.Fatal(err)
@@ -198,13 +188,13 @@ func TestVMMUnprivilegedWithDescriptors(t *testing.T) {
 	}
 	for _, step := range steps {
 		if err := step(); err != nil {
-			t.Fatalf("%v\n%s", err, readTail(vm.console))
+			t.Fatalf("%v\n%s", err, readTail(consolePath))
 		}
 	}
 	if err := c.InstanceStart(ctx); err != nil {
-		t.Fatalf("%v\n%s", err, readTail(vm.console))
+		t.Fatalf("%v\n%s", err, readTail(consolePath))
 	}
-	console, err := waitConsole(ctx, vm.console, "inet 172.31.0.2/24")
+	console, err := waitConsole(ctx, consolePath, "inet 172.31.0.2/24")
 	if err != nil {
 		t.Fatalf("%v\n%s", err, tail(console, 30))
 	}
@@ -247,6 +237,6 @@ func TestVMMUnprivilegedWithDescriptors(t *testing.T) {
 
 	res, err := Stop(ctx, c, p.PID, 2*time.Minute)
 	if err != nil || !res.Clean {
-		t.Fatalf("Stop: got %+v, %v; want clean\n%s", res, err, readTail(vm.console))
+		t.Fatalf("Stop: got %+v, %v; want clean\n%s", res, err, readTail(consolePath))
 	}
 }

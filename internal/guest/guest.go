@@ -84,10 +84,23 @@ func NewHostKey() (private []byte, public string, err error) {
 // never receives the daemon's connection. Only that key's algorithm is
 // offered, so a guest cannot present a different key type.
 func Dial(ctx context.Context, addr string, signer ssh.Signer, hostKey string) (*Conn, error) {
+	return dial(ctx, addr, signer, hostKey, 0)
+}
+
+// DialQuiet is Dial without TCP keepalives, for a connection held open
+// across a suspend: a guest that sleeps answers no probe, and the host
+// would drop the connection it is to use when the guest wakes.
+func DialQuiet(ctx context.Context, addr string, signer ssh.Signer, hostKey string) (*Conn, error) {
+	return dial(ctx, addr, signer, hostKey, -1)
+}
+
+// dial is Dial with the TCP keepalive period keepAlive (0: Go's default,
+// negative: none).
+func dial(ctx context.Context, addr string, signer ssh.Signer, hostKey string, keepAlive time.Duration) (*Conn, error) {
 	if strings.TrimSpace(hostKey) == "" {
 		return nil, ErrNoHostKey
 	}
-	var d net.Dialer
+	d := net.Dialer{KeepAlive: keepAlive}
 	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	raw, err := d.DialContext(dctx, "tcp", addr)

@@ -47,6 +47,10 @@ func testServer(t *testing.T, clientKey ssh.PublicKey) (addr string, hostKey ssh
 	return ln.Addr().String(), hs.PublicKey()
 }
 
+// execHooks run other commands by their full text (set by a test before
+// it dials); the hook's result is the exit status.
+var execHooks = map[string]func(ch ssh.Channel) uint32{}
+
 func serve(c net.Conn, cfg *ssh.ServerConfig) {
 	_, chans, reqs, err := ssh.NewServerConn(c, cfg)
 	if err != nil {
@@ -68,6 +72,9 @@ func serve(c net.Conn, cfg *ssh.ServerConfig) {
 				r.Reply(true, nil)
 				cmd := string(r.Payload[4:])
 				status := uint32(0)
+				if hook, ok := execHooks[cmd]; ok {
+					status = hook(ch)
+				}
 				switch cmd {
 				case "false":
 					io.WriteString(ch.Stderr(), "it failed")

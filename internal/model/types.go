@@ -38,6 +38,10 @@ const (
 	VMStateRunning VMState = "running"
 	VMStateStopped VMState = "stopped"
 	VMStateError   VMState = "error"
+	// VMStateSuspended is a VM whose memory and device state are saved
+	// in its VM directory and whose VMM, tap and rules are released; a
+	// start restores it (see Runtime.SuspendedAt, SavedStateBytes).
+	VMStateSuspended VMState = "suspended"
 )
 
 // DaemonConfig is bangerd's configuration. The fields up to VMDefaults are
@@ -118,6 +122,10 @@ type DaemonConfig struct {
 	APIIdleTimeout time.Duration
 	// BuildTimeout bounds one image build (not the wait for its turn).
 	BuildTimeout time.Duration
+	// AutoStopMode is what the idle policy does to a VM idle past its
+	// auto-stop time: IdleSuspend or IdleStop; empty means suspend where
+	// the VMM can snapshot, else stop. A VM's Spec.IdleAction overrides it.
+	AutoStopMode string
 	// Limits bound what one non-admin user may hold; root and AdminGroup
 	// members are exempt.
 	Limits UserLimits
@@ -207,6 +215,9 @@ type VMSpec struct {
 	AutoStopAfterSeconds *int64 `json:"auto_stop_after_seconds,omitempty"`
 	// Egress is where the guest may connect beyond the host.
 	Egress EgressPolicy `json:"egress"`
+	// IdleAction is what the idle policy does to this VM: IdleSuspend,
+	// IdleStop, or empty for the daemon's auto_stop_mode.
+	IdleAction string `json:"idle_action,omitempty"`
 }
 
 // VMRuntime holds the durable runtime state that the daemon needs to reach
@@ -251,6 +262,11 @@ type VMRuntime struct {
 	// HostKeyInstalled says the VM's SSH host key (SSHHostKey, made by
 	// the daemon) is on its system disk; a fresh system disk clears it.
 	HostKeyInstalled bool `json:"host_key_installed,omitempty"`
+	// SuspendedAt is when the VM was suspended (state suspended only).
+	SuspendedAt time.Time `json:"suspended_at,omitempty"`
+	// SavedStateBytes is the disk its saved memory and device state take
+	// (state suspended only).
+	SavedStateBytes int64 `json:"saved_state_bytes,omitempty"`
 }
 
 // VMLimits are the limits a VM's VMM runs under (its cgroup) and how
@@ -288,6 +304,9 @@ type VMStats struct {
 	// its egress policy refused, since it last started (read from the
 	// kernel when asked).
 	EgressDenied int64 `json:"egress_denied,omitempty"`
+	// SavedStateBytes is the disk a suspended VM's saved state takes
+	// (filled when asked, from the VM's runtime).
+	SavedStateBytes int64 `json:"saved_state_bytes,omitempty"`
 }
 
 // VMRecord is a VM as stored and as shown.
@@ -327,6 +346,9 @@ type VMCreateRequest struct {
 	SSHPublicKeys []string `json:"ssh_public_keys,omitempty"`
 	// Egress is the VM's egress policy; nil means the configured default.
 	Egress *EgressPolicy `json:"egress,omitempty"`
+	// IdleAction is what the idle policy does to the VM (IdleSuspend or
+	// IdleStop); empty means the daemon's auto_stop_mode.
+	IdleAction string `json:"idle_action,omitempty"`
 }
 
 // VMSetRequest changes a VM. Nil fields are left alone.
@@ -342,6 +364,9 @@ type VMSetRequest struct {
 	AutoStopAfterSeconds *int64 `json:"auto_stop_after_seconds,omitempty"`
 	// Egress changes the egress policy, live when the VM runs.
 	Egress *EgressPolicy `json:"egress,omitempty"`
+	// IdleAction changes what the idle policy does to the VM:
+	// IdleSuspend, IdleStop, or IdleDefault for the daemon's setting.
+	IdleAction *string `json:"idle_action,omitempty"`
 }
 
 // WorkspacePrepareMode says how much of a repository goes into a VM.

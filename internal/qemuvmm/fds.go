@@ -108,9 +108,6 @@ func describeFile(f *os.File) (*inheritedFile, error) {
 // readable reports whether the descriptor allows reading.
 func (i *inheritedFile) readable() bool { return i.accMode != unix.O_WRONLY }
 
-// writable reports whether the descriptor allows writing.
-func (i *inheritedFile) writable() bool { return i.accMode != unix.O_RDONLY }
-
 func (i *inheritedFile) close() {
 	if i != nil && i.f != nil {
 		i.f.Close()

@@ -440,22 +440,14 @@ func openMemFile(path string, st snapshotState) (*os.File, error) {
 	return f, nil
 }
 
-// loadGuestRAM copies the memory image of mem into a new memfd and checks
-// it against the state file's checksum.
-func loadGuestRAM(mem *os.File, st snapshotState) (*os.File, error) {
-	ram, err := newGuestRAM(st.MemMiB)
-	if err != nil {
-		return nil, err
-	}
+// loadGuestRAM copies the memory image of mem into ram and checks it
+// against the state file's checksum.
+func loadGuestRAM(mem, ram *os.File, st snapshotState) error {
 	crc, n, err := copyPages(mem, memHeaderLen, ram, 0, st.RAMSize)
 	if err == nil && (crc != st.RAMCRC || n != st.RAMBytes) {
 		err = fmt.Errorf("the memory file is damaged: its memory pages do not match the snapshot's checksum (%d bytes read, %d saved)", n, st.RAMBytes)
 	}
-	if err != nil {
-		ram.Close()
-		return nil, err
-	}
-	return ram, nil
+	return err
 }
 
 // restore rebuilds the saved machine in this fresh VMM and loads the
@@ -527,26 +519,42 @@ func (v *VMM) restore(ctx context.Context, statePath, memPath string, overrides 
 		return err
 	}
 	v.boot = boot
+	// The memory is copied while QEMU starts: QEMU maps the memfd but
+	// leaves it alone until the device state comes (with -incoming it
+	// does not write its ROMs into guest memory).
+	if v.ram, err = newGuestRAM(st.MemMiB); err != nil {
+		return err
+	}
 	t0 := time.Now()
-	if v.ram, err = loadGuestRAM(mem, st); err != nil {
-		return err
-	}
-	v.logger().Info("guest memory loaded", "bytes", st.RAMBytes, "ms", time.Since(t0).Milliseconds())
-	if _, err := mem.Seek(memHeaderLen+st.RAMSize, io.SeekStart); err != nil {
-		return err
-	}
+	loaded := make(chan error, 1)
+	// This goroutine ends when the copy does; restore always waits for
+	// it below.
+	go func(ram *os.File) { loaded <- loadGuestRAM(mem, ram, st) }(v.ram)
 	spec, copies, err := v.machineSpec(st.Accel, 0)
 	if err != nil {
+		<-loaded
 		return err
 	}
 	defer closeAll(copies)
 	spec.Cmdline, spec.Incoming = st.Cmdline, true
 	t1 := time.Now()
 	m, err := v.cfg.Start(ctx, spec)
+	lerr := <-loaded
 	if err != nil {
 		return err
 	}
 	v.logger().Info("qemu started for the load", "ms", time.Since(t1).Milliseconds())
+	if lerr != nil {
+		m.Kill()
+		<-m.Done()
+		return lerr
+	}
+	v.logger().Info("guest memory loaded", "bytes", st.RAMBytes, "ms", time.Since(t0).Milliseconds())
+	if _, err := mem.Seek(memHeaderLen+st.RAMSize, io.SeekStart); err != nil {
+		m.Kill()
+		<-m.Done()
+		return err
+	}
 	if err := v.receive(ctx, m, mem, st); err != nil {
 		m.Kill()
 		<-m.Done()

@@ -24,8 +24,11 @@ const (
 
 // FileSyncScript extracts a file sync tar from standard input into /root,
 // everything owned by root, and takes whatever follows the archive's end
-// so the sender never writes into a closed channel.
-const FileSyncScript = "tar -x --no-same-owner -f - -C " + GuestHome + " && cat >/dev/null"
+// so the sender never writes into a closed channel. It ends with sync: the
+// daemon deletes its copy once the script succeeds, so the files must be
+// on the disk, not in the guest's page cache, before a killed VMM (a crash,
+// a kill) could lose them.
+const FileSyncScript = "tar -x --no-same-owner -f - -C " + GuestHome + " && cat >/dev/null && sync"
 
 // SyncItem is one file sync entry resolved for the requesting user.
 type SyncItem struct {

@@ -246,6 +246,14 @@ git -C "$gp" update-index -q --refresh >/dev/null 2>&1 || true
 	return b.String()
 }
 
+// SetupAndCaptureScript is SetupScript followed, in the same session,
+// by CaptureScript of the new workspace (so the tree as prepared is
+// snapshotted without another round trip): a failed setup fails the
+// script, a failed capture only prints nothing.
+func SetupAndCaptureScript(p SetupParams) string {
+	return SetupScript(p) + "sh -c " + shq(CaptureScript(p.GuestPath, p.Branch, p.Base)) + " || true\n"
+}
+
 // tempIndex is shell that snapshots the working tree into a temporary
 // index $idx (removed on exit), leaving the repository's own index alone.
 const tempIndex = `idx=$(mktemp)

@@ -155,13 +155,14 @@ func TestParsePrecheck(t *testing.T) {
 func TestScriptsQuote(t *testing.T) {
 	gp := "/root/it's $(reboot)"
 	for name, s := range map[string]string{
-		"precheck": PrecheckScript(gp),
-		"extract":  ExtractScript(gp),
-		"setup":    SetupScript(SetupParams{GuestPath: gp, Mode: model.WorkspacePrepareModeShallowOverlay, Branch: "b", Base: "c", UserName: "O'Brien"}),
-		"capture":  CaptureScript(gp, "b", "c"),
-		"bundle":   BundleScript(gp, "b", "c", true),
-		"diff":     DiffScript(gp, "c", GitOutput{}),
-		"log":      LogScript(gp, "b", "c", GitOutput{}),
+		"precheck":      PrecheckScript(gp),
+		"extract":       ExtractScript(gp),
+		"setup":         SetupScript(SetupParams{GuestPath: gp, Mode: model.WorkspacePrepareModeShallowOverlay, Branch: "b", Base: "c", UserName: "O'Brien"}),
+		"setup+capture": SetupAndCaptureScript(SetupParams{GuestPath: gp, Mode: model.WorkspacePrepareModeFullCopy, Branch: "b", Base: "c"}),
+		"capture":       CaptureScript(gp, "b", "c"),
+		"bundle":        BundleScript(gp, "b", "c", true),
+		"diff":          DiffScript(gp, "c", GitOutput{}),
+		"log":           LogScript(gp, "b", "c", GitOutput{}),
 	} {
 		if strings.Contains(s, "$(reboot)") && !strings.Contains(s, `'/root/it'\''s $(reboot)`) {
 			t.Errorf("%s: guest path not quoted:\n%s", name, s)
@@ -217,7 +218,15 @@ func prepareLocally(t *testing.T, root, gp string, mode model.WorkspacePrepareMo
 	pr, pw := io.Pipe()
 	go func() { pw.CloseWithError(WriteRepo(ctx, pw, stream, nil, nil)) }()
 	guestRun(t, ExtractScript(gp), pr)
-	guestRun(t, SetupScript(SetupParams{GuestPath: gp, Mode: mode, Branch: branch, Base: repo.Head, UserName: repo.UserName, UserEmail: repo.UserEmail}), nil)
+	// Setup and the capture of the tree as prepared, in one session:
+	// its output is the capture line, the same as a capture run after.
+	out := guestRun(t, SetupAndCaptureScript(SetupParams{GuestPath: gp, Mode: mode, Branch: branch, Base: repo.Head, UserName: repo.UserName, UserEmail: repo.UserEmail}), nil)
+	if _, err := ParseCapture(out, repo.Head); err != nil {
+		t.Fatalf("setup's capture: %v", err)
+	}
+	if again := guestRun(t, CaptureScript(gp, branch, repo.Head), nil); again != out {
+		t.Errorf("setup's capture %q, a capture after it %q", out, again)
+	}
 	return repo
 }
 
@@ -253,8 +262,16 @@ func TestPrepareFullCopyLocally(t *testing.T) {
 func TestPrepareShallowOverlayLocally(t *testing.T) {
 	isolateGit(t)
 	root, outside := testRepo(t)
-	gp := filepath.Join(t.TempDir(), "proj")
+	// A guest path that would run a command if a script lost its
+	// quoting (the setup and capture scripts nest it twice).
+	dir := t.TempDir()
+	gp := filepath.Join(dir, "it's $(touch pwned) proj")
 	repo := prepareLocally(t, root, gp, model.WorkspacePrepareModeShallowOverlay, "banger/vm")
+	for _, p := range []string{filepath.Join(dir, "pwned"), "pwned", "/pwned", filepath.Join(gp, "pwned")} {
+		if _, err := os.Stat(p); err == nil {
+			t.Errorf("%s exists: a script ran part of the guest path", p)
+		}
+	}
 
 	// HEAD at depth 1, same commit; the working tree as on the host, every
 	// change unstaged.

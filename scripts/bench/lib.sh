@@ -19,6 +19,8 @@ bench_prepare() {
 bench_daemon_start() {
 	bench_ns=bgbench-$1-$$
 	bench_dir=$(mktemp -d /tmp/bgb.XXXXXX)
+	# VMMs run as their own uids and must traverse to their directory.
+	chmod 755 "$bench_dir"
 	cat > "$bench_dir/cfg.toml" <<TOML
 state_dir = "$bench_dir/state"
 socket_path = "$bench_dir/sock"

@@ -13,9 +13,12 @@ import (
 )
 
 // TestFaultMatrix crashes the daemon (SIGKILL, from inside, at the named
-// step) during every step of start, stop, kill and rm, restarts it, and
-// checks that nothing is left that no row explains and that every row's
-// state matches the host. It prints the table of steps and outcomes.
+// step) during every step of start, stop, kill, rm, suspend, resume and
+// the stop of a suspended VM, restarts it, and checks that nothing is
+// left that no row explains and that every row's state matches the host
+// (a suspended VM must resume from its saved state). It prints the table
+// of steps and outcomes. Rows can be picked with -run, e.g.
+// 'TestFaultMatrix/(suspend|resume|discard):'.
 func TestFaultMatrix(t *testing.T) {
 	a := harness.RequireArtifacts(t)
 	d := harness.NewE2EDaemon(t, a, "")
@@ -25,112 +28,148 @@ func TestFaultMatrix(t *testing.T) {
 	}
 	create()
 
-	type outcome struct {
-		step   daemon.FaultCell
-		after  string
-		left   []string
-		ok     bool
-		detail string
-	}
-	var results []outcome
+	var results []faultOutcome
 	for _, step := range daemon.FaultMatrix() {
-		// Bring the VM to the state the operation needs.
-		v, exists := tryVM(d, vm)
-		if !exists {
-			create()
-			v, _ = tryVM(d, vm)
-		}
-		if step.NeedsRunning && v.State != "running" {
-			d.MustCLI("vm", "start", vm)
-		}
-		if !step.NeedsRunning && v.State == "running" {
-			d.MustCLI("vm", "stop", vm)
-		}
-		if lo := d.Leftovers(t, 2); len(lo) > 0 {
-			t.Fatalf("before %s/%s: leftovers %v", step.Op, step.CrashAt, lo)
-		}
-
-		// Restart the daemon armed with the crash point and run the op.
-		d.Stop()
-		d.SetEnv("BANGER_CRASH_AT=" + step.CrashAt)
-		d.Start()
-		var args []string
-		switch step.Op {
-		case "rm":
-			args = []string{"vm", "rm", "--force", vm}
-		default:
-			args = []string{"vm", step.Op, vm}
-		}
-		r := d.CLI(args...)
-		select {
-		case <-d.Exited():
-		case <-time.After(2 * time.Minute):
-			t.Fatalf("%s at %s: the daemon did not crash: %s", step.Op, step.CrashAt, r)
-		}
-		d.Crash() // reap
-		d.SetEnv()
-		d.Start()
-
-		o := outcome{step: step}
-		v, exists = tryVM(d, vm)
-		if exists {
-			o.after = string(v.State)
-		} else {
-			o.after = "(removed)"
-		}
-		o.left = d.Leftovers(t, 2)
-		o.ok = len(o.left) == 0
-		// A VM shown running must really run; one being removed may be
-		// gone; any other must still exist (no lost VM).
-		switch {
-		case !exists && step.Op != "rm":
-			o.ok = false
-			o.detail = "VM lost"
-		case exists && v.State == "running":
-			if r := d.CLI("exec", vm, "--", "true"); r.Code != 0 {
-				// A crash after Ctrl-Alt-Del leaves a guest on its way
-				// down: the restarted daemon adopts its VMM and must see
-				// it exit. The VM may not stay shown running.
-				deadline := time.Now().Add(90 * time.Second)
-				for time.Now().Before(deadline) {
-					if v, _ = tryVM(d, vm); v.State != "running" {
-						break
-					}
-					time.Sleep(200 * time.Millisecond)
-				}
-				if v.State == "running" {
-					o.ok = false
-					o.detail = "shown running but exec fails: " + r.Stderr
-				} else {
-					o.after = "running→" + v.State
-					o.left = d.Leftovers(t, 2)
-					o.ok = len(o.left) == 0
-				}
+		// One subtest per crash point, so -run can pick rows
+		// (TestFaultMatrix/resume: ...); each brings the VM to the
+		// state its operation needs.
+		t.Run(step.CrashAt, func(t *testing.T) {
+			o := runFaultCell(t, d, vm, create, step)
+			results = append(results, o)
+			if !o.ok {
+				t.Errorf("%s crashed at %s: after restart %s: %s", step.Op, step.CrashAt, o.after, o.detail)
 			}
-		}
-		if o.detail == "" && !o.ok {
-			o.detail = strings.Join(o.left, "; ")
-		}
-		results = append(results, o)
-		if !o.ok {
-			t.Errorf("%s crashed at %s: after restart %s: %s", step.Op, step.CrashAt, o.after, o.detail)
-		}
+		})
 	}
 
 	var b strings.Builder
 	fmt.Fprintf(&b, "\nfault matrix (generated from the daemon's step lists): daemon SIGKILLed at each step, then restarted\n")
-	fmt.Fprintf(&b, "%-6s %-26s %-16s %-9s %s\n", "OP", "CRASH AT", "VM AFTER", "LEFTOVERS", "RESULT")
+	fmt.Fprintf(&b, "%-7s %-28s %-18s %-9s %s\n", "OP", "CRASH AT", "VM AFTER", "LEFTOVERS", "RESULT")
 	for _, o := range results {
 		res := "ok"
 		if !o.ok {
 			res = "FAIL " + o.detail
 		}
-		fmt.Fprintf(&b, "%-6s %-26s %-16s %-9d %s\n", o.step.Op, o.step.CrashAt, o.after, len(o.left), res)
+		fmt.Fprintf(&b, "%-7s %-28s %-18s %-9d %s\n", o.step.Op, o.step.CrashAt, o.after, len(o.left), res)
 	}
 	t.Log(b.String())
 	if out := os.Getenv("BANGER_FAULT_TABLE"); out != "" {
 		os.WriteFile(out, []byte(b.String()), 0o644)
 	}
+}
+
+// faultOutcome is one row of the fault matrix.
+type faultOutcome struct {
+	step   daemon.FaultCell
+	after  string
+	left   []string
+	ok     bool
+	detail string
+}
+
+// runFaultCell brings the VM to the state step's operation needs, has
+// the daemon crash at step.CrashAt during it, restarts the daemon and
+// checks what is left: nothing unexplained, no VM lost, a VM shown
+// running runs, a VM shown suspended resumes from its saved state.
+func runFaultCell(t *testing.T, d *harness.Daemon, vm string, create func(), step daemon.FaultCell) faultOutcome {
+	v, exists := tryVM(d, vm)
+	if !exists {
+		create()
+		v, _ = tryVM(d, vm)
+	}
+	switch {
+	case step.NeedsSuspended:
+		if v.State != "running" && v.State != "suspended" {
+			d.MustCLI("vm", "start", vm)
+		}
+		if v, _ = tryVM(d, vm); v.State == "running" {
+			d.MustCLI("vm", "suspend", vm)
+		}
+	case step.NeedsRunning:
+		if v.State != "running" {
+			d.MustCLI("vm", "start", vm)
+		}
+	case v.State == "running" || v.State == "suspended":
+		d.MustCLI("vm", "stop", vm)
+	}
+	if lo := d.Leftovers(t, 2); len(lo) > 0 {
+		t.Fatalf("before %s/%s: leftovers %v", step.Op, step.CrashAt, lo)
+	}
+
+	// Restart the daemon armed with the crash point and run the op.
+	d.Stop()
+	d.SetEnv("BANGER_CRASH_AT=" + step.CrashAt)
+	d.Start()
+	var args []string
+	switch step.Op {
+	case "rm":
+		args = []string{"vm", "rm", "--force", vm}
+	default:
+		args = []string{"vm", step.Op, vm}
+	}
+	r := d.CLI(args...)
+	select {
+	case <-d.Exited():
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("%s at %s: the daemon did not crash: %s", step.Op, step.CrashAt, r)
+	}
+	d.Crash() // reap
+	d.SetEnv()
+	d.Start()
+
+	o := faultOutcome{step: step}
+	v, exists = tryVM(d, vm)
+	if exists {
+		o.after = v.State
+	} else {
+		o.after = "(removed)"
+	}
+	o.left = d.Leftovers(t, 2)
+	o.ok = len(o.left) == 0
+	// A VM shown running must really run; one being removed may be
+	// gone; any other must still exist (no lost VM); a suspended one
+	// must resume from its saved state.
+	switch {
+	case !exists && step.Op != "rm":
+		o.ok = false
+		o.detail = "VM lost"
+	case exists && v.State == "running":
+		if r := d.CLI("exec", vm, "--", "true"); r.Code != 0 {
+			// A crash after Ctrl-Alt-Del leaves a guest on its way
+			// down: the restarted daemon adopts its VMM and must see
+			// it exit. The VM may not stay shown running.
+			deadline := time.Now().Add(90 * time.Second)
+			for time.Now().Before(deadline) {
+				if v, _ = tryVM(d, vm); v.State != "running" {
+					break
+				}
+				time.Sleep(200 * time.Millisecond)
+			}
+			if v.State == "running" {
+				o.ok = false
+				o.detail = "shown running but exec fails: " + r.Stderr
+			} else {
+				o.after = "running→" + v.State
+				o.left = d.Leftovers(t, 2)
+				o.ok = len(o.left) == 0
+			}
+		}
+	case exists && v.State == "suspended" && o.ok:
+		// The saved state left is whole: the VM resumes from it, not
+		// from its disks.
+		r := d.CLI("vm", "start", vm)
+		got := d.VM(t, vm)
+		if r.Code != 0 || got.State != "running" || got.Runtime.LastError != "" {
+			o.ok = false
+			o.detail = fmt.Sprintf("the suspended VM did not resume from its saved state: %s (%s %q)", strings.TrimSpace(r.Stderr), got.State, got.Runtime.LastError)
+		} else {
+			o.after = "suspended→resumed"
+		}
+	}
+	if o.detail == "" && !o.ok {
+		o.detail = strings.Join(o.left, "; ")
+	}
+	return o
 }
 
 func tryVM(d *harness.Daemon, name string) (v vmState, ok bool) {
@@ -141,7 +180,7 @@ func tryVM(d *harness.Daemon, name string) (v vmState, ok bool) {
 	if strings.Contains(r.Stdout, `"state": "running"`) {
 		return vmState{State: "running"}, true
 	}
-	for _, s := range []string{"created", "stopped", "error"} {
+	for _, s := range []string{"created", "stopped", "error", "suspended"} {
 		if strings.Contains(r.Stdout, `"state": "`+s+`"`) {
 			return vmState{State: s}, true
 		}

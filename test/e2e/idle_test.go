@@ -11,11 +11,13 @@ import (
 )
 
 // TestIdleAutoStop runs two VMs with a 25 s auto-stop: one busy (a CPU
-// loop inside the guest, no API use), one idle. The idle one is stopped;
-// the busy one keeps running; the stopped one starts again with its disks.
+// loop inside the guest, no API use), one idle. The idle one is stopped
+// (auto_stop_mode "stop"; suspend_test.go has the default, suspend); the
+// busy one keeps running; the stopped one starts again with its disks.
 func TestIdleAutoStop(t *testing.T) {
 	a := harness.RequireArtifacts(t)
 	d := harness.NewE2EDaemon(t, a, `auto_stop_stale_after = "25s"
+auto_stop_mode = "stop"
 stats_poll_interval = "2s"`)
 	d.MustCLI("vm", "create", "busy", "--vcpus", "1", "--memory", "384M")
 	d.MustCLI("vm", "create", "idle", "--vcpus", "1", "--memory", "384M")

@@ -447,9 +447,12 @@ type heldConn struct {
 func startHeld(t *testing.T, d *harness.Daemon, vm, host string, port int) heldConn {
 	t.Helper()
 	script := fmt.Sprintf(`rm -f /root/held.in /root/held.out; mkfifo /root/held.in
-nohup bash -c 'exec 3<>/dev/tcp/%s/%d; exec 4<>/root/held.in; while read -r l <&4; do echo "$l" >&3; read -r -t 3 r <&3 && echo "$r" >>/root/held.out; done' >/dev/null 2>&1 &
+nohup bash -c 'exec 3<>/dev/tcp/%s/%d; exec 4<>/root/held.in; while read -r l <&4; do echo "$l" >&3; read -r -t 3 r <&3 && echo "$r" >>/root/held.out; done' </dev/null >/dev/null 2>&1 &
 sleep 1; echo one >/root/held.in; sleep 2; cat /root/held.out`, host, port)
-	if r := d.MustCLI("exec", vm, "--", "bash", "-c", script); !strings.Contains(r.Stdout, "one") {
+	start := time.Now()
+	if r := d.CLI("exec", vm, "--", "bash", "-c", script); r.Code != 0 || !strings.Contains(r.Stdout, "one") {
+		t.Logf("held setup took %s", time.Since(start))
+		t.Logf("afterwards: %s", d.CLI("exec", vm, "--", "bash", "-c", "ps ax | grep -v ps; ls -la /root; cat /root/held.out"))
 		t.Fatalf("held connection did not work before the change: %s", r)
 	}
 	return heldConn{t: t, d: d, vm: vm}

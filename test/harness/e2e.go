@@ -75,7 +75,8 @@ func (d *Daemon) VM(t testing.TB, name string) api.VMView {
 // its rows do not explain: taps beyond the pool or held by no running VM,
 // tagged rules of VMs not running with NAT, untagged rules, packet filter
 // objects of VMs not running (and running VMs without one), loop devices
-// on state files, dm devices, VMM processes and VM dirs without a row.
+// on state files, dm devices, VMM processes and VM dirs without a row,
+// saved states of VMs not suspended (and suspended VMs without one).
 func (d *Daemon) Leftovers(t testing.TB, poolSize int) []string {
 	t.Helper()
 	var vms []api.VMView
@@ -151,8 +152,10 @@ func (d *Daemon) Leftovers(t testing.TB, poolSize int) []string {
 		}
 	}
 	// dmsetup fails without device-mapper in the kernel (as on this
-	// project's machines): then there are no dm devices to leave.
-	if misc, _ := os.ReadFile("/proc/misc"); strings.Contains(string(misc), "device-mapper") {
+	// project's machines): then there are no dm devices to leave. The
+	// kernel says whether it has the driver; a /dev/mapper/control node
+	// may exist without it (dmsetup makes one when it runs).
+	if misc, err := os.ReadFile("/proc/misc"); err == nil && strings.Contains(string(misc), "device-mapper") {
 		dm, err := exec.Command("dmsetup", "ls").CombinedOutput()
 		if err != nil {
 			t.Fatalf("leftovers: dmsetup ls: %v: %s", err, dm)
@@ -169,6 +172,7 @@ func (d *Daemon) Leftovers(t testing.TB, poolSize int) []string {
 	if len(procs) != len(running) {
 		out = append(out, fmt.Sprintf("%d VMM processes (%v), want %d", len(procs), procs, len(running)))
 	}
+	out = append(out, savedStateLeftovers(vms)...)
 	// VM dirs: only rows' dirs.
 	entries, err := os.ReadDir(filepath.Join(d.StateDir, "vms"))
 	if err != nil && !os.IsNotExist(err) {
@@ -177,6 +181,32 @@ func (d *Daemon) Leftovers(t testing.TB, poolSize int) []string {
 	for _, e := range entries {
 		if !dirs[e.Name()] {
 			out = append(out, "vm dir without a row: "+e.Name())
+		}
+	}
+	return out
+}
+
+// savedStateLeftovers checks suspend's files: a suspended VM has a
+// complete saved state (<vm dir>/saved/{state,mem}), no other VM has
+// one, and nothing of a suspend, resume or drop cut short is left (the
+// VMM's snapshot files, saved.new, saved.old).
+func savedStateLeftovers(vms []api.VMView) []string {
+	var out []string
+	exists := func(p string) bool { _, err := os.Lstat(p); return err == nil }
+	for _, v := range vms {
+		dir := v.Runtime.VMDir
+		saved := filepath.Join(dir, "saved")
+		complete := exists(filepath.Join(saved, "state")) && exists(filepath.Join(saved, "mem"))
+		switch {
+		case v.State == "suspended" && !complete:
+			out = append(out, fmt.Sprintf("suspended vm %s has no complete saved state", v.Name))
+		case v.State != "suspended" && exists(saved):
+			out = append(out, fmt.Sprintf("vm %s is %s but has a saved state", v.Name, v.State))
+		}
+		for _, p := range []string{"saved.new", "saved.old", "vmm/suspend.state", "vmm/suspend.mem"} {
+			if exists(filepath.Join(dir, p)) {
+				out = append(out, fmt.Sprintf("vm %s: %s left by a cut-short suspend or resume", v.Name, p))
+			}
 		}
 	}
 	return out

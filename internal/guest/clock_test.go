@@ -1,0 +1,128 @@
+package guest
+
+import (
+	"bufio"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"io"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+)
+
+// TestSetClockSendsTheTimeWhenTheGuestIsReady: a guest whose shell takes
+// a while to start gets the host's time as of its "ready", not as of the
+// request; a guest that never says ready is an error.
+func TestSetClockSendsTheTimeWhenTheGuestIsReady(t *testing.T) {
+	_, cpriv, _ := ed25519.GenerateKey(rand.Reader)
+	signer, _ := ssh.NewSignerFromKey(cpriv)
+	addr, hostKey := testServer(t, signer.PublicKey())
+	ctx := context.Background()
+
+	const startup = 300 * time.Millisecond
+	var readyAt time.Time
+	got := make(chan string, 1)
+	execHooks[clockScript] = func(ch ssh.Channel) uint32 {
+		time.Sleep(startup) // the guest's shell starting
+		readyAt = time.Now()
+		io.WriteString(ch, "ready\n")
+		line, _ := bufio.NewReader(ch).ReadString('\n')
+		got <- line
+		return 0
+	}
+	t.Cleanup(func() { delete(execHooks, clockScript) })
+
+	c, err := Dial(ctx, addr, signer, AuthorizedKey(hostKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	sent := time.Now()
+	if err := c.SetClock(ctx, time.Now); err != nil {
+		t.Fatal(err)
+	}
+	line := strings.TrimSpace(<-got)
+	secs, nanos, ok := strings.Cut(line, ".")
+	if !ok || len(nanos) != 9 {
+		t.Fatalf("the guest read %q; want SECONDS.NANOSECONDS", line)
+	}
+	s, err1 := strconv.ParseInt(secs, 10, 64)
+	n, err2 := strconv.ParseInt(nanos, 10, 64)
+	if err1 != nil || err2 != nil {
+		t.Fatalf("the guest read %q", line)
+	}
+	at := time.Unix(s, n)
+	if at.Before(readyAt) || at.Sub(readyAt) > 200*time.Millisecond {
+		t.Errorf("time sent %s; the guest said ready at %s (request at %s): the start-up was counted", at, readyAt, sent)
+	}
+
+	// A guest that never says ready.
+	execHooks[clockScript] = func(ch ssh.Channel) uint32 {
+		io.WriteString(ch, strings.Repeat("noise ", 100)+"\nnot ready\n")
+		return 0
+	}
+	if err := c.SetClock(ctx, time.Now); err == nil || !strings.Contains(err.Error(), "never said") {
+		t.Errorf("a guest that never said ready: %v", err)
+	}
+}
+
+// TestHoldClock: the held shell runs its first command, says ready, and
+// sets the clock when the time comes, over the same connection; a hold
+// that is closed sends nothing.
+func TestHoldClock(t *testing.T) {
+	_, cpriv, _ := ed25519.GenerateKey(rand.Reader)
+	signer, _ := ssh.NewSignerFromKey(cpriv)
+	addr, hostKey := testServer(t, signer.PublicKey())
+	ctx := context.Background()
+	script := "sync; " + clockScript
+	got := make(chan string, 1)
+	execHooks[script] = func(ch ssh.Channel) uint32 {
+		io.WriteString(ch, "ready\n")
+		line, _ := bufio.NewReader(ch).ReadString('\n')
+		got <- line
+		return 0
+	}
+	t.Cleanup(func() { delete(execHooks, script) })
+
+	c, err := DialQuiet(ctx, addr, signer, AuthorizedKey(hostKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := c.HoldClock(ctx, "sync")
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond) // the guest sleeps
+	at := time.Unix(1800000000, 123456789)
+	if err := h.Set(ctx, func() time.Time { return at }); err != nil {
+		t.Fatal(err)
+	}
+	if line := strings.TrimSpace(<-got); line != "1800000000.123456789" {
+		t.Errorf("the guest read %q", line)
+	}
+
+	// Closed without setting: the shell reads an empty input.
+	c2, err := DialQuiet(ctx, addr, signer, AuthorizedKey(hostKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h2, err := c2.HoldClock(ctx, "sync")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h2.Close()
+	h2.Close()
+	if line := <-got; line != "" {
+		t.Errorf("a closed hold sent %q", line)
+	}
+	// A guest whose shell fails before it is ready.
+	execHooks["false; "+clockScript] = func(ch ssh.Channel) uint32 { return 1 }
+	c3, _ := Dial(ctx, addr, signer, AuthorizedKey(hostKey))
+	if _, err := c3.HoldClock(ctx, "false"); err == nil {
+		t.Error("a hold whose shell failed was returned")
+	}
+}
