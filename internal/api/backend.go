@@ -94,7 +94,8 @@ type Backend interface {
 	Connect(ctx context.Context, ref string, port int) (net.Conn, error)
 	// Hold counts a VM as in use until release is called, as an open
 	// connect stream does, without a connection to the guest: no idle
-	// policy acts on it meanwhile. ENOTFOUND, ECONFLICT (not running).
+	// policy acts on it meanwhile. A suspended VM is resumed first.
+	// ENOTFOUND, ECONFLICT (not running).
 	Hold(ctx context.Context, ref string) (release func(), err error)
 
 	WorkspaceBackend

@@ -30,7 +30,7 @@ import (
 // tools live in mcp_vm.go, mcp_guest.go and mcp_workspace.go.
 
 // mcpInstructions is what the server tells the agent about itself.
-const mcpInstructions = `banger gives you disposable Linux VMs (Debian; you are root; /root is a persistent work disk). A session: vm_create {"name": "dev"} boots one (tens of seconds); exec runs commands in it (argv, or a shell line in "command"; the working directory defaults to /root); read_file, write_file and list_dir handle files; workspace_prepare copies a git repository of the host into the VM on a work branch; commit there with exec (git -C <guest_path> commit ...); workspace_diff and workspace_log show the guest's work; workspace_fetch brings it back into the host repository as refs/remotes/banger-<vm>/<branch> (the user's branches are never touched); vm_rm {"name": "dev", "force": true} throws the VM away. Errors come back as tool errors with banger's message, which says what to do.`
+const mcpInstructions = `banger gives you disposable Linux VMs (Debian; you are root; /root is a persistent work disk). A session: vm_create {"name": "dev"} boots one (tens of seconds); exec runs commands in it (argv, or a shell line in "command"; the working directory defaults to /root); read_file, write_file and list_dir handle files; workspace_prepare copies a git repository of the host into the VM on a work branch; commit there with exec (git -C <guest_path> commit ...); workspace_diff and workspace_log show the guest's work; workspace_fetch brings it back into the host repository as refs/remotes/banger-<vm>/<branch> (the user's branches are never touched); vm_suspend saves a VM you will come back to (vm_start or any exec resumes it, processes included); vm_rm {"name": "dev", "force": true} throws the VM away. Errors come back as tool errors with banger's message, which says what to do.`
 
 // mcpServer holds what the tools share.
 type mcpServer struct {
@@ -60,7 +60,7 @@ func (a *App) mcpCommand() *cobra.Command {
 		Short: "Serve banger's tools to an AI agent (Model Context Protocol on stdio)",
 		Long: `Serve banger to an AI agent as an MCP server on standard input and output.
 
-The agent gets tools to create, list, inspect, start, stop and remove VMs; to
+The agent gets tools to create, list, inspect, start, stop, suspend and remove VMs; to
 run commands in them (exec) and read, write and list their files; and to carry
 a git repository into a VM and the work done there back (workspace_prepare,
 workspace_diff, workspace_log, workspace_fetch). Everything runs with your

@@ -78,7 +78,8 @@ func portForward(ctx context.Context, c *api.Client, ref, address string, specs 
 	if err != nil {
 		return err
 	}
-	if vm.State != model.VMStateRunning {
+	// The hold resumes a suspended VM.
+	if vm.State != model.VMStateRunning && vm.State != model.VMStateSuspended {
 		return model.Errorf(model.ECONFLICT, "vm %s is %s; start it with `banger vm start %s`", vm.Name, vm.State, vm.Name)
 	}
 	hold, err := c.Hold(ctx, vm.Name)

@@ -143,10 +143,14 @@ func (d *Daemon) Connect(ctx context.Context, ref string, port int) (net.Conn, e
 }
 
 // Hold implements api.Backend: the VM counts as in use, as with an open
-// connect stream, until release is called.
+// connect stream, until release is called. A suspended VM is resumed
+// first, as Connect does.
 func (d *Daemon) Hold(ctx context.Context, ref string) (func(), error) {
 	vm, err := d.findVM(ctx, ref)
 	if err != nil {
+		return nil, err
+	}
+	if vm, err = d.wake(ctx, vm, api.NoProgress); err != nil {
 		return nil, err
 	}
 	if vm.State != model.VMStateRunning {

@@ -36,3 +36,23 @@ func TestHoldCountsAsASession(t *testing.T) {
 		t.Errorf("hold of another user's VM: %v; want ENOTFOUND", err)
 	}
 }
+
+// TestHoldResumesASuspendedVM: a hold (port-forward) of a suspended VM
+// resumes it, as a connect stream does, and then holds it.
+func TestHoldResumesASuspendedVM(t *testing.T) {
+	e := newTestDaemon(t, false)
+	dev := e.create(t, "dev", true)
+	e.start(t, "dev")
+	e.suspend(t, "dev")
+	release, err := e.d.Hold(e.ctx, "dev")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	if vm := e.vm(t, "dev"); vm.State != model.VMStateRunning {
+		t.Errorf("after a hold of the suspended VM: state %s; want running", vm.State)
+	}
+	if n := e.d.sessions.open(dev.ID); n != 1 {
+		t.Errorf("%d open sessions while held; want 1", n)
+	}
+}
