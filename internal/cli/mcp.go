@@ -241,9 +241,6 @@ func (p *progress) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
-// vmRef is the VM argument every VM tool takes.
-const vmRefDoc = "the VM's name (or ID)"
-
 // userSigner is the user's banger key, which banger authorizes in every
 // VM the user creates.
 func (s *mcpServer) userSigner() (ssh.Signer, error) {
