@@ -217,14 +217,15 @@ func (a *App) portForwardCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "port-forward NAME [LOCAL:]REMOTE...",
 		Short: "Forward local TCP ports to a VM's ports until Ctrl-C",
-		Long: `Forward local TCP ports to ports of a running VM until interrupted (Ctrl-C).
+		Long: `Forward local TCP ports to ports of a VM until interrupted (Ctrl-C); a
+suspended VM is resumed first.
 
 Each argument is REMOTE (the same port number locally), LOCAL:REMOTE, or
 :REMOTE (any free local port; the one chosen is printed). Connections go
 through bangerd's socket, so this works whatever network namespace the
 daemon runs in; any number may be open at once. The VM counts as in use while
-the forward runs: no idle auto-stop happens meanwhile. The forward ends by
-itself when the VM stops.`,
+the forward runs: no idle stop or suspend happens meanwhile. The forward ends
+by itself when the VM stops or is suspended.`,
 		Example: `  banger port-forward dev 8080              # localhost:8080 -> dev:8080
   banger port-forward dev 3000:80 :5432     # localhost:3000 -> dev:80, a free port -> dev:5432
   banger port-forward dev :8080 --json      # prints {"vm": ..., "forwards": [{"local": ..., "remote_port": ...}]}`,
