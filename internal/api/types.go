@@ -112,6 +112,9 @@ type VMView struct {
 	// IdleAction is what the idle policy will do to the VM: "suspend"
 	// or "stop" (its own setting, else the daemon's).
 	IdleAction string `json:"idle_action,omitempty"`
+	// DiskPool describes the storage pool's space for a VM whose disks
+	// are in it.
+	DiskPool string `json:"disk_pool,omitempty"`
 }
 
 // DoctorCheck is one named host check.

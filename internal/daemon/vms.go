@@ -58,6 +58,7 @@ func (d *Daemon) GetVM(ctx context.Context, ref string) (api.VMView, error) {
 	if img, err := d.store.GetImage(ctx, vm.ImageID); err == nil {
 		v.ImageName = img.Name
 	}
+	v.DiskPool = d.vmPoolView(vm)
 	return v, nil
 }
 
@@ -292,6 +293,7 @@ func (d *Daemon) insertVM(ctx context.Context, req model.VMCreateRequest, spec m
 			DNSName:  model.DNSName(req.Name, d.cfg.DNSDomain),
 		},
 	}
+	vm.Runtime.OverlayStrategy = d.newVMStrategy()
 	d.layout.vmPaths(id, &vm.Runtime)
 	if err := d.store.CreateVM(ctx, vm); err != nil {
 		return model.VMRecord{}, err
@@ -306,6 +308,7 @@ func (d *Daemon) deleteCreated(vm model.VMRecord) {
 		d.logger.Warn("undo create: delete row", "vm", vm.Name, "err", err)
 	}
 	os.RemoveAll(vm.Runtime.VMDir)
+	d.removePoolDisks(vm)
 }
 
 // SetVM implements api.Backend.

@@ -104,6 +104,10 @@ type DaemonConfig struct {
 	// CgroupParent names the cgroup subtree VMs are put in (one group per
 	// VM, with limits from its size); "off" puts them in none.
 	CgroupParent string
+	// StoragePool is "auto" (keep VM disks in a loop-mounted XFS pool
+	// file when the state directory cannot reflink and device-mapper is
+	// absent), "off", or the path of the pool file to use.
+	StoragePool string
 	// UpstreamDNS are the nameservers the daemon's DNS forwards guests'
 	// queries to, in order (default_dns; DefaultDNS is the first).
 	UpstreamDNS []string

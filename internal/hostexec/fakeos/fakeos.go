@@ -57,6 +57,8 @@ type OS struct {
 	// name; nil means systemd-resolved is not running (see
 	// RunResolved).
 	Resolved map[string]*ResolvedLink
+	// Mounts are mounted filesystems by mount point (pool.go).
+	Mounts map[string]*Mount
 
 	// Fail makes the next command whose argv starts with the key fail
 	// with the value as its output.
@@ -79,6 +81,7 @@ func New() *OS {
 		DM:       map[string]*DMDevice{},
 		HostKeys: map[string]string{},
 		Nft:      map[string]*NftTable{},
+		Mounts:   map[string]*Mount{},
 		Fail:     map[string]string{},
 		handlers: map[string]handler{},
 	}
