@@ -102,9 +102,10 @@ while (1) {
 // list the tools, create a VM, run commands, write and read files,
 // prepare a workspace from the user's repository, commit in the guest
 // through exec, fetch the commit back, and remove the VM; bad arguments
-// come back as tool errors. On the same VM, `banger port-forward` (run
-// by the same user in the host's namespace) carries HTTP requests, many
-// at once, to a server in the guest, and ends when the VM stops.
+// come back as tool errors. On the same VM, suspended through vm_suspend
+// with a web server running, `banger port-forward` (run by the same user
+// in the host's namespace) resumes the VM, carries HTTP requests, many at
+// once, to the server, and ends when the VM stops.
 func TestAgentSession(t *testing.T) {
 	a := harness.RequireArtifacts(t)
 	testutil.RequireTools(t, "git")
@@ -269,6 +270,15 @@ func TestAgentSession(t *testing.T) {
 		ag.t = t
 		ag.must("write_file", map[string]any{"vm": "agent", "path": "serve.pl", "content": guestHTTP}, nil)
 		ag.must("exec", map[string]any{"vm": "agent", "command": "setsid perl /root/serve.pl >/root/serve.log 2>&1 </dev/null & sleep 1; cat /root/serve.log"}, &x)
+		// Suspended with the server running: the forward resumes the VM,
+		// and the server answers as if nothing happened.
+		var suspended struct {
+			VM struct{ State string } `json:"vm"`
+		}
+		ag.must("vm_suspend", map[string]any{"name": "agent"}, &suspended)
+		if suspended.VM.State != "suspended" {
+			t.Fatalf("vm_suspend: %+v", suspended)
+		}
 		// The forward runs as the user, in the host's network namespace:
 		// the guest is reachable only through the daemon's socket.
 		pf := exec.Command(filepath.Join(d.Bin, "banger"), "port-forward", "agent", ":8080", "--json")
