@@ -92,6 +92,11 @@ type Backend interface {
 	// A suspended VM is resumed first. ENOTFOUND, EINVALID (port),
 	// ECONFLICT (not running).
 	Connect(ctx context.Context, ref string, port int) (net.Conn, error)
+	// Hold counts a VM as in use until release is called, as an open
+	// connect stream does, without a connection to the guest: no idle
+	// policy acts on it meanwhile. A suspended VM is resumed first.
+	// ENOTFOUND, ECONFLICT (not running).
+	Hold(ctx context.Context, ref string) (release func(), err error)
 
 	WorkspaceBackend
 	ImageUploadBackend

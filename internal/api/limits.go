@@ -282,10 +282,11 @@ func (s *Server) connContext(ctx context.Context, c net.Conn) context.Context {
 }
 
 // isOperation says whether a request counts against the operations
-// limit: everything but reads, and but the connect streams of ssh, which
-// count as connections.
+// limit: everything but reads, and but the connect streams of ssh and
+// port-forward and the holds of port-forward, which count as
+// connections.
 func isOperation(r *http.Request) bool {
-	return r.Method != http.MethodGet && r.Method != http.MethodHead && !strings.HasSuffix(r.URL.Path, "/connect")
+	return r.Method != http.MethodGet && r.Method != http.MethodHead && !strings.HasSuffix(r.URL.Path, "/connect") && !strings.HasSuffix(r.URL.Path, "/hold")
 }
 
 // guard applies the connection and operation limits before a handler

@@ -190,6 +190,8 @@ func (s *Server) Handler() http.Handler {
 	s.workspaceRoutes(mux)
 	s.imageUploadRoutes(mux)
 	s.imageImportRoutes(mux)
+	s.holdRoutes(mux)
+	s.openAPIRoutes(mux)
 
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, model.Errorf(model.ENOTFOUND, "no route %s %s; this daemon serves %s", r.Method, r.URL.Path, Prefix))

@@ -142,6 +142,7 @@ $` + EnvSocket + ` to use another).`,
 		a.workspaceCommand(),
 	)
 	root.AddCommand(a.accessCommands()...)
+	root.AddCommand(a.portForwardCommand(), a.mcpCommand())
 	return root
 }
 

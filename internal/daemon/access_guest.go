@@ -142,6 +142,31 @@ func (d *Daemon) Connect(ctx context.Context, ref string, port int) (net.Conn, e
 	}}, nil
 }
 
+// Hold implements api.Backend: the VM counts as in use, as with an open
+// connect stream, until release is called. A suspended VM is resumed
+// first, as Connect does.
+func (d *Daemon) Hold(ctx context.Context, ref string) (func(), error) {
+	vm, err := d.findVM(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	if vm, err = d.wake(ctx, vm, api.NoProgress); err != nil {
+		return nil, err
+	}
+	if vm.State != model.VMStateRunning {
+		return nil, model.Errorf(model.ECONFLICT, "vm %q is %s; start it with `banger vm start %s`", vm.Name, vm.State, vm.Name)
+	}
+	d.touch(vm.ID)
+	d.sessions.add(vm.ID, 1)
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			d.sessions.add(vm.ID, -1)
+			d.touch(vm.ID)
+		})
+	}, nil
+}
+
 // touch records use of a VM.
 func (d *Daemon) touch(id string) {
 	if err := d.store.TouchVM(context.Background(), id, model.Now()); err != nil {

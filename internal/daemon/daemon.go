@@ -110,6 +110,11 @@ type Daemon struct {
 	// stepTimes are the last durations of each lifecycle step.
 	stepTimes stepTimes
 
+	// hostDNS is what setting up the host's name resolution of VMs did;
+	// netnsDir is where `ip netns` names namespaces (/run/netns).
+	hostDNS  hostDNSState
+	netnsDir string
+
 	// sessions counts open connect streams per VM, for idle detection.
 	sessions *sessionCounter
 	// poll is the stats poller's memory.
@@ -155,6 +160,7 @@ func New(ctx context.Context, opts Options) (*Daemon, error) {
 		denied:    newDeniedLog(),
 		builds:    newBuildQueue(),
 		lookupUID: hostUID,
+		netnsDir:  "/run/netns",
 	}
 	// The state dir holds VM disks and the daemon's private key: only
 	// root may list it.
@@ -302,6 +308,7 @@ func (d *Daemon) setupNetworkLocked(ctx context.Context) error {
 		}()
 		d.logger.Info("dns server listening", "addr", d.dns.Addr(), "domain", d.cfg.DNSDomain)
 	}
+	d.setupHostDNS(ctx)
 	return nil
 }
 

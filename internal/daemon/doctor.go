@@ -44,7 +44,7 @@ func (d *Daemon) Doctor(ctx context.Context) []api.DoctorCheck {
 	if vms, err := d.store.ListVMs(ctx); err == nil {
 		in.VMs = len(vms)
 	}
-	return doctor.Host(ctx, in, d.runner)
+	return append(doctor.Host(ctx, in, d.runner), d.hostDNSCheck(ctx))
 }
 
 // overlayStrategy says how system overlays are made here (detected at

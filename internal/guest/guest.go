@@ -100,8 +100,28 @@ func dial(ctx context.Context, addr string, signer ssh.Signer, hostKey string, k
 	if strings.TrimSpace(hostKey) == "" {
 		return nil, ErrNoHostKey
 	}
+	d := net.Dialer{KeepAlive: keepAlive}
+	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	raw, err := d.DialContext(dctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	return DialConn(ctx, raw, addr, signer, hostKey)
+}
+
+// DialConn is Dial over a connection the caller opened (a user's stream
+// through the daemon's connect, say): the SSH handshake, with the same
+// host key check, runs on raw, which the returned Conn owns. On failure
+// raw is closed. addr only names the guest in errors.
+func DialConn(ctx context.Context, raw net.Conn, addr string, signer ssh.Signer, hostKey string) (*Conn, error) {
+	if strings.TrimSpace(hostKey) == "" {
+		raw.Close()
+		return nil, ErrNoHostKey
+	}
 	want, _, _, _, err := ssh.ParseAuthorizedKey([]byte(hostKey))
 	if err != nil {
+		raw.Close()
 		return nil, fmt.Errorf("parse known host key: %w", err)
 	}
 	cfg := &ssh.ClientConfig{
@@ -117,13 +137,6 @@ func dial(ctx context.Context, addr string, signer ssh.Signer, hostKey string, k
 		HostKeyAlgorithms: hostKeyAlgorithms(want.Type()),
 		Timeout:           10 * time.Second,
 	}
-	d := net.Dialer{KeepAlive: keepAlive}
-	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	raw, err := d.DialContext(dctx, "tcp", addr)
-	if err != nil {
-		return nil, err
-	}
 	// The handshake must not outlive ctx.
 	stop := context.AfterFunc(ctx, func() { raw.Close() })
 	defer stop()
@@ -131,6 +144,9 @@ func dial(ctx context.Context, addr string, signer ssh.Signer, hostKey string, k
 	c, chans, reqs, err := ssh.NewClientConn(raw, addr, cfg)
 	if err != nil {
 		raw.Close()
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
 		return nil, err
 	}
 	raw.SetDeadline(time.Time{})
@@ -200,6 +216,9 @@ type ExitError struct {
 	Cmd    string
 	Status int
 	Stderr string
+	// Signal names the signal that ended the command ("KILL"), when one
+	// did; Status is then 128 plus its number.
+	Signal string
 }
 
 func (e *ExitError) Error() string {
@@ -238,7 +257,7 @@ func (c *Conn) Run(ctx context.Context, cmd string, stdin io.Reader, stdout, std
 	}
 	var ee *ssh.ExitError
 	if errors.As(err, &ee) {
-		return &ExitError{Cmd: cmd, Status: ee.ExitStatus(), Stderr: errBuf.String()}
+		return &ExitError{Cmd: cmd, Status: ee.ExitStatus(), Stderr: errBuf.String(), Signal: ee.Signal()}
 	}
 	if err != nil {
 		return fmt.Errorf("guest command %q: %w", cmd, err)

@@ -45,3 +45,14 @@ func WriteFake(root string, p Process, exe string) error {
 	}
 	return nil
 }
+
+// WriteFakeNetNS gives process pid of a fake /proc tree at root the
+// network namespace ns (as /proc/PID/ns/net names it).
+func WriteFakeNetNS(root string, pid int, ns string) error {
+	dir := filepath.Join(root, strconv.Itoa(pid), "ns")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	os.Remove(filepath.Join(dir, "net"))
+	return os.Symlink(ns, filepath.Join(dir, "net"))
+}

@@ -112,6 +112,13 @@ func (r Reader) Exe(pid int) (string, error) {
 	return os.Readlink(filepath.Join(r.Root, strconv.Itoa(pid), "exe"))
 }
 
+// NetNS names a process's network namespace (the target of
+// /proc/PID/ns/net, "net:[4026531840]"): two processes are in the same
+// namespace when the names are equal.
+func (r Reader) NetNS(pid int) (string, error) {
+	return os.Readlink(filepath.Join(r.Root, strconv.Itoa(pid), "ns", "net"))
+}
+
 // List reads every process; ones that exit meanwhile are skipped.
 func (r Reader) List() ([]Process, error) {
 	pids, err := r.PIDs()

@@ -75,3 +75,21 @@ func TestHost(t *testing.T) {
 		t.Errorf("Exe = %q %v; want %q", got, err, exe)
 	}
 }
+
+func TestNetNS(t *testing.T) {
+	ns, err := Host.NetNS(os.Getpid())
+	if err != nil || !strings.HasPrefix(ns, "net:[") {
+		t.Errorf("NetNS(self) = %q, %v", ns, err)
+	}
+	root := t.TempDir()
+	if err := WriteFakeNetNS(root, 1, "net:[1]"); err != nil {
+		t.Fatal(err)
+	}
+	r := Reader{Root: root}
+	if ns, err := r.NetNS(1); err != nil || ns != "net:[1]" {
+		t.Errorf("fake NetNS(1) = %q, %v", ns, err)
+	}
+	if _, err := r.NetNS(2); err == nil {
+		t.Error("NetNS of a missing process succeeded")
+	}
+}

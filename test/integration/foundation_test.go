@@ -292,6 +292,11 @@ func TestDoctorReportsWithoutCrashing(t *testing.T) {
 	if byName["daemon"].Status != "PASS" {
 		t.Errorf("daemon check: %+v", byName["daemon"])
 	}
+	// The daemon runs in a namespace of the test's: the host cannot
+	// resolve VM names, and doctor says what to do instead.
+	if c := byName["host dns"]; c.Status != "WARN" || !strings.Contains(c.Detail, "runs in the network namespace "+d.Netns) || !strings.Contains(c.Fix, "port-forward") {
+		t.Errorf("host dns check: %+v", c)
+	}
 	// On this kind of host (no device-mapper, ext4 state dir) overlays
 	// are sparse copies, and doctor says so.
 	if o := byName["overlay"]; !strings.HasPrefix(o.Detail, "copy") && !strings.HasPrefix(o.Detail, "reflink") && !strings.HasPrefix(o.Detail, "dm-snapshot") {

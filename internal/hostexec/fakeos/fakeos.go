@@ -53,6 +53,10 @@ type OS struct {
 	HostKeys map[string]string
 	// Nft holds nftables tables by "family name".
 	Nft map[string]*NftTable
+	// Resolved is systemd-resolved's per-link configuration, by link
+	// name; nil means systemd-resolved is not running (see
+	// RunResolved).
+	Resolved map[string]*ResolvedLink
 	// Mounts are mounted filesystems by mount point (pool.go).
 	Mounts map[string]*Mount
 
@@ -189,5 +193,6 @@ func (o *OS) String() string {
 		fmt.Fprintf(&b, "dm %s %s\n", n, o.DM[n].Table)
 	}
 	nftString(o, &b)
+	resolvedString(o, &b)
 	return b.String()
 }

@@ -125,6 +125,8 @@ func ipLinkDel(o *OS, args, all []string) (string, error) {
 // which lose their port flags.
 func ipRemoveLink(o *OS, name string) {
 	delete(o.Links, name)
+	// systemd-resolved forgets a link's settings when the link goes.
+	delete(o.Resolved, name)
 	for _, l := range o.Links {
 		if l.Master == name {
 			l.Master = ""
