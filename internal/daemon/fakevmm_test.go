@@ -38,6 +38,9 @@ type fakeVMMs struct {
 	// dialled counts the resumes that had to connect again.
 	holds   []*fakeHold
 	dialled int
+	// onReidentify and onAdmitted see a fork's child at those steps
+	// (fork_test.go).
+	onReidentify, onAdmitted func(s *startRun)
 }
 
 type fakeVMM struct {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -178,7 +179,15 @@ func (m *Manager) Release(ctx context.Context, tap string) error {
 	if err != nil {
 		return fmt.Errorf("release tap %s: %w", tap, err)
 	}
+	// A tap quarantined for a forked VM loses its quarantine, whether it
+	// goes back to the pool or away (the table names it, not the link).
 	l, ok := links[tap]
+	if ok && m.isOurTap(l) {
+		if err := m.clearQuarantine(ctx, l); err != nil {
+			return fmt.Errorf("release tap %s: %w", tap, err)
+		}
+		l.Addrs = slices.DeleteFunc(l.Addrs, isQuarantineAddr)
+	}
 	if !ok || !m.isOurTap(l) {
 		return nil
 	}
