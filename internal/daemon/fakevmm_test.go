@@ -41,6 +41,8 @@ type fakeVMMs struct {
 	// onReidentify and onAdmitted see a fork's child at those steps
 	// (fork_test.go).
 	onReidentify, onAdmitted func(s *startRun)
+	// renamed lists the workspace branches fork children renamed.
+	renamed []string
 }
 
 type fakeVMM struct {

@@ -54,7 +54,7 @@ type forkChild struct {
 
 // forkIdentity is what a child is restored with and must shed.
 type forkIdentity struct {
-	srcName, srcIP, srcHostKey string
+	srcID, srcName, srcIP, srcHostKey string
 }
 
 // forkSteps are the steps of a fork up to its children's resumes (each
@@ -112,7 +112,7 @@ func (d *Daemon) ForkVM(ctx context.Context, ref string, req model.VMForkRequest
 	if err := runSteps(fctx, d.steps(log), undoOnError, d.forkSteps(), s); err != nil {
 		return nil, fmt.Errorf("fork vm %s: %w (it keeps running; no child was made)", src.Name, err)
 	}
-	id := forkIdentity{srcName: src.Name, srcIP: src.Runtime.GuestIP, srcHostKey: src.Runtime.SSHHostKey}
+	id := forkIdentity{srcID: src.ID, srcName: src.Name, srcIP: src.Runtime.GuestIP, srcHostKey: src.Runtime.SSHHostKey}
 	var views []api.VMView
 	var errs []error
 	for _, c := range s.children {

@@ -40,6 +40,9 @@ func (b fakeBooter) waitAdmitted(ctx context.Context, s *startRun) error {
 	}
 	b.vmms.mu.Lock()
 	f := b.vmms.onAdmitted
+	for _, r := range s.renames {
+		b.vmms.renamed = append(b.vmms.renamed, s.vm.Name+" "+r.guestPath+" "+r.from+" -> "+r.to)
+	}
 	b.vmms.mu.Unlock()
 	if f != nil {
 		f(s)
@@ -59,6 +62,15 @@ func TestForkOnTheFakeHost(t *testing.T) {
 	src := e.vm(t, "dev")
 	srcPID := e.pid(t, "dev")
 	os.WriteFile(src.Runtime.WorkDiskPath, []byte("work of dev"), 0o600)
+	// Two workspaces: one whose work ships on a branch, one metadata only.
+	for _, w := range []model.WorkspacePrepareResult{
+		{VMID: src.ID, GuestPath: "/root/repo", RepoName: "repo", Mode: model.WorkspacePrepareModeShallowOverlay, BranchName: "banger/dev", BaseCommit: strings.Repeat("b", 40), PreparedAt: model.Now()},
+		{VMID: src.ID, GuestPath: "/root/meta", RepoName: "meta", Mode: model.WorkspacePrepareModeMetadataOnly, PreparedAt: model.Now()},
+	} {
+		if err := e.d.store.PutWorkspace(e.ctx, w, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
 
 	var mu sync.Mutex
 	seen := map[string]string{}
@@ -127,6 +139,28 @@ func TestForkOnTheFakeHost(t *testing.T) {
 		}
 		if got, want := seen[c.Name], "reidentify quarantined=true err=<nil> from=dev/"+src.Runtime.GuestIP+"; admitted quarantined=false"; got != want {
 			t.Errorf("%s: %q; want %q", c.Name, got, want)
+		}
+	}
+	// Workspaces follow, each child's work on its own branch, renamed in
+	// its guest; the source's are as they were.
+	if got, want := strings.Join(e.vmms.renamed, "; "), "dev-1 /root/repo banger/dev -> banger/dev-1; dev-2 /root/repo banger/dev -> banger/dev-2"; got != want {
+		t.Errorf("branch renames %q; want %q", got, want)
+	}
+	for _, name := range []string{"dev", "dev-1", "dev-2"} {
+		ws, err := e.d.store.ListWorkspaces(e.ctx, e.vm(t, name).ID)
+		if err != nil || len(ws) != 2 {
+			t.Fatalf("%s: workspaces %+v %v", name, ws, err)
+		}
+		byPath := map[string]model.Workspace{}
+		for _, w := range ws {
+			byPath[w.GuestPath] = w
+		}
+		wantBranch := "banger/" + name
+		if r := byPath["/root/repo"]; r.BranchName != wantBranch || r.BaseCommit != strings.Repeat("b", 40) {
+			t.Errorf("%s: /root/repo branch %q base %q; want %s", name, r.BranchName, r.BaseCommit, wantBranch)
+		}
+		if m := byPath["/root/meta"]; m.BranchName != "" || m.Mode != model.WorkspacePrepareModeMetadataOnly {
+			t.Errorf("%s: /root/meta %+v", name, m)
 		}
 	}
 	if !strings.Contains(prog.String(), "dev paused for") {

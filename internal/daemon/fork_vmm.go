@@ -18,6 +18,7 @@ import (
 	"banger/internal/guest"
 	"banger/internal/model"
 	"banger/internal/network"
+	"banger/internal/workspace"
 )
 
 // The guest side of a fork's child (fork.go): the steps a resume runs
@@ -41,6 +42,9 @@ func (d *Daemon) forkAdmit(ctx context.Context, s *startRun) error {
 		return nil
 	}
 	if err := d.net.Admit(ctx, s.h.Tap); err != nil {
+		return err
+	}
+	if err := d.forkWorkspaces(ctx, s); err != nil {
 		return err
 	}
 	if err := d.boot.waitAdmitted(ctx, s); err != nil {
@@ -218,5 +222,39 @@ func (b vmmBooter) waitAdmitted(ctx context.Context, s *startRun) error {
 	if err != nil {
 		return fmt.Errorf("the child on the bridge: %w", err)
 	}
-	return conn.Close()
+	defer conn.Close()
+	for _, r := range s.renames {
+		if _, err := guestOutput(ctx, conn, workspace.RenameBranchScript(r.guestPath, r.from, r.to)); err != nil {
+			return fmt.Errorf("workspace %s: the child's branch %s: %w", r.guestPath, r.to, err)
+		}
+	}
+	return nil
+}
+
+// branchRename is a workspace's work branch a child renames.
+type branchRename struct{ guestPath, from, to string }
+
+// forkWorkspaces gives the child the source's workspaces, each that
+// ships work on its own branch banger/<child>, so that `workspace
+// fetch` of the child writes refs/remotes/banger-<child>/... only. The
+// guest's branches are renamed by waitAdmitted.
+func (d *Daemon) forkWorkspaces(ctx context.Context, s *startRun) error {
+	all, err := d.store.ListWorkspaces(ctx, s.fork.srcID)
+	if err != nil {
+		return err
+	}
+	s.renames = nil
+	for _, w := range all {
+		r := w.WorkspacePrepareResult
+		r.VMID = s.vm.ID
+		if r.Mode.Ships() && r.BranchName != "" {
+			to := workspace.DefaultBranch(s.vm.Name)
+			s.renames = append(s.renames, branchRename{guestPath: r.GuestPath, from: r.BranchName, to: to})
+			r.BranchName = to
+		}
+		if err := d.store.PutWorkspace(ctx, r, w.PreparedWIP); err != nil {
+			return fmt.Errorf("workspace %s of the child: %w", r.GuestPath, err)
+		}
+	}
+	return nil
 }

@@ -76,6 +76,8 @@ type startRun struct {
 	// fork is the identity a fork's child is restored with (fork.go);
 	// nil otherwise.
 	fork *forkIdentity
+	// renames are the workspace branches a fork's child renames.
+	renames []branchRename
 }
 
 // startSteps are the steps of a start, in order. The VMM steps go
