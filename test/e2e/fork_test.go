@@ -3,6 +3,9 @@ package e2e
 import (
 	"bufio"
 	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -27,6 +30,25 @@ nohup perl -e 'for ($i = 1; ; $i++) { open F, ">/root/counter.new" or die; print
 echo $! > /root/counter.pid
 sleep 1`)
 	counterPID := guestOut(t, d, src, "cat /root/counter.pid")
+
+	// A workspace: its work follows each child on its own branch.
+	repo := filepath.Join(t.TempDir(), "proj")
+	hostGit := func(args ...string) string {
+		t.Helper()
+		cmd := exec.Command("git", append([]string{"-C", repo}, args...)...)
+		cmd.Env = append(os.Environ(), "GIT_CONFIG_NOSYSTEM=1", "GIT_AUTHOR_NAME=Host", "GIT_AUTHOR_EMAIL=h@example.com", "GIT_COMMITTER_NAME=Host", "GIT_COMMITTER_EMAIL=h@example.com")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("git %v: %v\n%s", args, err, out)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	os.MkdirAll(repo, 0o755)
+	hostGit("init", "-q", "-b", "main")
+	os.WriteFile(filepath.Join(repo, "a.txt"), []byte("a\n"), 0o644)
+	hostGit("add", "a.txt")
+	hostGit("commit", "-qm", "base")
+	d.MustCLI("workspace", "prepare", src, repo, "--guest-path", "/root/proj")
 
 	// An open session: it echoes what it reads, until its stdin closes.
 	sess := banger(d, "exec", src, "--", "sh", "-c", `echo ready; while read l; do echo "got $l"; done; echo bye`)
@@ -114,6 +136,30 @@ sleep 1`)
 			}
 		}
 	}
+	// A commit in each child comes back on that child's own remote ref
+	// only.
+	heads := map[string]string{}
+	for _, c := range []string{"mother-1", "mother-2"} {
+		heads[c] = guestOut(t, d, c, "cd /root/proj && git symbolic-ref HEAD >&2 && echo "+c+" > child.txt && git add child.txt && git -c user.name=Child -c user.email=c@example.com commit -qm 'work of "+c+"' && git rev-parse HEAD")
+		if b := guestOut(t, d, c, "git -C /root/proj symbolic-ref --short HEAD"); b != "banger/"+c {
+			t.Errorf("%s works on branch %q; want banger/%s", c, b, c)
+		}
+	}
+	d.MustCLI("workspace", "fetch", "mother-1")
+	if got := hostGit("rev-parse", "refs/remotes/banger-mother-1/banger/mother-1"); got != heads["mother-1"] {
+		t.Errorf("fetched mother-1's branch at %s; its head is %s", got, heads["mother-1"])
+	}
+	if refs := hostGit("for-each-ref", "--format=%(refname)", "refs/remotes"); strings.Contains(refs, "banger-mother/") || strings.Contains(refs, "banger-mother-2/") {
+		t.Errorf("fetch of mother-1 touched other refs:\n%s", refs)
+	}
+	d.MustCLI("workspace", "fetch", "mother-2")
+	if got := hostGit("rev-parse", "refs/remotes/banger-mother-2/banger/mother-2"); got != heads["mother-2"] {
+		t.Errorf("fetched mother-2's branch at %s; its head is %s", got, heads["mother-2"])
+	}
+	if got := hostGit("rev-parse", "refs/remotes/banger-mother-1/banger/mother-1"); got != heads["mother-1"] {
+		t.Errorf("fetch of mother-2 moved mother-1's ref to %s", got)
+	}
+
 	// Every process goes on: the counter ticks in the source and in a
 	// child; the child's clock is the host's.
 	for _, vm := range []string{src, "mother-2"} {
@@ -130,6 +176,7 @@ sleep 1`)
 		t.Errorf("leftovers with three running VMs: %v", lo)
 	}
 	for _, vm := range vms {
+		// --force: the source's workspace work was never fetched.
 		d.MustCLI("vm", "rm", "--force", vm)
 	}
 	if lo := d.Leftovers(t, 2); len(lo) > 0 {
