@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -340,7 +341,7 @@ func TestReidentifyArgs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := strings.Join(args, " "); got != "0102 ab dev dev-1 02:fc:ac:10:00:07 172.16.0.7/24 172.16.0.1 ssh-ed25519 AAAA" {
+	if got := strings.Join(args, " "); got != "0102 ab dev dev-1 ssh-ed25519 AAAA 02:fc:ac:10:00:07 172.16.0.7/24 172.16.0.1" {
 		t.Errorf("args %q", got)
 	}
 	for _, bad := range []func(v *model.VMRecord){
@@ -355,7 +356,16 @@ func TestReidentifyArgs(t *testing.T) {
 			t.Errorf("reidentifyArgs accepted %+v", v.Runtime)
 		}
 	}
-	if cmd := reidentifyCommand(args); !strings.HasPrefix(cmd, "sh -c '") || !strings.Contains(cmd, "'dev-1'") {
-		t.Errorf("command %q", cmd)
+	id1, re := reidentifyCommands(args)
+	if !strings.HasPrefix(id1, "sh -c '") || !strings.HasSuffix(id1, "'dev-1' 'ssh-ed25519 AAAA'") {
+		t.Errorf("identity command %q", id1)
+	}
+	if !strings.HasPrefix(re, "sh -c '") || !strings.HasSuffix(re, "'02:fc:ac:10:00:07' '172.16.0.7/24' '172.16.0.1'") {
+		t.Errorf("readdress command %q", re)
+	}
+	for _, c := range []string{id1, re, reidentifyScript, readdressScript} {
+		if out, err := exec.Command("sh", "-n", "-c", c).CombinedOutput(); err != nil {
+			t.Errorf("sh -n: %v %s\n%s", err, out, c)
+		}
 	}
 }

@@ -63,11 +63,11 @@ func (d *Daemon) forkAdmit(ctx context.Context, s *startRun) error {
 // key (private, OpenSSH PEM), whose public half follows on the command
 // line. The kernel RNG gets the host's bytes with RNDADDENTROPY and is
 // reseeded at once with RNDRESEEDCRNG (from perl: no C compiler in
-// guests), so no two children draw the same numbers from here on. The
-// network change is done by a detached shell after this session has
-// ended: it takes the address this session runs over away.
+// guests), so no two children draw the same numbers from here on. sshd
+// is told (SIGHUP) to load the new key. The network change is
+// readdressScript's, run last.
 const reidentifyScript = `set -eu
-seed=$1 mid=$2 old=$3 new=$4 mac=$5 addr=$6 gw=$7 pub=$8
+seed=$1 mid=$2 old=$3 new=$4 pub=$5
 perl -e 'open(my $f, "+<", "/dev/urandom") or die "open /dev/urandom: $!\n"; my $b = pack("H*", $ARGV[0]); ioctl($f, 0x40085203, pack("ii", length($b) * 8, length($b)) . $b) or die "RNDADDENTROPY: $!\n"; ioctl($f, 0x5207, 0) or die "RNDRESEEDCRNG: $!\n";' "$seed"
 rm -f /var/lib/systemd/random-seed
 printf '%s\n' "$mid" > /etc/machine-id.new && mv /etc/machine-id.new /etc/machine-id
@@ -81,9 +81,15 @@ mv /etc/ssh/ssh_host_ed25519_key.pub.new /etc/ssh/ssh_host_ed25519_key.pub
 hostname "$new"
 printf '%s\n' "$new" > /etc/hostname
 if [ -f /etc/hosts ]; then sed -i "s/\(^\|[[:space:]]\)$old\([[:space:]]\|\$\)/\1$new\2/g" /etc/hosts; fi
+if [ -f /run/sshd.pid ]; then kill -HUP "$(cat /run/sshd.pid)" 2>/dev/null || true; fi
 sync
-setsid -f sh -c 'sleep 0.2; ip link set dev eth0 down; ip link set dev eth0 address "$1"; ip addr flush dev eth0; ip addr add "$2" dev eth0; ip link set dev eth0 up; ip route replace default via "$3" dev eth0' sh "$mac" "$addr" "$gw" </dev/null >/dev/null 2>&1
 `
+
+// readdressScript gives the guest its MAC, address (CIDR) and default
+// route ($1, $2, $3) from a detached shell, a moment after the session
+// that started it has ended: it takes away the address that session
+// runs over.
+const readdressScript = `setsid -f sh -c 'sleep 0.2; ip link set dev eth0 down; ip link set dev eth0 address "$1"; ip addr flush dev eth0; ip addr add "$2" dev eth0; ip link set dev eth0 up; ip route replace default via "$3" dev eth0' sh "$1" "$2" "$3" </dev/null >/dev/null 2>&1`
 
 // reidentifyArgs are reidentifyScript's arguments for vm; seed and mid
 // are the host's random bytes.
@@ -108,17 +114,19 @@ func reidentifyArgs(cfg model.DaemonConfig, fork forkIdentity, vm model.VMRecord
 	if pub == "" || strings.ContainsAny(pub, "\n'") {
 		return nil, fmt.Errorf("host key %q", pub)
 	}
-	return []string{hex.EncodeToString(seed), hex.EncodeToString(mid), fork.srcName, vm.Name, vm.Runtime.GuestMAC,
-		netip.PrefixFrom(ip, prefix.Bits()).String(), cfg.BridgeIP, pub}, nil
+	return []string{hex.EncodeToString(seed), hex.EncodeToString(mid), fork.srcName, vm.Name, pub,
+		vm.Runtime.GuestMAC, netip.PrefixFrom(ip, prefix.Bits()).String(), cfg.BridgeIP}, nil
 }
 
-// reidentifyCommand is the command line running the script.
-func reidentifyCommand(args []string) string {
+// reidentifyCommands are the command lines running the two scripts with
+// args (reidentifyArgs).
+func reidentifyCommands(args []string) (identity, readdress string) {
 	q := make([]string, len(args))
 	for i, a := range args {
 		q[i] = guest.Quote(a)
 	}
-	return "sh -c " + guest.Quote(reidentifyScript) + " sh " + strings.Join(q, " ")
+	return "sh -c " + guest.Quote(reidentifyScript) + " sh " + strings.Join(q[:5], " "),
+		"sh -c " + guest.Quote(readdressScript) + " sh " + strings.Join(q[5:], " ")
 }
 
 // reidentify makes a restored child its own machine, reaching it only
@@ -161,14 +169,19 @@ func (b vmmBooter) reidentify(ctx context.Context, s *startRun) error {
 		conn.Close()
 		return fmt.Errorf("host key: %w", err)
 	}
-	if err := conn.Run(ctx, reidentifyCommand(args), strings.NewReader(string(priv)), nil, nil); err != nil {
+	identity, readdress := reidentifyCommands(args)
+	if err := conn.Run(ctx, identity, strings.NewReader(string(priv)), nil, nil); err != nil {
 		conn.Close()
 		return fmt.Errorf("re-identify the child: %w", err)
 	}
-	err = conn.SetClock(ctx, time.Now)
+	if err := conn.SetClock(ctx, time.Now); err != nil {
+		conn.Close()
+		return fmt.Errorf("set the child's clock: %w", err)
+	}
+	err = conn.Run(ctx, readdress, nil, nil, nil)
 	conn.Close()
 	if err != nil {
-		return fmt.Errorf("set the child's clock: %w", err)
+		return fmt.Errorf("re-address the child: %w", err)
 	}
 	s.progress(api.Progress{Step: "fork", Message: fmt.Sprintf("%s: restored, reseeded and re-identified %dms after its VMM started", s.vm.Name, time.Since(start).Milliseconds())})
 	own := net.JoinHostPort(s.vm.Runtime.GuestIP, "22")
