@@ -65,8 +65,10 @@ func setMACArgv(dev, mac string) []string {
 func delAddrArgv(dev, cidr string) []string { return []string{"addr", "del", cidr, "dev", dev} }
 
 // Quarantine shuts a tap the caller holds off from everything but the
-// daemon (see above). The filter comes first, so the guest is never
-// reachable through the tap without it.
+// daemon (see above). The caller launches the VMM on the tap only after
+// it returns. The address comes before the table, and clearQuarantine
+// removes them in the other order, so a tap with a table always has the
+// address: whatever finds the address (attach, Release) clears both.
 func (m *Manager) Quarantine(ctx context.Context, tap string) error {
 	if !m.IsTapName(tap) {
 		return model.Errorf(model.EINVALID, "quarantine tap %q: not a banger tap (%sN)", tap, m.cfg.TapPrefix)
@@ -83,9 +85,6 @@ func (m *Manager) Quarantine(ctx context.Context, tap string) error {
 	if !ok {
 		return fmt.Errorf("quarantine %s: no such tap", tap)
 	}
-	if err := m.nftScript(ctx, quarantineScript(tap)); err != nil {
-		return fmt.Errorf("quarantine %s: %w", tap, err)
-	}
 	if l.Master != "" {
 		if _, err := m.ip(ctx, nomasterArgv(tap)...); err != nil {
 			return fmt.Errorf("quarantine %s: detach: %w", tap, err)
@@ -98,6 +97,9 @@ func (m *Manager) Quarantine(ctx context.Context, tap string) error {
 		if err := m.addAddr(ctx, tap, QuarantineAddr+"/32"); err != nil {
 			return fmt.Errorf("quarantine %s: %w", tap, err)
 		}
+	}
+	if err := m.nftScript(ctx, quarantineScript(tap)); err != nil {
+		return fmt.Errorf("quarantine %s: %w", tap, err)
 	}
 	return nil
 }
@@ -127,12 +129,15 @@ func (m *Manager) Admit(ctx context.Context, tap string) error {
 // clearQuarantine removes what Quarantine added to l; a tap never
 // quarantined is left as it is.
 func (m *Manager) clearQuarantine(ctx context.Context, l link) error {
+	if err := m.nftScript(ctx, unquarantineScript(l.Name)); err != nil {
+		return err
+	}
 	if slices.ContainsFunc(l.Addrs, isQuarantineAddr) {
 		if _, err := m.ip(ctx, delAddrArgv(l.Name, QuarantineAddr+"/32")...); err != nil {
 			return fmt.Errorf("remove the quarantine address: %w", err)
 		}
 	}
-	return m.nftScript(ctx, unquarantineScript(l.Name))
+	return nil
 }
 
 func isQuarantineAddr(cidr string) bool {

@@ -179,17 +179,17 @@ func (m *Manager) Release(ctx context.Context, tap string) error {
 	if err != nil {
 		return fmt.Errorf("release tap %s: %w", tap, err)
 	}
+	l, ok := links[tap]
+	if !ok || !m.isOurTap(l) {
+		return nil
+	}
 	// A tap quarantined for a forked VM loses its quarantine, whether it
 	// goes back to the pool or away (the table names it, not the link).
-	l, ok := links[tap]
-	if ok && m.isOurTap(l) {
+	if slices.ContainsFunc(l.Addrs, isQuarantineAddr) {
 		if err := m.clearQuarantine(ctx, l); err != nil {
 			return fmt.Errorf("release tap %s: %w", tap, err)
 		}
 		l.Addrs = slices.DeleteFunc(l.Addrs, isQuarantineAddr)
-	}
-	if !ok || !m.isOurTap(l) {
-		return nil
 	}
 	if len(m.free) < m.cfg.TapPoolSize {
 		if err := m.attach(ctx, l); err != nil {
@@ -281,6 +281,12 @@ func (m *Manager) Sync(ctx context.Context, inUse []string) error {
 // attach enslaves a tap to the bridge as an isolated port and brings it
 // up, unless it already is.
 func (m *Manager) attach(ctx context.Context, l link) error {
+	// A quarantine a crash left (network/quarantine.go) goes first.
+	if slices.ContainsFunc(l.Addrs, isQuarantineAddr) {
+		if err := m.clearQuarantine(ctx, l); err != nil {
+			return err
+		}
+	}
 	if l.Master != m.cfg.BridgeName || !l.Up {
 		if err := m.setMaster(ctx, l.Name, m.cfg.BridgeName); err != nil {
 			return err
