@@ -390,6 +390,18 @@ func (d *Daemon) forkCopy(ctx context.Context, s *forkRun) error {
 			}
 			cloned = cloned && ok
 		}
+		// The child's VMM opens its saved state by descriptor path, as
+		// its own uid (a suspended VM's files are its VMM's, which
+		// wrote them).
+		uid, err := d.vmmUID(c.vm)
+		if err != nil {
+			return err
+		}
+		for _, f := range []string{savedStateName, savedMemName} {
+			if err := d.storage.OwnDisk(filepath.Join(newDir, f), uid); err != nil {
+				return fmt.Errorf("fork: %w", err)
+			}
+		}
 		syncDir(newDir)
 		if err := os.Rename(newDir, savedDir(dir)); err != nil {
 			return fmt.Errorf("fork: %w", err)
