@@ -66,6 +66,7 @@ func (d *Daemon) forkSteps() []step[forkRun] {
 		{Name: "fork:snapshot-written", Do: d.forkSnapshot, Undo: d.undoForkSnapshot},
 		{Name: "fork:copied", Do: d.forkCopy},
 		{Name: "fork:source-resumed", Do: d.forkResumeSource},
+		{Name: "fork:copies-made", Do: d.forkCopyRest},
 		{Name: "fork:children-saved", Do: d.forkSaveChildren},
 	}
 }
@@ -369,46 +370,70 @@ func (d *Daemon) forkCopy(ctx context.Context, s *forkRun) error {
 		}
 		held[f.name] = to
 	}
-	cloned := true
-	for i, c := range s.children {
-		s.progress(api.Progress{Step: "fork", Message: fmt.Sprintf("copying disks and state for %s (%d/%d)", c.vm.Name, i+1, len(s.children))})
-		dir := c.vm.Runtime.VMDir
-		newDir := filepath.Join(dir, savedNewDirName)
-		if err := os.Mkdir(newDir, 0o700); err != nil {
-			return fmt.Errorf("fork: %w", err)
-		}
-		copies := []struct{ to, from string }{
-			{c.vm.Runtime.SystemOverlay, s.src.Runtime.SystemOverlay},
-			{c.vm.Runtime.WorkDiskPath, s.src.Runtime.WorkDiskPath},
-			{filepath.Join(newDir, savedStateName), held[savedStateName]},
-			{filepath.Join(newDir, savedMemName), held[savedMemName]},
-		}
-		for _, cp := range copies {
-			ok, err := d.storage.CopyFile(ctx, cp.to, cp.from)
-			if err != nil {
-				return err
-			}
-			cloned = cloned && ok
-		}
-		// The child's VMM opens its saved state by descriptor path, as
-		// its own uid (a suspended VM's files are its VMM's, which
-		// wrote them).
-		uid, err := d.vmmUID(c.vm)
-		if err != nil {
-			return err
-		}
-		for _, f := range []string{savedStateName, savedMemName} {
-			if err := d.storage.OwnDisk(filepath.Join(newDir, f), uid); err != nil {
-				return fmt.Errorf("fork: %w", err)
-			}
-		}
-		syncDir(newDir)
-		if err := os.Rename(newDir, savedDir(dir)); err != nil {
-			return fmt.Errorf("fork: %w", err)
-		}
-		syncDir(dir)
+	// Only the first child's copies are made while the source is
+	// paused; the others are copied from them once it runs again
+	// (forkCopyRest), so the pause does not grow with the children.
+	c := s.children[0]
+	s.progress(api.Progress{Step: "fork", Message: fmt.Sprintf("copying %s's disks and state for %s", s.src.Name, c.vm.Name)})
+	cloned, err := d.forkCopyChild(ctx, c, s.src.Runtime.SystemOverlay, s.src.Runtime.WorkDiskPath, held[savedStateName], held[savedMemName])
+	if err != nil {
+		return err
 	}
 	s.cloned = cloned
+	return nil
+}
+
+// forkCopyChild copies a child's disks and saved state from the given
+// files into its directory; the saved state appears only whole.
+func (d *Daemon) forkCopyChild(ctx context.Context, c *forkChild, sys, work, state, mem string) (bool, error) {
+	dir := c.vm.Runtime.VMDir
+	newDir := filepath.Join(dir, savedNewDirName)
+	if err := os.Mkdir(newDir, 0o700); err != nil {
+		return false, fmt.Errorf("fork: %w", err)
+	}
+	cloned := true
+	for _, cp := range []struct{ to, from string }{
+		{c.vm.Runtime.SystemOverlay, sys},
+		{c.vm.Runtime.WorkDiskPath, work},
+		{filepath.Join(newDir, savedStateName), state},
+		{filepath.Join(newDir, savedMemName), mem},
+	} {
+		ok, err := d.storage.CopyFile(ctx, cp.to, cp.from)
+		if err != nil {
+			return false, err
+		}
+		cloned = cloned && ok
+	}
+	// The child's VMM opens its saved state by descriptor path, as its
+	// own uid (a suspended VM's files are its VMM's, which wrote them).
+	uid, err := d.vmmUID(c.vm)
+	if err != nil {
+		return false, err
+	}
+	for _, f := range []string{savedStateName, savedMemName} {
+		if err := d.storage.OwnDisk(filepath.Join(newDir, f), uid); err != nil {
+			return false, fmt.Errorf("fork: %w", err)
+		}
+	}
+	syncDir(newDir)
+	if err := os.Rename(newDir, savedDir(dir)); err != nil {
+		return false, fmt.Errorf("fork: %w", err)
+	}
+	syncDir(dir)
+	return cloned, nil
+}
+
+// forkCopyRest copies the first child's disks and saved state, made
+// while the source was paused, for the other children.
+func (d *Daemon) forkCopyRest(ctx context.Context, s *forkRun) error {
+	first := s.children[0].vm.Runtime
+	st, mem := savedPaths(first.VMDir)
+	for i, c := range s.children[1:] {
+		s.progress(api.Progress{Step: "fork", Message: fmt.Sprintf("copying disks and state for %s (%d/%d)", c.vm.Name, i+2, len(s.children))})
+		if _, err := d.forkCopyChild(ctx, c, first.SystemOverlay, first.WorkDiskPath, st, mem); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
