@@ -16,7 +16,8 @@ import (
 )
 
 // vmmOverheadMiB is what a VMM needs beyond its guest's memory: QEMU's
-// own heap and TCG's translation cache (tens of MiB for Firecracker).
+// own heap and TCG's translation cache (capped at
+// qemuvmm.TCGTranslationCacheMiB; tens of MiB for Firecracker).
 // The cgroup's memory limit is the guest's memory plus this.
 const vmmOverheadMiB = 512
 

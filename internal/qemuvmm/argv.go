@@ -178,6 +178,10 @@ func smpArg(n int, smt bool) string {
 // Ctrl-Alt-Del, and a panic with panic=1) into QEMU's exit, as a reboot
 // ends Firecracker. The serial console goes to QEMU's stdout, which is
 // the VMM's stdout, as with Firecracker.
+// TCGTranslationCacheMiB caps TCG's translation cache (QEMU's tb-size).
+// The daemon's per-VM memory limit leaves room for it.
+const TCGTranslationCacheMiB = 256
+
 func QEMUArgs(spec MachineSpec) []string {
 	var args []string
 	if !spec.NoSandbox {
@@ -188,9 +192,17 @@ func QEMUArgs(spec MachineSpec) []string {
 		args = append(args, "-object", fmt.Sprintf("memory-backend-file,id=ram0,mem-path=/dev/fd/%d,size=%dM,share=on", spec.RAMFD, spec.MemMiB))
 		machine += ",memory-backend=ram0"
 	}
+	accel := spec.Accel
+	if accel == AccelTCG {
+		// TCG's translation cache defaults to 1 GiB, allocated as the
+		// guest runs new code: a long-lived guest grew QEMU past the VM's
+		// cgroup memory limit (guest memory plus the VMM's overhead) and
+		// was OOM-killed. Capped, the cache is flushed when full instead.
+		accel += ",tb-size=" + strconv.Itoa(TCGTranslationCacheMiB)
+	}
 	args = append(args,
 		"-M", machine,
-		"-accel", spec.Accel,
+		"-accel", accel,
 	)
 	if spec.Accel == AccelKVM {
 		args = append(args, "-cpu", "host")

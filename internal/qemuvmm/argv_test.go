@@ -31,7 +31,7 @@ func TestQEMUArgs(t *testing.T) {
 			name: "kernel only, tcg",
 			spec: MachineSpec{Accel: AccelTCG, VCPUs: 1, MemMiB: 128, Kernel: "/k/vmlinux", Cmdline: "console=ttyS0", QMPSocket: "/run/vm/api.sock.qmp"},
 			want: join(
-				[]string{"-sandbox", sandboxOpts, "-M", "microvm,acpi=on,pit=on,pic=on,rtc=on", "-accel", "tcg"},
+				[]string{"-sandbox", sandboxOpts, "-M", "microvm,acpi=on,pit=on,pic=on,rtc=on", "-accel", "tcg,tb-size=256"},
 				base,
 				[]string{"-smp", "1", "-m", "128M", "-kernel", "/k/vmlinux",
 					"-append", "console=ttyS0",
@@ -91,7 +91,7 @@ func TestQEMUArgs(t *testing.T) {
 			want: join(
 				[]string{"-sandbox", sandboxOpts,
 					"-object", "memory-backend-file,id=ram0,mem-path=/dev/fd/7,size=256M,share=on",
-					"-M", "microvm,acpi=on,pit=on,pic=on,rtc=on,memory-backend=ram0", "-accel", "tcg"},
+					"-M", "microvm,acpi=on,pit=on,pic=on,rtc=on,memory-backend=ram0", "-accel", "tcg,tb-size=256"},
 				base,
 				[]string{"-smp", "1", "-m", "256M", "-kernel", "/dev/fd/3",
 					"-append", "console=ttyS0",

@@ -47,7 +47,12 @@ func (m *Manager) probeDM(ctx context.Context) (bool, string) {
 	}
 	out, err := m.run.Run(ctx, "dmsetup", dmTargetsArgs()...)
 	if err != nil {
-		return false, fmt.Sprintf("device-mapper unusable (%v)", err)
+		// dmsetup's own explanation spans lines; its first says it.
+		msg := err.Error()
+		if i := strings.IndexByte(msg, '\n'); i >= 0 {
+			msg = msg[:i]
+		}
+		return false, fmt.Sprintf("device-mapper unusable (%s)", msg)
 	}
 	if parseTargets(out) {
 		return true, "device-mapper has the snapshot target"
