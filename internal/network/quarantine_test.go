@@ -40,6 +40,11 @@ func TestQuarantineAdmitRelease(t *testing.T) {
 	}
 	// Twice is harmless.
 	must(t, m.Quarantine(ctx, "bgtap0"))
+	// A sync (every reconcile) leaves a quarantined tap in use alone.
+	must(t, m.Sync(ctx, []string{"bgtap0"}))
+	if q, _ := m.Quarantined(ctx, "bgtap0"); !q || strings.Contains(o.String(), "link bgtap0 tap master=") {
+		t.Errorf("a sync undid the quarantine of a tap in use:\n%s", o.String())
+	}
 	must(t, m.Admit(ctx, "bgtap0"))
 	st = o.String()
 	if !strings.Contains(st, "link bgtap0 tap master=br-fc up isolated\n") || strings.Contains(st, "banger_q_") || strings.Contains(st, "169.254.169.1") {

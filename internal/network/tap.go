@@ -255,6 +255,11 @@ func (m *Manager) Sync(ctx context.Context, inUse []string) error {
 	}
 	for t := range used {
 		if l, ok := links[t]; ok && m.isOurTap(l) {
+			// A fork's child on a quarantined tap joins the bridge only
+			// when the fork admits it (quarantine.go).
+			if slices.ContainsFunc(l.Addrs, isQuarantineAddr) {
+				continue
+			}
 			if err := m.attach(ctx, l); err != nil {
 				errs = append(errs, err)
 			}
