@@ -16,6 +16,8 @@ packages=(
   debootstrap linux-source build-essential flex bison bc libelf-dev libssl-dev cpio xz-utils
   # access and workspaces
   openssh-client git
+  # images from Dockerfiles: image build --dockerfile runs buildah as the user
+  buildah
   # tests: busybox guests, DNS queries
   busybox-static
   ca-certificates

@@ -102,6 +102,7 @@ type Backend interface {
 
 	WorkspaceBackend
 	ImageUploadBackend
+	ImageImportBackend
 }
 
 // Progress is one step of a long operation.

@@ -190,6 +190,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST "+p+"/vms/{ref}/connect", s.handleConnect)
 	s.workspaceRoutes(mux)
 	s.imageUploadRoutes(mux)
+	s.imageImportRoutes(mux)
 
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, model.Errorf(model.ENOTFOUND, "no route %s %s; this daemon serves %s", r.Method, r.URL.Path, Prefix))

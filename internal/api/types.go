@@ -109,9 +109,16 @@ type VMView struct {
 	AutoStopAt *time.Time `json:"auto_stop_at,omitempty"`
 	// PID is the VMM's process ID, when running.
 	PID int `json:"pid,omitempty"`
+	// ImageConfig is the session config of the VM's image (built from a
+	// container image): banger ssh and exec run as its user, in its
+	// working directory, with its environment.
+	ImageConfig *model.ImageConfig `json:"image_config,omitempty"`
 	// IdleAction is what the idle policy will do to the VM: "suspend"
 	// or "stop" (its own setting, else the daemon's).
 	IdleAction string `json:"idle_action,omitempty"`
+	// DiskPool describes the storage pool's space for a VM whose disks
+	// are in it.
+	DiskPool string `json:"disk_pool,omitempty"`
 }
 
 // DoctorCheck is one named host check.

@@ -166,7 +166,9 @@ network namespace. With a command after --, run it instead.`,
 				sshArgs = append(sshArgs, "-t")
 			}
 			sshArgs = append(sshArgs, t.vm.Name)
-			if len(args) > 1 {
+			if session, ok := sessionCommand(t.vm, args[1:]); ok {
+				sshArgs = append(sshArgs, "--", session)
+			} else if len(args) > 1 {
 				sshArgs = append(sshArgs, "--", remoteCommand(args[1:]))
 			}
 			return a.runSSH(cmd.Context(), "ssh", sshArgs)
@@ -201,7 +203,11 @@ func (a *App) execCommand() *cobra.Command {
 			} else {
 				sshArgs = append(sshArgs, "-T")
 			}
-			sshArgs = append(sshArgs, t.vm.Name, "--", remoteCommand(args[1:]))
+			remote := remoteCommand(args[1:])
+			if session, ok := sessionCommand(t.vm, args[1:]); ok {
+				remote = session
+			}
+			sshArgs = append(sshArgs, t.vm.Name, "--", remote)
 			return a.runSSH(cmd.Context(), "ssh", sshArgs)
 		},
 	}

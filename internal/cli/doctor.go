@@ -71,7 +71,7 @@ func (a *App) doctorChecks(ctx context.Context) []api.DoctorCheck {
 				break
 			}
 		}
-		checks = append(checks, doctor.Host(ctx, doctor.Input{Config: cfg, VMMPath: vmm}, hostexec.Real{})...)
+		checks = append(checks, doctor.Host(ctx, doctor.Input{Config: cfg, VMMPath: vmm, VMs: -1}, hostexec.Real{})...)
 	} else {
 		checks = append(checks, api.DoctorCheck{Name: "daemon", Status: api.StatusPass, Detail: fmt.Sprintf("bangerd %s at %s", v.Version, a.api().Socket())})
 		hc, err := a.api().Doctor(ctx)

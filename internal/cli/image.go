@@ -27,9 +27,10 @@ func (a *App) imageBuildCommand() *cobra.Command {
 	var packages []string
 	var size string
 	var quiet bool
+	var imp importFlags
 	cmd := &cobra.Command{
 		Use:   "build [NAME]",
-		Short: "Build a Debian image with debootstrap",
+		Short: "Build an image: Debian with debootstrap, or from a container image or a Dockerfile",
 		Long: `Build a Debian image: a root filesystem made with debootstrap from this host's
 Debian mirror (its apt sources; --mirror overrides), with systemd, openssh-server,
 git, ca-certificates and iproute2, tuned to boot fast under Firecracker; a work
@@ -37,10 +38,28 @@ seed for each VM's /root; and a Firecracker-ready kernel (the newest one
 ` + "`banger kernel build`" + ` made, or --kernel).
 
 NAME defaults to the daemon's default_image_name ("default"). The first build
-downloads packages and takes minutes; later builds reuse a cache.`,
+downloads packages and takes minutes; later builds reuse a cache.
+
+With --from, the image is a container image instead: a registry reference
+(pulled by the daemon, with your credentials from ~/.docker/config.json), an
+OCI archive, a docker save archive or an OCI layout directory (read with your
+rights and sent), prefixed with docker://, oci-archive:, docker-archive: or
+oci: to say which. With --dockerfile, banger builds the Dockerfile with
+buildah (or podman) as you, then imports the result. banger adds what the guest
+needs: its init (systemd's units, or banger-init for images without systemd),
+sshd trusting the daemon's key (installed with the image's package manager when
+missing), the work disk on /root. The image's User, WorkingDir and Env apply to
+banger ssh and exec. Layers are checked against their digests; a layer that
+climbs out of the image or writes through a link is refused. Unpacked layers
+are cached, so rebuilding an unchanged image skips the unpack; image inspect
+shows the source's digests.`,
 		Example: `  banger kernel build && banger image build
   banger image build dev --packages build-essential,curl
-  banger image build dev --release bookworm --docker`,
+  banger image build dev --release bookworm --docker
+  banger image build py --from python:3.12
+  docker save myapp:1 -o app.tar && banger image build app --from app.tar
+  banger image build app --from oci:./layout
+  banger image build app --dockerfile ./Dockerfile --context .`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(args) == 1 {
@@ -61,6 +80,25 @@ downloads packages and takes minutes; later builds reuse a cache.`,
 				req.SizeBytes = n
 			}
 			pp := &progressPrinter{w: a.Stderr, quiet: quiet}
+			if imp.from != "" || imp.dockerfile != "" {
+				switch {
+				case imp.from != "" && imp.dockerfile != "":
+					return usagef("--from and --dockerfile are alternatives: pass one")
+				case req.Name == "":
+					return usagef("image build --from or --dockerfile needs a NAME")
+				case req.Release != "" || req.Mirror != "" || len(req.Packages) > 0 || req.Docker:
+					return usagef("--release, --mirror, --packages and --docker are for Debian builds, not --from or --dockerfile")
+				}
+				img, err := a.runImport(cmd.Context(), imp, api.ImageImportRequest{Name: req.Name, PlainHTTP: imp.plainHTTP, SizeBytes: req.SizeBytes}, req.KernelPath, pp)
+				if err != nil {
+					return err
+				}
+				a.printImported(img)
+				return nil
+			}
+			if imp.context != "" || imp.plainHTTP {
+				return usagef("--context goes with --dockerfile, --plain-http with --from")
+			}
 			var img model.Image
 			var err error
 			switch {
@@ -100,6 +138,10 @@ downloads packages and takes minutes; later builds reuse a cache.`,
 	f.StringVar(&req.KernelPath, "kernel", "", "use this vmlinux instead of the newest built kernel (read with your rights and sent to the daemon)")
 	f.StringVar(&size, "size", "", "root filesystem size, e.g. 4G (default: fit the contents)")
 	f.BoolVarP(&quiet, "quiet", "q", false, "only print the result")
+	f.StringVar(&imp.from, "from", "", "build from a container image: a registry reference, an OCI or docker archive, or an OCI layout directory")
+	f.StringVar(&imp.dockerfile, "dockerfile", "", "build this Dockerfile with buildah (or podman) as you, then import the result")
+	f.StringVar(&imp.context, "context", "", "the Dockerfile's build context (default: its directory)")
+	f.BoolVar(&imp.plainHTTP, "plain-http", false, "reach the --from registry without TLS")
 	return cmd
 }
 
@@ -265,6 +307,7 @@ func (a *App) imageInspectCommand() *cobra.Command {
 				}
 			}
 			fmt.Fprintf(w, "ssh key:     %s\n", key)
+			printImageSource(w, det.Image)
 			fmt.Fprintf(w, "used by:     %s\n", orDash(strings.Join(det.UsedBy, ", ")))
 			if det.Note != "" {
 				fmt.Fprintf(w, "note:        %s\n", det.Note)

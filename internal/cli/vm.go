@@ -265,6 +265,9 @@ func (a *App) printVM(v api.VMView) {
 	kv("memory", model.FormatSizeBytes(int64(v.Spec.MemoryMiB)<<20))
 	kv("system disk", fmt.Sprintf("%s (%s) %s", model.FormatSizeBytes(v.Spec.SystemOverlaySizeByte), orDash(rt.OverlayStrategy), rt.SystemOverlay))
 	kv("work disk", fmt.Sprintf("%s %s", model.FormatSizeBytes(v.Spec.WorkDiskSizeBytes), rt.WorkDiskPath))
+	if v.DiskPool != "" {
+		kv("storage pool", v.DiskPool)
+	}
 	kv("guest ip", rt.GuestIP)
 	kv("dns name", orDash(rt.DNSName))
 	kv("mac", orDash(rt.GuestMAC))

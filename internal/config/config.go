@@ -97,6 +97,7 @@ type file struct {
 	VMMUIDBase         *int            `toml:"vmm_uid_base"`
 	JailerBin          *string         `toml:"jailer_bin"`
 	CgroupParent       *string         `toml:"cgroup_parent"`
+	StoragePool        *string         `toml:"storage_pool"`
 	FileSync           []fileSyncEntry `toml:"file_sync"`
 	VMDefaults         *vmDefaults     `toml:"vm_defaults"`
 	AdminGroup         *string         `toml:"admin_group"`
@@ -157,6 +158,7 @@ func Default() model.DaemonConfig {
 		DNSDomain:          DefaultDNSDomain,
 		VMMUIDBase:         DefaultVMMUIDBase,
 		CgroupParent:       DefaultCgroupParent,
+		StoragePool:        "auto",
 		AdminGroup:         DefaultAdminGroup,
 		APIReadTimeout:     DefaultAPIReadTimeout,
 		APIIdleTimeout:     DefaultAPIIdleTimeout,
@@ -291,6 +293,10 @@ func apply(cfg *model.DaemonConfig, f *file, lines map[string]int) error {
 	setString(&cfg.BuildNetNS, f.BuildNetNS)
 	setString(&cfg.JailerBin, f.JailerBin)
 	setString(&cfg.CgroupParent, f.CgroupParent)
+	setString(&cfg.StoragePool, f.StoragePool)
+	if sp := cfg.StoragePool; sp != "auto" && sp != "off" && (!filepath.IsAbs(sp) || filepath.Clean(sp) != sp || strings.HasSuffix(sp, "/")) {
+		return valueError(lines, "storage_pool", "%q: use \"auto\" (a pool when the state directory cannot reflink and there is no device-mapper), \"off\", or the absolute path of the pool file", sp)
+	}
 	setString(&cfg.AdminGroup, f.AdminGroup)
 	if f.AutoStopMode != nil {
 		if err := model.ValidateIdleAction("auto_stop_mode", *f.AutoStopMode); err != nil {

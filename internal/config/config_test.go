@@ -186,6 +186,9 @@ func TestParseErrors(t *testing.T) {
 		{"bad admin group", "admin_group = \"a b\"\n", []string{"admin_group", "not a group name"}},
 		{"tiny read timeout", "api_read_timeout = \"10ms\"\n", []string{"api_read_timeout", "minimum"}},
 		{"egress cidr", "[vm_defaults]\negress = \"allow=10.0.0.1/8\"\n", []string{"vm_defaults.egress", "did you mean 10.0.0.0/8"}},
+		{"relative pool", "\nstorage_pool = \"pool.img\"\n", []string{"line 2", "storage_pool", "\"auto\"", "absolute path"}},
+		{"pool dir", "storage_pool = \"/srv/pool/\"\n", []string{"storage_pool", "pool file"}},
+		{"pool word", "storage_pool = \"on\"\n", []string{"storage_pool"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -256,5 +259,18 @@ func TestPackagedConfigParses(t *testing.T) {
 	if cfg.BridgeName != def.BridgeName || cfg.VMDefaults.MemoryMiB != def.VMDefaults.MemoryMiB || cfg.TapPoolSize != def.TapPoolSize ||
 		cfg.Limits != def.Limits || cfg.AdminGroup != def.AdminGroup || cfg.BuildTimeout != def.BuildTimeout || cfg.APIIdleTimeout != def.APIIdleTimeout {
 		t.Errorf("the example's values differ from the defaults: %+v", cfg)
+	}
+}
+
+func TestStoragePool(t *testing.T) {
+	for doc, want := range map[string]string{
+		"":                                      "auto",
+		"storage_pool = \"off\"\n":              "off",
+		"storage_pool = \"/srv/banger.pool\"\n": "/srv/banger.pool",
+	} {
+		cfg, err := Parse([]byte(doc))
+		if err != nil || cfg.StoragePool != want {
+			t.Errorf("%q: storage_pool %q %v, want %q", doc, cfg.StoragePool, err, want)
+		}
 	}
 }

@@ -272,6 +272,7 @@ func (d *Daemon) buildImage(ctx context.Context, c api.Caller, req api.ImageBuil
 		return model.Image{}, err
 	}
 	d.logger.Info("image built", "image", img.Name, "id", img.ID, "owner", c.UID, "size", img.BuildSize, "cache_hit", art.CacheHit)
+	d.warmPool(ctx, img)
 	return img, nil
 }
 

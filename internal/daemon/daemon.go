@@ -79,6 +79,12 @@ type Daemon struct {
 	// strategy is how system overlays are made on this host.
 	strategy       storage.Strategy
 	strategyReason string
+	// pool is the storage pool when mounted (pool.go); baseStrategy is
+	// the strategy detected without it; poolReason says why it is used
+	// or not.
+	pool         *storage.Pool
+	baseStrategy storage.Strategy
+	poolReason   string
 
 	// netMu guards netErr: the network is set up at Start; when that
 	// fails, starting VMs fails with the reason until it works.
@@ -229,6 +235,7 @@ func (d *Daemon) Start(ctx context.Context) error {
 		}
 	}
 	d.strategy, d.strategyReason = d.storage.DetectStrategy(ctx, d.layout.vmsDir())
+	d.setupPool(ctx)
 	d.logger.Info("system overlays", "strategy", d.strategy, "why", d.strategyReason)
 
 	if d.cfg.DNSListen != "off" {

@@ -39,6 +39,11 @@ func (d *Daemon) vmmBinary() string {
 func (d *Daemon) Doctor(ctx context.Context) []api.DoctorCheck {
 	in := doctor.Input{Config: d.cfg, VMMPath: d.vmmBinary()}
 	in.OverlayStrategy, in.OverlayReason = d.overlayStrategy(ctx)
+	in.StoragePool, in.StoragePoolLow, in.StoragePoolErr = d.poolStatus(ctx)
+	in.VMs = -1
+	if vms, err := d.store.ListVMs(ctx); err == nil {
+		in.VMs = len(vms)
+	}
 	return doctor.Host(ctx, in, d.runner)
 }
 

@@ -383,6 +383,7 @@ func (d *Daemon) commitImage(ctx context.Context, c api.Caller, staged *stagedIm
 		return resp, err
 	}
 	d.logger.Info("image registered", "image", img.Name, "id", img.ID, "owner", c.UID)
+	d.warmPool(ctx, img)
 	resp.Image = img
 	return resp, nil
 }

@@ -21,6 +21,14 @@ func (l layout) imageDir(id string) string {
 	return filepath.Join(l.imagesDir(), model.ShortID(id))
 }
 
+// poolFile is the default storage pool file; poolDir is where the pool
+// is mounted; poolVMDir holds a pool VM's disks (pool.go).
+func (l layout) poolFile() string { return filepath.Join(l.stateDir, "pool.img") }
+func (l layout) poolDir() string  { return filepath.Join(l.stateDir, "pool") }
+func (l layout) poolVMDir(id string) string {
+	return filepath.Join(l.poolDir(), "vms", model.ShortID(id))
+}
+
 // vmDir is a VM's directory. It is named by the short ID so the API
 // socket path stays well under the 108-byte unix socket limit.
 func (l layout) vmDir(id string) string { return filepath.Join(l.vmsDir(), model.ShortID(id)) }
@@ -34,6 +42,11 @@ func (l layout) vmPaths(id string, rt *model.VMRuntime) {
 	rt.MetricsPath = filepath.Join(vmmDir(dir), "metrics.json")
 	rt.WorkDiskPath = filepath.Join(dir, "work.ext4")
 	rt.SystemOverlay = filepath.Join(dir, "system.img")
+	if rt.OverlayStrategy == "pool" {
+		// The disks are in the storage pool (pool.go).
+		rt.WorkDiskPath = filepath.Join(l.poolVMDir(id), "work.ext4")
+		rt.SystemOverlay = filepath.Join(l.poolVMDir(id), "system.img")
+	}
 }
 
 func handlesPath(vmDir string) string  { return filepath.Join(vmDir, "handles.json") }

@@ -91,6 +91,13 @@ type testEnv struct {
 // is fakeBooter. With dm set, the host has device-mapper.
 func newTestDaemon(t *testing.T, dm bool) *testEnv {
 	t.Helper()
+	return newTestDaemonWith(t, dm, nil)
+}
+
+// newTestDaemonWith is newTestDaemon with tweak applied to the
+// configuration and storage options before the daemon is made.
+func newTestDaemonWith(t *testing.T, dm bool, tweak func(dir string, cfg *model.DaemonConfig, sopts *storage.Options)) *testEnv {
+	t.Helper()
 	o := fakeos.New()
 	t.Cleanup(func() {
 		if u := o.Runner().Unexpected(); len(u) > 0 {
@@ -148,6 +155,9 @@ func newTestDaemon(t *testing.T, dm bool) *testEnv {
 			_, err := os.Stat(p)
 			return err == nil
 		}
+	}
+	if tweak != nil {
+		tweak(dir, &cfg, &sopts)
 	}
 	ctx := context.Background()
 	d, err := New(ctx, Options{

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"time"
 
 	"banger/internal/model"
@@ -34,6 +35,9 @@ func (d *Daemon) reconcile(ctx context.Context, why string) error {
 		// A daemon that died during a suspend may have left a VM paused.
 		d.resumePaused(ctx, plan, rows)
 	}
+	if perr := d.reconcilePool(ctx, rows); perr != nil {
+		err = errors.Join(err, perr)
+	}
 	if host.FiltersSeen {
 		if ferr := d.applyFilterPlan(ctx, planFilters(rows), rows, host); ferr != nil {
 			err = errors.Join(err, ferr)
@@ -50,6 +54,13 @@ func (d *Daemon) reconcile(ctx context.Context, why string) error {
 // observeHost lists banger-shaped things on the host.
 func (d *Daemon) observeHost(ctx context.Context) (hostObservation, error) {
 	host := hostObservation{StateDir: d.cfg.StateDir}
+	if d.pool != nil {
+		// As the kernel names a loop's backing file: symlinks resolved.
+		host.PoolFile = d.pool.File
+		if p, err := filepath.EvalSymlinks(d.pool.File); err == nil {
+			host.PoolFile = p
+		}
+	}
 	var errs []error
 	if taps, err := d.net.ListTaps(ctx); err == nil {
 		for _, t := range taps {

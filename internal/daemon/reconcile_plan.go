@@ -54,6 +54,9 @@ type hostObservation struct {
 	// images' copies and the VMs' disks. A loop on any other file is
 	// someone else's, whatever an image row once named.
 	StateDir string
+	// PoolFile is the storage pool's file, whose loop device is the
+	// pool's, never an orphan.
+	PoolFile string
 	// Cgroups are the groups under the daemon's cgroup parent.
 	Cgroups []string
 	// Procs are the host's processes when observed.
@@ -249,7 +252,7 @@ func planReconcile(vmsDir string, rows []vmObservation, host hostObservation) re
 	for _, l := range host.Loops {
 		// A busy VM may be attaching loops it has not recorded yet, so
 		// loops wait for a sweep when nothing is in flight.
-		if busy || liveDeps[l.MajMin] || !ownsFile(host, l.BackFile) {
+		if busy || liveDeps[l.MajMin] || !ownsFile(host, l.BackFile) || (host.PoolFile != "" && l.BackFile == host.PoolFile) {
 			continue
 		}
 		p.DetachLoops = append(p.DetachLoops, l.Dev)

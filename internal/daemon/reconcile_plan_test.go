@@ -138,6 +138,20 @@ func TestPlanReconcile(t *testing.T) {
 			},
 		},
 		{
+			name: "the storage pool's loop is never an orphan",
+			rows: []vmObservation{{VM: stopped}},
+			host: hostObservation{
+				StateDir: "/s",
+				PoolFile: "/s/pool.img",
+				Loops: []storage.LoopDevice{
+					{Dev: "/dev/loop0", BackFile: "/s/pool.img", MajMin: "7:0"},
+					{Dev: "/dev/loop1", BackFile: "/s/pool/vms/x/system.img", MajMin: "7:1"},
+				},
+				VMDirs: []string{model.ShortID(stopped.ID)},
+			},
+			want: reconcilePlan{DetachLoops: []string{"/dev/loop1"}},
+		},
+		{
 			name: "a busy vm keeps its tap and rules, and loops wait",
 			rows: []vmObservation{{VM: created, Busy: true, Handles: vmHandles{Tap: "bgtap5"}}},
 			host: hostObservation{

@@ -158,6 +158,7 @@ func (d *Daemon) startDisks(ctx context.Context, s *startRun) error {
 	vm := &s.vm
 	// Paths follow the current layout (a VM made by an older daemon had
 	// its API socket beside its disks, not in the VMM's own directory).
+	d.vmStrategy(vm)
 	d.layout.vmPaths(vm.ID, &vm.Runtime)
 	if d.jailerBinary(d.vmmBinary()) != "" {
 		// Firecracker under its jailer: its socket and metrics are in
@@ -173,20 +174,30 @@ func (d *Daemon) startDisks(ctx context.Context, s *startRun) error {
 	if vm.Runtime.OverlayStrategy == "" {
 		vm.Runtime.OverlayStrategy = string(s.spec.Strategy)
 	}
-	if _, err := os.Stat(s.spec.OverlayPath); errors.Is(err, os.ErrNotExist) {
+	_, oerr := os.Stat(s.spec.OverlayPath)
+	_, werr := os.Stat(vm.Runtime.WorkDiskPath)
+	workSeed := s.img.WorkSeedPath
+	if s.spec.Strategy == storage.StrategyPool {
+		// Pool VMs' disks are clones of templates in the pool.
+		var err error
+		if workSeed, err = d.poolDisks(ctx, *vm, s.img, &s.spec, errors.Is(oerr, os.ErrNotExist), errors.Is(werr, os.ErrNotExist)); err != nil {
+			return err
+		}
+	}
+	if errors.Is(oerr, os.ErrNotExist) {
 		s.progress(api.Progress{Step: "disks", Message: fmt.Sprintf("creating the %s system disk (%s)", s.spec.Strategy, model.FormatSizeBytes(s.spec.SizeBytes))})
 		if err := d.storage.CreateOverlay(ctx, s.spec); err != nil {
 			return err
 		}
 		vm.Runtime.HostKeyInstalled = false
 	}
-	if _, err := os.Stat(vm.Runtime.WorkDiskPath); errors.Is(err, os.ErrNotExist) {
+	if errors.Is(werr, os.ErrNotExist) {
 		s.progress(api.Progress{Step: "disks", Message: fmt.Sprintf("creating the work disk (%s)", model.FormatSizeBytes(vm.Spec.WorkDiskSizeBytes))})
 		owner, err := d.vmUser(*vm)
 		if err != nil {
 			return err
 		}
-		if err := d.storage.CreateWorkDisk(ctx, s.img.WorkSeedPath, vm.Runtime.WorkDiskPath, vm.Spec.WorkDiskSizeBytes, owner); err != nil {
+		if err := d.storage.CreateWorkDisk(ctx, workSeed, vm.Runtime.WorkDiskPath, vm.Spec.WorkDiskSizeBytes, owner); err != nil {
 			return err
 		}
 	}

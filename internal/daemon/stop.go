@@ -367,6 +367,9 @@ func (d *Daemon) ResetSystem(ctx context.Context, ref string) (api.VMView, error
 		// Never started: the first start makes a fresh overlay anyway.
 		return d.GetVM(ctx, vm.ID)
 	}
+	if err := d.poolOverlaySpec(ctx, vm, &spec); err != nil {
+		return api.VMView{}, err
+	}
 	if err := d.storage.ResetOverlay(context.WithoutCancel(ctx), spec); err != nil {
 		return api.VMView{}, err
 	}
@@ -447,7 +450,7 @@ func (d *Daemon) deleteSteps() []step[deleteRun] {
 			if err := os.RemoveAll(r.vm.Runtime.VMDir); err != nil {
 				return fmt.Errorf("remove vm dir: %w", err)
 			}
-			return nil
+			return d.removePoolDisks(r.vm)
 		}},
 	}
 }

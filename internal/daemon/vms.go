@@ -17,10 +17,10 @@ func (d *Daemon) ListVMs(ctx context.Context) ([]api.VMView, error) {
 	if err != nil {
 		return nil, err
 	}
-	images := map[string]string{}
+	images := map[string]model.Image{}
 	if imgs, err := d.store.ListImages(ctx); err == nil {
 		for _, img := range imgs {
-			images[img.ID] = img.Name
+			images[img.ID] = img
 		}
 	}
 	caller := api.CallerFrom(ctx)
@@ -30,7 +30,8 @@ func (d *Daemon) ListVMs(ctx context.Context) ([]api.VMView, error) {
 			continue
 		}
 		v := d.view(vm)
-		v.ImageName = images[vm.ImageID]
+		v.ImageName = images[vm.ImageID].Name
+		v.ImageConfig = images[vm.ImageID].Config
 		out = append(out, v)
 	}
 	return out, nil
@@ -57,7 +58,9 @@ func (d *Daemon) GetVM(ctx context.Context, ref string) (api.VMView, error) {
 	v := d.view(vm)
 	if img, err := d.store.GetImage(ctx, vm.ImageID); err == nil {
 		v.ImageName = img.Name
+		v.ImageConfig = img.Config
 	}
+	v.DiskPool = d.vmPoolView(vm)
 	return v, nil
 }
 
@@ -292,6 +295,7 @@ func (d *Daemon) insertVM(ctx context.Context, req model.VMCreateRequest, spec m
 			DNSName:  model.DNSName(req.Name, d.cfg.DNSDomain),
 		},
 	}
+	vm.Runtime.OverlayStrategy = d.newVMStrategy()
 	d.layout.vmPaths(id, &vm.Runtime)
 	if err := d.store.CreateVM(ctx, vm); err != nil {
 		return model.VMRecord{}, err
@@ -306,6 +310,7 @@ func (d *Daemon) deleteCreated(vm model.VMRecord) {
 		d.logger.Warn("undo create: delete row", "vm", vm.Name, "err", err)
 	}
 	os.RemoveAll(vm.Runtime.VMDir)
+	d.removePoolDisks(vm)
 }
 
 // SetVM implements api.Backend.

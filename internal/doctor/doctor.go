@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"banger/internal/api"
@@ -28,6 +29,16 @@ type Input struct {
 	// made on this host (from storage.DetectStrategy).
 	OverlayStrategy string
 	OverlayReason   string
+	// StoragePool describes the storage pool (its file, mount, space,
+	// and whether new VMs use it) or why there is none; StoragePoolLow
+	// says its space is nearly gone; StoragePoolErr says it could not be
+	// read.
+	StoragePool    string
+	StoragePoolLow bool
+	StoragePoolErr error
+	// VMs is how many VMs exist (each holds a guest address), or -1
+	// when unknown; the subnet is Config's bridge_ip and cidr.
+	VMs int
 	// Paths of host files, for tests; zero values mean the real ones.
 	Root string
 }
@@ -42,6 +53,8 @@ func Host(ctx context.Context, in Input, runner hostexec.Runner) []api.DoctorChe
 		c.qemu(),
 		c.deviceMapper(ctx),
 		c.overlay(),
+		c.storagePool(),
+		c.addresses(),
 		c.loop(),
 		c.tun(),
 		c.iptables(ctx),
@@ -155,9 +168,50 @@ func (c *checker) overlay() api.DoctorCheck {
 		return pass(name, "dm-snapshot: "+c.in.OverlayReason)
 	case "reflink":
 		return pass(name, "reflink clones: "+c.in.OverlayReason)
+	case "pool":
+		return pass(name, c.in.OverlayReason)
 	default:
 		return warn(name, c.in.OverlayStrategy+": "+c.in.OverlayReason, "put state_dir on XFS or btrfs (reflink), or enable device-mapper, for instant system disks")
 	}
+}
+
+func (c *checker) storagePool() api.DoctorCheck {
+	const name = "storage-pool"
+	switch {
+	case c.in.StoragePoolErr != nil:
+		return fail(name, fmt.Sprintf("storage pool: %v", c.in.StoragePoolErr), "check the pool's mount (findmnt) and restart bangerd")
+	case c.in.StoragePool == "":
+		return warn(name, "storage pool unknown (daemon not consulted)", "run `banger doctor` with bangerd running")
+	case c.in.StoragePoolLow:
+		return fail(name, c.in.StoragePool, "free space on the filesystem holding the pool file, or remove VMs: VM disks cannot be made")
+	case strings.Contains(c.in.StoragePool, "unusable"):
+		return warn(name, c.in.StoragePool, "install xfsprogs and check loop devices work (modprobe loop), or set storage_pool = \"off\"")
+	}
+	return pass(name, c.in.StoragePool)
+}
+
+// addresses says how much of the guests' subnet is used: every VM, even
+// stopped, keeps its address, and a /24 holds 253 of them.
+func (c *checker) addresses() api.DoctorCheck {
+	const name = "addresses"
+	if c.in.VMs < 0 {
+		return warn(name, "VM count unknown (daemon not consulted)", "run `banger doctor` with bangerd running")
+	}
+	bits, err := strconv.Atoi(c.in.Config.CIDR)
+	if err != nil || bits < 8 || bits > 30 {
+		return warn(name, fmt.Sprintf("cidr %q is not a prefix length", c.in.Config.CIDR), "set cidr to a prefix length such as \"22\"")
+	}
+	// Network, broadcast and the bridge's own address are not guests'.
+	capacity := 1<<(32-bits) - 3
+	detail := fmt.Sprintf("%d of %d guest addresses in the /%d used", c.in.VMs, capacity, bits)
+	fix := fmt.Sprintf("set cidr to a shorter prefix (a /%d holds %d VMs) and restart bangerd, or remove VMs", bits-2, 1<<(32-bits+2)-3)
+	switch {
+	case c.in.VMs >= capacity:
+		return fail(name, detail+": no VM can be created", fix)
+	case c.in.VMs*10 >= capacity*9:
+		return warn(name, detail+": nearly used up", fix)
+	}
+	return pass(name, detail)
 }
 
 func (c *checker) loop() api.DoctorCheck {

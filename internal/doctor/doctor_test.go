@@ -68,3 +68,39 @@ func TestNoVMMFails(t *testing.T) {
 		t.Errorf("vmm with no binary: %+v", r)
 	}
 }
+
+func TestAddressesAndStoragePoolChecks(t *testing.T) {
+	for _, c := range []struct {
+		cidr   string
+		vms    int
+		status string
+		detail string
+	}{
+		{"24", 10, "PASS", "10 of 253 guest addresses in the /24 used"},
+		{"24", 230, "WARN", "nearly used up"},
+		{"24", 253, "FAIL", "no VM can be created"},
+		{"22", 1000, "WARN", "1000 of 1021"},
+		{"22", -1, "WARN", "unknown"},
+		{"x", 3, "WARN", "not a prefix length"},
+	} {
+		ch := (&checker{in: Input{Config: model.DaemonConfig{CIDR: c.cidr}, VMs: c.vms}}).addresses()
+		if ch.Status != c.status || !strings.Contains(ch.Detail, c.detail) || (c.status != "PASS" && ch.Fix == "") {
+			t.Errorf("cidr %s, %d VMs: %s %q fix %q; want %s %q", c.cidr, c.vms, ch.Status, ch.Detail, ch.Fix, c.status, c.detail)
+		}
+	}
+	for _, c := range []struct {
+		in     Input
+		status string
+	}{
+		{Input{StoragePool: "/s/pool.img on /s/pool: ... (in use)"}, "PASS"},
+		{Input{StoragePool: "storage_pool is off"}, "PASS"},
+		{Input{StoragePool: "/s/pool.img on /s/pool: ...", StoragePoolLow: true}, "FAIL"},
+		{Input{StoragePool: "storage pool unusable: mkfs.xfs: not found"}, "WARN"},
+		{Input{StoragePoolErr: os.ErrNotExist}, "FAIL"},
+		{Input{}, "WARN"},
+	} {
+		if ch := (&checker{in: c.in}).storagePool(); ch.Status != c.status {
+			t.Errorf("%+v: %s %q; want %s", c.in, ch.Status, ch.Detail, c.status)
+		}
+	}
+}

@@ -13,6 +13,7 @@ import (
 
 	"banger/internal/guest"
 	"banger/internal/hostexec"
+	"banger/internal/storage"
 	"banger/internal/testutil"
 )
 
@@ -70,6 +71,19 @@ func BenchmarkSnapshotSSH(b *testing.B) {
 		}
 		os.Chmod(dst, 0o600)
 	}
+	// The guest presents a host key made here, as the daemon does for
+	// each VM: banger's SSH client trusts no key on first use.
+	priv, pub, err := guest.NewHostKey()
+	if err != nil {
+		b.Fatal(err)
+	}
+	const keyUID = 1500000099
+	rootfs := filepath.Join(dir, "rootfs.ext4")
+	os.Chown(rootfs, keyUID, keyUID)
+	if err := storage.New(hostexec.Real{}, nil, storage.Options{}).InstallHostKey(ctx, rootfs, keyUID, storage.HostKey{Private: priv, Public: pub}); err != nil {
+		b.Fatal(err)
+	}
+	os.Chown(rootfs, 0, 0)
 	open := func(name string, flag int) *os.File {
 		f, err := os.OpenFile(filepath.Join(dir, name), flag, 0)
 		if err != nil {
@@ -91,7 +105,7 @@ func BenchmarkSnapshotSSH(b *testing.B) {
 		defer cancel()
 		for {
 			actx, acancel := context.WithTimeout(wctx, 2*time.Second)
-			c, err := guest.Dial(actx, guestIP+":22", signer, "")
+			c, err := guest.Dial(actx, guestIP+":22", signer, pub)
 			if err == nil {
 				_, err = c.Output(actx, "true")
 				c.Close()

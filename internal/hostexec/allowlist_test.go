@@ -24,6 +24,7 @@ var execAllowed = map[string]string{
 	"internal/qemuvmm/accelcache.go": "banger-vmm-qemu resolves the QEMU binary",
 	"internal/image/run.go":          "long builds (debootstrap, make): process groups, log files, namespaces",
 	"internal/cli/access.go":         "the user's own ssh client on the user's terminal",
+	"internal/cli/dockerfile.go":     "the user's own container builder (buildah or podman), as the user",
 	"internal/testutil/testutil.go":  "test helpers",
 	"test/harness/harness.go":        "the test harness runs bangerd and banger",
 	"test/harness/netns.go":          "the test harness makes network namespaces",

@@ -215,35 +215,12 @@ func buildImage(ctx context.Context, deps imageDeps, opts ImageOptions, progress
 		return Artifacts{}, err
 	}
 
-	if err := os.MkdirAll(filepath.Dir(opts.OutDir), 0o755); err != nil {
-		return Artifacts{}, fmt.Errorf("build image: %w", err)
-	}
-	tmp := opts.OutDir + ".tmp-" + randomSuffix()
-	if err := os.Mkdir(tmp, 0o755); err != nil {
-		return Artifacts{}, fmt.Errorf("build image: %w", err)
-	}
-	logPath := filepath.Join(tmp, logFile)
-	logf, err := os.Create(logPath)
+	tmp, logf, done, err := startBuild(opts.OutDir, true)
 	if err != nil {
-		os.Remove(tmp)
-		return Artifacts{}, fmt.Errorf("build image: %w", err)
+		return Artifacts{}, err
 	}
-	failedLog := opts.OutDir + ".failed.log"
-	defer func() {
-		logf.Close()
-		if err == nil {
-			return
-		}
-		tail := tailFile(logPath, 15)
-		_ = os.Rename(logPath, failedLog)
-		// Removal must finish even when the build was cancelled.
-		if rmErr := removeTree(tmp); rmErr != nil {
-			err = errors.Join(err, rmErr)
-		}
-		if ctx.Err() == nil && tail != "" {
-			err = fmt.Errorf("%w\nlog %s ends with:\n%s", err, failedLog, tail)
-		}
-	}()
+	defer done(ctx, &err)
+	logPath := logf.Name()
 	rep := newReporter(progress, opts.Logger)
 	fmt.Fprintf(logf, "banger image build %q: release %s, mirror %s, recipe %s, packages %s\n",
 		opts.Name, opts.Release, opts.Mirror, imageRecipeVersion, strings.Join(append(append([]string{}, basePackages...), extraPackages(opts.Packages, opts.Docker)...), " "))
@@ -262,11 +239,74 @@ func buildImage(ctx context.Context, deps imageDeps, opts ImageOptions, progress
 	}); err != nil {
 		return Artifacts{}, fmt.Errorf("build image: %w", err)
 	}
-	if err := copyFileAtomic(opts.KernelPath, filepath.Join(tmp, kernelFile), 0o644); err != nil {
+	return finishImage(ctx, deps.steps, logf, rep, tmp, root, finishOptions{
+		outDir: opts.OutDir, kernel: opts.KernelPath, pubKey: opts.SSHPublicKey,
+		fingerprint: fingerprint, size: opts.SizeBytes, cacheHit: hit,
+	})
+}
+
+// startBuild makes the temporary directory and the log of a build of
+// outDir. The returned done, deferred with the build's error, removes
+// everything the build made when it failed (even when cancelled), keeps
+// the log as outDir+".failed.log" when keepLog says so, and adds the
+// log's tail to the error.
+func startBuild(outDir string, keepLog bool) (tmp string, logf *os.File, done func(ctx context.Context, errp *error), err error) {
+	if err := os.MkdirAll(filepath.Dir(outDir), 0o755); err != nil {
+		return "", nil, nil, fmt.Errorf("build image: %w", err)
+	}
+	tmp = outDir + ".tmp-" + randomSuffix()
+	if err := os.Mkdir(tmp, 0o755); err != nil {
+		return "", nil, nil, fmt.Errorf("build image: %w", err)
+	}
+	logPath := filepath.Join(tmp, logFile)
+	logf, err = os.Create(logPath)
+	if err != nil {
+		os.Remove(tmp)
+		return "", nil, nil, fmt.Errorf("build image: %w", err)
+	}
+	failedLog := outDir + ".failed.log"
+	done = func(ctx context.Context, errp *error) {
+		logf.Close()
+		if *errp == nil {
+			_ = os.Remove(failedLog)
+			return
+		}
+		tail := tailFile(logPath, 15)
+		where := "the build log"
+		if keepLog {
+			_ = os.Rename(logPath, failedLog)
+			where = "log " + failedLog
+		}
+		// Removal must finish even when the build was cancelled.
+		if rmErr := removeTree(tmp); rmErr != nil {
+			*errp = errors.Join(*errp, rmErr)
+		}
+		// An import refused for its input (EINVALID) ran no host command
+		// worth showing: its log holds only its first line.
+		if ctx.Err() == nil && tail != "" && (keepLog || model.ErrorCode(*errp) != model.EINVALID) {
+			*errp = fmt.Errorf("%w\n%s ends with:\n%s", *errp, where, tail)
+		}
+	}
+	return tmp, logf, done, nil
+}
+
+// finishOptions are what the end of every image build needs.
+type finishOptions struct {
+	outDir, kernel, pubKey, fingerprint string
+	// size is the root filesystem's size; 0 fits the contents.
+	size     int64
+	cacheHit bool
+}
+
+// finishImage is the end of every image build: the kernel copied in, the
+// root filesystem made from root with mkfs.ext4 -d, the work seed with
+// root's dotfiles and the daemon's key, both checked with e2fsck, the
+// trees removed and tmp renamed to the image's directory.
+func finishImage(ctx context.Context, steps stepRunner, logf *os.File, rep *reporter, tmp, root string, f finishOptions) (Artifacts, error) {
+	if err := copyFileAtomic(f.kernel, filepath.Join(tmp, kernelFile), 0o644); err != nil {
 		return Artifacts{}, fmt.Errorf("build image: copy kernel: %w", err)
 	}
-
-	size := opts.SizeBytes
+	size := f.size
 	if size == 0 {
 		used, err := treeUsage(root)
 		if err != nil {
@@ -276,23 +316,23 @@ func buildImage(ctx context.Context, deps imageDeps, opts ImageOptions, progress
 	}
 	rep.report("rootfs", "mkfs.ext4 -d, %s", model.FormatSizeBytes(size))
 	rootfs := filepath.Join(tmp, rootfsFile)
-	if err := makeExt4(ctx, deps.steps, logf, RootfsLabel, root, rootfs, size); err != nil {
+	if err := makeExt4(ctx, steps, logf, RootfsLabel, root, rootfs, size); err != nil {
 		return Artifacts{}, fmt.Errorf("build image: root filesystem: %w", err)
 	}
 
 	rep.report("workseed", "work seed with root's home")
 	seedDir := filepath.Join(tmp, "workseed")
-	if err := makeWorkSeedDir(root, seedDir, opts.SSHPublicKey); err != nil {
+	if err := makeWorkSeedDir(root, seedDir, f.pubKey); err != nil {
 		return Artifacts{}, fmt.Errorf("build image: %w", err)
 	}
 	seed := filepath.Join(tmp, workSeedFile)
-	if err := makeExt4(ctx, deps.steps, logf, WorkDiskLabel, seedDir, seed, workSeedSize); err != nil {
+	if err := makeExt4(ctx, steps, logf, WorkDiskLabel, seedDir, seed, workSeedSize); err != nil {
 		return Artifacts{}, fmt.Errorf("build image: work seed: %w", err)
 	}
 
 	rep.report("verify", "e2fsck -fn")
 	for _, img := range []string{rootfs, seed} {
-		if err := deps.steps.RunStep(ctx, logf, step{Argv: fsckArgv(img)}); err != nil {
+		if err := steps.RunStep(ctx, logf, step{Argv: fsckArgv(img)}); err != nil {
 			return Artifacts{}, fmt.Errorf("build image: verify: %w", err)
 		}
 	}
@@ -301,20 +341,19 @@ func buildImage(ctx context.Context, deps imageDeps, opts ImageOptions, progress
 			return Artifacts{}, fmt.Errorf("build image: %w", err)
 		}
 	}
-	if err := os.Rename(tmp, opts.OutDir); err != nil {
+	if err := os.Rename(tmp, f.outDir); err != nil {
 		return Artifacts{}, fmt.Errorf("build image: %w", err)
 	}
-	_ = os.Remove(failedLog)
-	art = Artifacts{
-		RootfsPath:        filepath.Join(opts.OutDir, rootfsFile),
-		KernelPath:        filepath.Join(opts.OutDir, kernelFile),
-		WorkSeedPath:      filepath.Join(opts.OutDir, workSeedFile),
+	art := Artifacts{
+		RootfsPath:        filepath.Join(f.outDir, rootfsFile),
+		KernelPath:        filepath.Join(f.outDir, kernelFile),
+		WorkSeedPath:      filepath.Join(f.outDir, workSeedFile),
 		BuildSize:         model.FormatSizeBytes(size),
-		SSHKeyFingerprint: fingerprint,
-		LogPath:           filepath.Join(opts.OutDir, logFile),
-		CacheHit:          hit,
+		SSHKeyFingerprint: f.fingerprint,
+		LogPath:           filepath.Join(f.outDir, logFile),
+		CacheHit:          f.cacheHit,
 	}
-	rep.report("done", "%s (%s root filesystem)", opts.OutDir, art.BuildSize)
+	rep.report("done", "%s (%s root filesystem)", f.outDir, art.BuildSize)
 	return art, nil
 }
 

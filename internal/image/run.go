@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -36,6 +37,13 @@ type step struct {
 	// the mirror, when the daemon itself lives in a namespace without a
 	// way out.
 	NetNS string
+	// Sandbox runs the command (which must Isolate) in a user namespace
+	// of its own whose ids 0..sandboxIDCount-1 are the host's
+	// sandboxUIDBase and up: root there is nobody on the host. Files it
+	// must write are shifted to those ids first (shiftOwners).
+	Sandbox bool
+	// Files are inherited as descriptors 3, 4, ...
+	Files []*os.File
 }
 
 // stepRunner runs build steps. The real one is procRunner; unit tests
@@ -51,7 +59,7 @@ type procRunner struct{}
 // RunStep implements stepRunner.
 func (procRunner) RunStep(ctx context.Context, log *os.File, s step) error {
 	argv := s.Argv
-	if s.NetNS != "" {
+	if s.NetNS != "" && !s.Sandbox {
 		argv = append([]string{"nsenter", "--net=" + s.NetNS, "--"}, argv...)
 	}
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
@@ -69,6 +77,24 @@ func (procRunner) RunStep(ctx context.Context, log *os.File, s step) error {
 		// host's namespace.
 		attr.Unshareflags = syscall.CLONE_NEWNS
 	}
+	if s.Sandbox {
+		attr.Cloneflags |= syscall.CLONE_NEWUSER
+		attr.UidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: sandboxUIDBase, Size: sandboxIDCount}}
+		attr.GidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: sandboxUIDBase, Size: sandboxIDCount}}
+		attr.GidMappingsEnableSetgroups = true
+		// The daemon's uid 0 is not mapped in the sandbox: without a
+		// change of ids the step would run as the overflow uid and lose
+		// its capabilities at exec (and mount refuses to run for it).
+		attr.Credential = &syscall.Credential{Uid: 0, Gid: 0}
+		// The sandbox's root cannot search the daemon's directories: it
+		// reaches what it needs through inherited descriptors. A mount
+		// namespace made here would hold the host's mounts under those
+		// descriptors, where the sandbox cannot mount: the step makes its
+		// own once it stands in its tree (sandboxArgv).
+		cmd.Dir = "/"
+		attr.Unshareflags &^= syscall.CLONE_NEWNS
+	}
+	cmd.ExtraFiles = s.Files
 	cmd.SysProcAttr = attr
 	cmd.Cancel = func() error {
 		// The negative pid is the process group: make and its compilers,
@@ -77,7 +103,16 @@ func (procRunner) RunStep(ctx context.Context, log *os.File, s step) error {
 	}
 	cmd.WaitDelay = 10 * time.Second
 	fmt.Fprintf(log, "+ %s\n", strings.Join(argv, " "))
-	err := cmd.Run()
+	var err error
+	if s.Sandbox && s.NetNS != "" {
+		// A process in a user namespace of its own cannot enter a network
+		// namespace the host's root owns: it is started from a thread
+		// that entered it (and its Pdeathsig is tied to that thread,
+		// which lives until the process ends).
+		err = runInNetNS(cmd, s.NetNS)
+	} else {
+		err = cmd.Run()
+	}
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
@@ -85,6 +120,28 @@ func (procRunner) RunStep(ctx context.Context, log *os.File, s step) error {
 		return fmt.Errorf("%s: %w", strings.Join(s.Argv, " "), err)
 	}
 	return nil
+}
+
+// runInNetNS runs cmd from a thread in the network namespace nsPath. The
+// thread is never given back to the runtime: it ends with its goroutine.
+func runInNetNS(cmd *exec.Cmd, nsPath string) error {
+	done := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		fd, err := unix.Open(nsPath, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			done <- fmt.Errorf("network namespace %s: %w", nsPath, err)
+			return
+		}
+		err = unix.Setns(fd, unix.CLONE_NEWNET)
+		unix.Close(fd)
+		if err != nil {
+			done <- fmt.Errorf("enter network namespace %s: %w", nsPath, err)
+			return
+		}
+		done <- cmd.Run()
+	}()
+	return <-done
 }
 
 // killChrootProcesses kills every process whose root directory is dir or

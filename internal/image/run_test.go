@@ -177,3 +177,50 @@ func TestLogCounter(t *testing.T) {
 		t.Errorf("update = %d, %q; want the split line counted once", n, last)
 	}
 }
+
+// TestProcRunnerSandbox runs sandboxArgv's script in a busybox tree as
+// an SSH install does: root inside its user namespace, with /dev and
+// /proc mounted in the tree and chrooted there, the sandbox's base id on
+// the host (what it creates belongs to no host user), and none of its
+// mounts left in the host's table.
+func TestProcRunnerSandbox(t *testing.T) {
+	testutil.RequireRoot(t)
+	testutil.RequireTools(t, "busybox", "unshare", "chroot", "mount")
+	busybox, _ := exec.LookPath("busybox")
+	dir := t.TempDir()
+	log, err := os.Create(filepath.Join(dir, "log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer log.Close()
+	root := filepath.Join(dir, "root")
+	for _, d := range []string{"", "bin", "dev", "proc", "tmp"} {
+		os.Mkdir(filepath.Join(root, d), 0o755)
+	}
+	if err := copyFileAtomic(busybox, filepath.Join(root, "bin", "sh"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := shiftOwners(root, 0, sandboxUIDBase); err != nil {
+		t.Fatal(err)
+	}
+	rd, err := os.Open(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Close()
+	script := `[ -c /dev/null ] && [ -r /proc/1/status ] && [ ! -e /dev/sda ] && echo ok > /tmp/made`
+	if err := (procRunner{}).RunStep(context.Background(), log, step{Argv: sandboxArgv(script), Isolate: true, Sandbox: true, Files: []*os.File{rd}}); err != nil {
+		b, _ := os.ReadFile(log.Name())
+		t.Fatalf("RunStep: %v\n%s", err, b)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Lstat(filepath.Join(root, "tmp", "made"), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Uid != sandboxUIDBase || st.Gid != sandboxUIDBase {
+		t.Errorf("the sandbox's file belongs to %d:%d on the host, want %d", st.Uid, st.Gid, sandboxUIDBase)
+	}
+	if b, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(b), root) {
+		t.Errorf("the sandbox's mounts leaked into the host")
+	}
+}

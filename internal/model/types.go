@@ -104,6 +104,10 @@ type DaemonConfig struct {
 	// CgroupParent names the cgroup subtree VMs are put in (one group per
 	// VM, with limits from its size); "off" puts them in none.
 	CgroupParent string
+	// StoragePool is "auto" (keep VM disks in a loop-mounted XFS pool
+	// file when the state directory cannot reflink and device-mapper is
+	// absent), "off", or the path of the pool file to use.
+	StoragePool string
 	// UpstreamDNS are the nameservers the daemon's DNS forwards guests'
 	// queries to, in order (default_dns; DefaultDNS is the first).
 	UpstreamDNS []string
@@ -200,6 +204,47 @@ type Image struct {
 	// OwnerUID is the uid that registered or built the image. Images owned
 	// by root are usable by everyone.
 	OwnerUID int `json:"owner_uid"`
+
+	// Source says which container image an image was built from (nil
+	// for debootstrap builds and registered images).
+	Source *ImageSource `json:"source,omitempty"`
+	// Config is what the container image asks of the processes it runs,
+	// applied to ssh and exec sessions (nil when it asks nothing).
+	Config *ImageConfig `json:"config,omitempty"`
+}
+
+// ImageSource is the container image an image was built from, so a
+// rebuild can be compared.
+type ImageSource struct {
+	// Kind is "registry", "oci-archive", "docker-archive", "oci-layout"
+	// or "dockerfile".
+	Kind string `json:"kind"`
+	// Reference is the registry reference in full, or the Dockerfile's
+	// path as the user named it.
+	Reference string `json:"reference,omitempty"`
+	// ManifestDigest is the digest of the image's manifest (none for a
+	// docker save archive).
+	ManifestDigest string `json:"manifest_digest,omitempty"`
+	// ConfigDigest is the digest of the image's config: its image ID.
+	ConfigDigest string `json:"config_digest,omitempty"`
+	// ArchiveDigest is the sha256 of the archive as sent.
+	ArchiveDigest string `json:"archive_digest,omitempty"`
+	// ChainID identifies the filesystem of the image's layers.
+	ChainID string `json:"chain_id"`
+	Layers  int    `json:"layers"`
+	// Init is "systemd" (the image's) or "banger-init".
+	Init string `json:"init"`
+	// SSHInstalledWith names the package manager banger installed an SSH
+	// server with, when the image had none.
+	SSHInstalledWith string `json:"ssh_installed_with,omitempty"`
+}
+
+// ImageConfig is the part of a container image's config that banger
+// applies to ssh and exec sessions.
+type ImageConfig struct {
+	Env        []string `json:"env,omitempty"`
+	WorkingDir string   `json:"working_dir,omitempty"`
+	User       string   `json:"user,omitempty"`
 }
 
 // VMSpec is what the user asked for.

@@ -39,7 +39,7 @@ func (s OverlaySpec) validate() error {
 		return model.Errorf(model.EINVALID, "dm-snapshot overlay needs the VM's ID")
 	}
 	switch s.Strategy {
-	case StrategyDMSnapshot, StrategyReflink, StrategyCopy:
+	case StrategyDMSnapshot, StrategyReflink, StrategyCopy, StrategyPool:
 		return nil
 	}
 	_, err := ParseStrategy(string(s.Strategy))
@@ -122,7 +122,7 @@ func (m *Manager) createOverlay(ctx context.Context, spec OverlaySpec, replace b
 			return f.Truncate(cowSize(spec.SizeBytes, fi.Size()))
 		}
 		var err error
-		if cloned, err = m.fillFrom(ctx, f, spec.RootfsPath, spec.Strategy == StrategyReflink); err != nil {
+		if cloned, err = m.fillFrom(ctx, f, spec.RootfsPath, spec.Strategy == StrategyReflink || spec.Strategy == StrategyPool); err != nil {
 			return err
 		}
 		if spec.SizeBytes > fi.Size() {

@@ -33,6 +33,10 @@ const (
 	StrategyReflink Strategy = "reflink"
 	// StrategyCopy copies the rootfs, keeping its holes.
 	StrategyCopy Strategy = "copy"
+	// StrategyPool is reflink inside banger's storage pool (pool.go):
+	// the VM's disks live in the pool, cloned from templates there.
+	// It is chosen by the daemon, not by overlay_strategy.
+	StrategyPool Strategy = "pool"
 )
 
 // ParseStrategy parses a strategy name. The empty string is the zero
@@ -65,6 +69,10 @@ type Options struct {
 	// Chown, when set, replaces (*os.File).Chown for the disks given to a
 	// VM's uid, so unit tests run without root.
 	Chown func(f *os.File, uid, gid int) error
+	// Clone and Statfs, when set, replace FICLONE and statfs(2), so the
+	// daemon's unit tests run a storage pool on a fake host.
+	Clone  func(dst, src *os.File) error
+	Statfs func(path string) (size, free int64, err error)
 }
 
 // Manager makes, attaches and removes VM disks. It keeps no state of its
@@ -88,6 +96,7 @@ type Manager struct {
 	openDevice func(path string, flag int, perm os.FileMode) (*os.File, error)
 	chown      func(f *os.File, uid, gid int) error
 	clone      func(dst, src *os.File) error
+	statfs     func(path string) (size, free int64, err error)
 	sleep      func(ctx context.Context, d time.Duration) error
 	// removeTries bounds the attempts at removing a busy dm device.
 	removeTries int
@@ -111,7 +120,16 @@ func New(run hostexec.Runner, logger *slog.Logger, opts Options) *Manager {
 	if opts.Chown != nil {
 		chown = opts.Chown
 	}
+	clone := cloneFile
+	if opts.Clone != nil {
+		clone = opts.Clone
+	}
+	statfs := statfsBytes
+	if opts.Statfs != nil {
+		statfs = opts.Statfs
+	}
 	return &Manager{
+		statfs:      statfs,
 		openDevice:  openDevice,
 		chown:       chown,
 		run:         run,
@@ -125,7 +143,7 @@ func New(run hostexec.Runner, logger *slog.Logger, opts Options) *Manager {
 		modulesDir:  "/lib/modules",
 		release:     kernelRelease,
 		exists:      exists,
-		clone:       cloneFile,
+		clone:       clone,
 		sleep:       sleepCtx,
 		removeTries: 5,
 	}

@@ -40,6 +40,9 @@ func (m *Manager) DetectStrategy(ctx context.Context, dir string) (Strategy, str
 	return st, why
 }
 
+// Forced returns the strategy forced in Options, or "".
+func (m *Manager) Forced() Strategy { return m.force }
+
 // probeDM reports whether dm-snapshot can be used, and why.
 func (m *Manager) probeDM(ctx context.Context) (bool, string) {
 	if !m.exists(m.dmControl) {

@@ -3,38 +3,69 @@ package store
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 
 	"banger/internal/model"
 )
 
-const imageColumns = `id, name, owner_uid, managed, artifact_dir, rootfs_path, work_seed_path, kernel_path, initrd_path, modules_dir, build_size, ssh_fingerprint, docker, created_at, updated_at`
+const imageColumns = `id, name, owner_uid, managed, artifact_dir, rootfs_path, work_seed_path, kernel_path, initrd_path, modules_dir, build_size, ssh_fingerprint, docker, created_at, updated_at, oci`
 
 func scanImage(row interface{ Scan(...any) error }) (model.Image, error) {
 	var img model.Image
-	var created, updated string
-	err := row.Scan(&img.ID, &img.Name, &img.OwnerUID, &img.Managed, &img.ArtifactDir, &img.RootfsPath, &img.WorkSeedPath, &img.KernelPath, &img.InitrdPath, &img.ModulesDir, &img.BuildSize, &img.SeededSSHPublicKeyFingerprint, &img.Docker, &created, &updated)
+	var created, updated, oci string
+	err := row.Scan(&img.ID, &img.Name, &img.OwnerUID, &img.Managed, &img.ArtifactDir, &img.RootfsPath, &img.WorkSeedPath, &img.KernelPath, &img.InitrdPath, &img.ModulesDir, &img.BuildSize, &img.SeededSSHPublicKeyFingerprint, &img.Docker, &created, &updated, &oci)
 	if err != nil {
 		return img, err
 	}
 	img.CreatedAt = parseTime(created)
 	img.UpdatedAt = parseTime(updated)
+	if err := decodeImageOCI(oci, &img); err != nil {
+		return img, err
+	}
 	return img, nil
+}
+
+// imageOCI is the oci column: where an image built from a container
+// image came from, and the config its sessions apply.
+type imageOCI struct {
+	Source *model.ImageSource `json:"source,omitempty"`
+	Config *model.ImageConfig `json:"config,omitempty"`
+}
+
+func encodeImageOCI(img model.Image) string {
+	if img.Source == nil && img.Config == nil {
+		return ""
+	}
+	b, _ := json.Marshal(imageOCI{Source: img.Source, Config: img.Config})
+	return string(b)
+}
+
+func decodeImageOCI(s string, img *model.Image) error {
+	if s == "" {
+		return nil
+	}
+	var o imageOCI
+	if err := json.Unmarshal([]byte(s), &o); err != nil {
+		return fmt.Errorf("image %s: oci column: %w", img.ID, err)
+	}
+	img.Source, img.Config = o.Source, o.Config
+	return nil
 }
 
 // CreateImage stores a new image. A name its owner already uses is
 // ECONFLICT.
 func (s *DB) CreateImage(ctx context.Context, img model.Image) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO images (`+imageColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
-		img.ID, img.Name, img.OwnerUID, img.Managed, img.ArtifactDir, img.RootfsPath, img.WorkSeedPath, img.KernelPath, img.InitrdPath, img.ModulesDir, img.BuildSize, img.SeededSSHPublicKeyFingerprint, img.Docker, formatTime(img.CreatedAt), formatTime(img.UpdatedAt))
+	_, err := s.db.ExecContext(ctx, `INSERT INTO images (`+imageColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+		img.ID, img.Name, img.OwnerUID, img.Managed, img.ArtifactDir, img.RootfsPath, img.WorkSeedPath, img.KernelPath, img.InitrdPath, img.ModulesDir, img.BuildSize, img.SeededSSHPublicKeyFingerprint, img.Docker, formatTime(img.CreatedAt), formatTime(img.UpdatedAt), encodeImageOCI(img))
 	return mapError(err, fmt.Sprintf("image %q", img.Name))
 }
 
 // UpdateImage rewrites an image row.
 func (s *DB) UpdateImage(ctx context.Context, img model.Image) error {
-	res, err := s.db.ExecContext(ctx, `UPDATE images SET name=?, owner_uid=?, managed=?, artifact_dir=?, rootfs_path=?, work_seed_path=?, kernel_path=?, initrd_path=?, modules_dir=?, build_size=?, ssh_fingerprint=?, docker=?, updated_at=? WHERE id=?`,
-		img.Name, img.OwnerUID, img.Managed, img.ArtifactDir, img.RootfsPath, img.WorkSeedPath, img.KernelPath, img.InitrdPath, img.ModulesDir, img.BuildSize, img.SeededSSHPublicKeyFingerprint, img.Docker, formatTime(img.UpdatedAt), img.ID)
+	res, err := s.db.ExecContext(ctx, `UPDATE images SET name=?, owner_uid=?, managed=?, artifact_dir=?, rootfs_path=?, work_seed_path=?, kernel_path=?, initrd_path=?, modules_dir=?, build_size=?, ssh_fingerprint=?, docker=?, updated_at=?, oci=? WHERE id=?`,
+		img.Name, img.OwnerUID, img.Managed, img.ArtifactDir, img.RootfsPath, img.WorkSeedPath, img.KernelPath, img.InitrdPath, img.ModulesDir, img.BuildSize, img.SeededSSHPublicKeyFingerprint, img.Docker, formatTime(img.UpdatedAt), encodeImageOCI(img), img.ID)
 	if err != nil {
 		return mapError(err, fmt.Sprintf("image %q", img.Name))
 	}

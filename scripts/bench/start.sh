@@ -1,30 +1,62 @@
 #!/usr/bin/env bash
-# Issue D's figures, measured in one run on this machine:
-#  1. host-side time of `vm start` (request received → InstanceStart sent),
-#     p50 and p99 over N starts (default 20), from bangerd's log;
+# Issues D and 18's figures, measured in one run on this machine:
+#  1. host-side time of `vm start` (request received → InstanceStart sent)
+#     over N starts (default 20, the first start, which makes the disks,
+#     included): p50 and p99 of each named start step, from the step
+#     durations bangerd logs at debug level, and of the total; once with
+#     the storage pool (storage_pool = "auto", which picks the pool where
+#     the state dir cannot reflink and there is no device-mapper) and once
+#     with storage_pool = "off", side by side;
 #  2. banger's create → SSH-ready against booting the same image by hand
 #     with plain QEMU to SSH (scripts/bench/boot-qemu.sh), RUNS times each;
 #  3. bangerd's RSS with 0 and with 3 running VMs.
-# Usage: scripts/bench/start.sh [N]   (root)
+# Usage: scripts/bench/start.sh [N]   (root; SECTIONS="1" runs only part 1)
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 n=${1:-20}
 runs=${RUNS:-3}
+sections=${SECTIONS:-1 2 3}
 bench_prepare
-bench_daemon_start start
+out=$(mktemp -d /tmp/bgbs.XXXXXX)
 
-echo "== 1. host-side start time over $n starts (request → InstanceStart)"
-"$bin/banger" vm create --no-start s1 --vcpus 1 --memory 384M >/dev/null
-for i in $(seq "$n"); do
-	"$bin/banger" vm start -q s1 >/dev/null
-	"$bin/banger" vm kill s1 >/dev/null
-done
-grep -o 'msg="instance started".*host_side_ms=[0-9]*' "$bench_dir/bangerd.log" | sed 's/.*host_side_ms=//' > "$bench_dir/host.txt"
-echo "   samples: $(wc -l < "$bench_dir/host.txt"), p50 $(percentile 50 < "$bench_dir/host.txt") ms, p99 $(percentile 99 < "$bench_dir/host.txt") ms, max $(sort -n "$bench_dir/host.txt" | tail -1) ms"
-grep -o 'msg="vm running".*ready_ms=[0-9]*' "$bench_dir/bangerd.log" | sed 's/.*ready_ms=//' > "$bench_dir/ready.txt"
-paste "$bench_dir/ready.txt" "$bench_dir/host.txt" | awk '{print $1 - $2}' > "$bench_dir/boot.txt"
-echo "   InstanceStart → SSH answering: p50 $(percentile 50 < "$bench_dir/boot.txt") ms, p99 $(percentile 99 < "$bench_dir/boot.txt") ms"
-"$bin/banger" vm rm s1 >/dev/null
+# start_samples MODE: N starts of one VM under a daemon with storage_pool
+# = MODE; leaves MODE.steps ("step ms" lines) and MODE.total in $out.
+start_samples() {
+	bench_daemon_start "start-$1" "log_level = \"debug\"
+storage_pool = \"$1\""
+	"$bin/banger" vm create --no-start -q s1 --vcpus 1 --memory 384M >/dev/null 2>&1
+	for i in $(seq "$n"); do
+		"$bin/banger" vm start -q s1 >/dev/null
+		"$bin/banger" vm kill s1 >/dev/null
+	done
+	"$bin/banger" vm inspect s1 | sed -n 's/^system disk: *//p' > "$out/$1.disk"
+	grep -o 'step=start:[a-z-]* took_ms=[0-9.]*' "$bench_dir/bangerd.log" | sed 's/step=//; s/ took_ms=/ /' > "$out/$1.steps"
+	grep -o 'msg="instance started".*host_side_ms=[0-9]*' "$bench_dir/bangerd.log" | sed 's/.*host_side_ms=//' > "$out/$1.total"
+	grep -o 'msg="vm running".*ready_ms=[0-9]*' "$bench_dir/bangerd.log" | sed 's/.*ready_ms=//' > "$out/$1.ready"
+	bench_daemon_stop
+	trap - EXIT
+}
+
+# stat MODE STEP P: the P-th percentile of a step's durations.
+stat() { awk -v s="$2" '$1 == s {print $2}' "$out/$1.steps" | percentile "$3"; }
+
+if [[ " $sections " == *" 1 "* ]]; then
+	echo "== 1. host-side start over $n starts (first start included), ms: storage pool vs storage_pool = off (load average: $(cut -d' ' -f1-3 /proc/loadavg))"
+	start_samples auto
+	start_samples off
+	for m in auto off; do echo "   $m: system disk $(cat "$out/$m.disk")"; done
+	printf '   %-26s %10s %10s   %10s %10s\n' step "pool p50" "pool p99" "off p50" "off p99"
+	for st in $(awk '{print $1}' "$out/auto.steps" | awk '!seen[$0]++'); do
+		printf '   %-26s %10s %10s   %10s %10s\n' "$st" "$(stat auto "$st" 50)" "$(stat auto "$st" 99)" "$(stat off "$st" 50)" "$(stat off "$st" 99)"
+	done
+	printf '   %-26s %10s %10s   %10s %10s\n' "host-side total" "$(percentile 50 < "$out/auto.total")" "$(percentile 99 < "$out/auto.total")" "$(percentile 50 < "$out/off.total")" "$(percentile 99 < "$out/off.total")"
+	printf '   %-26s %10s %10s   %10s %10s\n' "request → SSH" "$(percentile 50 < "$out/auto.ready")" "$(percentile 99 < "$out/auto.ready")" "$(percentile 50 < "$out/off.ready")" "$(percentile 99 < "$out/off.ready")"
+	printf '   %-26s %10s %21s\n' "first start:disks" "$(awk '$1 == "start:disks" {print $2; exit}' "$out/auto.steps")" "$(awk '$1 == "start:disks" {print $2; exit}' "$out/off.steps")"
+	echo "   (host-side total: request received → InstanceStart sent; start:guest-ready and start:ready are the guest's boot)"
+fi
+rm -rf "$out"
+[[ " $sections " == *" 2 "* || " $sections " == *" 3 "* ]] || exit 0
+bench_daemon_start start
 
 echo "== 2. create → SSH ready: banger vs plain QEMU, same image, $runs runs each"
 for i in $(seq "$runs"); do

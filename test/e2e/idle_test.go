@@ -69,7 +69,9 @@ stats_poll_interval = "2s"`)
 // create fails with a clear error and leaves nothing half made.
 func TestStateDirFull(t *testing.T) {
 	a := harness.RequireArtifacts(t)
-	d := harness.NewDaemon(t, harness.Options{})
+	// Disks in the VMs' dirs, not in a storage pool (TestStoragePoolFull
+	// is the pool's case).
+	d := harness.NewDaemon(t, harness.Options{Config: `storage_pool = "off"`})
 	// A 200 MiB tmpfs under the VMs' dir holds no system disk. (The
 	// image's files, the daemon's own copies, go to the images dir on
 	// the real disk.)

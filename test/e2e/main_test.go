@@ -15,7 +15,9 @@ func TestMain(m *testing.M) {
 	if q := os.Getenv("BANGER_DNS_QUERY"); q != "" {
 		os.Exit(dnsQuery(q))
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	removeDebianRoot()
+	os.Exit(code)
 }
 
 func dnsQuery(q string) int {

@@ -12,7 +12,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -563,11 +562,19 @@ keys
 		// the guest's filesystem as the VM's own unprivileged user, which
 		// owns the disk file.
 		e.mustAs("vm", "set", "ws", "--disk-size", "3G")
+		// The disk may be in the storage pool, mounted where the daemon
+		// sees it: look from there.
 		disk := e.vm("ws").Runtime.WorkDiskPath
-		if fi, err := os.Stat(disk); err != nil {
-			t.Error(err)
-		} else if st := fi.Sys().(*syscall.Stat_t); fi.Size() != 3<<30 || st.Uid < 1500000000 || st.Uid >= 1500000000+1<<16 || st.Gid != st.Uid || fi.Mode().Perm() != 0o600 {
-			t.Errorf("work disk after growing: %d bytes, owner %d:%d, mode %v", fi.Size(), st.Uid, st.Gid, fi.Mode().Perm())
+		if out, err := e.d.InMounts("stat", "-c", "%s %u %g %a", disk); err != nil {
+			t.Errorf("stat %s: %v: %s", disk, err, out)
+		} else {
+			var size int64
+			var uid, gid uint32
+			var mode string
+			fmt.Sscan(out, &size, &uid, &gid, &mode)
+			if size != 3<<30 || uid < 1500000000 || uid >= 1500000000+1<<16 || gid != uid || mode != "600" {
+				t.Errorf("work disk after growing: %d bytes, owner %d:%d, mode %s", size, uid, gid, mode)
+			}
 		}
 
 		r = e.as("vm", "rm", "ws")

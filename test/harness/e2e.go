@@ -158,7 +158,15 @@ func (d *Daemon) Leftovers(t testing.TB, poolSize int) []string {
 	if err != nil {
 		t.Fatalf("leftovers: losetup -a: %v: %s", err, lo)
 	}
+	// The storage pool's file has one loop device, mounted while the
+	// daemon runs; a second would be a leftover (and a danger).
+	poolFile := filepath.Join(d.StateDir, "pool.img")
+	poolLoops := 0
 	for _, l := range strings.Split(string(lo), "\n") {
+		if strings.Contains(l, "("+poolFile+")") && poolLoops == 0 {
+			poolLoops++
+			continue
+		}
 		if strings.Contains(l, d.StateDir) {
 			out = append(out, "loop device: "+l)
 		}
@@ -193,6 +201,15 @@ func (d *Daemon) Leftovers(t testing.TB, poolSize int) []string {
 	for _, e := range entries {
 		if !dirs[e.Name()] {
 			out = append(out, "vm dir without a row: "+e.Name())
+		}
+	}
+	// Disks in the storage pool: only rows' (the pool is mounted in the
+	// daemon's mount namespace, so look through its eyes).
+	if pool, err := d.InMounts("sh", "-c", "ls -A "+filepath.Join(d.StateDir, "pool", "vms")+" 2>/dev/null || true"); err == nil {
+		for _, name := range strings.Fields(pool) {
+			if !dirs[name] {
+				out = append(out, "pool disks without a row: "+name)
+			}
 		}
 	}
 	return out

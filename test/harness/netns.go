@@ -3,7 +3,9 @@ package harness
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -32,6 +34,18 @@ func NewNetns(t testing.TB) string {
 		t.Fatalf("lo up in %s: %v %s", name, err, out)
 	}
 	return name
+}
+
+// InMounts runs a command in the running daemon's mount namespace (where
+// `ip netns exec` put it, and where it mounts its storage pool) and
+// returns its combined output.
+func (d *Daemon) InMounts(args ...string) (string, error) {
+	if d.cmd == nil {
+		return "", fmt.Errorf("bangerd is not running")
+	}
+	argv := append([]string{"-t", strconv.Itoa(d.cmd.Process.Pid), "-m", "--"}, args...)
+	out, err := exec.Command("nsenter", argv...).CombinedOutput()
+	return string(out), err
 }
 
 // InNetns runs a command inside the daemon's namespace and returns its

@@ -56,6 +56,8 @@ type OS struct {
 	HostKeys map[string]string
 	// Nft holds nftables tables by "family name".
 	Nft map[string]*NftTable
+	// Mounts are mounted filesystems by mount point (pool.go).
+	Mounts map[string]*Mount
 
 	// Fail makes the next command whose argv starts with the key fail
 	// with the value as its output.
@@ -78,6 +80,7 @@ func New() *OS {
 		DM:       map[string]*DMDevice{},
 		HostKeys: map[string]string{},
 		Nft:      map[string]*NftTable{},
+		Mounts:   map[string]*Mount{},
 		Fail:     map[string]string{},
 		handlers: map[string]handler{},
 	}

@@ -99,6 +99,12 @@ func (o *OS) losetup(args []string, _ string) (string, error) {
 		dev := fmt.Sprintf("/dev/loop%d", n)
 		o.Loops[dev] = &Loop{Dev: dev, File: file, ReadOnly: ro}
 		return dev + "\n", nil
+	case len(args) == 2 && args[0] == "-c":
+		// The new capacity is read from the file: nothing to keep.
+		if o.Loops[args[1]] == nil {
+			return fmt.Sprintf("losetup: %s: set capacity failed: No such device or address\n", args[1]), fmt.Errorf("exit status 1")
+		}
+		return "", nil
 	case len(args) == 2 && args[0] == "-d":
 		l := o.Loops[args[1]]
 		if l == nil {
@@ -109,6 +115,12 @@ func (o *OS) losetup(args []string, _ string) (string, error) {
 				if o.loopByRef(ref) == l {
 					return fmt.Sprintf("fakeos: losetup: %s is still used by dm device %s\n", l.Dev, d.Name), fmt.Errorf("exit status 1")
 				}
+			}
+		}
+		for _, m := range o.Mounts {
+			if m.Source == args[1] {
+				// The kernel would only mark it to detach on last close.
+				return "", nil
 			}
 		}
 		delete(o.Loops, args[1])
