@@ -391,6 +391,12 @@ func (d *Daemon) forkCopyChild(ctx context.Context, c *forkChild, sys, work, sta
 	if err := os.Mkdir(newDir, 0o700); err != nil {
 		return false, fmt.Errorf("fork: %w", err)
 	}
+	// The disks may live outside the VM dir (a storage pool's dir).
+	for _, p := range []string{c.vm.Runtime.SystemOverlay, c.vm.Runtime.WorkDiskPath} {
+		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+			return false, fmt.Errorf("fork: %w", err)
+		}
+	}
 	cloned := true
 	for _, cp := range []struct{ to, from string }{
 		{c.vm.Runtime.SystemOverlay, sys},
