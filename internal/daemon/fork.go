@@ -296,6 +296,13 @@ func (d *Daemon) undoForkReserve(ctx context.Context, s *forkRun) {
 			s.log.Warn("undo: delete child row", "child", c.vm.Name, "err", err)
 		}
 		os.RemoveAll(c.vm.Runtime.VMDir)
+		// Disks in a pool dir outside the VM dir: the files, then the
+		// dir if that left it empty.
+		for _, p := range []string{c.vm.Runtime.SystemOverlay, c.vm.Runtime.WorkDiskPath} {
+			os.Remove(p)
+			os.Remove(p + ".part")
+			os.Remove(filepath.Dir(p))
+		}
 		d.locks.forget(c.vm.ID)
 		c.unlock()
 		c.unlock = nil
