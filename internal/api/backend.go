@@ -78,6 +78,13 @@ type Backend interface {
 	// several processes claim to be its VMM), EUNAVAILABLE (the VMM
 	// cannot snapshot); a failed step leaves the VM running.
 	SuspendVM(ctx context.Context, ref string, progress ProgressFunc) (VMView, error)
+	// ForkVM makes running copies of a running VM (fork.go in the
+	// daemon): the source is paused only while its state and disks are
+	// copied. ENOTFOUND, ECONFLICT (not running, a name taken),
+	// EINVALID (bad names or count), EUNAVAILABLE (the VMM cannot
+	// snapshot), ELIMIT; a failure leaves the source running and no
+	// child.
+	ForkVM(ctx context.Context, ref string, req model.VMForkRequest, progress ProgressFunc) ([]VMView, error)
 	// RestartVM: as StopVM, then StartVM.
 	RestartVM(ctx context.Context, ref string, progress ProgressFunc) (VMView, error)
 	// ResetSystem: ENOTFOUND, ECONFLICT (running).

@@ -232,6 +232,12 @@ func (c *Client) SuspendVM(ctx context.Context, ref string, progress func(Event)
 	return v, c.callStream(ctx, "POST", "/vms/"+url.PathEscape(ref)+"/suspend", nil, &v, progress)
 }
 
+// ForkVM makes running copies of a running VM.
+func (c *Client) ForkVM(ctx context.Context, ref string, req model.VMForkRequest, progress func(Event)) ([]VMView, error) {
+	var v []VMView
+	return v, c.callStream(ctx, "POST", "/vms/"+url.PathEscape(ref)+"/fork", req, &v, progress)
+}
+
 // RestartVM stops and starts a VM.
 func (c *Client) RestartVM(ctx context.Context, ref string, progress func(Event)) (VMView, error) {
 	var v VMView

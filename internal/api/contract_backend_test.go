@@ -209,6 +209,13 @@ func (b *contractBackend) KillVM(context.Context, string) (VMView, error) {
 func (b *contractBackend) SuspendVM(_ context.Context, _ string, p ProgressFunc) (VMView, error) {
 	return streamOp[VMView](b, p, "VM")
 }
+func (b *contractBackend) ForkVM(_ context.Context, _ string, _ model.VMForkRequest, p ProgressFunc) ([]VMView, error) {
+	p(full[Progress](b, "Progress"))
+	if err := b.err(); err != nil {
+		return nil, err
+	}
+	return []VMView{full[VMView](b, "VM")}, nil
+}
 func (b *contractBackend) RestartVM(_ context.Context, _ string, p ProgressFunc) (VMView, error) {
 	return streamOp[VMView](b, p, "VM")
 }

@@ -512,6 +512,10 @@ func TestOpenAPIContract(t *testing.T) {
 		{"StopVM", func(ctx context.Context, c *Client) error { _, err := c.StopVM(ctx, "dev", progress); return err }},
 		{"KillVM", func(ctx context.Context, c *Client) error { _, err := c.KillVM(ctx, "dev"); return err }},
 		{"SuspendVM", func(ctx context.Context, c *Client) error { _, err := c.SuspendVM(ctx, "dev", progress); return err }},
+		{"ForkVM", func(ctx context.Context, c *Client) error {
+			_, err := c.ForkVM(ctx, "dev", model.VMForkRequest{Names: []string{"a", "b"}, Count: 2}, progress)
+			return err
+		}},
 		{"RestartVM", func(ctx context.Context, c *Client) error { _, err := c.RestartVM(ctx, "dev", progress); return err }},
 		{"ResetSystem", func(ctx context.Context, c *Client) error { _, err := c.ResetSystem(ctx, "dev"); return err }},
 		{"VMStats", func(ctx context.Context, c *Client) error { _, err := c.VMStats(ctx, "dev"); return err }},

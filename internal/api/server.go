@@ -182,6 +182,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST "+p+"/vms/{ref}/stop", s.handleStopVM)
 	mux.HandleFunc("POST "+p+"/vms/{ref}/kill", s.handleKillVM)
 	mux.HandleFunc("POST "+p+"/vms/{ref}/suspend", s.handleSuspendVM)
+	mux.HandleFunc("POST "+p+"/vms/{ref}/fork", s.handleForkVM)
 	mux.HandleFunc("POST "+p+"/vms/{ref}/restart", s.handleRestartVM)
 	mux.HandleFunc("POST "+p+"/vms/{ref}/reset-system", s.handleResetSystem)
 	mux.HandleFunc("GET "+p+"/vms/{ref}/logs", s.handleLogs)
@@ -380,6 +381,18 @@ func (s *Server) handleSuspendVM(w http.ResponseWriter, r *http.Request) {
 	ref := r.PathValue("ref")
 	stream(w, r, func(ctx context.Context, p ProgressFunc) (any, error) {
 		return s.backend.SuspendVM(ctx, ref, p)
+	})
+}
+
+func (s *Server) handleForkVM(w http.ResponseWriter, r *http.Request) {
+	ref := r.PathValue("ref")
+	var req model.VMForkRequest
+	if err := decode(r, &req); err != nil {
+		writeError(w, err)
+		return
+	}
+	stream(w, r, func(ctx context.Context, p ProgressFunc) (any, error) {
+		return s.backend.ForkVM(ctx, ref, req, p)
 	})
 }
 

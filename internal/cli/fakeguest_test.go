@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -150,6 +151,30 @@ func (b *testBackend) SuspendVM(_ context.Context, ref string, p api.ProgressFun
 	p(api.Progress{Step: "save", Message: "state saved"})
 	b.setState(ref, model.VMStateSuspended)
 	return b.GetVM(context.Background(), ref)
+}
+
+func (b *testBackend) ForkVM(_ context.Context, ref string, req model.VMForkRequest, p api.ProgressFunc) ([]api.VMView, error) {
+	v, err := b.GetVM(context.Background(), ref)
+	if err != nil {
+		return nil, err
+	}
+	if v.State != model.VMStateRunning {
+		return nil, model.Errorf(model.ECONFLICT, "vm %s is %s; only a running VM can be forked", ref, v.State)
+	}
+	names := req.Names
+	if len(names) == 0 {
+		for i := 1; i <= max(req.Count, 1); i++ {
+			names = append(names, fmt.Sprintf("%s-%d", ref, i))
+		}
+	}
+	p(api.Progress{Step: "fork", Message: "source paused"})
+	var kids []api.VMView
+	for _, n := range names {
+		b.addVM(n, model.VMStateRunning, nil)
+		k, _ := b.GetVM(context.Background(), n)
+		kids = append(kids, k)
+	}
+	return kids, nil
 }
 
 func (b *testBackend) DeleteVM(_ context.Context, ref string, opts api.VMDeleteOptions, p api.ProgressFunc) error {

@@ -143,7 +143,7 @@ func TestMCPToolsAndSchemas(t *testing.T) {
 		}
 	}
 	sort.Strings(names)
-	want := []string{"exec", "list_dir", "read_file", "vm_create", "vm_inspect", "vm_list", "vm_rm", "vm_start", "vm_stop", "vm_suspend",
+	want := []string{"exec", "list_dir", "read_file", "vm_create", "vm_fork", "vm_inspect", "vm_list", "vm_rm", "vm_start", "vm_stop", "vm_suspend",
 		"workspace_diff", "workspace_fetch", "workspace_log", "workspace_prepare", "write_file"}
 	if !reflect.DeepEqual(names, want) {
 		t.Errorf("tools %v; want %v", names, want)
@@ -193,6 +193,13 @@ func TestMCPVMTools(t *testing.T) {
 	if resumed.VM.State != "running" {
 		t.Errorf("vm_start of a suspended VM: %+v", resumed)
 	}
+	var forked vmForkOut
+	e.mustCall("vm_fork", map[string]any{"name": "box", "count": 2}, &forked)
+	if len(forked.Children) != 2 || forked.Children[0].Name != "box-1" || forked.Children[1].Name != "box-2" || forked.Children[0].State != "running" {
+		t.Errorf("vm_fork: %+v", forked)
+	}
+	e.refuses("count 99: use 1 to 16", "vm_fork", map[string]any{"name": "box", "count": 99})
+	e.refuses("must be a DNS label", "vm_fork", map[string]any{"name": "box", "names": []string{"Bad Name!"}})
 	var stopped vmOut
 	e.mustCall("vm_stop", map[string]any{"name": "box"}, &stopped)
 	if stopped.VM.State != "stopped" {

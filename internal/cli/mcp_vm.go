@@ -152,8 +152,43 @@ func (s *mcpServer) addVMTools(srv *mcp.Server) {
 		}
 		return vmOut{VM: vmSummary(v), Hint: fmt.Sprintf("vm %s is %s; vm_start (or any exec) resumes it", v.Name, v.State)}, nil
 	})
-	// vm_fork: not yet. Issue I adds forking a VM (a copy under a new
-	// name and identity); its tool belongs here.
+	addTool(srv, &mcp.Tool{
+		Name:  "vm_fork",
+		Title: "Fork a VM",
+		Description: "Make running copies of a running VM, processes, files and workspaces included, to try several approaches at once (reports progress). " +
+			"Give names, or count for children named <name>-1, <name>-2, ... (at most 16; neither makes one). The source pauses for about a second and runs on. " +
+			"Each child is its own machine (IP, hostname, host key, machine-id) with its workspaces on branch banger/<child>: fetch each with workspace_fetch on the child.",
+		Annotations: &mcp.ToolAnnotations{DestructiveHint: &no, IdempotentHint: false, OpenWorldHint: &no},
+	}, nil, func(ctx context.Context, req *mcp.CallToolRequest, in vmForkIn) (vmForkOut, error) {
+		for _, n := range in.Names {
+			if err := model.ValidateVMName(n); err != nil {
+				return vmForkOut{}, err
+			}
+		}
+		if in.Count < 0 || in.Count > model.MaxForkChildren {
+			return vmForkOut{}, model.Errorf(model.EINVALID, "count %d: use 1 to %d", in.Count, model.MaxForkChildren)
+		}
+		kids, err := s.client.ForkVM(ctx, in.Name, model.VMForkRequest{Names: in.Names, Count: in.Count}, newProgress(ctx, req).event)
+		if err != nil {
+			return vmForkOut{}, err
+		}
+		out := vmForkOut{Hint: "each child runs on its own; exec in it by name, fetch its work with workspace_fetch"}
+		for _, k := range kids {
+			out.Children = append(out.Children, vmSummary(k))
+		}
+		return out, nil
+	})
+}
+
+type vmForkIn struct {
+	Name  string   `json:"name" jsonschema:"the running VM to fork (name or ID)"`
+	Names []string `json:"names,omitempty" jsonschema:"the children's names"`
+	Count int      `json:"count,omitempty" jsonschema:"how many children, named <name>-1, <name>-2, ... (when names is not given)"`
+}
+
+type vmForkOut struct {
+	Children []mcpVM `json:"children"`
+	Hint     string  `json:"hint,omitempty" jsonschema:"what to do next"`
 }
 
 func (s *mcpServer) vmCreate(ctx context.Context, req *mcp.CallToolRequest, in vmCreateIn) (vmOut, error) {

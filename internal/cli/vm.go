@@ -23,7 +23,7 @@ func (a *App) vmCommand() *cobra.Command {
 	cmd.AddCommand(
 		a.vmCreateCommand(), a.vmLsCommand(), a.vmInspectCommand(), a.vmRmCommand(), a.vmSetCommand(),
 		a.vmStartCommand(), a.vmStopCommand(), a.vmKillCommand(), a.vmRestartCommand(), a.vmResetSystemCommand(),
-		a.vmStatsCommand(), a.vmSuspendCommand(),
+		a.vmStatsCommand(), a.vmSuspendCommand(), a.vmForkCommand(),
 	)
 	return group(cmd)
 }

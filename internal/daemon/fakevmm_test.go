@@ -38,6 +38,11 @@ type fakeVMMs struct {
 	// dialled counts the resumes that had to connect again.
 	holds   []*fakeHold
 	dialled int
+	// onReidentify and onAdmitted see a fork's child at those steps
+	// (fork_test.go).
+	onReidentify, onAdmitted func(s *startRun)
+	// renamed lists the workspace branches fork children renamed.
+	renamed []string
 }
 
 type fakeVMM struct {

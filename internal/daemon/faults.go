@@ -36,6 +36,7 @@ func FaultMatrix() []FaultCell {
 	add("kill", true, stepNames(d.stopSteps("kill")))
 	add("rm", false, stepNames(d.deleteSteps()))
 	add("suspend", true, stepNames(d.suspendSteps()))
+	add("fork", true, stepNames(d.forkSteps()))
 	n := len(cells)
 	add("resume", false, stepNames(d.resumeSteps()))
 	add("stop", false, stepNames(d.discardSteps()))

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"banger/internal/api"
+	"banger/internal/model"
 )
 
 // TestFaultMatrixCoversEveryCrashPoint runs every lifecycle operation on
@@ -30,6 +31,10 @@ func TestFaultMatrixCoversEveryCrashPoint(t *testing.T) {
 		func() error { _, err := e.d.StartVM(e.ctx, "dev", api.NoProgress); return err },
 		func() error { _, err := e.d.SuspendVM(e.ctx, "dev", api.NoProgress); return err },
 		func() error { _, err := e.d.StartVM(e.ctx, "dev", api.NoProgress); return err },
+		func() error { _, err := e.d.ForkVM(e.ctx, "dev", model.VMForkRequest{}, api.NoProgress); return err },
+		func() error {
+			return e.d.DeleteVM(e.ctx, "dev-1", api.VMDeleteOptions{Force: true}, api.NoProgress)
+		},
 		func() error { _, err := e.d.SuspendVM(e.ctx, "dev", api.NoProgress); return err },
 		func() error { _, err := e.d.StopVM(e.ctx, "dev", api.NoProgress); return err },
 		func() error { _, err := e.d.StartVM(e.ctx, "dev", api.NoProgress); return err },

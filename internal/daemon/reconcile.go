@@ -18,6 +18,8 @@ import (
 // lock is held by another operation are left alone.
 func (d *Daemon) reconcile(ctx context.Context, why string) error {
 	start := time.Now()
+	// A child of a cut-short fork goes first, whole (fork.go).
+	d.removeHalfForks(ctx)
 	host, err := d.observeHost(ctx)
 	if err != nil {
 		return fmt.Errorf("reconcile: observe host: %w", err)

@@ -44,13 +44,20 @@ func (d *Daemon) resumeSteps() []step[startRun] {
 		{Name: "resume:disks", Do: restoreStep(d.resumeDisks)},
 		{Name: "resume:overlay-attached", Do: d.startAttach, Undo: d.undoAttach},
 		{Name: "resume:tap-acquired", Do: d.startTap, Undo: d.undoTap},
+		{Name: "resume:tap-quarantined", Do: d.forkQuarantine},
 		{Name: "resume:tap-recorded", Do: d.startRecordTap},
 		{Name: "resume:capabilities", Do: d.startCapabilities, Undo: d.undoCapabilities},
 		{Name: "resume:vmm-launched", Do: d.startLaunch, Undo: d.undoLaunch},
 		{Name: "resume:loaded", Do: restoreStep(func(ctx context.Context, s *startRun) error { return d.boot.load(ctx, s) })},
 		{Name: "resume:committed", Do: restoreStep(d.resumeCommit)},
 		{Name: "resume:vcpus-resumed", Do: restoreStep(d.resumeVCPUs)},
-		{Name: "resume:clock-set", Do: restoreStep(func(ctx context.Context, s *startRun) error { return d.boot.waitResumed(ctx, s) })},
+		{Name: "resume:clock-set", Do: restoreStep(func(ctx context.Context, s *startRun) error {
+			if s.fork != nil {
+				return d.boot.reidentify(ctx, s)
+			}
+			return d.boot.waitResumed(ctx, s)
+		})},
+		{Name: "resume:admitted", Do: d.forkAdmit},
 		{Name: "resume:ready", Do: d.resumeReady},
 	}
 }
@@ -58,7 +65,18 @@ func (d *Daemon) resumeSteps() []step[startRun] {
 // resumeLocked restores a suspended VM by running resumeSteps. The
 // caller holds the lock.
 func (d *Daemon) resumeLocked(ctx context.Context, vm model.VMRecord, progress api.ProgressFunc) (model.VMRecord, error) {
-	s := &startRun{vm: vm, received: time.Now(), progress: progress, log: d.logger.With("vm", vm.Name, "id", model.ShortID(vm.ID))}
+	return d.resumeLockedWith(ctx, vm, progress, nil)
+}
+
+// resumeLockedWith is resumeLocked for a fork's child when fork is set:
+// the guest is restored behind a quarantined tap and made its own
+// machine before its tap joins the bridge (fork.go). A child's failure
+// is returned as it is: the fork removes the child.
+func (d *Daemon) resumeLockedWith(ctx context.Context, vm model.VMRecord, progress api.ProgressFunc, fork *forkIdentity) (model.VMRecord, error) {
+	if vm.Runtime.ForkOf != "" && fork == nil {
+		return vm, model.Errorf(model.ECONFLICT, "vm %q is a child a cut-short fork left; the daemon removes it (fork again)", vm.Name)
+	}
+	s := &startRun{vm: vm, received: time.Now(), progress: progress, log: d.logger.With("vm", vm.Name, "id", model.ShortID(vm.ID)), fork: fork}
 	if err := d.requireNetwork(ctx); err != nil {
 		return vm, err
 	}
@@ -72,6 +90,9 @@ func (d *Daemon) resumeLocked(ctx context.Context, vm model.VMRecord, progress a
 	}
 	if err := d.boot.snapshots(); err != nil {
 		d.clocks.drop(vm.ID)
+		if fork != nil {
+			return vm, err
+		}
 		return d.resumeFallback(ctx, s, err)
 	}
 	progress(api.Progress{Step: "resume", Message: fmt.Sprintf("restoring the state saved %s ago (%s)", roughAge(vm.Runtime.SuspendedAt), sizeMiB(vm.Runtime.SavedStateBytes))})
@@ -87,6 +108,10 @@ func (d *Daemon) resumeLocked(ctx context.Context, vm model.VMRecord, progress a
 			s.log.Warn("refill tap pool", "err", rerr)
 		}
 		return s.vm, nil
+	}
+	if fork != nil {
+		d.clearVMHandles(s.vm.ID, s.vm.Runtime.VMDir)
+		return s.vm, err
 	}
 	var re *restoreError
 	if errors.As(err, &re) {

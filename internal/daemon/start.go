@@ -73,6 +73,11 @@ type startRun struct {
 	// held is the session the suspend left in the guest to set its
 	// clock (suspend_vmm.go); nil when there is none.
 	held clockHold
+	// fork is the identity a fork's child is restored with (fork.go);
+	// nil otherwise.
+	fork *forkIdentity
+	// renames are the workspace branches a fork's child renames.
+	renames []branchRename
 }
 
 // startSteps are the steps of a start, in order. The VMM steps go

@@ -52,6 +52,11 @@ type booter interface {
 	// host key and its clock is set to the host's: over s.held, the
 	// session prepareSuspend left, when it still answers.
 	waitResumed(ctx context.Context, s *startRun) error
+	// reidentify makes a fork's restored child its own machine over its
+	// quarantined tap (fork_vmm.go); waitAdmitted returns once it
+	// answers on the bridge.
+	reidentify(ctx context.Context, s *startRun) error
+	waitAdmitted(ctx context.Context, s *startRun) error
 }
 
 // vmmBooter boots through the Firecracker API: firecracker itself, or

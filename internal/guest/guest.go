@@ -16,9 +16,11 @@ import (
 	"net"
 	"os"
 	"strings"
+	"syscall"
 	"time"
 
 	"golang.org/x/crypto/ssh"
+	"golang.org/x/sys/unix"
 )
 
 // LoadSigner reads a private key file.
@@ -97,10 +99,41 @@ func DialQuiet(ctx context.Context, addr string, signer ssh.Signer, hostKey stri
 // dial is Dial with the TCP keepalive period keepAlive (0: Go's default,
 // negative: none).
 func dial(ctx context.Context, addr string, signer ssh.Signer, hostKey string, keepAlive time.Duration) (*Conn, error) {
+	return dialWith(ctx, net.Dialer{KeepAlive: keepAlive}, addr, signer, hostKey)
+}
+
+// DialVia is Dial through one interface only: the socket is bound to
+// device (SO_BINDTODEVICE) and to the local address laddr, so the
+// connection reaches whatever answers on that link, never the host's
+// route to addr. The daemon uses it to reach a forked guest on its
+// quarantined tap while another VM still owns the address.
+func DialVia(ctx context.Context, device, laddr, addr string, signer ssh.Signer, hostKey string) (*Conn, error) {
+	local := net.ParseIP(laddr)
+	if local == nil || device == "" {
+		return nil, fmt.Errorf("dial %s via %q from %q: need a device and a local address", addr, device, laddr)
+	}
+	d := net.Dialer{
+		LocalAddr: &net.TCPAddr{IP: local},
+		Control: func(_, _ string, c syscall.RawConn) error {
+			var serr error
+			if err := c.Control(func(fd uintptr) {
+				serr = unix.SetsockoptString(int(fd), unix.SOL_SOCKET, unix.SO_BINDTODEVICE, device)
+			}); err != nil {
+				return err
+			}
+			if serr != nil {
+				return fmt.Errorf("bind to %s: %w", device, serr)
+			}
+			return nil
+		},
+	}
+	return dialWith(ctx, d, addr, signer, hostKey)
+}
+
+func dialWith(ctx context.Context, d net.Dialer, addr string, signer ssh.Signer, hostKey string) (*Conn, error) {
 	if strings.TrimSpace(hostKey) == "" {
 		return nil, ErrNoHostKey
 	}
-	d := net.Dialer{KeepAlive: keepAlive}
 	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	raw, err := d.DialContext(dctx, "tcp", addr)

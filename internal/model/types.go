@@ -312,7 +312,23 @@ type VMRuntime struct {
 	// SavedStateBytes is the disk its saved memory and device state take
 	// (state suspended only).
 	SavedStateBytes int64 `json:"saved_state_bytes,omitempty"`
+	// ForkOf is the ID of the VM this one is being forked from, while
+	// the fork has not made it its own machine; a row with it set when
+	// no fork runs (after a crash) is a half-made child that reconcile
+	// removes.
+	ForkOf string `json:"fork_of,omitempty"`
 }
+
+// VMForkRequest asks for copies of a running VM: the named children, or
+// Count children named <source>-1, <source>-2, ... (the first free
+// numbers).
+type VMForkRequest struct {
+	Names []string `json:"names,omitempty"`
+	Count int      `json:"count,omitempty"`
+}
+
+// MaxForkChildren bounds the children of one fork.
+const MaxForkChildren = 16
 
 // VMLimits are the limits a VM's VMM runs under (its cgroup) and how
 // often it hit them.

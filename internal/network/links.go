@@ -17,6 +17,8 @@ type link struct {
 	// Isolated says the link is a bridge port that may not talk to other
 	// isolated ports (bridge_slave isolated on).
 	Isolated bool
+	// MAC is the link's Ethernet address.
+	MAC string
 }
 
 // ipLinkJSON is the part of iproute2's JSON output that banger reads.
@@ -24,6 +26,7 @@ type ipLinkJSON struct {
 	IfName   string   `json:"ifname"`
 	Flags    []string `json:"flags"`
 	Master   string   `json:"master"`
+	Address  string   `json:"address"`
 	LinkInfo *struct {
 		InfoKind string `json:"info_kind"`
 		InfoData struct {
@@ -49,7 +52,7 @@ func parseLinks(out []byte) ([]link, error) {
 	}
 	links := make([]link, 0, len(raw))
 	for _, r := range raw {
-		l := link{Name: r.IfName, Master: r.Master, Up: slices.Contains(r.Flags, "UP")}
+		l := link{Name: r.IfName, Master: r.Master, Up: slices.Contains(r.Flags, "UP"), MAC: r.Address}
 		if r.LinkInfo != nil {
 			l.Kind = r.LinkInfo.InfoKind
 			if l.Kind == "tun" && r.LinkInfo.InfoData.Type == "tap" {

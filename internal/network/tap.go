@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -182,6 +183,14 @@ func (m *Manager) Release(ctx context.Context, tap string) error {
 	if !ok || !m.isOurTap(l) {
 		return nil
 	}
+	// A tap quarantined for a forked VM loses its quarantine, whether it
+	// goes back to the pool or away (the table names it, not the link).
+	if slices.ContainsFunc(l.Addrs, isQuarantineAddr) {
+		if err := m.clearQuarantine(ctx, l); err != nil {
+			return fmt.Errorf("release tap %s: %w", tap, err)
+		}
+		l.Addrs = slices.DeleteFunc(l.Addrs, isQuarantineAddr)
+	}
 	if len(m.free) < m.cfg.TapPoolSize {
 		if err := m.attach(ctx, l); err != nil {
 			return fmt.Errorf("release tap %s: %w", tap, err)
@@ -246,6 +255,11 @@ func (m *Manager) Sync(ctx context.Context, inUse []string) error {
 	}
 	for t := range used {
 		if l, ok := links[t]; ok && m.isOurTap(l) {
+			// A fork's child on a quarantined tap joins the bridge only
+			// when the fork admits it (quarantine.go).
+			if slices.ContainsFunc(l.Addrs, isQuarantineAddr) {
+				continue
+			}
 			if err := m.attach(ctx, l); err != nil {
 				errs = append(errs, err)
 			}
@@ -272,6 +286,12 @@ func (m *Manager) Sync(ctx context.Context, inUse []string) error {
 // attach enslaves a tap to the bridge as an isolated port and brings it
 // up, unless it already is.
 func (m *Manager) attach(ctx context.Context, l link) error {
+	// A quarantine a crash left (network/quarantine.go) goes first.
+	if slices.ContainsFunc(l.Addrs, isQuarantineAddr) {
+		if err := m.clearQuarantine(ctx, l); err != nil {
+			return err
+		}
+	}
 	if l.Master != m.cfg.BridgeName || !l.Up {
 		if err := m.setMaster(ctx, l.Name, m.cfg.BridgeName); err != nil {
 			return err

@@ -348,3 +348,34 @@ func syncDir(dir string) error {
 	}
 	return nil
 }
+
+// CopyFile makes dstPath (which must not exist) a copy of srcPath as it
+// is now: a reflink clone where the filesystem shares blocks, else a
+// sparse copy. The copy appears under dstPath only when complete and
+// flushed. It reports whether it cloned.
+func (m *Manager) CopyFile(ctx context.Context, dstPath, srcPath string) (bool, error) {
+	if _, err := os.Lstat(dstPath); err == nil {
+		return false, fmt.Errorf("copy %s: %s already exists", srcPath, dstPath)
+	}
+	tmp := dstPath + ".part"
+	os.Remove(tmp)
+	dst, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, diskMode)
+	if err != nil {
+		return false, fmt.Errorf("copy %s: %w", srcPath, err)
+	}
+	cloned, err := m.fillFrom(ctx, dst, srcPath, true)
+	if err == nil {
+		err = dst.Sync()
+	}
+	if cerr := dst.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, dstPath)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return false, fmt.Errorf("copy %s to %s: %w", srcPath, dstPath, err)
+	}
+	return cloned, nil
+}

@@ -403,3 +403,14 @@ func LogScript(gp, branch, base string, o GitOutput) string {
 	}
 	return fmt.Sprintf("set -eu\ncd -- %s\ngit --no-pager %s %s --\n", shq(gp), args, shq(base+"..refs/heads/"+branch))
 }
+
+// RenameBranchScript moves a workspace's work branch from one name to
+// another in the guest (a fork's child gets its own), keeping it checked
+// out. A guest whose branch is already renamed passes.
+func RenameBranchScript(gp, from, to string) string {
+	return fmt.Sprintf(`set -e
+cd %s
+if git show-ref --verify --quiet refs/heads/%s; then exit 0; fi
+git branch -m %s %s
+`, shq(gp), shq(to), shq(from), shq(to))
+}

@@ -438,3 +438,26 @@ func TestImportBundleRefusesOtherRefs(t *testing.T) {
 		}
 	}
 }
+
+// TestRenameBranchScript: a fork's child's work branch is renamed in
+// place, still checked out, its commits kept; a second run passes; a
+// hostile path stays one argument.
+func TestRenameBranchScript(t *testing.T) {
+	isolateGit(t)
+	dir := filepath.Join(t.TempDir(), "it's $(reboot)")
+	os.MkdirAll(dir, 0o755)
+	sh(t, dir, `git init -q -b main . && git commit -q --allow-empty -m base && git checkout -q -b banger/dev && git commit -q --allow-empty -m work`)
+	head := revParse(t, dir, "HEAD")
+	for i := 0; i < 2; i++ {
+		guestRun(t, RenameBranchScript(dir, "banger/dev", "banger/dev-1"), nil)
+	}
+	if got := strings.TrimSpace(sh(t, dir, "git symbolic-ref HEAD")); got != "refs/heads/banger/dev-1" {
+		t.Errorf("HEAD is %s", got)
+	}
+	if got := revParse(t, dir, "banger/dev-1"); got != head {
+		t.Errorf("the branch is at %s; was %s", got, head)
+	}
+	if out := sh(t, dir, "git branch --list banger/dev"); strings.TrimSpace(out) != "" {
+		t.Errorf("the old branch is still there: %q", out)
+	}
+}

@@ -166,6 +166,15 @@ func runFaultCell(t *testing.T, d *harness.Daemon, vm string, create func(), ste
 			o.after = "suspended→resumed"
 		}
 	}
+	if step.Op == "fork" {
+		// A child is whole or not at all: the crash came before any
+		// child was its own machine.
+		if _, ok := tryVM(d, vm+"-1"); ok {
+			o.ok = false
+			o.detail = "a half-made child survived the restart"
+			d.CLI("vm", "rm", "--force", vm+"-1")
+		}
+	}
 	if o.detail == "" && !o.ok {
 		o.detail = strings.Join(o.left, "; ")
 	}

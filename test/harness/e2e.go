@@ -141,6 +141,18 @@ func (d *Daemon) Leftovers(t testing.TB, poolSize int) []string {
 		}
 	}
 	out = append(out, d.filterLeftovers(running)...)
+	// A fork's quarantine (network/quarantine.go) never outlives the
+	// fork: no table, no address.
+	if tables, err := d.InNetns("nft", "list", "tables"); err != nil {
+		t.Fatalf("leftovers: nft list tables: %v: %s", err, tables)
+	} else if strings.Contains(tables, "banger_q_") {
+		out = append(out, "quarantine tables: "+tables)
+	}
+	if addrs, err := d.InNetns("ip", "-o", "addr", "show"); err != nil {
+		t.Fatalf("leftovers: ip addr show: %v: %s", err, addrs)
+	} else if strings.Contains(addrs, "169.254.169.1") {
+		out = append(out, "quarantine address: "+addrs)
+	}
 	// Loop devices on state files; dm devices.
 	lo, err := exec.Command("losetup", "-a").CombinedOutput()
 	if err != nil {

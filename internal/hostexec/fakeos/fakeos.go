@@ -24,6 +24,9 @@ type Link struct {
 	// Isolated is the bridge port flag (reset when the port leaves its
 	// bridge).
 	Isolated bool
+	// MAC is the link's address as `ip link set ... address` set it;
+	// "" shows a made-up address derived from the name.
+	MAC string
 }
 
 // Loop is an attached loop device.

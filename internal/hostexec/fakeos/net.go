@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
+	"net"
 	"net/netip"
 	"sort"
 	"strconv"
@@ -81,6 +83,8 @@ func ipCommand(o *OS, args []string, _ string) (string, error) {
 		return ipTuntap(o, false, rest, all)
 	case "addr add":
 		return ipAddrAdd(o, rest, all)
+	case "addr del", "addr delete":
+		return ipAddrDel(o, rest, all)
 	}
 	return netUnexpected("ip", all)
 }
@@ -145,9 +149,18 @@ func ipLinkSet(o *OS, args, all []string) (string, error) {
 	}
 	// Parse everything before changing anything, as ip sends one request.
 	var up, down, nomaster bool
-	master := ""
+	master, mac := "", ""
 	for i := 0; i < len(rest); i++ {
 		switch rest[i] {
+		case "address":
+			if i+1 >= len(rest) {
+				return netUnexpected("ip", all)
+			}
+			i++
+			if _, err := net.ParseMAC(rest[i]); err != nil {
+				return netFail("Error: \"%s\" is not a valid MAC address.", rest[i])
+			}
+			mac = rest[i]
 		case "up":
 			up = true
 		case "down":
@@ -190,6 +203,9 @@ func ipLinkSet(o *OS, args, all []string) (string, error) {
 		l.Up = true
 	case down:
 		l.Up = false
+	}
+	if mac != "" {
+		l.MAC = mac
 	}
 	return "", nil
 }
@@ -258,12 +274,45 @@ func ipAddrAdd(o *OS, args, all []string) (string, error) {
 	return "", nil
 }
 
+func ipAddrDel(o *OS, args, all []string) (string, error) {
+	if len(args) != 3 || args[1] != "dev" {
+		return netUnexpected("ip", all)
+	}
+	p, err := netip.ParsePrefix(args[0])
+	if err != nil || !p.Addr().Is4() {
+		return netFail("Error: any valid prefix is expected rather than %q.", args[0])
+	}
+	l, exists := o.Links[args[2]]
+	if !exists {
+		return netFail("Cannot find device %q", args[2])
+	}
+	for i, a := range l.Addrs {
+		if q, err := netip.ParsePrefix(a); err == nil && q == p {
+			l.Addrs = append(l.Addrs[:i:i], l.Addrs[i+1:]...)
+			return "", nil
+		}
+	}
+	return netFail("RTNETLINK answers: Cannot assign requested address")
+}
+
+// linkMAC is the address the fake shows for l.
+func linkMAC(l *Link) string {
+	if l.MAC != "" {
+		return l.MAC
+	}
+	h := fnv.New32a()
+	h.Write([]byte(l.Name))
+	s := h.Sum32()
+	return fmt.Sprintf("02:fa:%02x:%02x:%02x:%02x", byte(s>>24), byte(s>>16), byte(s>>8), byte(s))
+}
+
 // ipJSONLink is one entry of `ip -j [-d] link|addr show`.
 type ipJSONLink struct {
 	IfName    string        `json:"ifname"`
 	Flags     []string      `json:"flags"`
 	Master    string        `json:"master,omitempty"`
 	OperState string        `json:"operstate"`
+	Address   string        `json:"address,omitempty"`
 	LinkType  string        `json:"link_type"`
 	LinkInfo  *ipJSONInfo   `json:"linkinfo,omitempty"`
 	AddrInfo  *[]ipJSONAddr `json:"addr_info,omitempty"`
@@ -317,7 +366,7 @@ func ipShow(o *OS, addrs, details bool, args, all []string) (string, error) {
 }
 
 func ipJSONOf(o *OS, l *Link, addrs, details bool) ipJSONLink {
-	j := ipJSONLink{IfName: l.Name, Master: l.Master, OperState: "DOWN", LinkType: "ether"}
+	j := ipJSONLink{IfName: l.Name, Master: l.Master, OperState: "DOWN", LinkType: "ether", Address: linkMAC(l)}
 	if l.Kind == "loopback" {
 		j.Flags = []string{"LOOPBACK"}
 		j.LinkType = "loopback"

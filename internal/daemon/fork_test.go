@@ -1,0 +1,371 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"sync"
+	"testing"
+
+	"banger/internal/api"
+	"banger/internal/model"
+)
+
+// The fake booter's side of a fork's child: failAt "reidentify" and
+// "admitted".
+
+func (b fakeBooter) reidentify(ctx context.Context, s *startRun) error {
+	if err := b.failed("reidentify"); err != nil {
+		return err
+	}
+	if b.vmms.snapOf(s.h.PID).paused {
+		return fmt.Errorf("fake: the guest is still paused; no SSH answer")
+	}
+	b.vmms.mu.Lock()
+	f := b.vmms.onReidentify
+	b.vmms.mu.Unlock()
+	if f != nil {
+		f(s)
+	}
+	return nil
+}
+
+func (b fakeBooter) waitAdmitted(ctx context.Context, s *startRun) error {
+	if err := b.failed("admitted"); err != nil {
+		return err
+	}
+	b.vmms.mu.Lock()
+	f := b.vmms.onAdmitted
+	for _, r := range s.renames {
+		b.vmms.renamed = append(b.vmms.renamed, s.vm.Name+" "+r.guestPath+" "+r.from+" -> "+r.to)
+	}
+	b.vmms.mu.Unlock()
+	if f != nil {
+		f(s)
+	}
+	return nil
+}
+
+// TestForkOnTheFakeHost: a fork pauses the source once for one
+// snapshot, resumes it, and brings up each child from a copy of that
+// snapshot with its own IP, MAC, tap, host key and disks; a child is
+// re-identified while its tap is quarantined and joins the bridge only
+// after; nothing of the fork is left in the source's directory.
+func TestForkOnTheFakeHost(t *testing.T) {
+	e := newTestDaemon(t, false)
+	e.create(t, "dev", true)
+	e.start(t, "dev")
+	src := e.vm(t, "dev")
+	srcPID := e.pid(t, "dev")
+	os.WriteFile(src.Runtime.WorkDiskPath, []byte("work of dev"), 0o600)
+	// Two workspaces: one whose work ships on a branch, one metadata only.
+	for _, w := range []model.WorkspacePrepareResult{
+		{VMID: src.ID, GuestPath: "/root/repo", RepoName: "repo", Mode: model.WorkspacePrepareModeShallowOverlay, BranchName: "banger/dev", BaseCommit: strings.Repeat("b", 40), PreparedAt: model.Now()},
+		{VMID: src.ID, GuestPath: "/root/meta", RepoName: "meta", Mode: model.WorkspacePrepareModeMetadataOnly, PreparedAt: model.Now()},
+	} {
+		if err := e.d.store.PutWorkspace(e.ctx, w, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	var mu sync.Mutex
+	seen := map[string]string{}
+	e.vmms.onReidentify = func(s *startRun) {
+		q, err := e.d.net.Quarantined(e.ctx, s.h.Tap)
+		mu.Lock()
+		defer mu.Unlock()
+		seen[s.vm.Name] = fmt.Sprintf("reidentify quarantined=%v err=%v from=%s/%s", q, err, s.fork.srcName, s.fork.srcIP)
+	}
+	e.vmms.onAdmitted = func(s *startRun) {
+		q, _ := e.d.net.Quarantined(e.ctx, s.h.Tap)
+		mu.Lock()
+		defer mu.Unlock()
+		seen[s.vm.Name] += fmt.Sprintf("; admitted quarantined=%v", q)
+	}
+	var prog progressLog
+	views, err := e.d.ForkVM(e.ctx, "dev", model.VMForkRequest{Count: 2}, prog.add)
+	if err != nil {
+		t.Fatalf("fork: %v\n%s", err, prog.String())
+	}
+	if len(views) != 2 || views[0].Name != "dev-1" || views[1].Name != "dev-2" {
+		t.Fatalf("children: %+v", views)
+	}
+	// The source was paused for one snapshot and runs on, same VMM.
+	if got := e.vmms.snapOf(srcPID); got.took != 1 || got.paused {
+		t.Errorf("source vmm after the fork: %+v; want one snapshot and running", got)
+	}
+	if e.pid(t, "dev") != srcPID || e.vm(t, "dev").State != model.VMStateRunning {
+		t.Error("the source's VMM changed or it is not running")
+	}
+	if info := readSavedState(src.Runtime.VMDir); info.Complete || info.Partial {
+		t.Errorf("the fork left files in the source's dir: %+v", info)
+	}
+	ips := map[string]bool{src.Runtime.GuestIP: true}
+	macs := map[string]bool{src.Runtime.GuestMAC: true}
+	keys := map[string]bool{src.Runtime.SSHHostKey: true}
+	taps := map[string]bool{src.Runtime.TapDevice: true}
+	for _, v := range views {
+		c := e.vm(t, v.Name)
+		if c.State != model.VMStateRunning || c.Runtime.ForkOf != "" || c.Runtime.LastError != "" {
+			t.Errorf("%s: state %s forkOf %q err %q", c.Name, c.State, c.Runtime.ForkOf, c.Runtime.LastError)
+		}
+		for what, m := range map[string]map[string]bool{"ip " + c.Runtime.GuestIP: ips, "mac " + c.Runtime.GuestMAC: macs, "host key " + c.Runtime.SSHHostKey: keys, "tap " + c.Runtime.TapDevice: taps} {
+			k := strings.SplitN(what, " ", 2)[1]
+			if k == "" || m[k] {
+				t.Errorf("%s: %s is empty or not its own", c.Name, what)
+			}
+			m[k] = true
+		}
+		if !reflect.DeepEqual(c.Spec, src.Spec) || c.ImageID != src.ImageID || c.OwnerUID != src.OwnerUID {
+			t.Errorf("%s: spec %+v image %s owner %d; want the source's", c.Name, c.Spec, c.ImageID, c.OwnerUID)
+		}
+		// Restored from the source's snapshot, on its own tap.
+		snap := e.vmms.snapOf(e.pid(t, c.Name))
+		if snap.loaded != fmt.Sprintf("pid=%d n=1", srcPID) || snap.tap != c.Runtime.TapDevice || snap.paused {
+			t.Errorf("%s: vmm %+v; want the source's snapshot on %s, running", c.Name, snap, c.Runtime.TapDevice)
+		}
+		if b, _ := os.ReadFile(c.Runtime.WorkDiskPath); string(b) != "work of dev" {
+			t.Errorf("%s: work disk %q; want a copy of the source's", c.Name, b)
+		}
+		if _, err := os.Stat(c.Runtime.SystemOverlay); err != nil {
+			t.Errorf("%s: system disk: %v", c.Name, err)
+		}
+		if info := readSavedState(c.Runtime.VMDir); info.Complete || info.Partial {
+			t.Errorf("%s: saved state left after the resume: %+v", c.Name, info)
+		}
+		if got, want := seen[c.Name], "reidentify quarantined=true err=<nil> from=dev/"+src.Runtime.GuestIP+"; admitted quarantined=false"; got != want {
+			t.Errorf("%s: %q; want %q", c.Name, got, want)
+		}
+	}
+	// Workspaces follow, each child's work on its own branch, renamed in
+	// its guest; the source's are as they were.
+	if got, want := strings.Join(e.vmms.renamed, "; "), "dev-1 /root/repo banger/dev -> banger/dev-1; dev-2 /root/repo banger/dev -> banger/dev-2"; got != want {
+		t.Errorf("branch renames %q; want %q", got, want)
+	}
+	for _, name := range []string{"dev", "dev-1", "dev-2"} {
+		ws, err := e.d.store.ListWorkspaces(e.ctx, e.vm(t, name).ID)
+		if err != nil || len(ws) != 2 {
+			t.Fatalf("%s: workspaces %+v %v", name, ws, err)
+		}
+		byPath := map[string]model.Workspace{}
+		for _, w := range ws {
+			byPath[w.GuestPath] = w
+		}
+		wantBranch := "banger/" + name
+		if r := byPath["/root/repo"]; r.BranchName != wantBranch || r.BaseCommit != strings.Repeat("b", 40) {
+			t.Errorf("%s: /root/repo branch %q base %q; want %s", name, r.BranchName, r.BaseCommit, wantBranch)
+		}
+		if m := byPath["/root/meta"]; m.BranchName != "" || m.Mode != model.WorkspacePrepareModeMetadataOnly {
+			t.Errorf("%s: /root/meta %+v", name, m)
+		}
+	}
+	if !strings.Contains(prog.String(), "dev paused for") {
+		t.Errorf("progress does not say how long the source was paused:\n%s", prog.String())
+	}
+	// Children are VMs like others: they stop, and rm leaves the host
+	// as it was with only the source.
+	for _, v := range views {
+		if err := e.d.DeleteVM(e.ctx, v.Name, api.VMDeleteOptions{Force: true}, api.NoProgress); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := e.d.DeleteVM(e.ctx, "dev", api.VMDeleteOptions{Force: true}, api.NoProgress); err != nil {
+		t.Fatal(err)
+	}
+	st := e.hostState()
+	if strings.Contains(st, "banger_q_") || strings.Contains(st, "169.254.169.1") {
+		t.Errorf("quarantine left on the host:\n%s", st)
+	}
+	if ents, _ := os.ReadDir(filepath.Dir(src.Runtime.VMDir)); len(ents) != 0 {
+		t.Errorf("vm dirs left: %v", ents)
+	}
+}
+
+// TestFailedForkLeavesNoChild: whichever step fails (the snapshot, the
+// child's re-identification, its admission to the bridge), the source
+// runs on unpaused and no child, tap, quarantine or file is left.
+func TestFailedForkLeavesNoChild(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		setup  func(e *testEnv)
+		failAt string
+	}{
+		{"snapshot", func(e *testEnv) { e.vmms.failSnapshot = "disk full" }, ""},
+		{"load", func(e *testEnv) { e.vmms.failLoad = "bad memory file" }, ""},
+		{"reidentify", nil, "reidentify"},
+		{"admitted", nil, "admitted"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newTestDaemon(t, false)
+			e.create(t, "dev", true)
+			e.start(t, "dev")
+			srcPID := e.pid(t, "dev")
+			before := e.hostState()
+			if tc.setup != nil {
+				e.vmms.mu.Lock()
+				tc.setup(e)
+				e.vmms.mu.Unlock()
+			}
+			if tc.failAt != "" {
+				e.d.boot = fakeBooter{vmms: e.vmms, fail: errors.New("boom at " + tc.failAt), failAt: tc.failAt}
+			}
+			_, err := e.d.ForkVM(e.ctx, "dev", model.VMForkRequest{Names: []string{"a", "b"}}, api.NoProgress)
+			if err == nil {
+				t.Fatal("the fork succeeded")
+			}
+			if vms, _ := e.d.store.ListVMs(e.ctx); len(vms) != 1 {
+				t.Errorf("%d rows after the failed fork (%v); want the source only", len(vms), err)
+			}
+			if got := e.vmms.snapOf(srcPID); got.paused {
+				t.Error("the source is left paused")
+			}
+			if e.vm(t, "dev").State != model.VMStateRunning {
+				t.Error("the source is not running")
+			}
+			want(t, "after a failed fork", anyTaps(e.hostState(), ""), anyTaps(before, ""))
+			if ents, _ := os.ReadDir(filepath.Dir(e.vm(t, "dev").Runtime.VMDir)); len(ents) != 1 {
+				t.Errorf("vm dirs: %d; want the source's", len(ents))
+			}
+			if info := readSavedState(e.vm(t, "dev").Runtime.VMDir); info.Partial || info.Complete {
+				t.Errorf("the source's dir keeps fork files: %+v", info)
+			}
+		})
+	}
+}
+
+// TestReconcileRemovesHalfForks: a crash at any fork step leaves rows
+// marked ForkOf; reconcile removes them whole (VMM, tap, rules, files),
+// but leaves alone a child a running fork holds.
+func TestReconcileRemovesHalfForks(t *testing.T) {
+	for _, at := range stepNames((&Daemon{}).forkSteps()) {
+		t.Run(at, func(t *testing.T) {
+			e := newTestDaemon(t, false)
+			e.create(t, "dev", true)
+			e.start(t, "dev")
+			before := e.hostState()
+			// A crash: the fork stops dead at the step (its locks go
+			// with the daemon).
+			e.d.onCrashPoint = func(s string) {
+				if s == at {
+					panic("crash at " + s)
+				}
+			}
+			func() {
+				defer func() { recover() }()
+				e.d.ForkVM(e.ctx, "dev", model.VMForkRequest{Count: 2}, api.NoProgress)
+			}()
+			e.d.onCrashPoint = nil
+			// The source's vCPUs: a restarted daemon resumes them.
+			e.d.vmmClient(e.vm(t, "dev")).Resume(e.ctx)
+			if err := e.d.reconcile(e.ctx, "startup"); err != nil {
+				t.Fatal(err)
+			}
+			vms, _ := e.d.store.ListVMs(e.ctx)
+			if len(vms) != 1 || vms[0].Name != "dev" || vms[0].State != model.VMStateRunning {
+				t.Fatalf("after reconcile: %+v", vms)
+			}
+			want(t, "after reconcile", anyTaps(e.hostState(), ""), anyTaps(before, ""))
+			if ents, _ := os.ReadDir(filepath.Dir(vms[0].Runtime.VMDir)); len(ents) != 1 {
+				t.Errorf("vm dirs: %d; want the source's", len(ents))
+			}
+		})
+	}
+	// A child a fork in progress holds is not touched.
+	e := newTestDaemon(t, false)
+	e.create(t, "dev", true)
+	c := e.create(t, "held", false)
+	c.Runtime.ForkOf = "x"
+	if err := e.d.store.UpdateVM(e.ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	unlock := e.d.locks.lock(c.ID)
+	e.d.removeHalfForks(e.ctx)
+	unlock()
+	if _, err := e.d.store.GetVM(e.ctx, "held"); err != nil {
+		t.Errorf("a held child was removed: %v", err)
+	}
+	e.d.removeHalfForks(e.ctx)
+	if _, err := e.d.store.GetVM(e.ctx, "held"); err == nil {
+		t.Error("a half child no fork holds was kept")
+	}
+}
+
+// TestForkNames: names are checked before anything happens; --count
+// picks the first free numbers.
+func TestForkNames(t *testing.T) {
+	e := newTestDaemon(t, false)
+	e.create(t, "dev", false)
+	e.create(t, "dev-1", false)
+	for _, tc := range []struct {
+		req  model.VMForkRequest
+		want string
+	}{
+		{model.VMForkRequest{}, "dev-2"},
+		{model.VMForkRequest{Count: 2}, "dev-2 dev-3"},
+		{model.VMForkRequest{Names: []string{"x", "y"}}, "x y"},
+		{model.VMForkRequest{Names: []string{"x", "x"}}, "EINVALID"},
+		{model.VMForkRequest{Names: []string{"Bad_Name"}}, "EINVALID"},
+		{model.VMForkRequest{Names: []string{"a;rm -rf /"}}, "EINVALID"},
+		{model.VMForkRequest{Names: []string{"dev-1"}}, "ECONFLICT"},
+		{model.VMForkRequest{Names: []string{"x"}, Count: 2}, "EINVALID"},
+		{model.VMForkRequest{Count: -1}, "EINVALID"},
+		{model.VMForkRequest{Count: model.MaxForkChildren + 1}, "EINVALID"},
+	} {
+		got, err := e.d.forkNames(e.ctx, "dev", tc.req)
+		s := strings.Join(got, " ")
+		if err != nil {
+			s = string(model.ErrorCode(err))
+		}
+		if s != tc.want {
+			t.Errorf("forkNames(%+v) = %q (%v); want %q", tc.req, s, err, tc.want)
+		}
+	}
+	// A stopped VM cannot be forked; nothing is made.
+	if _, err := e.d.ForkVM(e.ctx, "dev", model.VMForkRequest{}, api.NoProgress); model.ErrorCode(err) != model.ECONFLICT {
+		t.Errorf("fork of a stopped vm: %v", err)
+	}
+}
+
+// TestReidentifyArgs: the script gets only checked values; a host key
+// that could break out of its quoting is refused.
+func TestReidentifyArgs(t *testing.T) {
+	cfg := model.DaemonConfig{BridgeIP: "172.16.0.1", CIDR: "24"}
+	vm := model.VMRecord{Name: "dev-1", Runtime: model.VMRuntime{GuestIP: "172.16.0.7", GuestMAC: "02:fc:ac:10:00:07", SSHHostKey: "ssh-ed25519 AAAA"}}
+	id := forkIdentity{srcName: "dev", srcIP: "172.16.0.2"}
+	args, err := reidentifyArgs(cfg, id, vm, []byte{1, 2}, []byte{0xab})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(args, " "); got != "0102 ab dev dev-1 ssh-ed25519 AAAA 02:fc:ac:10:00:07 172.16.0.7/24 172.16.0.1" {
+		t.Errorf("args %q", got)
+	}
+	for _, bad := range []func(v *model.VMRecord){
+		func(v *model.VMRecord) { v.Runtime.SSHHostKey = "ssh-ed25519 A'; reboot; '" },
+		func(v *model.VMRecord) { v.Runtime.GuestIP = "10.0.0.9" },
+		func(v *model.VMRecord) { v.Runtime.GuestMAC = "nope" },
+		func(v *model.VMRecord) { v.Name = "x y" },
+	} {
+		v := vm
+		bad(&v)
+		if _, err := reidentifyArgs(cfg, id, v, nil, nil); err == nil {
+			t.Errorf("reidentifyArgs accepted %+v", v.Runtime)
+		}
+	}
+	id1, re := reidentifyCommands(args)
+	if !strings.HasPrefix(id1, "sh -c '") || !strings.HasSuffix(id1, "'dev-1' 'ssh-ed25519 AAAA'") {
+		t.Errorf("identity command %q", id1)
+	}
+	if !strings.HasPrefix(re, "sh -c '") || !strings.HasSuffix(re, "'02:fc:ac:10:00:07' '172.16.0.7/24' '172.16.0.1'") {
+		t.Errorf("readdress command %q", re)
+	}
+	for _, c := range []string{id1, re, reidentifyScript, readdressScript} {
+		if out, err := exec.Command("sh", "-n", "-c", c).CombinedOutput(); err != nil {
+			t.Errorf("sh -n: %v %s\n%s", err, out, c)
+		}
+	}
+}

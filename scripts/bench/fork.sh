@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Issue I's fork figures, measured in one run on this machine through
+# bangerd and the banger CLI, with the Debian test image
+# (scripts/prepare-artifacts.sh): a VM of 2 vCPUs and 2 GiB, left idle
+# BANGER_BENCH_IDLE seconds (default 10) after it answers SSH, forked into
+# CHILDREN children (default 4). Printed: the source's pause (from the
+# daemon's progress and its step log: snapshot and disk copies), the time
+# from the fork request until every child answers SSH (the CLI returns
+# only once each child has answered on the bridge with its own key), and
+# a fresh SSH round trip to each child afterwards.
+# Usage: scripts/bench/fork.sh   (root; under the shared heavy lock)
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+children=${CHILDREN:-4}
+idle=${BANGER_BENCH_IDLE:-10}
+if [ -z "${BANGER_BENCH_LOCKED:-}" ]; then
+	exec env BANGER_BENCH_LOCKED=1 flock -o /tmp/banger-heavy.lock "$0" "$@"
+fi
+bench_prepare
+bench_daemon_start fork 'log_level = "debug"'
+
+b() { "$bin/banger" "$@"; }
+now() { date +%s.%N; }
+secs() { echo "$2 - $1" | bc; }
+
+echo "== VM: Debian test image, 2 vCPUs, 2 GiB; idle ${idle}s after SSH; forked into $children children"
+b vm create -q src --vcpus 2 --memory 2G >/dev/null
+sleep "$idle"
+t0=$(now)
+b vm fork src --count "$children" 2> "$bench_dir/fork.err" >/dev/null || { cat "$bench_dir/fork.err" >&2; exit 1; }
+t1=$(now)
+pause=$(grep -o 'src paused for [0-9]*ms[^;]*' "$bench_dir/fork.err" | head -1)
+printf '   source: %s\n' "${pause:-?}"
+printf '   fork request → all %d children answer SSH (each on its own address, its own key): %.2f s\n' "$children" "$(secs "$t0" "$t1")"
+for i in $(seq "$children"); do
+	c0=$(now); b exec "src-$i" -- true; c1=$(now)
+	printf '   src-%d: %s, exec round trip %.2f s\n' "$i" "$(b vm inspect "src-$i" --json | python3 -c "import json,sys; v=json.load(sys.stdin); print(v['runtime']['guest_ip'], v['state'])")" "$(secs "$c0" "$c1")"
+done
+echo "== where the time goes (bangerd's step log)"
+grep -o 'step=fork:[a-z-]* took_ms=[0-9.]*' "$bench_dir/bangerd.log" | sed 's/^step=//; s/ took_ms=/ /' |
+	awk '{printf "   %s %.0fms\n", $1, $2}'
+grep -o 'msg="fork child re-identified".*' "$bench_dir/bangerd.log" | sed 's/^msg=/   /' || true
+grep -o 'msg=forked.*' "$bench_dir/bangerd.log" | sed 's/^msg=/   /' || true
+for i in $(seq "$children"); do b vm rm --force "src-$i" >/dev/null; done
+b vm rm --force src >/dev/null
