@@ -169,7 +169,7 @@ func (c *checker) overlay() api.DoctorCheck {
 	case "reflink":
 		return pass(name, "reflink clones: "+c.in.OverlayReason)
 	case "pool":
-		return pass(name, c.in.OverlayReason)
+		return pass(name, "pool: "+c.in.OverlayReason)
 	default:
 		return warn(name, c.in.OverlayStrategy+": "+c.in.OverlayReason, "put state_dir on XFS or btrfs (reflink), or enable device-mapper, for instant system disks")
 	}
