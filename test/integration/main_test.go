@@ -29,7 +29,9 @@ type floodResult struct {
 	// Status counts answers by HTTP status; "closed" are connections
 	// closed without an answer, "open" those still open at the end.
 	Status map[string]int `json:"status"`
-	// Messages holds one error message per status.
+	// Messages holds one error message per status, and per limit for
+	// refusals naming one ("429 limits.connections"): a flood meets
+	// several limits at once and each must be seen.
 	Messages map[string]string `json:"messages"`
 	// SlowestClose is how long the last closed connection was held.
 	SlowestClose string `json:"slowest_close"`
@@ -99,7 +101,15 @@ func hostile(mode string, args []string) int {
 				defer mu.Unlock()
 				res.Status[status]++
 				if msg != "" {
-					res.Messages[status] = msg
+					key := status
+					if i := strings.Index(msg, "config key "); i >= 0 {
+						k := msg[i+len("config key "):]
+						if j := strings.IndexAny(k, ");, "); j >= 0 {
+							k = k[:j]
+						}
+						key += " " + k
+					}
+					res.Messages[key] = msg
 				}
 				if status != "open" && took > slowest {
 					slowest = took

@@ -371,7 +371,7 @@ func TestFloodAndSlowBodiesDoNotStopOthers(t *testing.T) {
 	if res.Status["open"] != 0 {
 		t.Errorf("%d of mallory's connections were still held after 20s", res.Status["open"])
 	}
-	if res.Status["429"] == 0 || !strings.Contains(res.Messages["429"], "limits.connections") {
+	if res.Status["429"] == 0 || !strings.Contains(res.Messages["429 limits.connections"], "limits.connections") {
 		t.Errorf("no connection was refused naming limits.connections: %+v", res)
 	}
 	if res.Status["400"] == 0 || res.Status["400"] > 20 {
