@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 
 	"github.com/miekg/dns"
 
@@ -256,19 +257,26 @@ func (s *DNSServer) Listen(addr string) error {
 	if s.pc != nil {
 		return fmt.Errorf("dns listen %s: already listening on %s", addr, s.pc.LocalAddr())
 	}
-	pc, err := net.ListenPacket("udp", addr)
-	if err != nil {
-		return fmt.Errorf("dns listen: %w", err)
+	host, wantPort, _ := net.SplitHostPort(addr)
+	// With port 0 the kernel picks the UDP port, which TCP may already
+	// use: then try another.
+	for attempt := 0; ; attempt++ {
+		pc, err := net.ListenPacket("udp", addr)
+		if err != nil {
+			return fmt.Errorf("dns listen: %w", err)
+		}
+		port := pc.LocalAddr().(*net.UDPAddr).Port
+		ln, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(port)))
+		if err != nil {
+			pc.Close()
+			if wantPort == "0" && errors.Is(err, syscall.EADDRINUSE) && attempt < 20 {
+				continue
+			}
+			return fmt.Errorf("dns listen: %w", err)
+		}
+		s.pc, s.ln = pc, ln
+		return nil
 	}
-	host, _, _ := net.SplitHostPort(addr)
-	port := pc.LocalAddr().(*net.UDPAddr).Port
-	ln, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(port)))
-	if err != nil {
-		pc.Close()
-		return fmt.Errorf("dns listen: %w", err)
-	}
-	s.pc, s.ln = pc, ln
-	return nil
 }
 
 // Addr returns the address the server listens on (the same port for UDP
