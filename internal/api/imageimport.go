@@ -83,14 +83,7 @@ func ParseImageImportRequest(q url.Values) (ImageImportRequest, error) {
 		"reference":  func(v string) error { r.Reference = v; return nil },
 		"plain_http": func(v string) error { r.PlainHTTP = v == "1"; return nil },
 		"dockerfile": func(v string) error { r.Dockerfile = v; return nil },
-		"size_bytes": func(v string) error {
-			n, err := strconv.ParseInt(v, 10, 64)
-			if err != nil {
-				return model.Errorf(model.EINVALID, "size_bytes %q: not a number", v)
-			}
-			r.SizeBytes = n
-			return nil
-		},
+		"size_bytes": int64Param("size_bytes", &r.SizeBytes),
 	})
 	return r, err
 }

@@ -108,14 +108,7 @@ func ParseImageBuildQuery(q url.Values) (ImageBuildRequest, error) {
 			return nil
 		},
 		"docker": func(v string) error { r.Docker = v == "1"; return nil },
-		"size_bytes": func(v string) error {
-			n, err := strconv.ParseInt(v, 10, 64)
-			if err != nil {
-				return model.Errorf(model.EINVALID, "size_bytes %q: not a number", v)
-			}
-			r.SizeBytes = n
-			return nil
-		},
+		"size_bytes": int64Param("size_bytes", &r.SizeBytes),
 	})
 	return r, err
 }
@@ -377,4 +370,16 @@ func (p *PartReader) CopyTo(ctx context.Context, dst *os.File, h FileHeader) (in
 		return got, fmt.Errorf("upload %s: %w", h.Role, err)
 	}
 	return got, nil
+}
+
+// int64Param is a parseQuery setter for an integer parameter named key.
+func int64Param(key string, dst *int64) func(string) error {
+	return func(v string) error {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return model.Errorf(model.EINVALID, "%s %q: not a number", key, v)
+		}
+		*dst = n
+		return nil
+	}
 }
