@@ -107,7 +107,7 @@ func ParseImageBuildQuery(q url.Values) (ImageBuildRequest, error) {
 			}
 			return nil
 		},
-		"docker": func(v string) error { r.Docker = v == "1"; return nil },
+		"docker":     func(v string) error { r.Docker = v == "1"; return nil },
 		"size_bytes": int64Param("size_bytes", &r.SizeBytes),
 	})
 	return r, err
