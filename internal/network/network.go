@@ -113,6 +113,9 @@ type Manager struct {
 	// filterMu serialises nft changes so a list-then-change is not raced
 	// by another VM's.
 	filterMu sync.Mutex
+	// nft is banger's tables as last listed and changed since, nil when
+	// unknown (filterChange). Guarded by filterMu.
+	nft *nftState
 }
 
 // New returns a Manager. It touches nothing on the host: call
