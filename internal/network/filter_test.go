@@ -406,8 +406,12 @@ func TestFilterStateKept(t *testing.T) {
 	m2 := newTestManager(t, o2, 0)
 	must(t, m2.EnsureFilter(ctx))
 	for _, step := range []func() error{
-		func() error { return m2.EnableFilter(ctx, Filter{VMID: "111111111111aaaa", Tap: "bgtap0", GuestIP: "172.16.0.2", GuestMAC: "06:00:ac:10:00:02"}) },
-		func() error { return m2.EnableFilter(ctx, Filter{VMID: "222222222222bbbb", Tap: "bgtap1", GuestIP: "172.16.0.3", GuestMAC: "06:00:ac:10:00:03", Egress: f2.Egress}) },
+		func() error {
+			return m2.EnableFilter(ctx, Filter{VMID: "111111111111aaaa", Tap: "bgtap0", GuestIP: "172.16.0.2", GuestMAC: "06:00:ac:10:00:02"})
+		},
+		func() error {
+			return m2.EnableFilter(ctx, Filter{VMID: "222222222222bbbb", Tap: "bgtap1", GuestIP: "172.16.0.3", GuestMAC: "06:00:ac:10:00:03", Egress: f2.Egress})
+		},
 		func() error { return m2.DisableFilter(ctx, "111111111111aaaa") },
 		func() error { return m2.EnableFilter(ctx, f2) },
 	} {
