@@ -110,6 +110,11 @@ type Manager struct {
 	// natMu serialises rule changes so a check-then-insert is not raced
 	// by another VM's.
 	natMu sync.Mutex
+	// natRules are banger's tagged rules as last listed and changed
+	// since, nil when unknown (natChange); forwardOn says EnableNAT saw
+	// IP forwarding on since the last ListNAT. Guarded by natMu.
+	natRules  []taggedRule
+	forwardOn bool
 	// filterMu serialises nft changes so a list-then-change is not raced
 	// by another VM's.
 	filterMu sync.Mutex
