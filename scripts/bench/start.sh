@@ -7,8 +7,10 @@
 #     the storage pool (storage_pool = "auto", which picks the pool where
 #     the state dir cannot reflink and there is no device-mapper) and once
 #     with storage_pool = "off", side by side;
-#  2. banger's create → SSH-ready against booting the same image by hand
-#     with plain QEMU to SSH (scripts/bench/boot-qemu.sh), RUNS times each;
+#  2. banger's create → SSH-ready against booting the same image and
+#     kernel by hand with plain QEMU, started with banger-vmm-qemu's
+#     machine options, to a root login over SSH (scripts/bench/boot-qemu.sh),
+#     RUNS times each, and the ratio of the means (issue 18: ≤ 1.03);
 #  3. bangerd's RSS with 0 and with 3 running VMs.
 # Usage: scripts/bench/start.sh [N]   (root; SECTIONS="1" runs only part 1)
 set -euo pipefail
@@ -58,15 +60,23 @@ rm -rf "$out"
 [[ " $sections " == *" 2 "* || " $sections " == *" 3 "* ]] || exit 0
 bench_daemon_start start
 
-echo "== 2. create → SSH ready: banger vs plain QEMU, same image, $runs runs each"
+echo "== 2. create → SSH ready: banger vs plain QEMU (the same machine options), same image and kernel, $runs runs each (load average: $(cut -d' ' -f1-3 /proc/loadavg))"
+: > "$bench_dir/banger.s"
 for i in $(seq "$runs"); do
 	t0=$(date +%s.%N)
 	"$bin/banger" vm create -q "c$i" --vcpus 1 --memory 512M >/dev/null
 	t1=$(date +%s.%N)
-	"$bin/banger" vm rm --force "c$i" >/dev/null
-	printf '   banger vm create → ssh ready: %.2f s\n' "$(echo "$t1 - $t0" | bc)"
+	"$bin/banger" vm rm --force "c$i" >/dev/null 2>&1
+	echo "$t1 - $t0" | bc >> "$bench_dir/banger.s"
+	printf '   banger vm create → ssh ready: %.2f s\n' "$(tail -1 "$bench_dir/banger.s")"
 done
-RUNS=$runs "$repo/scripts/bench/boot-qemu.sh" "$image_dir" "$ssh_key" 2>&1 | sed 's/^/   plain qemu: /'
+RUNS=$runs VCPUS=1 MEM=512 "$repo/scripts/bench/boot-qemu.sh" "$image_dir" "$ssh_key" 2>&1 | tee "$bench_dir/qemu.out" | sed 's/^/   plain qemu: /'
+sed -n 's/.*root login \([0-9.]*\) s.*/\1/p' "$bench_dir/qemu.out" > "$bench_dir/qemu.s"
+mean() { awk '{s += $1; n++} END {if (n) printf "%.2f", s / n; else print "none"}' "$1"; }
+bm=$(mean "$bench_dir/banger.s") qm=$(mean "$bench_dir/qemu.s")
+ratio=$(awk -v b="$bm" -v q="$qm" 'BEGIN {if (q + 0 > 0) printf "%.3f", b / q; else print "none"}')
+echo "   mean: banger create → SSH $bm s, plain QEMU boot → login $qm s; ratio $ratio (goal ≤ 1.03)"
+[[ " $sections " == *" 3 "* ]] || exit 0
 
 echo "== 3. bangerd RSS"
 dpid=$(pgrep -f "bangerd --config $bench_dir/cfg.toml" | head -1)
