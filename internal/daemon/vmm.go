@@ -164,11 +164,14 @@ func (b vmmBooter) configure(ctx context.Context, s *startRun) error {
 }
 
 func (b vmmBooter) instanceStart(ctx context.Context, s *startRun) error {
+	sent := time.Now()
 	if err := b.client(s.vm).InstanceStart(ctx); err != nil {
 		return err
 	}
 	hostSide := time.Since(s.received)
-	s.log.Info("instance started", "host_side_ms", hostSide.Milliseconds())
+	// vmm_start_ms is the VMM's part: from sending InstanceStart to its
+	// answer (banger-vmm-qemu starts QEMU in it).
+	s.log.Info("instance started", "host_side_ms", hostSide.Milliseconds(), "vmm_start_ms", time.Since(sent).Milliseconds())
 	s.progress(api.Progress{Step: "boot", Message: fmt.Sprintf("InstanceStart sent %dms after the request; waiting for SSH", hostSide.Milliseconds())})
 	return nil
 }
