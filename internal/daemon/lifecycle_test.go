@@ -439,14 +439,27 @@ sysctl net.ipv4.ip_forward=0
 func TestFailedStartUndoesEverything(t *testing.T) {
 	e := newTestDaemon(t, true)
 	e.create(t, "bad", true)
-	e.d.boot = fakeBooter{vmms: e.vmms, fail: errors.New("vmm exploded")}
+	e.d.boot = fakeBooter{vmms: e.vmms, fail: errors.New("vmm exploded"), failAt: "configure"}
 	_, err := e.d.StartVM(e.ctx, "bad", api.NoProgress)
 	if err == nil || !strings.Contains(err.Error(), "vmm exploded") {
 		t.Fatalf("start error %v", err)
 	}
-	// Only ip_forward (a host setting, not a leak) differs from idle: the
-	// undone start gave its tap back before any refill.
+	// Only ip_forward (a host setting, not a leak) differs from idle:
+	// the failure came after the VMM launch and the capabilities, both
+	// undone, and the undone start gave its tap back before any refill.
 	want(t, "after failed start", e.hostState(), strings.Replace(idleHost, "ip_forward=0", "ip_forward=1", 1))
+	e.vmms.mu.Lock()
+	if len(e.vmms.proc) == 0 {
+		t.Error("the failed start launched no vmm; it failed at configure")
+	}
+	for pid, v := range e.vmms.proc {
+		select {
+		case <-v.exited:
+		default:
+			t.Errorf("fake vmm %d still runs after the failed start", pid)
+		}
+	}
+	e.vmms.mu.Unlock()
 	vm := e.vm(t, "bad")
 	if vm.State != model.VMStateError || !strings.Contains(vm.Runtime.LastError, "vmm exploded") || vm.Runtime.TapDevice != "" {
 		t.Errorf("after failed start: state %s error %q tap %q", vm.State, vm.Runtime.LastError, vm.Runtime.TapDevice)

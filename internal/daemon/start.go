@@ -89,8 +89,11 @@ func (d *Daemon) startSteps() []step[startRun] {
 		{Name: "start:host-key", Do: d.startHostKey},
 		{Name: "start:tap-acquired", Do: d.startTap, Undo: d.undoTap},
 		{Name: "start:tap-recorded", Do: d.startRecordTap},
-		{Name: "start:capabilities", Do: d.startCapabilities, Undo: d.undoCapabilities},
+		// The VMM is launched before the capabilities so that it starts
+		// up (its API socket) while the filter and NAT rules are made;
+		// the guest still runs only at InstanceStart, after both.
 		{Name: "start:vmm-launched", Do: d.startLaunch, Undo: d.undoLaunch},
+		{Name: "start:capabilities", Do: d.startCapabilities, Undo: d.undoCapabilities},
 		{Name: "start:configured", Do: func(ctx context.Context, s *startRun) error { return d.boot.configure(ctx, s) }},
 		{Name: "start:instance-started", Do: func(ctx context.Context, s *startRun) error { return d.boot.instanceStart(ctx, s) }},
 		{Name: "start:guest-ready", Do: func(ctx context.Context, s *startRun) error { return d.boot.waitReady(ctx, s) }},
