@@ -474,6 +474,34 @@ func TestFailedStartUndoesEverything(t *testing.T) {
 	}
 }
 
+// TestFailedCapabilityUndoesAll makes NAT fail while the filter starts
+// beside it: the start fails with NAT's error, and the filter, the VMM
+// and the tap are all undone.
+func TestFailedCapabilityUndoesAll(t *testing.T) {
+	e := newTestDaemon(t, true)
+	e.create(t, "bad", true)
+	// A failure is retried once after a listing; both attempts fail.
+	e.os.Fail["iptables-restore"] = "iptables-restore: line 2 failed"
+	e.os.Fail["iptables-restore -w"] = "iptables-restore: line 2 failed"
+	_, err := e.d.StartVM(e.ctx, "bad", api.NoProgress)
+	if err == nil || !strings.Contains(err.Error(), "nat: ") || !strings.Contains(err.Error(), "line 2 failed") {
+		t.Fatalf("start error %v", err)
+	}
+	want(t, "after the failed capability", e.hostState(), strings.Replace(idleHost, "ip_forward=0", "ip_forward=1", 1))
+	e.vmms.mu.Lock()
+	for pid, v := range e.vmms.proc {
+		select {
+		case <-v.exited:
+		default:
+			t.Errorf("fake vmm %d still runs after the failed start", pid)
+		}
+	}
+	e.vmms.mu.Unlock()
+	if _, err := e.d.StartVM(e.ctx, "bad", api.NoProgress); err != nil {
+		t.Fatalf("start once iptables works: %v", err)
+	}
+}
+
 // TestNATCleanupFallsBackToRuntimeTapDevice is the seed's scenario: the
 // handle cache and handles.json are lost, and NAT teardown still finds the
 // tap through Runtime.TapDevice.
