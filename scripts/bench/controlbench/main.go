@@ -1,0 +1,175 @@
+// Command controlbench measures bangerd's control plane through the real
+// API client (internal/api) over the daemon's unix socket, with no CLI
+// process in the way: create --no-start + rm pairs per second with N
+// concurrent clients, and the latency of the list call with many VMs.
+// scripts/bench/control.sh runs it against a throwaway daemon; run it
+// alone with `go run ./scripts/bench/controlbench -h`.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"banger/internal/api"
+	"banger/internal/model"
+)
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintf(os.Stderr, "controlbench: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	fs := flag.NewFlagSet("controlbench", flag.ContinueOnError)
+	socket := fs.String("socket", os.Getenv("BANGER_SOCKET"), "bangerd's API socket (default $BANGER_SOCKET)")
+	mode := fs.String("mode", "pairs", "pairs: create --no-start + rm per second; fill: create -vms VMs; ls: list latency")
+	clients := fs.String("clients", "1,8", "pairs: concurrent clients, comma separated, one run each")
+	ops := fs.Int("ops", 200, "pairs: create+rm pairs per client")
+	vms := fs.Int("vms", 1000, "fill: VMs to have in total (named ls-N)")
+	runs := fs.Int("runs", 50, "ls: list calls to time")
+	img := fs.String("image", "", "image to create from (default: the daemon's default)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *socket == "" {
+		return errors.New("no socket: pass -socket or set BANGER_SOCKET")
+	}
+	ctx := context.Background()
+	switch *mode {
+	case "pairs":
+		for _, s := range strings.Split(*clients, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(s))
+			if err != nil || n < 1 {
+				return fmt.Errorf("-clients %q: want positive integers", *clients)
+			}
+			if err := pairs(ctx, *socket, *img, n, *ops); err != nil {
+				return err
+			}
+		}
+		return nil
+	case "fill":
+		return fill(ctx, *socket, *img, *vms)
+	case "ls":
+		return lsLatency(ctx, *socket, *runs)
+	}
+	return fmt.Errorf("-mode %q: use pairs, fill or ls", *mode)
+}
+
+func noProgress(api.Event) {}
+
+// pairs runs n clients, each with its own connection, doing ops create
+// --no-start + rm pairs, and prints pairs per second.
+func pairs(ctx context.Context, socket, img string, n, ops int) error {
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	lat := make([][]time.Duration, n)
+	t0 := time.Now()
+	for c := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cl := api.NewClient(socket)
+			for i := range ops {
+				name := fmt.Sprintf("b%d-%d", c, i)
+				s := time.Now()
+				if _, err := cl.CreateVM(ctx, model.VMCreateRequest{Name: name, ImageName: img, NoStart: true}, noProgress); err != nil {
+					errs[c] = fmt.Errorf("create %s: %w", name, err)
+					return
+				}
+				if err := cl.DeleteVM(ctx, name, api.VMDeleteOptions{}, noProgress); err != nil {
+					errs[c] = fmt.Errorf("rm %s: %w", name, err)
+					return
+				}
+				lat[c] = append(lat[c], time.Since(s))
+			}
+		}()
+	}
+	wg.Wait()
+	el := time.Since(t0)
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	var all []time.Duration
+	for _, l := range lat {
+		all = append(all, l...)
+	}
+	fmt.Printf("   API, %d client(s): %d create+rm pairs in %.2f s = %.0f ops/s (pair latency p50 %s, p99 %s)\n",
+		n, n*ops, el.Seconds(), float64(n*ops)/el.Seconds(), ms(pct(all, 50)), ms(pct(all, 99)))
+	return nil
+}
+
+// fill creates VMs named ls-N with 8 clients until want exist.
+func fill(ctx context.Context, socket, img string, want int) error {
+	have, err := api.NewClient(socket).ListVMs(ctx)
+	if err != nil {
+		return err
+	}
+	next := make(chan int)
+	go func() {
+		for i := len(have); i < want; i++ {
+			next <- i
+		}
+		close(next)
+	}()
+	var wg sync.WaitGroup
+	errs := make([]error, 8)
+	for c := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cl := api.NewClient(socket)
+			for i := range next {
+				if _, err := cl.CreateVM(ctx, model.VMCreateRequest{Name: fmt.Sprintf("ls-%d", i), ImageName: img, NoStart: true}, noProgress); err != nil && errs[c] == nil {
+					errs[c] = err
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// lsLatency times runs list calls on one connection (after one warm-up
+// call) and prints p50 and p99.
+func lsLatency(ctx context.Context, socket string, runs int) error {
+	cl := api.NewClient(socket)
+	vms, err := cl.ListVMs(ctx)
+	if err != nil {
+		return err
+	}
+	var d []time.Duration
+	for range runs {
+		t := time.Now()
+		if _, err := cl.ListVMs(ctx); err != nil {
+			return err
+		}
+		d = append(d, time.Since(t))
+	}
+	fmt.Printf("   API ListVMs with %d VMs: p50 %s, p99 %s over %d calls (API call alone: request, daemon, JSON decode)\n",
+		len(vms), ms(pct(d, 50)), ms(pct(d, 99)), runs)
+	return nil
+}
+
+// pct is the p-th percentile of d (nearest rank).
+func pct(d []time.Duration, p int) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	s := append([]time.Duration(nil), d...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	i := (p*len(s) + 99) / 100
+	i = min(max(i, 1), len(s))
+	return s[i-1]
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }
