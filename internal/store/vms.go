@@ -149,3 +149,34 @@ func (s *DB) GuestIPs(ctx context.Context) ([]string, error) {
 	}
 	return out, rows.Err()
 }
+
+// VMUsage is what one owner's VMs hold, as the per-user limits count it.
+type VMUsage struct {
+	// VMs are the owner's VMs; Unstarted those in state created.
+	VMs, Unstarted int
+	// DiskBytes adds up the system and work disk sizes of their specs.
+	DiskBytes int64
+}
+
+// UsageOf adds up uid's VMs in one query on the owner index, without
+// reading (or decoding) any other row.
+func (s *DB) UsageOf(ctx context.Context, uid int) (VMUsage, error) {
+	var u VMUsage
+	err := s.db.QueryRowContext(ctx, `SELECT COUNT(*),
+		COALESCE(SUM(state = ?), 0),
+		COALESCE(SUM(COALESCE(json_extract(spec_json, '$.system_overlay_size_bytes'), 0) + COALESCE(json_extract(spec_json, '$.work_disk_size_bytes'), 0)), 0)
+		FROM vms WHERE owner_uid = ?`, string(model.VMStateCreated), uid).Scan(&u.VMs, &u.Unstarted, &u.DiskBytes)
+	if err != nil {
+		return VMUsage{}, fmt.Errorf("usage of uid %d: %w", uid, err)
+	}
+	return u, nil
+}
+
+// CountVMs is how many VMs exist (each holds a guest address).
+func (s *DB) CountVMs(ctx context.Context) (int, error) {
+	var n int
+	if err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM vms`).Scan(&n); err != nil {
+		return 0, fmt.Errorf("count vms: %w", err)
+	}
+	return n, nil
+}
