@@ -87,3 +87,57 @@ func TestStrayVMMOfRemovedCreatedVMIsSwept(t *testing.T) {
 		t.Errorf("the stray VMM survived the sweep")
 	}
 }
+
+// TestListVMsCache: a list with no change since the last one reuses its
+// rows; any change through the store (a new VM, a state change, stats,
+// a removal) is seen by the next list; users still see only their VMs.
+func TestListVMsCache(t *testing.T) {
+	e := newTestDaemon(t, false)
+	e.create(t, "a", false)
+	names := func() []string {
+		t.Helper()
+		vs, err := e.d.ListVMs(e.ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, v := range vs {
+			out = append(out, v.Name+":"+string(v.State))
+		}
+		return out
+	}
+	first, _ := e.d.listVMRows(e.ctx)
+	again, _ := e.d.listVMRows(e.ctx)
+	if len(first) != 1 || &first[0] != &again[0] {
+		t.Errorf("a list with nothing changed read the rows again")
+	}
+	e.create(t, "b", false)
+	if got := names(); len(got) != 2 || got[1] != "b:created" {
+		t.Errorf("after a create: %v", got)
+	}
+	vm := e.vm(t, "b")
+	vm.State = model.VMStateStopped
+	if err := e.d.store.UpdateVM(e.ctx, vm); err != nil {
+		t.Fatal(err)
+	}
+	if got := names(); got[1] != "b:stopped" {
+		t.Errorf("after an update: %v", got)
+	}
+	if err := e.d.store.UpdateVMStats(e.ctx, vm.ID, model.VMStats{RSSBytes: 42}); err != nil {
+		t.Fatal(err)
+	}
+	if vs, _ := e.d.ListVMs(e.ctx); vs[1].Stats.RSSBytes != 42 {
+		t.Errorf("after new stats: %+v", vs[1].Stats)
+	}
+	if err := e.d.DeleteVM(e.ctx, "a", api.VMDeleteOptions{}, api.NoProgress); err != nil {
+		t.Fatal(err)
+	}
+	if got := names(); len(got) != 1 || got[0] != "b:stopped" {
+		t.Errorf("after a removal: %v", got)
+	}
+	// The cached rows are filtered per caller like fresh ones.
+	other := api.WithCaller(e.ctx, api.Caller{UID: 4242, GID: 4242})
+	if vs, err := e.d.ListVMs(other); err != nil || len(vs) != 0 {
+		t.Errorf("another user sees %d VMs, %v", len(vs), err)
+	}
+}

@@ -13,7 +13,7 @@ import (
 
 // ListVMs implements api.Backend: the caller's VMs (root sees all).
 func (d *Daemon) ListVMs(ctx context.Context) ([]api.VMView, error) {
-	vms, err := d.store.ListVMs(ctx)
+	vms, err := d.listVMRows(ctx)
 	if err != nil {
 		return nil, err
 	}

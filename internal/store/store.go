@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"banger/internal/model"
@@ -37,7 +38,17 @@ type DB struct {
 
 	mu    sync.Mutex
 	stmts map[*sql.DB]map[string]*sql.Stmt
+
+	// gen counts the changes made (see Generation).
+	gen atomic.Uint64
 }
+
+// Generation counts the changes made through this DB. It moves after
+// each change returns (committed or failed), so a result read after
+// Generation returned g reflects every change made before g: a caller
+// that keeps what it read under g may reuse it while Generation is
+// still g. Only this process writes the database.
+func (s *DB) Generation() uint64 { return s.gen.Load() }
 
 // readers is the size of the read pool.
 const readers = 4
@@ -152,6 +163,7 @@ func (s *DB) prepared(ctx context.Context, pool *sql.DB, q string) (*sql.Stmt, e
 
 // exec runs a change on the writer.
 func (s *DB) exec(ctx context.Context, q string, args ...any) (sql.Result, error) {
+	defer s.gen.Add(1)
 	st, err := s.prepared(ctx, s.db, q)
 	if err != nil {
 		return nil, err

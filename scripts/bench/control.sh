@@ -43,12 +43,12 @@ fi
 client() {
 	set -e
 	for i in $(seq "$cli_ops"); do
-		"$bin/banger" vm create --no-start -q "c$1-$i" >/dev/null
-		"$bin/banger" vm rm "c$1-$i" >/dev/null
+		"$bin/banger" vm create --no-start -q "c$1-$i" >/dev/null 2>>"$bench_dir/cli.err" || { cat "$bench_dir/cli.err" >&2; exit 1; }
+		"$bin/banger" vm rm "c$1-$i" >/dev/null 2>>"$bench_dir/cli.err" || { cat "$bench_dir/cli.err" >&2; exit 1; }
 	done
 }
 export -f client
-export bin cli_ops
+export bin cli_ops bench_dir
 for clients in 1 8; do
 	t0=$(date +%s%N)
 	seq "$clients" | xargs -P "$clients" -I{} bash -c 'client {}'
