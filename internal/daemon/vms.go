@@ -398,7 +398,7 @@ func (d *Daemon) SetVM(ctx context.Context, req model.VMSetRequest) (api.VMView,
 
 // DeleteVM implements api.Backend.
 func (d *Daemon) DeleteVM(ctx context.Context, ref string, opts api.VMDeleteOptions, progress api.ProgressFunc) error {
-	vm, unlock, err := d.lockVM(ctx, ref)
+	vm, unlock, err := d.lockVMTouch(ctx, ref, false)
 	if err != nil {
 		return err
 	}
