@@ -29,7 +29,7 @@ trap 'bench_daemon_stop; rm -f "$cb" "/tmp/bgb-pprof-$$.sock"' EXIT
 echo "== create --no-start + rm pairs (load average now: $(cut -d' ' -f1-3 /proc/loadavg); $(nproc) CPUs)"
 "$cb" -mode pairs -clients 1 -ops "$ops"
 if [ -n "${PROFILE:-}" ]; then
-	curl -s --unix-socket "/tmp/bgb-pprof-$$.sock" -o "$PROFILE" "http://bangerd/debug/pprof/profile?seconds=${PROFILE_SECONDS:-8}" &
+	"$cb" -mode profile -pprof-socket "/tmp/bgb-pprof-$$.sock" -out "$PROFILE" -seconds "${PROFILE_SECONDS:-8}" &
 	prof_pid=$!
 fi
 "$cb" -mode pairs -clients 8 -ops "$ops"

@@ -11,6 +11,9 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"sort"
 	"strconv"
@@ -32,16 +35,19 @@ func main() {
 func run(args []string) error {
 	fs := flag.NewFlagSet("controlbench", flag.ContinueOnError)
 	socket := fs.String("socket", os.Getenv("BANGER_SOCKET"), "bangerd's API socket (default $BANGER_SOCKET)")
-	mode := fs.String("mode", "pairs", "pairs: create --no-start + rm per second; fill: create -vms VMs; ls: list latency")
+	mode := fs.String("mode", "pairs", "pairs: create --no-start + rm per second; fill: create -vms VMs; ls: list latency; profile: fetch a CPU profile of bangerd")
 	clients := fs.String("clients", "1,8", "pairs: concurrent clients, comma separated, one run each")
 	ops := fs.Int("ops", 200, "pairs: create+rm pairs per client")
 	vms := fs.Int("vms", 1000, "fill: VMs to have in total (named ls-N)")
 	runs := fs.Int("runs", 50, "ls: list calls to time")
 	img := fs.String("image", "", "image to create from (default: the daemon's default)")
+	pprofSock := fs.String("pprof-socket", "", "profile: bangerd's --pprof-socket")
+	out := fs.String("out", "", "profile: file to write the CPU profile to")
+	secs := fs.Int("seconds", 8, "profile: how long to profile")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if *socket == "" {
+	if *socket == "" && *mode != "profile" {
 		return errors.New("no socket: pass -socket or set BANGER_SOCKET")
 	}
 	ctx := context.Background()
@@ -61,8 +67,10 @@ func run(args []string) error {
 		return fill(ctx, *socket, *img, *vms)
 	case "ls":
 		return lsLatency(ctx, *socket, *runs)
+	case "profile":
+		return profile(ctx, *pprofSock, *out, *secs)
 	}
-	return fmt.Errorf("-mode %q: use pairs, fill or ls", *mode)
+	return fmt.Errorf("-mode %q: use pairs, fill, ls or profile", *mode)
 }
 
 func noProgress(api.Event) {}
@@ -188,3 +196,36 @@ func pct(d []time.Duration, p int) time.Duration {
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }
+
+// profile fetches a CPU profile of bangerd, taken over secs seconds,
+// from its --pprof-socket into out.
+func profile(ctx context.Context, sock, out string, secs int) error {
+	if sock == "" || out == "" {
+		return errors.New("profile: pass -pprof-socket and -out")
+	}
+	cl := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", sock)
+	}}}
+	req, err := http.NewRequestWithContext(ctx, "GET", fmt.Sprintf("http://bangerd/debug/pprof/profile?seconds=%d", secs), nil)
+	if err != nil {
+		return err
+	}
+	resp, err := cl.Do(req)
+	if err != nil {
+		return fmt.Errorf("profile: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("profile: bangerd answered %s", resp.Status)
+	}
+	f, err := os.Create(out)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return fmt.Errorf("profile: %w", err)
+	}
+	return f.Close()
+}
