@@ -47,6 +47,7 @@ Flags:
 	logLevel := fs.String("log-level", "", "log level: debug, info, warn, error (overrides log_level)")
 	logFormat := fs.String("log-format", "", "log format: text or json (overrides log_format)")
 	version := fs.Bool("version", false, "print the version and exit")
+	pprofSocket := fs.String("pprof-socket", "", "debugging: serve Go profiles (/debug/pprof/) on this unix socket, mode 0600 (root only)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -77,6 +78,15 @@ Flags:
 	}
 	if os.Geteuid() != 0 {
 		logger.Warn("bangerd is not running as root; VMs, taps and NAT will not work")
+	}
+
+	if *pprofSocket != "" {
+		closePprof, err := servePprof(*pprofSocket, logger)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "bangerd: %v\n", err)
+			return 2
+		}
+		defer closePprof()
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)

@@ -180,6 +180,13 @@ func (c *Client) ListVMs(ctx context.Context) ([]VMView, error) {
 	return v, c.call(ctx, "GET", "/vms", nil, &v)
 }
 
+// ListVMsInto lists the VMs the caller can see, decoding the reply into
+// out: a pointer to a slice of a type with only the VMView fields (by
+// their JSON names) the caller needs, which decodes a long list faster.
+func (c *Client) ListVMsInto(ctx context.Context, out any) error {
+	return c.call(ctx, "GET", "/vms", nil, out)
+}
+
 // GetVM returns one VM.
 func (c *Client) GetVM(ctx context.Context, ref string) (VMView, error) {
 	var v VMView

@@ -492,6 +492,12 @@ func TestOpenAPIContract(t *testing.T) {
 			return err
 		}},
 		{"ListVMs", func(ctx context.Context, c *Client) error { _, err := c.ListVMs(ctx); return err }},
+		{"ListVMsInto", func(ctx context.Context, c *Client) error {
+			var rows []struct {
+				Name string `json:"name"`
+			}
+			return c.ListVMsInto(ctx, &rows)
+		}},
 		{"GetVM", func(ctx context.Context, c *Client) error { _, err := c.GetVM(ctx, "dev"); return err }},
 		{"CreateVM", func(ctx context.Context, c *Client) error {
 			secs := int64(60)

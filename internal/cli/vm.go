@@ -188,14 +188,19 @@ func (a *App) vmLsCommand() *cobra.Command {
 		Short:   "List VMs",
 		Args:    noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			vms, err := a.api().ListVMs(cmd.Context())
-			if err != nil {
+			if asJSON {
+				vms, err := a.api().ListVMs(cmd.Context())
+				if err != nil {
+					return err
+				}
+				return printJSON(a.Stdout, vms)
+			}
+			// The table needs a few fields of each VM (vmls.go).
+			var vms []vmLsRow
+			if err := a.api().ListVMsInto(cmd.Context(), &vms); err != nil {
 				return err
 			}
-			switch {
-			case asJSON:
-				return printJSON(a.Stdout, vms)
-			case quiet:
+			if quiet {
 				for _, v := range vms {
 					fmt.Fprintln(a.Stdout, v.Name)
 				}

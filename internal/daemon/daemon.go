@@ -94,6 +94,8 @@ type Daemon struct {
 
 	// createMu serialises name and IP allocation for new VMs.
 	createMu sync.Mutex
+	// vmList keeps the last list of VM rows for `vm ls` (vmlist.go).
+	vmList vmListCache
 	// builds runs kernel and image builds one at a time, taking users
 	// in turn.
 	builds *buildQueue

@@ -41,8 +41,8 @@ func (d *Daemon) Doctor(ctx context.Context) []api.DoctorCheck {
 	in.OverlayStrategy, in.OverlayReason = d.overlayStrategy(ctx)
 	in.StoragePool, in.StoragePoolLow, in.StoragePoolErr = d.poolStatus(ctx)
 	in.VMs = -1
-	if vms, err := d.store.ListVMs(ctx); err == nil {
-		in.VMs = len(vms)
+	if n, err := d.store.CountVMs(ctx); err == nil {
+		in.VMs = n
 	}
 	return append(doctor.Host(ctx, in, d.runner), d.hostDNSCheck(ctx))
 }

@@ -58,12 +58,21 @@ func (l *vmLocks) tryLock(id string) (func(), bool) {
 // takes the lock this way is use of the VM: it touches LastTouchedAt, so
 // the idle auto-stop counts it.
 func (d *Daemon) lockVM(ctx context.Context, ref string) (vm model.VMRecord, unlock func(), err error) {
+	return d.lockVMTouch(ctx, ref, true)
+}
+
+// lockVMTouch is lockVM; touch=false leaves LastTouchedAt alone (a
+// delete: the row is about to go, so recording use would only cost a
+// write).
+func (d *Daemon) lockVMTouch(ctx context.Context, ref string, touch bool) (vm model.VMRecord, unlock func(), err error) {
 	vm, err = d.findVM(ctx, ref)
 	if err != nil {
 		return vm, nil, err
 	}
 	unlock = d.locks.lock(vm.ID)
-	d.touch(vm.ID)
+	if touch {
+		d.touch(vm.ID)
+	}
 	if vm, err = d.store.GetVM(ctx, vm.ID); err != nil {
 		unlock()
 		return vm, nil, err

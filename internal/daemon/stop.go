@@ -27,12 +27,21 @@ func (d *Daemon) currentHandles(ctx context.Context, vm model.VMRecord) vmHandle
 // was ambiguous (several processes fit).
 func (d *Daemon) currentHandlesMatch(ctx context.Context, vm model.VMRecord) (vmHandles, vmmMatch) {
 	h, ok := d.handles.get(vm.ID)
+	var fileErr error
 	if !ok {
-		if fh, err := readHandlesFile(vm.Runtime.VMDir); err == nil {
+		fh, err := readHandlesFile(vm.Runtime.VMDir)
+		fileErr = err
+		if err == nil {
 			h = fh
 		} else if !errors.Is(err, os.ErrNotExist) {
 			d.logger.Warn("ignoring handles.json", "vm", vm.Name, "err", err)
 		}
+	}
+	if !needVMMSearch(vm.State, ok, fileErr) {
+		if h.Tap == "" {
+			h.Tap = vm.Runtime.TapDevice
+		}
+		return h, vmmMatch{}
 	}
 	m := d.findVMM(vm, h.PID, nil)
 	h.PID = m.PID
@@ -40,6 +49,25 @@ func (d *Daemon) currentHandlesMatch(ctx context.Context, vm model.VMRecord) (vm
 		h.Tap = vm.Runtime.TapDevice
 	}
 	return h, m
+}
+
+// needVMMSearch says whether finding a VM's VMM needs a look at the
+// host's processes, given its state, whether the handle cache has it and
+// the error reading its handles.json. A created or stopped VM that
+// neither has handles in the cache nor a handles.json has no VMM: a VMM
+// is launched only by a start, under the VM's lock (which the caller
+// holds), and the launch records its handles before the lock goes; a
+// VMM left by a daemon that died before recording them is killed by the
+// reconcile at startup, before any request is served, since its row is
+// not running (and any VMM whose socket no row names is killed by every
+// sweep). Every other case (running, error, handles known, an unreadable
+// file) searches, as before: that search reads every process on the host,
+// the cost that made `vm rm` of a never-started VM slow.
+func needVMMSearch(state model.VMState, cached bool, handlesFileErr error) bool {
+	if cached || !errors.Is(handlesFileErr, os.ErrNotExist) {
+		return true
+	}
+	return state != model.VMStateCreated && state != model.VMStateStopped
 }
 
 // StopVM implements api.Backend.

@@ -80,17 +80,22 @@ func (d *Daemon) imageBytes(img model.Image) int64 {
 	return n
 }
 
-// usageFor reads what uid holds.
+// usageFor reads what uid holds: its images as usageOf counts them, its
+// VMs added up by the database (one indexed query, however many VMs the
+// host has), as usageOf would add them up.
 func (d *Daemon) usageFor(ctx context.Context, uid int) (usage, error) {
 	imgs, err := d.store.ListImages(ctx)
 	if err != nil {
 		return usage{}, err
 	}
-	vms, err := d.store.ListVMs(ctx)
+	u := usageOf(uid, imgs, nil, d.imageBytes)
+	vu, err := d.store.UsageOf(ctx, uid)
 	if err != nil {
 		return usage{}, err
 	}
-	return usageOf(uid, imgs, vms, d.imageBytes), nil
+	u.VMs, u.Unstarted = vu.VMs, vu.Unstarted
+	u.DiskBytes += vu.DiskBytes
+	return u, nil
 }
 
 // checkLimits refuses c adding add, unless c is exempt (root, admins).

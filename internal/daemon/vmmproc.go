@@ -45,21 +45,31 @@ func vmmExeMatches(exe, bin string) bool {
 	return false
 }
 
+// argvNamesVM says whether a command line names vm's API socket as its
+// --api-sock or, for a jailed firecracker (which names its socket inside
+// the chroot), vm's instance id as its --id: the first test of isVMM,
+// and the only one that needs no more than the command line.
+func (d *Daemon) argvNamesVM(vm model.VMRecord, argv []string) bool {
+	if d.jailed(vm) {
+		id, ok := proc.FlagValue(argv, "--id")
+		return ok && id == vmCgroupName(vm.ID)
+	}
+	sock, ok := proc.FlagValue(argv, "--api-sock")
+	return ok && sock == vm.Runtime.APISockPath
+}
+
 // isVMM says whether p is the VMM of vm.
 func (d *Daemon) isVMM(r proc.Reader, p proc.Process, vm model.VMRecord) bool {
 	if p.Dead() {
 		return false
 	}
+	if !d.argvNamesVM(vm, p.Argv) {
+		return false
+	}
 	bin := d.vmmBinaryFor(vm)
 	if d.jailed(vm) {
-		// A jailed firecracker names its socket inside the chroot; it is
-		// known by its instance id and the binary the jailer copied in.
-		if id, ok := proc.FlagValue(p.Argv, "--id"); !ok || id != vmCgroupName(vm.ID) {
-			return false
-		}
+		// The jailer copied the binary into the chroot.
 		bin = filepath.Join(filepath.Dir(filepath.Dir(vm.Runtime.APISockPath)), filepath.Base(bin))
-	} else if sock, ok := proc.FlagValue(p.Argv, "--api-sock"); !ok || sock != vm.Runtime.APISockPath {
-		return false
 	}
 	// A VM started by a daemon from before per-VM uids ran its VMM as
 	// root.
@@ -88,7 +98,8 @@ func (d *Daemon) findVMM(vm model.VMRecord, hint int, procs []proc.Process) vmmM
 		}
 	}
 	if procs == nil {
-		procs, _ = r.List()
+		// Only processes whose argv names the VM can be its VMM.
+		procs, _ = r.ListWhere(func(argv []string) bool { return d.argvNamesVM(vm, argv) })
 	}
 	var found []int
 	for _, p := range procs {

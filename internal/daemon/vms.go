@@ -13,7 +13,7 @@ import (
 
 // ListVMs implements api.Backend: the caller's VMs (root sees all).
 func (d *Daemon) ListVMs(ctx context.Context) ([]api.VMView, error) {
-	vms, err := d.store.ListVMs(ctx)
+	vms, err := d.listVMRows(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -398,7 +398,7 @@ func (d *Daemon) SetVM(ctx context.Context, req model.VMSetRequest) (api.VMView,
 
 // DeleteVM implements api.Backend.
 func (d *Daemon) DeleteVM(ctx context.Context, ref string, opts api.VMDeleteOptions, progress api.ProgressFunc) error {
-	vm, unlock, err := d.lockVM(ctx, ref)
+	vm, unlock, err := d.lockVMTouch(ctx, ref, false)
 	if err != nil {
 		return err
 	}

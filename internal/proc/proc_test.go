@@ -93,3 +93,39 @@ func TestNetNS(t *testing.T) {
 		t.Error("NetNS of a missing process succeeded")
 	}
 }
+
+func TestListWhere(t *testing.T) {
+	root := t.TempDir()
+	r := Reader{Root: root, PageSize: 4096}
+	for _, p := range []Process{
+		{PID: 10, PPID: 1, UID: 7, Argv: []string{"vmm", "--api-sock", "/s/a.sock"}},
+		{PID: 11, PPID: 1, UID: 8, Argv: []string{"vmm", "--api-sock", "/s/b.sock"}},
+		{PID: 12, PPID: 1, State: 'Z'},
+		{PID: 13, PPID: 1, UID: 9, Argv: []string{"copycat", "--api-sock=/s/a.sock"}},
+	} {
+		if err := WriteFake(root, p, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var seen []int
+	got, err := r.ListWhere(func(argv []string) bool {
+		v, ok := FlagValue(argv, "--api-sock")
+		return ok && v == "/s/a.sock"
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range got {
+		seen = append(seen, p.PID)
+		// What passes the filter is read whole, as Get reads it.
+		if full, _ := r.Get(p.PID); full.UID != p.UID || full.State != p.State || len(full.Argv) != len(p.Argv) {
+			t.Errorf("ListWhere gave %+v, Get gives %+v", p, full)
+		}
+	}
+	if len(seen) != 2 || seen[0] != 10 || seen[1] != 13 {
+		t.Errorf("ListWhere = %v, want [10 13]", seen)
+	}
+	if none, err := r.ListWhere(func([]string) bool { return false }); err != nil || len(none) != 0 {
+		t.Errorf("ListWhere(nothing) = %v, %v", none, err)
+	}
+}

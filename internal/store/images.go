@@ -57,14 +57,14 @@ func decodeImageOCI(s string, img *model.Image) error {
 // CreateImage stores a new image. A name its owner already uses is
 // ECONFLICT.
 func (s *DB) CreateImage(ctx context.Context, img model.Image) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO images (`+imageColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+	_, err := s.exec(ctx, `INSERT INTO images (`+imageColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
 		img.ID, img.Name, img.OwnerUID, img.Managed, img.ArtifactDir, img.RootfsPath, img.WorkSeedPath, img.KernelPath, img.InitrdPath, img.ModulesDir, img.BuildSize, img.SeededSSHPublicKeyFingerprint, img.Docker, formatTime(img.CreatedAt), formatTime(img.UpdatedAt), encodeImageOCI(img))
 	return mapError(err, fmt.Sprintf("image %q", img.Name))
 }
 
 // UpdateImage rewrites an image row.
 func (s *DB) UpdateImage(ctx context.Context, img model.Image) error {
-	res, err := s.db.ExecContext(ctx, `UPDATE images SET name=?, owner_uid=?, managed=?, artifact_dir=?, rootfs_path=?, work_seed_path=?, kernel_path=?, initrd_path=?, modules_dir=?, build_size=?, ssh_fingerprint=?, docker=?, updated_at=?, oci=? WHERE id=?`,
+	res, err := s.exec(ctx, `UPDATE images SET name=?, owner_uid=?, managed=?, artifact_dir=?, rootfs_path=?, work_seed_path=?, kernel_path=?, initrd_path=?, modules_dir=?, build_size=?, ssh_fingerprint=?, docker=?, updated_at=?, oci=? WHERE id=?`,
 		img.Name, img.OwnerUID, img.Managed, img.ArtifactDir, img.RootfsPath, img.WorkSeedPath, img.KernelPath, img.InitrdPath, img.ModulesDir, img.BuildSize, img.SeededSSHPublicKeyFingerprint, img.Docker, formatTime(img.UpdatedAt), encodeImageOCI(img), img.ID)
 	if err != nil {
 		return mapError(err, fmt.Sprintf("image %q", img.Name))
@@ -74,7 +74,7 @@ func (s *DB) UpdateImage(ctx context.Context, img model.Image) error {
 
 // GetImage finds an image by its ID.
 func (s *DB) GetImage(ctx context.Context, id string) (model.Image, error) {
-	img, err := scanImage(s.db.QueryRowContext(ctx, `SELECT `+imageColumns+` FROM images WHERE id = ?`, id))
+	img, err := scanImage(s.queryRow(ctx, `SELECT `+imageColumns+` FROM images WHERE id = ?`, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return img, model.Errorf(model.ENOTFOUND, "image %q not found; see `banger image ls`", id)
 	}
@@ -93,7 +93,7 @@ func (s *DB) ListImages(ctx context.Context) ([]model.Image, error) {
 }
 
 func (s *DB) queryImages(ctx context.Context, query string, args ...any) ([]model.Image, error) {
-	rows, err := s.db.QueryContext(ctx, query, args...)
+	rows, err := s.query(ctx, query, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -112,7 +112,7 @@ func (s *DB) queryImages(ctx context.Context, query string, args ...any) ([]mode
 // DeleteImage removes an image row. An image that a VM still uses is
 // ECONFLICT.
 func (s *DB) DeleteImage(ctx context.Context, id string) error {
-	res, err := s.db.ExecContext(ctx, `DELETE FROM images WHERE id = ?`, id)
+	res, err := s.exec(ctx, `DELETE FROM images WHERE id = ?`, id)
 	if err != nil {
 		return mapError(err, "image")
 	}
@@ -121,7 +121,7 @@ func (s *DB) DeleteImage(ctx context.Context, id string) error {
 
 // VMsUsingImage returns the names of the VMs built on an image.
 func (s *DB) VMsUsingImage(ctx context.Context, imageID string) ([]string, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT name FROM vms WHERE image_id = ? ORDER BY name`, imageID)
+	rows, err := s.query(ctx, `SELECT name FROM vms WHERE image_id = ? ORDER BY name`, imageID)
 	if err != nil {
 		return nil, err
 	}

@@ -14,6 +14,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"banger/internal/model"
@@ -25,10 +27,31 @@ import (
 //go:embed migrations/*.sql
 var migrationFS embed.FS
 
-// DB is banger's database.
+// DB is banger's database: one connection that writes (SQLite has one
+// writer at a time; queueing writers here instead of in SQLite's busy
+// handler, which sleeps milliseconds between tries, keeps concurrent
+// requests fast) and a pool that reads (WAL readers never wait for the
+// writer). Statements are prepared once and reused.
 type DB struct {
-	db *sql.DB
+	db *sql.DB // the writer: every change and the migrations
+	r  *sql.DB // readers
+
+	mu    sync.Mutex
+	stmts map[*sql.DB]map[string]*sql.Stmt
+
+	// gen counts the changes made (see Generation).
+	gen atomic.Uint64
 }
+
+// Generation counts the changes made through this DB. It moves after
+// each change returns (committed or failed), so a result read after
+// Generation returned g reflects every change made before g: a caller
+// that keeps what it read under g may reuse it while Generation is
+// still g. Only this process writes the database.
+func (s *DB) Generation() uint64 { return s.gen.Load() }
+
+// readers is the size of the read pool.
+const readers = 4
 
 // Open opens (creating if needed) the database at path and applies any
 // pending migrations.
@@ -50,24 +73,122 @@ func Open(ctx context.Context, path string) (*DB, error) {
 		return nil, fmt.Errorf("open database: %w", err)
 	}
 	// WAL lets readers (the CLI's list calls) proceed while a writer holds
-	// the lock; the busy timeout makes concurrent writers wait instead of
-	// failing with SQLITE_BUSY; foreign keys keep a VM from outliving its
-	// image row. All three are per connection, hence the DSN pragmas.
+	// the lock; synchronous=NORMAL syncs the WAL at checkpoints, not at
+	// every commit (a commit survives a crash of the daemon; a power cut
+	// may lose the last ones, never corrupt the file); the busy timeout
+	// makes a connection wait for another instead of failing with
+	// SQLITE_BUSY; foreign keys keep a VM from outliving its image row.
+	// All are per connection, hence the DSN pragmas.
 	dsn := "file:" + path + "?_pragma=journal_mode(WAL)&_pragma=busy_timeout(10000)&_pragma=foreign_keys(1)&_pragma=synchronous(NORMAL)&_txlock=immediate"
 	db, err := sql.Open("sqlite", dsn)
 	if err != nil {
 		return nil, fmt.Errorf("open database: %w", err)
 	}
-	s := &DB{db: db}
+	// One writer, kept open for good: a new connection costs a file open
+	// and a schema parse.
+	db.SetMaxOpenConns(1)
+	db.SetMaxIdleConns(1)
+	db.SetConnMaxLifetime(0)
+	db.SetConnMaxIdleTime(0)
+	s := &DB{db: db, stmts: map[*sql.DB]map[string]*sql.Stmt{}}
 	if err := s.migrate(ctx); err != nil {
 		db.Close()
 		return nil, err
 	}
+	// Readers are opened after the migrations, so they never see an old
+	// schema. query_only makes any write through them an error.
+	r, err := sql.Open("sqlite", dsn+"&_pragma=query_only(1)")
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open database: %w", err)
+	}
+	r.SetMaxOpenConns(readers)
+	r.SetMaxIdleConns(readers)
+	r.SetConnMaxLifetime(0)
+	r.SetConnMaxIdleTime(0)
+	s.r = r
 	return s, nil
 }
 
 // Close closes the database.
-func (s *DB) Close() error { return s.db.Close() }
+func (s *DB) Close() error {
+	s.mu.Lock()
+	for _, m := range s.stmts {
+		for _, st := range m {
+			st.Close()
+		}
+	}
+	s.stmts = map[*sql.DB]map[string]*sql.Stmt{}
+	s.mu.Unlock()
+	var err error
+	if s.r != nil {
+		err = s.r.Close()
+	}
+	return errors.Join(err, s.db.Close())
+}
+
+// maxStmts bounds the statements kept prepared per pool; the store's
+// queries are a fixed set well under it.
+const maxStmts = 64
+
+// prepared returns q prepared on pool, preparing it the first time.
+func (s *DB) prepared(ctx context.Context, pool *sql.DB, q string) (*sql.Stmt, error) {
+	s.mu.Lock()
+	st, ok := s.stmts[pool][q]
+	s.mu.Unlock()
+	if ok {
+		return st, nil
+	}
+	st, err := pool.PrepareContext(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m := s.stmts[pool]
+	if m == nil {
+		m = map[string]*sql.Stmt{}
+		s.stmts[pool] = m
+	}
+	if old, ok := m[q]; ok {
+		// Another request prepared it meanwhile.
+		st.Close()
+		return old, nil
+	}
+	if len(m) < maxStmts {
+		m[q] = st
+	}
+	return st, nil
+}
+
+// exec runs a change on the writer.
+func (s *DB) exec(ctx context.Context, q string, args ...any) (sql.Result, error) {
+	defer s.gen.Add(1)
+	st, err := s.prepared(ctx, s.db, q)
+	if err != nil {
+		return nil, err
+	}
+	return st.ExecContext(ctx, args...)
+}
+
+// query runs a query on the read pool.
+func (s *DB) query(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
+	st, err := s.prepared(ctx, s.r, q)
+	if err != nil {
+		return nil, err
+	}
+	return st.QueryContext(ctx, args...)
+}
+
+// queryRow runs a one-row query on the read pool.
+func (s *DB) queryRow(ctx context.Context, q string, args ...any) *sql.Row {
+	st, err := s.prepared(ctx, s.r, q)
+	if err != nil {
+		// The query itself reports the error.
+		return s.r.QueryRowContext(ctx, q, args...)
+	}
+	return st.QueryRowContext(ctx, args...)
+}
 
 func (s *DB) migrate(ctx context.Context) error {
 	if _, err := s.db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)`); err != nil {
@@ -156,7 +277,7 @@ func (s *DB) applyMigration(ctx context.Context, version int, name string) (err 
 // SchemaVersion returns the highest applied migration.
 func (s *DB) SchemaVersion(ctx context.Context) (int, error) {
 	var v sql.NullInt64
-	err := s.db.QueryRowContext(ctx, `SELECT MAX(version) FROM schema_migrations`).Scan(&v)
+	err := s.queryRow(ctx, `SELECT MAX(version) FROM schema_migrations`).Scan(&v)
 	return int(v.Int64), err
 }
 

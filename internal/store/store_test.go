@@ -269,3 +269,45 @@ func TestImageNamesMigration(t *testing.T) {
 		t.Errorf("foreign keys off after migration: %v", err)
 	}
 }
+
+// UsageOf adds up exactly what a walk over the owner's decoded rows adds
+// up, and nothing of another owner's.
+func TestUsageOf(t *testing.T) {
+	ctx := context.Background()
+	db, _ := openTest(t)
+	img := testImage("debian")
+	if err := db.CreateImage(ctx, img); err != nil {
+		t.Fatal(err)
+	}
+	if u, err := db.UsageOf(ctx, 1000); err != nil || u != (VMUsage{}) {
+		t.Fatalf("empty: %+v %v", u, err)
+	}
+	states := []model.VMState{model.VMStateCreated, model.VMStateRunning, model.VMStateCreated, model.VMStateStopped}
+	var want VMUsage
+	for i, st := range states {
+		vm := testVM(fmt.Sprintf("v%d", i), img.ID, fmt.Sprintf("172.16.0.%d", i+2))
+		vm.State = st
+		vm.Spec.WorkDiskSizeBytes = int64(i+1) << 30
+		if i == 3 {
+			vm.OwnerUID = 1001
+		} else {
+			want.VMs++
+			if st == model.VMStateCreated {
+				want.Unstarted++
+			}
+			want.DiskBytes += vm.Spec.SystemOverlaySizeByte + vm.Spec.WorkDiskSizeBytes
+		}
+		if err := db.CreateVM(ctx, vm); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if u, err := db.UsageOf(ctx, 1000); err != nil || u != want {
+		t.Errorf("UsageOf(1000) = %+v, %v; want %+v", u, err, want)
+	}
+	if u, err := db.UsageOf(ctx, 1001); err != nil || u.VMs != 1 || u.Unstarted != 0 || u.DiskBytes != 8<<30+4<<30 {
+		t.Errorf("UsageOf(1001) = %+v, %v", u, err)
+	}
+	if n, err := db.CountVMs(ctx); err != nil || n != 4 {
+		t.Errorf("CountVMs = %d, %v", n, err)
+	}
+}

@@ -60,7 +60,7 @@ func (s *DB) CreateVM(ctx context.Context, vm model.VMRecord) error {
 	if err != nil {
 		return err
 	}
-	_, err = s.db.ExecContext(ctx, `INSERT INTO vms (`+vmColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)`, args...)
+	_, err = s.exec(ctx, `INSERT INTO vms (`+vmColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)`, args...)
 	return mapError(err, fmt.Sprintf("vm %q", vm.Name))
 }
 
@@ -71,7 +71,7 @@ func (s *DB) UpdateVM(ctx context.Context, vm model.VMRecord) error {
 	if err != nil {
 		return err
 	}
-	res, err := s.db.ExecContext(ctx, `UPDATE vms SET state=?, guest_ip=?, updated_at=?, last_touched_at=?, spec_json=?, runtime_json=?, stats_json=? WHERE id=?`,
+	res, err := s.exec(ctx, `UPDATE vms SET state=?, guest_ip=?, updated_at=?, last_touched_at=?, spec_json=?, runtime_json=?, stats_json=? WHERE id=?`,
 		args[4], args[5], args[7], args[8], args[9], args[10], args[11], vm.ID)
 	if err != nil {
 		return mapError(err, fmt.Sprintf("vm %q", vm.Name))
@@ -86,19 +86,19 @@ func (s *DB) UpdateVMStats(ctx context.Context, id string, stats model.VMStats) 
 	if err != nil {
 		return err
 	}
-	_, err = s.db.ExecContext(ctx, `UPDATE vms SET stats_json=? WHERE id=?`, string(b), id)
+	_, err = s.exec(ctx, `UPDATE vms SET stats_json=? WHERE id=?`, string(b), id)
 	return mapError(err, "vm")
 }
 
 // TouchVM records use of a VM.
 func (s *DB) TouchVM(ctx context.Context, id string, t time.Time) error {
-	_, err := s.db.ExecContext(ctx, `UPDATE vms SET last_touched_at=? WHERE id=? AND last_touched_at < ?`, formatTime(t), id, formatTime(t))
+	_, err := s.exec(ctx, `UPDATE vms SET last_touched_at=? WHERE id=? AND last_touched_at < ?`, formatTime(t), id, formatTime(t))
 	return err
 }
 
 // GetVM finds a VM by ID, unique ID prefix, or name.
 func (s *DB) GetVM(ctx context.Context, idOrName string) (model.VMRecord, error) {
-	vm, err := scanVM(s.db.QueryRowContext(ctx, `SELECT `+vmColumns+` FROM vms WHERE name = ? OR id = ? LIMIT 1`, idOrName, idOrName))
+	vm, err := scanVM(s.queryRow(ctx, `SELECT `+vmColumns+` FROM vms WHERE name = ? OR id = ? LIMIT 1`, idOrName, idOrName))
 	if errors.Is(err, sql.ErrNoRows) {
 		return vm, model.Errorf(model.ENOTFOUND, "vm %q not found; see `banger vm ls`", idOrName)
 	}
@@ -107,7 +107,7 @@ func (s *DB) GetVM(ctx context.Context, idOrName string) (model.VMRecord, error)
 
 // ListVMs returns every VM, by name.
 func (s *DB) ListVMs(ctx context.Context) ([]model.VMRecord, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT `+vmColumns+` FROM vms ORDER BY name`)
+	rows, err := s.query(ctx, `SELECT `+vmColumns+` FROM vms ORDER BY name`)
 	if err != nil {
 		return nil, err
 	}
@@ -125,7 +125,7 @@ func (s *DB) ListVMs(ctx context.Context) ([]model.VMRecord, error) {
 
 // DeleteVM removes a VM row.
 func (s *DB) DeleteVM(ctx context.Context, id string) error {
-	res, err := s.db.ExecContext(ctx, `DELETE FROM vms WHERE id = ?`, id)
+	res, err := s.exec(ctx, `DELETE FROM vms WHERE id = ?`, id)
 	if err != nil {
 		return mapError(err, "vm")
 	}
@@ -134,7 +134,7 @@ func (s *DB) DeleteVM(ctx context.Context, id string) error {
 
 // GuestIPs returns the guest IPs in use.
 func (s *DB) GuestIPs(ctx context.Context) ([]string, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT guest_ip FROM vms`)
+	rows, err := s.query(ctx, `SELECT guest_ip FROM vms`)
 	if err != nil {
 		return nil, err
 	}
@@ -148,4 +148,35 @@ func (s *DB) GuestIPs(ctx context.Context) ([]string, error) {
 		out = append(out, ip)
 	}
 	return out, rows.Err()
+}
+
+// VMUsage is what one owner's VMs hold, as the per-user limits count it.
+type VMUsage struct {
+	// VMs are the owner's VMs; Unstarted those in state created.
+	VMs, Unstarted int
+	// DiskBytes adds up the system and work disk sizes of their specs.
+	DiskBytes int64
+}
+
+// UsageOf adds up uid's VMs in one query on the owner index, without
+// reading (or decoding) any other row.
+func (s *DB) UsageOf(ctx context.Context, uid int) (VMUsage, error) {
+	var u VMUsage
+	err := s.queryRow(ctx, `SELECT COUNT(*),
+		COALESCE(SUM(state = ?), 0),
+		COALESCE(SUM(COALESCE(json_extract(spec_json, '$.system_overlay_size_bytes'), 0) + COALESCE(json_extract(spec_json, '$.work_disk_size_bytes'), 0)), 0)
+		FROM vms WHERE owner_uid = ?`, string(model.VMStateCreated), uid).Scan(&u.VMs, &u.Unstarted, &u.DiskBytes)
+	if err != nil {
+		return VMUsage{}, fmt.Errorf("usage of uid %d: %w", uid, err)
+	}
+	return u, nil
+}
+
+// CountVMs is how many VMs exist (each holds a guest address).
+func (s *DB) CountVMs(ctx context.Context) (int, error) {
+	var n int
+	if err := s.queryRow(ctx, `SELECT COUNT(*) FROM vms`).Scan(&n); err != nil {
+		return 0, fmt.Errorf("count vms: %w", err)
+	}
+	return n, nil
 }

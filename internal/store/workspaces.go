@@ -35,7 +35,7 @@ func scanWorkspace(row interface{ Scan(...any) error }) (model.Workspace, error)
 // path together with its capture and fetch state. An unknown VM is
 // ENOTFOUND.
 func (s *DB) PutWorkspace(ctx context.Context, r model.WorkspacePrepareResult, preparedWIP string) error {
-	_, err := s.db.ExecContext(ctx, `INSERT OR REPLACE INTO workspaces (vm_id, guest_path, source_path, repo_root, repo_name, mode, head_commit, current_branch, branch_name, base_commit, prepared_at, prepared_wip)
+	_, err := s.exec(ctx, `INSERT OR REPLACE INTO workspaces (vm_id, guest_path, source_path, repo_root, repo_name, mode, head_commit, current_branch, branch_name, base_commit, prepared_at, prepared_wip)
 		VALUES (?,?,?,?,?,?,?,?,?,?,?,?)`,
 		r.VMID, r.GuestPath, r.SourcePath, r.RepoRoot, r.RepoName, string(r.Mode), r.HeadCommit, r.CurrentBranch, r.BranchName, r.BaseCommit, formatTime(r.PreparedAt), preparedWIP)
 	var se *sqlite.Error
@@ -47,7 +47,7 @@ func (s *DB) PutWorkspace(ctx context.Context, r model.WorkspacePrepareResult, p
 
 // GetWorkspace returns the workspace at a VM's guest path.
 func (s *DB) GetWorkspace(ctx context.Context, vmID, guestPath string) (model.Workspace, error) {
-	w, err := scanWorkspace(s.db.QueryRowContext(ctx, `SELECT `+workspaceColumns+` FROM workspaces WHERE vm_id = ? AND guest_path = ?`, vmID, guestPath))
+	w, err := scanWorkspace(s.queryRow(ctx, `SELECT `+workspaceColumns+` FROM workspaces WHERE vm_id = ? AND guest_path = ?`, vmID, guestPath))
 	if errors.Is(err, sql.ErrNoRows) {
 		return w, model.Errorf(model.ENOTFOUND, "no workspace at %s; see `banger workspace ls`", guestPath)
 	}
@@ -63,7 +63,7 @@ func (s *DB) ListWorkspaces(ctx context.Context, vmID string) ([]model.Workspace
 		q += ` WHERE vm_id = ?`
 		args = append(args, vmID)
 	}
-	rows, err := s.db.QueryContext(ctx, q+` ORDER BY vm_id, guest_path`, args...)
+	rows, err := s.query(ctx, q+` ORDER BY vm_id, guest_path`, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -81,7 +81,7 @@ func (s *DB) ListWorkspaces(ctx context.Context, vmID string) ([]model.Workspace
 
 // SetWorkspaceCapture records a capture of a workspace's guest work.
 func (s *DB) SetWorkspaceCapture(ctx context.Context, vmID, guestPath string, c model.WorkspaceCapture) error {
-	res, err := s.db.ExecContext(ctx, `UPDATE workspaces SET captured_at=?, captured_head=?, captured_wip=?, bundle_path=?, bundle_bytes=?, capture_error=? WHERE vm_id=? AND guest_path=?`,
+	res, err := s.exec(ctx, `UPDATE workspaces SET captured_at=?, captured_head=?, captured_wip=?, bundle_path=?, bundle_bytes=?, capture_error=? WHERE vm_id=? AND guest_path=?`,
 		formatTime(c.At), c.Head, c.WIP, c.BundlePath, c.BundleBytes, c.Error, vmID, guestPath)
 	if err != nil {
 		return mapError(err, "workspace")
@@ -92,7 +92,7 @@ func (s *DB) SetWorkspaceCapture(ctx context.Context, vmID, guestPath string, c 
 // SetWorkspaceCaptureError records a failed capture, keeping the last
 // good one.
 func (s *DB) SetWorkspaceCaptureError(ctx context.Context, vmID, guestPath string, at time.Time, msg string) error {
-	res, err := s.db.ExecContext(ctx, `UPDATE workspaces SET captured_at=?, capture_error=? WHERE vm_id=? AND guest_path=?`, formatTime(at), msg, vmID, guestPath)
+	res, err := s.exec(ctx, `UPDATE workspaces SET captured_at=?, capture_error=? WHERE vm_id=? AND guest_path=?`, formatTime(at), msg, vmID, guestPath)
 	if err != nil {
 		return mapError(err, "workspace")
 	}
@@ -101,7 +101,7 @@ func (s *DB) SetWorkspaceCaptureError(ctx context.Context, vmID, guestPath strin
 
 // SetWorkspaceFetch records what the user fetched.
 func (s *DB) SetWorkspaceFetch(ctx context.Context, vmID, guestPath string, f model.WorkspaceFetch) error {
-	res, err := s.db.ExecContext(ctx, `UPDATE workspaces SET fetched_at=?, fetched_head=?, fetched_wip=? WHERE vm_id=? AND guest_path=?`,
+	res, err := s.exec(ctx, `UPDATE workspaces SET fetched_at=?, fetched_head=?, fetched_wip=? WHERE vm_id=? AND guest_path=?`,
 		formatTime(f.At), f.Head, f.WIP, vmID, guestPath)
 	if err != nil {
 		return mapError(err, "workspace")
@@ -111,7 +111,7 @@ func (s *DB) SetWorkspaceFetch(ctx context.Context, vmID, guestPath string, f mo
 
 // DeleteWorkspace removes a workspace row.
 func (s *DB) DeleteWorkspace(ctx context.Context, vmID, guestPath string) error {
-	res, err := s.db.ExecContext(ctx, `DELETE FROM workspaces WHERE vm_id = ? AND guest_path = ?`, vmID, guestPath)
+	res, err := s.exec(ctx, `DELETE FROM workspaces WHERE vm_id = ? AND guest_path = ?`, vmID, guestPath)
 	if err != nil {
 		return mapError(err, "workspace")
 	}

@@ -32,7 +32,7 @@ ${2:-}
 TOML
 	ip netns add "$bench_ns"
 	ip netns exec "$bench_ns" ip link set lo up
-	ip netns exec "$bench_ns" "$bin/bangerd" --config "$bench_dir/cfg.toml" > "$bench_dir/bangerd.log" 2>&1 &
+	ip netns exec "$bench_ns" "$bin/bangerd" --config "$bench_dir/cfg.toml" ${bench_daemon_args[@]+"${bench_daemon_args[@]}"} > "$bench_dir/bangerd.log" 2>&1 &
 	bench_pid=$!
 	export BANGER_SOCKET=$bench_dir/sock
 	for _ in $(seq 100); do "$bin/banger" version 2>/dev/null | grep -q '^daemon: bangerd' && break; sleep 0.1; done
@@ -40,8 +40,11 @@ TOML
 	trap bench_daemon_stop EXIT
 }
 
+# bench_daemon_args: extra bangerd flags. bench_unstarted_only=1: the bench
+# never started a VM, so stopping skips removing VMs one by one (nothing
+# of theirs lives outside the state dir).
 bench_daemon_stop() {
-	for vm in $("$bin/banger" vm ls -q 2>/dev/null); do "$bin/banger" vm rm --force "$vm" >/dev/null 2>&1 || true; done
+	[ "${bench_unstarted_only:-}" = 1 ] || for vm in $("$bin/banger" vm ls -q 2>/dev/null); do "$bin/banger" vm rm --force "$vm" >/dev/null 2>&1 || true; done
 	kill "$bench_pid" 2>/dev/null && wait "$bench_pid" 2>/dev/null
 	ip netns del "$bench_ns" 2>/dev/null || true
 	rm -rf "$bench_dir"

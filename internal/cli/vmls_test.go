@@ -1,0 +1,74 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"banger/internal/api"
+	"banger/internal/model"
+)
+
+// TestVMLsRowMatchesVMView: every field the table reads decodes from an
+// api.VMView's JSON under the names vmLsRow gives, so renaming a field
+// of the view cannot silently blank a column.
+func TestVMLsRowMatchesVMView(t *testing.T) {
+	created := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	suspended := created.Add(time.Hour)
+	auto := created.Add(2 * time.Hour)
+	v := api.VMView{
+		VMRecord: model.VMRecord{
+			Name: "dev", State: model.VMStateSuspended, CreatedAt: created,
+			Spec:    model.VMSpec{VCPUCount: 3, MemoryMiB: 768, WorkDiskSizeBytes: 5 << 30, NATEnabled: true},
+			Runtime: model.VMRuntime{GuestIP: "172.16.2.9", SuspendedAt: suspended},
+		},
+		ImageName: "debian", AutoStopAt: &auto,
+	}
+	b, err := json.Marshal([]api.VMView{v})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rows []vmLsRow
+	if err := json.Unmarshal(b, &rows); err != nil {
+		t.Fatal(err)
+	}
+	r := rows[0]
+	if r.Name != "dev" || r.State != model.VMStateSuspended || r.ImageName != "debian" || !r.CreatedAt.Equal(created) ||
+		r.Spec.VCPUCount != 3 || r.Spec.MemoryMiB != 768 || r.Spec.WorkDiskSizeBytes != 5<<30 || !r.Spec.NATEnabled ||
+		r.Runtime.GuestIP != "172.16.2.9" || !r.Runtime.SuspendedAt.Equal(suspended) || r.AutoStopAt == nil || !r.AutoStopAt.Equal(auto) {
+		t.Errorf("decoded %+v from %s", r, b)
+	}
+}
+
+// TestVMLsTable: `vm ls` prints one row per VM with its columns, -q the
+// names, --json the full views.
+func TestVMLsTable(t *testing.T) {
+	b := newTestBackend(t)
+	b.vms["dev"] = api.VMView{VMRecord: model.VMRecord{Name: "dev", State: model.VMStateRunning, CreatedAt: model.Now(),
+		Spec:    model.VMSpec{VCPUCount: 2, MemoryMiB: 1024, WorkDiskSizeBytes: 8 << 30, NATEnabled: true},
+		Runtime: model.VMRuntime{GuestIP: "172.16.0.7", VMDir: "/var/lib/banger/vms/x"}}, ImageName: "debian"}
+	a := serveBackend(t, b)
+	run := func(args ...string) string {
+		t.Helper()
+		var out bytes.Buffer
+		a.Stdout = &out
+		a.client = nil
+		if rc := a.Run(context.Background(), args); rc != 0 {
+			t.Fatalf("%v: exit %d", args, rc)
+		}
+		return out.String()
+	}
+	table := run("vm", "ls")
+	if f := strings.Fields(strings.Split(table, "\n")[1]); len(f) < 9 || f[0] != "dev" || f[1] != "running" || f[2] != "debian" || f[3] != "172.16.0.7" || f[4] != "2" || f[7] != "yes" {
+		t.Errorf("vm ls:\n%s", table)
+	}
+	if q := run("vm", "ls", "-q"); q != "dev\n" {
+		t.Errorf("vm ls -q: %q", q)
+	}
+	if j := run("vm", "ls", "--json"); !strings.Contains(j, `"vm_dir": "/var/lib/banger/vms/x"`) {
+		t.Errorf("vm ls --json lost the full view:\n%s", j)
+	}
+}
