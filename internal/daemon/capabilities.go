@@ -71,9 +71,7 @@ func (c natCapability) start(ctx context.Context, vm model.VMRecord, h vmHandles
 	if tap == "" {
 		return fmt.Errorf("nat: vm %s has no tap", vm.Name)
 	}
-	if err := c.net.EnsureIPForward(ctx); err != nil {
-		return err
-	}
+	// EnableNAT turns IP forwarding on as well.
 	return c.net.EnableNAT(ctx, network.NAT{VMID: vm.ID, GuestIP: vm.Runtime.GuestIP, Tap: tap})
 }
 

@@ -439,14 +439,27 @@ sysctl net.ipv4.ip_forward=0
 func TestFailedStartUndoesEverything(t *testing.T) {
 	e := newTestDaemon(t, true)
 	e.create(t, "bad", true)
-	e.d.boot = fakeBooter{vmms: e.vmms, fail: errors.New("vmm exploded")}
+	e.d.boot = fakeBooter{vmms: e.vmms, fail: errors.New("vmm exploded"), failAt: "configure"}
 	_, err := e.d.StartVM(e.ctx, "bad", api.NoProgress)
 	if err == nil || !strings.Contains(err.Error(), "vmm exploded") {
 		t.Fatalf("start error %v", err)
 	}
-	// Only ip_forward (a host setting, not a leak) differs from idle: the
-	// undone start gave its tap back before any refill.
+	// Only ip_forward (a host setting, not a leak) differs from idle:
+	// the failure came after the VMM launch and the capabilities, both
+	// undone, and the undone start gave its tap back before any refill.
 	want(t, "after failed start", e.hostState(), strings.Replace(idleHost, "ip_forward=0", "ip_forward=1", 1))
+	e.vmms.mu.Lock()
+	if len(e.vmms.proc) == 0 {
+		t.Error("the failed start launched no vmm; it failed at configure")
+	}
+	for pid, v := range e.vmms.proc {
+		select {
+		case <-v.exited:
+		default:
+			t.Errorf("fake vmm %d still runs after the failed start", pid)
+		}
+	}
+	e.vmms.mu.Unlock()
 	vm := e.vm(t, "bad")
 	if vm.State != model.VMStateError || !strings.Contains(vm.Runtime.LastError, "vmm exploded") || vm.Runtime.TapDevice != "" {
 		t.Errorf("after failed start: state %s error %q tap %q", vm.State, vm.Runtime.LastError, vm.Runtime.TapDevice)
@@ -458,6 +471,34 @@ func TestFailedStartUndoesEverything(t *testing.T) {
 	}
 	if vm := e.vm(t, "bad"); vm.State != model.VMStateRunning || vm.Runtime.LastError != "" {
 		t.Errorf("restart after failure: %s %q", vm.State, vm.Runtime.LastError)
+	}
+}
+
+// TestFailedCapabilityUndoesAll makes NAT fail while the filter starts
+// beside it: the start fails with NAT's error, and the filter, the VMM
+// and the tap are all undone.
+func TestFailedCapabilityUndoesAll(t *testing.T) {
+	e := newTestDaemon(t, true)
+	e.create(t, "bad", true)
+	// A failure is retried once after a listing; both attempts fail.
+	e.os.Fail["iptables-restore"] = "iptables-restore: line 2 failed"
+	e.os.Fail["iptables-restore -w"] = "iptables-restore: line 2 failed"
+	_, err := e.d.StartVM(e.ctx, "bad", api.NoProgress)
+	if err == nil || !strings.Contains(err.Error(), "nat: ") || !strings.Contains(err.Error(), "line 2 failed") {
+		t.Fatalf("start error %v", err)
+	}
+	want(t, "after the failed capability", e.hostState(), strings.Replace(idleHost, "ip_forward=0", "ip_forward=1", 1))
+	e.vmms.mu.Lock()
+	for pid, v := range e.vmms.proc {
+		select {
+		case <-v.exited:
+		default:
+			t.Errorf("fake vmm %d still runs after the failed start", pid)
+		}
+	}
+	e.vmms.mu.Unlock()
+	if _, err := e.d.StartVM(e.ctx, "bad", api.NoProgress); err != nil {
+		t.Fatalf("start once iptables works: %v", err)
 	}
 }
 
@@ -480,14 +521,15 @@ func TestNATCleanupFallsBackToRuntimeTapDevice(t *testing.T) {
 	if err := nat.cleanup(e.ctx, vm, vmHandles{}); err != nil {
 		t.Fatal(err)
 	}
-	deletes := 0
+	// The three rules go in one iptables-restore transaction.
+	restores := 0
 	for _, c := range e.os.Runner().Calls() {
-		if strings.Contains(c, " -D ") && strings.Contains(c, "tap=bgtap0") {
-			deletes++
+		if strings.HasPrefix(c, "iptables-restore ") {
+			restores++
 		}
 	}
-	if deletes != 3 {
-		t.Errorf("cleanup deleted %d tagged rules through the runner; want 3\n%s", deletes, strings.Join(e.os.Runner().Calls(), "\n"))
+	if restores != 1 {
+		t.Errorf("cleanup ran %d iptables-restore; want 1\n%s", restores, strings.Join(e.os.Runner().Calls(), "\n"))
 	}
 	if strings.Contains(e.hostState(), "\nrule ") {
 		t.Errorf("rules left:\n%s", e.hostState())

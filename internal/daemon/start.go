@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
@@ -89,8 +90,11 @@ func (d *Daemon) startSteps() []step[startRun] {
 		{Name: "start:host-key", Do: d.startHostKey},
 		{Name: "start:tap-acquired", Do: d.startTap, Undo: d.undoTap},
 		{Name: "start:tap-recorded", Do: d.startRecordTap},
-		{Name: "start:capabilities", Do: d.startCapabilities, Undo: d.undoCapabilities},
+		// The VMM is launched before the capabilities so that it starts
+		// up (its API socket) while the filter and NAT rules are made;
+		// the guest still runs only at InstanceStart, after both.
 		{Name: "start:vmm-launched", Do: d.startLaunch, Undo: d.undoLaunch},
+		{Name: "start:capabilities", Do: d.startCapabilities, Undo: d.undoCapabilities},
 		{Name: "start:configured", Do: func(ctx context.Context, s *startRun) error { return d.boot.configure(ctx, s) }},
 		{Name: "start:instance-started", Do: func(ctx context.Context, s *startRun) error { return d.boot.instanceStart(ctx, s) }},
 		{Name: "start:guest-ready", Do: func(ctx context.Context, s *startRun) error { return d.boot.waitReady(ctx, s) }},
@@ -272,19 +276,35 @@ func (d *Daemon) startRecordTap(ctx context.Context, s *startRun) error {
 }
 
 // startCapabilities runs each capability's start hook (NAT rules, DNS
-// record, ...); on failure the ones started are cleaned up.
+// record, ...); on failure every one is cleaned up. The hooks are
+// independent of each other (each has its own host objects and lock), so
+// they run at once: the filter's nft and NAT's iptables-restore, a
+// process each, side by side. The guest runs only after all are done.
 func (d *Daemon) startCapabilities(ctx context.Context, s *startRun) error {
+	errs := make([]error, len(d.caps))
+	var wg sync.WaitGroup
 	for i, c := range d.caps {
-		if err := c.start(ctx, s.vm, s.h); err != nil {
-			for j := i; j >= 0; j-- {
-				if cerr := d.caps[j].cleanup(context.WithoutCancel(ctx), s.vm, s.h); cerr != nil {
-					s.log.Warn("undo: capability cleanup", "cap", d.caps[j].name(), "err", cerr)
-				}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := c.start(ctx, s.vm, s.h); err != nil {
+				errs[i] = fmt.Errorf("%s: %w", c.name(), err)
 			}
-			return fmt.Errorf("%s: %w", c.name(), err)
+		}()
+	}
+	wg.Wait()
+	err := errors.Join(errs...)
+	if err == nil {
+		return nil
+	}
+	// Cleanup removes what is gone without error: every capability is
+	// cleaned, whether its start succeeded or not.
+	for j := len(d.caps) - 1; j >= 0; j-- {
+		if cerr := d.caps[j].cleanup(context.WithoutCancel(ctx), s.vm, s.h); cerr != nil {
+			s.log.Warn("undo: capability cleanup", "cap", d.caps[j].name(), "err", cerr)
 		}
 	}
-	return nil
+	return err
 }
 
 func (d *Daemon) undoCapabilities(ctx context.Context, s *startRun) {

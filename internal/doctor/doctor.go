@@ -248,6 +248,9 @@ func (c *checker) iptables(ctx context.Context) api.DoctorCheck {
 	if _, err := hostexec.LookPath("iptables"); err != nil {
 		return fail(name, "iptables not found: NAT for VMs cannot work", "apt-get install iptables")
 	}
+	if _, err := hostexec.LookPath("iptables-restore"); err != nil {
+		return fail(name, "iptables-restore not found: a VM's NAT rules are applied with it", "apt-get install iptables")
+	}
 	if _, err := c.runner.Run(ctx, "iptables", "-t", "nat", "-S", "POSTROUTING"); err != nil {
 		return fail(name, fmt.Sprintf("iptables does not work: %v", err), "load the nf_tables or ip_tables modules")
 	}

@@ -207,10 +207,16 @@ func (p *Process) WaitAPI(ctx context.Context, sock string) error {
 	return WaitAPI(ctx, sock)
 }
 
+// apiPollInterval is the pause between two looks for a starting VMM's
+// API socket. A look is a stat (and a GET once the socket exists), some
+// microseconds, so the poll is tight: the socket is seen within a
+// millisecond of its listen.
+const apiPollInterval = time.Millisecond
+
 // WaitAPI polls the API socket at sock until GET / answers, or ctx ends.
 func WaitAPI(ctx context.Context, sock string) error {
 	c := NewClient(sock)
-	tick := time.NewTicker(5 * time.Millisecond)
+	tick := time.NewTicker(apiPollInterval)
 	defer tick.Stop()
 	var last error
 	for {

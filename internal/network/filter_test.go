@@ -374,3 +374,69 @@ func TestFilterOnFakeHost(t *testing.T) {
 		t.Errorf("hostile id: %v", err)
 	}
 }
+
+// TestFilterStateKept checks that the tables are listed once and then
+// kept: a start's EnableFilter and a stop's DisableFilter each run one
+// `nft -f -`, and the host ends as it would with a listing before each
+// change. A copy made stale behind banger's back costs a listing and a
+// retry, never a wrong filter.
+func TestFilterStateKept(t *testing.T) {
+	ctx := context.Background()
+	o := fakeos.New()
+	m := newTestManager(t, o, 0)
+	must(t, m.EnsureFilter(ctx))
+	f1 := Filter{VMID: "111111111111aaaa", Tap: "bgtap0", GuestIP: "172.16.0.2", GuestMAC: "06:00:ac:10:00:02"}
+	f2 := Filter{VMID: "222222222222bbbb", Tap: "bgtap1", GuestIP: "172.16.0.3", GuestMAC: "06:00:ac:10:00:03", Egress: model.EgressPolicy{Mode: model.EgressNone}}
+	must(t, m.EnableFilter(ctx, f1)) // lists: nothing is known yet
+	o.Runner().Reset()
+	must(t, m.EnableFilter(ctx, f2))
+	must(t, m.DisableFilter(ctx, f1.VMID))
+	// f2 moves to f1's old tap and IP: the copy knows no element is left
+	// on them, and the change is made from it.
+	f2.Tap, f2.GuestIP = f1.Tap, f1.GuestIP
+	must(t, m.EnableFilter(ctx, f2))
+	want := []string{"nft -f -", "nft -f -", "nft -f -"}
+	if got := o.Runner().Calls(); !slices.Equal(got, want) {
+		t.Errorf("commands with the state kept:\n%q\nwant %q", got, want)
+	}
+	kept := o.String()
+
+	// The same changes, each after a listing, leave the same host.
+	o2 := fakeos.New()
+	m2 := newTestManager(t, o2, 0)
+	must(t, m2.EnsureFilter(ctx))
+	for _, step := range []func() error{
+		func() error {
+			return m2.EnableFilter(ctx, Filter{VMID: "111111111111aaaa", Tap: "bgtap0", GuestIP: "172.16.0.2", GuestMAC: "06:00:ac:10:00:02"})
+		},
+		func() error {
+			return m2.EnableFilter(ctx, Filter{VMID: "222222222222bbbb", Tap: "bgtap1", GuestIP: "172.16.0.3", GuestMAC: "06:00:ac:10:00:03", Egress: f2.Egress})
+		},
+		func() error { return m2.DisableFilter(ctx, "111111111111aaaa") },
+		func() error { return m2.EnableFilter(ctx, f2) },
+	} {
+		m2.nft = nil
+		must(t, step())
+	}
+	if got := o2.String(); got != kept {
+		t.Errorf("host with the state kept:\n%s\nwith a listing before each change:\n%s", kept, got)
+	}
+
+	// Behind banger's back the VM's chain loses its rules and the ports
+	// map its element: the kept copy is stale, the first script fails,
+	// and the change is made again from a fresh listing.
+	delete(o.Nft["bridge banger"].Chains, "vm-222222222222")
+	o.Nft = map[string]*fakeos.NftTable{}
+	o.Runner().Reset()
+	must(t, m.EnableFilter(ctx, f2))
+	calls := o.Runner().Calls()
+	if len(calls) < 3 || calls[0] != "nft -f -" || calls[1] != "nft -j list tables" || calls[len(calls)-1] != "nft -f -" {
+		t.Errorf("commands after the tables vanished: %q", calls)
+	}
+	if infos, err := m.ListFilters(ctx); err != nil || len(infos) != 1 || infos[0].Partial || infos[0].Tap != "bgtap0" {
+		t.Errorf("filter after a stale copy: %+v %v", infos, err)
+	}
+	if _, ok, err := m.FilterStatus(ctx); err != nil || !ok {
+		t.Errorf("base after a stale copy: %v %v", ok, err)
+	}
+}

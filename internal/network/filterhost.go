@@ -63,6 +63,8 @@ func (m *Manager) listFilterState(ctx context.Context) (nftState, error) {
 func (m *Manager) EnsureFilter(ctx context.Context) error {
 	m.filterMu.Lock()
 	defer m.filterMu.Unlock()
+	// The base chains are rebuilt; the next change lists the tables.
+	m.nft = nil
 	if err := m.nftScript(ctx, baseScript(m.cfg)); err != nil {
 		return fmt.Errorf("base filter: %w", err)
 	}
@@ -71,8 +73,9 @@ func (m *Manager) EnsureFilter(ctx context.Context) error {
 
 // EnableFilter installs, or replaces, a VM's filter: anti-spoofing on its
 // tap and its egress policy. The change is atomic: the guest never runs
-// without a filter between the old and the new one. The base filter must
-// exist (EnsureFilter).
+// without a filter between the old and the new one. The base filter is
+// made first when its tables are missing. It lists nothing when the
+// Manager's copy of the tables is known (filterChange).
 func (m *Manager) EnableFilter(ctx context.Context, f Filter) error {
 	f, err := f.validate()
 	if err != nil {
@@ -80,22 +83,60 @@ func (m *Manager) EnableFilter(ctx context.Context, f Filter) error {
 	}
 	m.filterMu.Lock()
 	defer m.filterMu.Unlock()
-	st, err := m.listFilterState(ctx)
-	if err != nil {
-		return fmt.Errorf("enable filter for %s: %w", model.ShortID(f.VMID), err)
-	}
-	if !st.tables["bridge"] || !st.tables["inet"] {
-		if err := m.nftScript(ctx, baseScript(m.cfg)); err != nil {
-			return fmt.Errorf("enable filter for %s: base filter: %w", model.ShortID(f.VMID), err)
+	build := func(st nftState) string {
+		if !st.tables["bridge"] || !st.tables["inet"] {
+			// The base first, in the same transaction; per-VM objects
+			// the listing did not show cannot be in a missing table.
+			return baseScript(m.cfg) + enableScript(st, f, m.cfg.EgressLogGroup)
 		}
-		if st, err = m.listFilterState(ctx); err != nil {
-			return fmt.Errorf("enable filter for %s: %w", model.ShortID(f.VMID), err)
-		}
+		return enableScript(st, f, m.cfg.EgressLogGroup)
 	}
-	if err := m.nftScript(ctx, enableScript(st, f, m.cfg.EgressLogGroup)); err != nil {
+	update := func(st *nftState) {
+		if !st.tables["bridge"] || !st.tables["inet"] {
+			st.addBase()
+		}
+		st.enable(f, m.cfg.EgressLogGroup)
+	}
+	if err := m.filterChange(ctx, build, update); err != nil {
 		return fmt.Errorf("enable filter for %s: %w", model.ShortID(f.VMID), err)
 	}
 	return nil
+}
+
+// filterChange applies the script build makes from the tables' state and
+// then records the change in the Manager's copy with update. The copy
+// spares a start the three nft listings: banger's tables change only
+// through this Manager (under filterMu), and every full listing
+// (FilterStatus, RemoveOrphanFilters) refreshes it. A copy gone stale
+// behind banger's back (someone flushed the ruleset, deleted a chain)
+// makes the script fail; the tables are then listed and the script
+// built and applied once more, so a stale copy costs a retry, never a
+// wrong filter.
+func (m *Manager) filterChange(ctx context.Context, build func(nftState) string, update func(*nftState)) error {
+	fresh := false
+	if m.nft == nil {
+		st, err := m.listFilterState(ctx)
+		if err != nil {
+			return err
+		}
+		m.nft, fresh = &st, true
+	}
+	for {
+		err := m.nftScript(ctx, build(*m.nft))
+		if err == nil {
+			update(m.nft)
+			return nil
+		}
+		m.nft = nil
+		if fresh {
+			return err
+		}
+		st, lerr := m.listFilterState(ctx)
+		if lerr != nil {
+			return errors.Join(err, lerr)
+		}
+		m.nft, fresh = &st, true
+	}
 }
 
 // DisableFilter removes every object of a VM's filter (full or short ID).
@@ -107,11 +148,9 @@ func (m *Manager) DisableFilter(ctx context.Context, vmID string) error {
 	short := model.ShortID(vmID)
 	m.filterMu.Lock()
 	defer m.filterMu.Unlock()
-	st, err := m.listFilterState(ctx)
-	if err != nil {
-		return fmt.Errorf("disable filter for %s: %w", short, err)
-	}
-	if err := m.nftScript(ctx, removeScript(st, short)); err != nil {
+	build := func(st nftState) string { return removeScript(st, short) }
+	update := func(st *nftState) { st.remove(short, true) }
+	if err := m.filterChange(ctx, build, update); err != nil {
 		return fmt.Errorf("disable filter for %s: %w", short, err)
 	}
 	return nil
@@ -131,8 +170,10 @@ func (m *Manager) FilterStatus(ctx context.Context) (vms []FilterInfo, baseOK bo
 	defer m.filterMu.Unlock()
 	st, err := m.listFilterState(ctx)
 	if err != nil {
+		m.nft = nil
 		return nil, false, fmt.Errorf("list filters: %w", err)
 	}
+	m.nft = &st
 	return filterInfos(st), baseWhole(st), nil
 }
 
@@ -145,6 +186,7 @@ func (m *Manager) RemoveOrphanFilters(ctx context.Context, keep []string) ([]str
 	}
 	m.filterMu.Lock()
 	defer m.filterMu.Unlock()
+	m.nft = nil
 	st, err := m.listFilterState(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("remove orphan filters: %w", err)
@@ -161,6 +203,10 @@ func (m *Manager) RemoveOrphanFilters(ctx context.Context, keep []string) ([]str
 	if err := m.nftScript(ctx, s.String()); err != nil {
 		return nil, fmt.Errorf("remove orphan filters: %w", err)
 	}
+	for _, short := range removed {
+		st.remove(short, true)
+	}
+	m.nft = &st
 	for _, short := range removed {
 		m.log.Info("removed orphan filter", "vm", short)
 	}

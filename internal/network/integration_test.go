@@ -357,3 +357,42 @@ func newID(t *testing.T) string {
 	must(t, err)
 	return id
 }
+
+// TestIntegrationNetlinkLink checks that the netlink reader reports a
+// link as `ip -j -d addr show dev` does: a bridge with its address, a
+// tap enslaved and isolated, a veth, a name nobody has.
+func TestIntegrationNetlinkLink(t *testing.T) {
+	testutil.RequireRoot(t)
+	testutil.RequireTools(t, "ip")
+	ns := newNetns(t, "nl")
+	for _, c := range []string{
+		"ip link add br-nl type bridge", "ip addr add 172.30.9.1/24 dev br-nl", "ip link set br-nl up",
+		"ip tuntap add dev bgtap0 mode tap", "ip link set dev bgtap0 master br-nl up",
+		"ip link set dev bgtap0 type bridge_slave isolated on",
+		"ip tuntap add dev bgtap1 mode tap",
+		"ip link add ve-a type veth peer name ve-b",
+	} {
+		nsRun(t, ns, c)
+	}
+	m, err := New(Config{BridgeName: "br-nl", BridgeIP: "172.30.9.1", CIDR: "24"}, nsRunner{ns}, nil)
+	must(t, err)
+	ctx := context.Background()
+	for _, name := range []string{"br-nl", "bgtap0", "bgtap1", "ve-a", "nosuch0"} {
+		want, wok, err := m.readLinkIP(ctx, name)
+		must(t, err)
+		var got link
+		var gok bool
+		err = inNetns(ns, func() error {
+			var err error
+			got, gok, err = netlinkLink(ctx, name)
+			return err
+		})
+		must(t, err)
+		if gok != wok || fmt.Sprintf("%+v", got) != fmt.Sprintf("%+v", want) {
+			t.Errorf("%s: netlink %+v (%v), ip %+v (%v)", name, got, gok, want, wok)
+		}
+		if name == "bgtap0" && (got.Kind != "tap" || got.Master != "br-nl" || !got.Isolated || !got.Up) {
+			t.Errorf("bgtap0 read as %+v; want an isolated tap port of br-nl, up", got)
+		}
+	}
+}

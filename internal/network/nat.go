@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strings"
 
+	"banger/internal/hostexec"
 	"banger/internal/model"
 )
 
@@ -124,70 +125,122 @@ func (n NAT) validate() error {
 
 // EnableNAT adds a VM's NAT rules and turns on IP forwarding. Rules that
 // already exist are left alone, so enabling twice is harmless and
-// enabling a partial set completes it.
+// enabling a partial set completes it. The missing rules go in with one
+// iptables-restore; what exists is known from the Manager's copy of the
+// tagged rules (natChange).
 func (m *Manager) EnableNAT(ctx context.Context, n NAT) error {
 	if err := n.validate(); err != nil {
 		return err
 	}
 	m.natMu.Lock()
 	defer m.natMu.Unlock()
-	if err := m.EnsureIPForward(ctx); err != nil {
-		return fmt.Errorf("enable nat for %s: %w", model.ShortID(n.VMID), err)
-	}
-	for _, r := range natRules(n, m.cfg.BridgeName) {
-		if _, err := m.iptables(ctx, checkRuleArgv(r)...); err == nil {
-			continue
-		}
-		if _, err := m.iptables(ctx, insertRuleArgv(r)...); err != nil {
+	if !m.forwardOn {
+		if err := m.EnsureIPForward(ctx); err != nil {
 			return fmt.Errorf("enable nat for %s: %w", model.ShortID(n.VMID), err)
 		}
+		m.forwardOn = true
+	}
+	plan := func(have []taggedRule) []ruleOp {
+		var ops []ruleOp
+		for _, r := range natRules(n, m.cfg.BridgeName) {
+			if !slices.ContainsFunc(have, func(tr taggedRule) bool { return tr.rule.equal(r) }) {
+				ops = append(ops, ruleOp{Insert: true, Rule: r})
+			}
+		}
+		return ops
+	}
+	if err := m.natChange(ctx, plan); err != nil {
+		return fmt.Errorf("enable nat for %s: %w", model.ShortID(n.VMID), err)
 	}
 	return nil
 }
 
 // DisableNAT removes every rule tagged with the VM's tag (its short ID,
-// tap and guest IP), whatever bridge it names. Rules that are already
-// gone are not an error.
+// tap and guest IP), whatever bridge it names, in one iptables-restore.
+// Rules that are already gone are not an error.
 func (m *Manager) DisableNAT(ctx context.Context, n NAT) error {
 	if err := n.validate(); err != nil {
 		return err
 	}
 	m.natMu.Lock()
 	defer m.natMu.Unlock()
-	rules, err := m.taggedRules(ctx)
-	if err != nil {
-		return fmt.Errorf("disable nat for %s: %w", model.ShortID(n.VMID), err)
-	}
 	tag := natTag(n)
-	var errs []error
-	for _, tr := range rules {
-		if tr.tag == tag {
-			if _, err := m.iptables(ctx, deleteRuleArgv(tr.rule)...); err != nil {
-				errs = append(errs, err)
+	plan := func(have []taggedRule) []ruleOp {
+		var ops []ruleOp
+		for _, tr := range have {
+			if tr.tag == tag {
+				ops = append(ops, ruleOp{Rule: tr.rule})
 			}
 		}
+		return ops
 	}
-	if err := errors.Join(errs...); err != nil {
+	if err := m.natChange(ctx, plan); err != nil {
 		return fmt.Errorf("disable nat for %s: %w", model.ShortID(n.VMID), err)
 	}
 	return nil
 }
 
+// natChange applies the rule changes plan makes from the tagged rules in
+// one iptables-restore transaction, and records them in the Manager's
+// copy. The copy spares a start the listing of two chains and a check
+// per rule: banger's rules change only through this Manager (under
+// natMu), and every listing (ListNAT, RemoveOrphanRules) refreshes it.
+// A copy gone stale behind banger's back makes the transaction fail
+// (a rule to delete is gone) or, for a rule deleted by hand, leaves it
+// missing until the next reconcile lists the rules and restores it; a
+// failure lists the rules and plans once more.
+func (m *Manager) natChange(ctx context.Context, plan func([]taggedRule) []ruleOp) error {
+	fresh := false
+	if m.natRules == nil {
+		rules, err := m.taggedRules(ctx)
+		if err != nil {
+			return err
+		}
+		m.natRules, fresh = rules, true
+	}
+	for {
+		ops := plan(m.natRules)
+		if len(ops) == 0 {
+			return nil
+		}
+		err := m.iptablesRestore(ctx, restoreScript(ops))
+		if err == nil {
+			m.natRules = applyRuleOps(m.natRules, ops)
+			return nil
+		}
+		m.natRules = nil
+		if fresh {
+			return err
+		}
+		rules, lerr := m.taggedRules(ctx)
+		if lerr != nil {
+			return errors.Join(err, lerr)
+		}
+		m.natRules, fresh = rules, true
+	}
+}
+
 // ListNAT returns the VMs that have banger-tagged rules, one entry per
-// tag, sorted by VM and tap. VMID is the short ID the rules carry.
+// tag, sorted by VM and tap. VMID is the short ID the rules carry. The
+// listing refreshes the Manager's copy of the rules, and the next
+// EnableNAT checks IP forwarding again.
 func (m *Manager) ListNAT(ctx context.Context) ([]NAT, error) {
 	m.natMu.Lock()
 	defer m.natMu.Unlock()
+	m.forwardOn = false
+	m.natRules = nil
 	rules, err := m.taggedRules(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("list nat: %w", err)
 	}
+	m.natRules = rules
 	return m.groupNAT(rules), nil
 }
 
 // RemoveOrphanRules deletes the tagged rules of every VM not in keep
-// (full or short IDs) and returns what it removed. Rules whose comment
-// starts with "banger:" but has no vm field are left alone.
+// (full or short IDs) in one iptables-restore and returns what it
+// removed. Rules whose comment starts with "banger:" but has no vm field
+// are left alone.
 func (m *Manager) RemoveOrphanRules(ctx context.Context, keep []string) ([]NAT, error) {
 	kept := map[string]bool{}
 	for _, id := range keep {
@@ -195,30 +248,100 @@ func (m *Manager) RemoveOrphanRules(ctx context.Context, keep []string) ([]NAT, 
 	}
 	m.natMu.Lock()
 	defer m.natMu.Unlock()
+	m.natRules = nil
 	rules, err := m.taggedRules(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("remove orphan rules: %w", err)
 	}
 	var orphans []taggedRule
-	var errs []error
+	var ops []ruleOp
 	for _, tr := range rules {
-		if kept[tr.nat.VMID] {
-			continue
+		if !kept[tr.nat.VMID] {
+			orphans = append(orphans, tr)
+			ops = append(ops, ruleOp{Rule: tr.rule})
 		}
-		if _, err := m.iptables(ctx, deleteRuleArgv(tr.rule)...); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		orphans = append(orphans, tr)
 	}
+	if len(ops) > 0 {
+		if err := m.iptablesRestore(ctx, restoreScript(ops)); err != nil {
+			return nil, fmt.Errorf("remove orphan rules: %w", err)
+		}
+	}
+	m.natRules = applyRuleOps(rules, ops)
 	removed := m.groupNAT(orphans)
 	for _, n := range removed {
 		m.log.Info("removed orphan nat rules", "vm", n.VMID, "tap", n.Tap, "guest_ip", n.GuestIP)
 	}
-	if err := errors.Join(errs...); err != nil {
-		return removed, fmt.Errorf("remove orphan rules: %w", err)
-	}
 	return removed, nil
+}
+
+// ruleOp is one change of an iptables-restore transaction: a rule
+// inserted at the top of its chain, or deleted.
+type ruleOp struct {
+	Insert bool
+	Rule   rule
+}
+
+// restoreScript is the input of `iptables-restore --noflush` for ops:
+// one block per table, in the order the tables first appear, each rule
+// in the order given (so inserts at the top end in reverse order, as
+// with one `iptables -I CHAIN 1` each). Rule words never need quoting:
+// validate and natTag keep them to letters, digits and ".:=/-!".
+func restoreScript(ops []ruleOp) string {
+	var tables []string
+	byTable := map[string][]string{}
+	for _, op := range ops {
+		r := op.Rule
+		if _, ok := byTable[r.Table]; !ok {
+			tables = append(tables, r.Table)
+		}
+		line := append([]string{"-D", r.Chain}, r.Spec...)
+		if op.Insert {
+			line = append([]string{"-I", r.Chain, "1"}, r.Spec...)
+		}
+		byTable[r.Table] = append(byTable[r.Table], strings.Join(line, " "))
+	}
+	var b strings.Builder
+	for _, t := range tables {
+		b.WriteString("*" + t + "\n")
+		for _, l := range byTable[t] {
+			b.WriteString(l + "\n")
+		}
+		b.WriteString("COMMIT\n")
+	}
+	return b.String()
+}
+
+// applyRuleOps returns the tagged rules after ops.
+func applyRuleOps(rules []taggedRule, ops []ruleOp) []taggedRule {
+	out := slices.Clone(rules)
+	if out == nil {
+		out = []taggedRule{}
+	}
+	for _, op := range ops {
+		if op.Insert {
+			tag := ruleComment(op.Rule.Spec)
+			n, _ := parseTag(tag)
+			out = append(out, taggedRule{rule: op.Rule, tag: tag, nat: n})
+			continue
+		}
+		if i := slices.IndexFunc(out, func(tr taggedRule) bool { return tr.rule.equal(op.Rule) }); i >= 0 {
+			out = slices.Delete(out, i, i+1)
+		}
+	}
+	return out
+}
+
+// iptablesRestore applies a restore script as one transaction, keeping
+// every rule it does not name (--noflush).
+func (m *Manager) iptablesRestore(ctx context.Context, text string) error {
+	sr, ok := m.run.(hostexec.StdinRunner)
+	if !ok {
+		return errors.New("iptables-restore: the runner cannot feed standard input")
+	}
+	if _, err := sr.RunStdin(ctx, strings.NewReader(text), "iptables-restore", "-w", "--noflush"); err != nil {
+		return err
+	}
+	return nil
 }
 
 // EnsureIPForward turns on net.ipv4.ip_forward unless it already is.
@@ -247,7 +370,7 @@ type taggedRule struct {
 // taggedRules lists the rules in banger's chains whose comment is a
 // banger tag.
 func (m *Manager) taggedRules(ctx context.Context) ([]taggedRule, error) {
-	var found []taggedRule
+	found := []taggedRule{}
 	for _, c := range natChains {
 		out, err := m.iptables(ctx, listRulesArgv(c.Table, c.Chain)...)
 		if err != nil {

@@ -3,6 +3,7 @@ package network
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
@@ -43,18 +44,20 @@ func TestNATEnableDisable(t *testing.T) {
 	o.Runner().Reset()
 	must(t, m.EnableNAT(ctx, n1))
 	wantState(t, o, fwd+docker+post+"sysctl net.ipv4.ip_forward=1\n")
-	for _, c := range o.Runner().Calls() {
-		if strings.Contains(c, " -I ") || strings.Contains(c, "sysctl -w") {
-			t.Errorf("second EnableNAT ran %q", c)
-		}
+	if c := o.Runner().Calls(); len(c) != 0 {
+		t.Errorf("second EnableNAT ran %q; want nothing (the rules are known)", c)
 	}
 
 	// Disabling needs the tap the rules were made with: another tap
 	// matches nothing.
 	must(t, m.DisableNAT(ctx, NAT{VMID: vm1, GuestIP: "172.16.0.2", Tap: "bgtap7"}))
 	wantState(t, o, fwd+docker+post+"sysctl net.ipv4.ip_forward=1\n")
+	o.Runner().Reset()
 	must(t, m.DisableNAT(ctx, n1))
 	wantState(t, o, docker+"sysctl net.ipv4.ip_forward=1\n")
+	if c := o.Runner().Calls(); len(c) != 1 || c[0] != "iptables-restore -w --noflush" {
+		t.Errorf("DisableNAT ran %q; want one iptables-restore", c)
+	}
 	// Disabling what is gone is not an error.
 	must(t, m.DisableNAT(ctx, n1))
 	wantState(t, o, docker+"sysctl net.ipv4.ip_forward=1\n")
@@ -156,25 +159,71 @@ func TestNATCommandFailure(t *testing.T) {
 	ctx := context.Background()
 	o := fakeos.New()
 	m := newTestManager(t, o, 0)
-	o.Fail["iptables -w -t filter -I FORWARD"] = "iptables: Resource temporarily unavailable."
+	o.Fail["iptables-restore"] = "iptables-restore: line 3 failed"
 	n := NAT{VMID: vm1, GuestIP: "172.16.0.2", Tap: "bgtap0"}
-	if err := m.EnableNAT(ctx, n); err == nil || !strings.Contains(err.Error(), "Resource temporarily unavailable") {
-		t.Errorf("EnableNAT = %v, want the iptables failure", err)
+	if err := m.EnableNAT(ctx, n); err == nil || !strings.Contains(err.Error(), "line 3 failed") {
+		t.Errorf("EnableNAT = %v, want the iptables-restore failure", err)
 	}
-	// A retry completes what the failed call left half done.
+	// The transaction left nothing half done; a retry makes the set.
+	wantState(t, o, "sysctl net.ipv4.ip_forward=1\n")
 	must(t, m.EnableNAT(ctx, n))
 	list, err := m.ListNAT(ctx)
 	must(t, err)
 	if len(list) != 1 || list[0].Partial {
 		t.Errorf("ListNAT = %+v, want one complete set", list)
 	}
-	o.Fail["iptables -w -t nat -S"] = "iptables: broken"
+	before := o.String()
+	// A failure lists the rules and tries once more: one failure is
+	// survived, a second is returned.
+	o.Fail["iptables-restore"] = "iptables-restore: line 2 failed"
+	o.Fail["iptables-restore -w"] = "iptables-restore: line 2 failed"
 	if err := m.DisableNAT(ctx, n); err == nil {
+		t.Error("DisableNAT with a failing iptables-restore: want error")
+	}
+	wantState(t, o, before)
+	// A Manager that knows no rules yet lists them first.
+	m2 := newTestManager(t, o, 0)
+	o.Fail["iptables -w -t nat -S"] = "iptables: broken"
+	if err := m2.DisableNAT(ctx, n); err == nil {
 		t.Error("DisableNAT with a failing list: want error")
 	}
+	must(t, m2.DisableNAT(ctx, n))
+	wantState(t, o, "sysctl net.ipv4.ip_forward=1\n")
 	o.Fail["sysctl -w"] = "sysctl: permission denied"
 	o.Sysctl["net.ipv4.ip_forward"] = "0"
 	if err := m.EnsureIPForward(ctx); err == nil {
 		t.Error("EnsureIPForward with a failing sysctl: want error")
+	}
+}
+
+// TestNATStaleCopy checks a copy of the rules made stale behind banger's
+// back: a rule deleted by hand makes the delete transaction fail, and
+// the rules are listed and the change planned once more.
+func TestNATStaleCopy(t *testing.T) {
+	ctx := context.Background()
+	o := fakeos.New()
+	m := newTestManager(t, o, 0)
+	n1 := NAT{VMID: vm1, GuestIP: "172.16.0.2", Tap: "bgtap0"}
+	must(t, m.EnableNAT(ctx, n1))
+	o.Rules["nat/POSTROUTING"] = nil
+	o.Runner().Reset()
+	must(t, m.DisableNAT(ctx, n1))
+	wantState(t, o, "sysctl net.ipv4.ip_forward=1\n")
+	want := []string{"iptables-restore -w --noflush", "iptables -w -t filter -S FORWARD", "iptables -w -t nat -S POSTROUTING", "iptables-restore -w --noflush"}
+	if got := o.Runner().Calls(); !slices.Equal(got, want) {
+		t.Errorf("commands:\n%q\nwant %q", got, want)
+	}
+}
+
+func TestRestoreScript(t *testing.T) {
+	n := NAT{VMID: vm1, GuestIP: "172.16.0.2", Tap: "bgtap0"}
+	rs := natRules(n, "br-fc")
+	got := restoreScript([]ruleOp{{Insert: true, Rule: rs[0]}, {Insert: true, Rule: rs[1]}, {Rule: rs[2]}})
+	tag := "banger:vm=111111111111:tap=bgtap0:ip=172.16.0.2"
+	want := "*nat\n-I POSTROUTING 1 -s 172.16.0.2/32 ! -o br-fc -m comment --comment " + tag + " -j MASQUERADE\nCOMMIT\n" +
+		"*filter\n-I FORWARD 1 -d 172.16.0.2/32 -o br-fc -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment " + tag + " -j ACCEPT\n" +
+		"-D FORWARD -s 172.16.0.2/32 -i br-fc -m comment --comment " + tag + " -j ACCEPT\nCOMMIT\n"
+	if got != want {
+		t.Errorf("restoreScript:\n%s\nwant:\n%s", got, want)
 	}
 }

@@ -110,9 +110,20 @@ type Manager struct {
 	// natMu serialises rule changes so a check-then-insert is not raced
 	// by another VM's.
 	natMu sync.Mutex
+	// natRules are banger's tagged rules as last listed and changed
+	// since, nil when unknown (natChange); forwardOn says EnableNAT saw
+	// IP forwarding on since the last ListNAT. Guarded by natMu.
+	natRules  []taggedRule
+	forwardOn bool
 	// filterMu serialises nft changes so a list-then-change is not raced
 	// by another VM's.
 	filterMu sync.Mutex
+	// readLink reads one interface (netlink.go).
+	readLink linkReader
+
+	// nft is banger's tables as last listed and changed since, nil when
+	// unknown (filterChange). Guarded by filterMu.
+	nft *nftState
 }
 
 // New returns a Manager. It touches nothing on the host: call
@@ -125,13 +136,15 @@ func New(cfg Config, run hostexec.Runner, log *slog.Logger) (*Manager, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Manager{
+	m := &Manager{
 		cfg:   cfg,
 		run:   run,
 		log:   log,
 		free:  map[string]bool{},
 		inUse: map[string]bool{},
-	}, nil
+	}
+	m.readLink = m.readLinkIP
+	return m, nil
 }
 
 // Config returns the configuration with defaults filled in.

@@ -3,8 +3,11 @@ package network
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
+
+	"banger/internal/model"
 )
 
 // nftState is what `nft -j list table` shows of banger's two tables:
@@ -97,13 +100,7 @@ func parseNftState(st *nftState, out []byte) error {
 			st.counters[o.Counter.Family+"/"+o.Counter.Name] = o.Counter.Packets
 		}
 	}
-	sort.Slice(st.elems, func(i, j int) bool {
-		a, b := st.elems[i], st.elems[j]
-		if a.Family+a.Map != b.Family+b.Map {
-			return a.Family+a.Map < b.Family+b.Map
-		}
-		return a.Key < b.Key
-	})
+	sortElems(st.elems)
 	return nil
 }
 
@@ -211,4 +208,68 @@ func filterInfos(st nftState) []FilterInfo {
 
 func cutKey(key string) (family, name string, ok bool) {
 	return strings.Cut(key, "/")
+}
+
+// The methods below keep a Manager's copy of the tables in step with the
+// scripts it applied (filterChange): each does to the state what the
+// matching script did to the host.
+
+// addBase records baseScript: both tables, their maps, and the base
+// chains with their rules.
+func (st *nftState) addBase() {
+	st.tables["bridge"], st.tables["inet"] = true, true
+	st.sets["bridge/ports"], st.sets["inet/guests"] = true, true
+	st.chains["bridge/prerouting"] = 2
+	st.chains["inet/input"] = 1
+	st.chains["inet/forward"] = 3
+	st.chains["inet/guest-in"] = 4
+}
+
+// remove records removeVMObjects: the VM's map elements, chains and sets
+// go, and its counter too when counter is set.
+func (st *nftState) remove(short string, counter bool) {
+	ch := vmChain(short)
+	st.elems = slices.DeleteFunc(st.elems, func(e mapElem) bool { return e.Target == ch })
+	for _, fam := range []string{"bridge", "inet"} {
+		delete(st.chains, fam+"/"+ch)
+	}
+	for _, suf := range []string{allowSetSuffix, dnsSetSuffix, seenSetSuffix} {
+		delete(st.sets, "inet/"+ch+suf)
+	}
+	if counter {
+		delete(st.counters, "inet/"+ch+deniedSuffix)
+	}
+}
+
+// enable records enableScript for a validated filter.
+func (st *nftState) enable(f Filter, logGroup int) {
+	short := model.ShortID(f.VMID)
+	ch := vmChain(short)
+	st.remove(short, false)
+	st.elems = slices.DeleteFunc(st.elems, func(e mapElem) bool {
+		return (e.Family == "bridge" && e.Map == "ports" && e.Key == f.Tap) || (e.Family == "inet" && e.Map == "guests" && e.Key == f.GuestIP)
+	})
+	st.chains["bridge/"+ch] = len(bridgeRules(f))
+	st.chains["inet/"+ch] = len(egressRules(f, short, logGroup))
+	for _, suf := range []string{allowSetSuffix, dnsSetSuffix, seenSetSuffix} {
+		st.sets["inet/"+ch+suf] = true
+	}
+	if _, ok := st.counters["inet/"+ch+deniedSuffix]; !ok {
+		st.counters["inet/"+ch+deniedSuffix] = 0
+	}
+	st.elems = append(st.elems,
+		mapElem{Family: "bridge", Map: "ports", Key: f.Tap, Target: ch},
+		mapElem{Family: "inet", Map: "guests", Key: f.GuestIP, Target: ch})
+	sortElems(st.elems)
+}
+
+// sortElems orders map elements by map, then key, as a listing does.
+func sortElems(elems []mapElem) {
+	sort.Slice(elems, func(i, j int) bool {
+		a, b := elems[i], elems[j]
+		if a.Family+a.Map != b.Family+b.Map {
+			return a.Family+a.Map < b.Family+b.Map
+		}
+		return a.Key < b.Key
+	})
 }

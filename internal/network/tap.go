@@ -99,28 +99,33 @@ func (m *Manager) Pool() (free, inUse []string) {
 func (m *Manager) Acquire(ctx context.Context) (string, error) {
 	m.poolMu.Lock()
 	defer m.poolMu.Unlock()
-	links, err := m.listLinks(ctx)
-	if err != nil {
-		return "", fmt.Errorf("acquire tap: %w", err)
-	}
-	var free []string
+	// Only the tap handed out is read from the host, not every link: a
+	// start costs no listing while the pool has taps.
+	free := make([]string, 0, len(m.free))
 	for t := range m.free {
-		if l, ok := links[t]; ok && m.isOurTap(l) {
-			free = append(free, t)
-			continue
-		}
-		m.log.Warn("pooled tap vanished from the host", "tap", t)
-		delete(m.free, t)
+		free = append(free, t)
 	}
 	m.sortTaps(free)
-	if len(free) > 0 {
-		t := free[0]
-		if err := m.attach(ctx, links[t]); err != nil {
+	for _, t := range free {
+		l, ok, err := m.readLink(ctx, t)
+		if err != nil {
+			return "", fmt.Errorf("acquire tap: %w", err)
+		}
+		if !ok || !m.isOurTap(l) {
+			m.log.Warn("pooled tap vanished from the host", "tap", t)
+			delete(m.free, t)
+			continue
+		}
+		if err := m.attach(ctx, l); err != nil {
 			return "", fmt.Errorf("acquire tap: %w", err)
 		}
 		delete(m.free, t)
 		m.inUse[t] = true
 		return t, nil
+	}
+	links, err := m.listLinks(ctx)
+	if err != nil {
+		return "", fmt.Errorf("acquire tap: %w", err)
 	}
 	name, err := m.nextTapName(links)
 	if err != nil {

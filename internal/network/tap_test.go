@@ -254,6 +254,28 @@ func TestAcquireSkipsVanishedTap(t *testing.T) {
 	wantPool(t, m, "", "bgtap0,bgtap1")
 }
 
+// TestAcquireReadsOneTap checks that handing out a pooled tap reads
+// that tap only, through the Manager's link reader, and lists no links.
+func TestAcquireReadsOneTap(t *testing.T) {
+	ctx := context.Background()
+	o := fakeos.New()
+	m := newTestManager(t, o, 2)
+	must(t, m.EnsureBridge(ctx))
+	must(t, m.Sync(ctx, nil))
+	o.Runner().Reset()
+	acquire(t, m, "bgtap0")
+	if got, want := o.Runner().Calls(), []string{"ip -j -d addr show dev bgtap0"}; !slices.Equal(got, want) {
+		t.Errorf("Acquire ran %q; want %q", got, want)
+	}
+	// The reader is the seam: a reader that fails fails the Acquire and
+	// hands nothing out.
+	m.readLink = func(context.Context, string) (link, bool, error) { return link{}, false, fmt.Errorf("netlink: boom") }
+	if _, err := m.Acquire(ctx); err == nil || !strings.Contains(err.Error(), "boom") {
+		t.Errorf("Acquire with a failing reader = %v", err)
+	}
+	wantPool(t, m, "bgtap1", "bgtap0")
+}
+
 func TestTapPoolErrors(t *testing.T) {
 	ctx := context.Background()
 	o := fakeos.New()

@@ -43,6 +43,11 @@ func (e *QMPError) Error() string {
 	return fmt.Sprintf("qmp %s: %s: %s", e.Command, e.Class, e.Desc)
 }
 
+// qmpPollInterval is the pause between two connection attempts while
+// QEMU starts: an attempt is a failed connect, microseconds, so the poll
+// is tight and the socket is used within a millisecond of its listen.
+const qmpPollInterval = time.Millisecond
+
 // dialQMP connects to the QMP socket at path, retrying until it appears,
 // and negotiates capabilities. It gives up when ctx ends or gone closes
 // (QEMU exited).
@@ -60,7 +65,7 @@ func dialQMP(ctx context.Context, path string, gone <-chan struct{}) (*qmpConn, 
 			return nil, fmt.Errorf("connect qmp %s: %w (last: %v)", path, ctx.Err(), err)
 		case <-gone:
 			return nil, errors.New("connect qmp: qemu exited")
-		case <-time.After(5 * time.Millisecond):
+		case <-time.After(qmpPollInterval):
 		}
 	}
 	q := &qmpConn{conn: conn, r: bufio.NewReader(conn)}

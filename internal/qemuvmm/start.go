@@ -41,7 +41,19 @@ func (v *VMM) machineSpec(accel string, tscKHz uint64) (spec MachineSpec, copies
 	}
 	spec.RAMFD = addFile(v.ram)
 	bootFile := func(what string, in *inheritedFile) (string, error) {
-		m, err := copyForQEMU(filepath.Dir(v.cfg.APISock), "banger-vmm-"+what, in.f, in.size)
+		size, trim := in.size, false
+		if what == "kernel" && v.boot.kernelELF {
+			// Only the loaded part of a vmlinux (kernelcopy.go).
+			if end, ok := loadableELFEnd(in.f, in.size); ok {
+				size, trim = end, true
+			}
+		}
+		m, err := copyForQEMU(filepath.Dir(v.cfg.APISock), "banger-vmm-"+what, in.f, size)
+		if err == nil && trim {
+			if err = trimELF(m); err != nil {
+				m.Close()
+			}
+		}
 		if err != nil {
 			return "", faultf("Start microvm error: %s: %v", what, err)
 		}

@@ -14,6 +14,8 @@
 #   RUNS=n           boot n times, one after the other (default 1)
 #   TIMEOUT=s        give up on a boot after s seconds (default 180)
 #   ACCEL=tcg|kvm    QEMU accelerator (default tcg)
+#   VCPUS=n MEM=MiB  the guest's size (default 1 vCPU, 512 MiB)
+#   POLL=s           seconds between SSH attempts (default 0.05)
 #   EXTRA_APPEND=... more kernel parameters
 #   KEEP_CONSOLE=f   copy the last guest console log to f
 #   SHOW_BOOT=1      after the login, print systemd-analyze's view of the boot
@@ -30,6 +32,8 @@ key=${2:-}
 runs=${RUNS:-1}
 timeout=${TIMEOUT:-180}
 accel=${ACCEL:-tcg}
+vcpus=${VCPUS:-1}
+mem=${MEM:-512}
 
 for f in vmlinux rootfs.ext4 work-seed.ext4; do
 	[ -f "$image/$f" ] || { echo "no $image/$f" >&2; exit 1; }
@@ -80,14 +84,21 @@ for run in $(seq 1 "$runs"); do
 	cp --sparse=always "$image/work-seed.ext4" "$work/work.ext4"
 	start=$(now)
 	# Not through nsx: $! must be QEMU itself (ip netns exec execs it).
+	# The machine banger-vmm-qemu runs (qemuvmm.QEMUArgs): its sandbox,
+	# memfd guest memory, TCG cache cap, devices, cache modes and the
+	# kernel command line bangerd gives (firecracker.BootArgs).
+	accel_opt=$accel
+	[ "$accel" = tcg ] && accel_opt="tcg,tb-size=256"
 	ip netns exec "$ns" qemu-system-x86_64 \
-		-M microvm,acpi=on,pit=on,pic=on,rtc=on -device i8042 \
-		-accel "$accel" -cpu max -smp 1 -m 1024 \
-		-nodefaults -no-reboot -display none \
+		-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny \
+		-object memory-backend-memfd,id=ram0,size="$mem"M,share=on \
+		-M microvm,acpi=on,pit=on,pic=on,rtc=on,memory-backend=ram0 -accel "$accel_opt" \
+		-device i8042 -nodefaults -no-user-config -no-reboot -display none \
+		-smp "$vcpus" -m "$mem"M \
 		-kernel "$image/vmlinux" \
-		-append "console=ttyS0 reboot=k panic=1 root=/dev/vda rw ip=$guest::172.31.99.1:255.255.255.0:bench:eth0:off $append_tsc ${EXTRA_APPEND:-}" \
-		-drive id=root,file="$work/rootfs.ext4",format=raw,if=none -device virtio-blk-device,drive=root \
-		-drive id=work,file="$work/work.ext4",format=raw,if=none -device virtio-blk-device,drive=work \
+		-append "console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.dumbkbd ip=$guest::172.31.99.1:255.255.255.0:bench:eth0:off:172.31.99.1 systemd.hostname=bench $append_tsc ${EXTRA_APPEND:-} root=/dev/vda rw" \
+		-drive id=root,file="$work/rootfs.ext4",format=raw,if=none,cache=unsafe -device virtio-blk-device,drive=root \
+		-drive id=work,file="$work/work.ext4",format=raw,if=none,cache=writeback -device virtio-blk-device,drive=work \
 		-netdev tap,id=n0,ifname=tap0,script=no,downscript=no -device virtio-net-device,netdev=n0,mac=06:00:ac:1f:63:02 \
 		-serial file:"$work/console.log" &
 	qemu_pid=$!
@@ -112,7 +123,7 @@ for run in $(seq 1 "$runs"); do
 				break
 			fi
 		fi
-		sleep 0.2
+		sleep "${POLL:-0.05}"
 	done
 	if [ -n "$key" ]; then
 		echo "run $run: ssh banner ${t_banner:-none} s, root login ${t_login:-none} s after QEMU start"
