@@ -90,8 +90,10 @@ func (d *Daemon) firstStartWarm(ctx context.Context, vm *model.VMRecord, progres
 	s := &warmCreateRun{vm: *vm, img: img, meta: m, dir: dir, progress: progress}
 	log := d.logger.With("vm", vm.Name, "id", model.ShortID(vm.ID), "op", "warm-create")
 	progress(api.Progress{Step: "warm", Message: fmt.Sprintf("restoring from the warm state of %s (made %s ago)", img.Name, roughAge(m.MadeAt))})
-	err = runSteps(ctx, d.steps(log), undoOnError, d.warmCreateSteps(), s)
-	unlock()
+	err = func() error {
+		defer unlock()
+		return runSteps(ctx, d.steps(log), undoOnError, d.warmCreateSteps(), s)
+	}()
 	if err == nil {
 		id := forkIdentity{srcID: m.SrcID, srcName: m.SrcName, srcIP: m.SrcIP, srcHostKey: m.SrcHostKey, firstBoot: true}
 		var got model.VMRecord
