@@ -88,6 +88,11 @@ work disk mounted at /root, an IP on banger's bridge and a DNS name. Your SSH
 public keys (~/.ssh/*.pub, plus a key banger keeps for you) are authorized in
 it, so ` + "`banger ssh NAME`" + ` and plain ssh work.
 
+When the image has a warm state (` + "`banger image warm`" + `) made with the VM's
+vCPUs, memory and disk sizes, the VM is restored from a copy of it in seconds
+instead of booting, and made its own machine as a fork's child is; otherwise,
+or with --cold, it boots. The progress says which, and why.
+
 NAME is a DNS label: 1-63 lowercase letters, digits or '-'. Sizes take K, M
 or G suffixes (a bare number means MiB). Unset sizes come from the daemon's
 [vm_defaults].`,
