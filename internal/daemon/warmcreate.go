@@ -55,8 +55,8 @@ func (d *Daemon) firstStartWarm(ctx context.Context, vm *model.VMRecord, progres
 		} else {
 			progress(api.Progress{Step: "boot", Message: "booting cold"})
 		}
-		vm.UpdatedAt = model.Now()
-		return false, d.store.UpdateVM(ctx, *vm)
+		// Recorded with the start's own first write of the row.
+		return false, nil
 	}
 	img, err := d.store.GetImage(ctx, vm.ImageID)
 	if err != nil {
