@@ -44,13 +44,13 @@ func TestFaultMatrix(t *testing.T) {
 
 	var b strings.Builder
 	fmt.Fprintf(&b, "\nfault matrix (generated from the daemon's step lists): daemon SIGKILLed at each step, then restarted\n")
-	fmt.Fprintf(&b, "%-7s %-28s %-18s %-9s %s\n", "OP", "CRASH AT", "VM AFTER", "LEFTOVERS", "RESULT")
+	fmt.Fprintf(&b, "%-11s %-28s %-18s %-9s %s\n", "OP", "CRASH AT", "VM AFTER", "LEFTOVERS", "RESULT")
 	for _, o := range results {
 		res := "ok"
 		if !o.ok {
 			res = "FAIL " + o.detail
 		}
-		fmt.Fprintf(&b, "%-7s %-28s %-18s %-9d %s\n", o.step.Op, o.step.CrashAt, o.after, len(o.left), res)
+		fmt.Fprintf(&b, "%-11s %-28s %-18s %-9d %s\n", o.step.Op, o.step.CrashAt, o.after, len(o.left), res)
 	}
 	t.Log(b.String())
 	if out := os.Getenv("BANGER_FAULT_TABLE"); out != "" {
