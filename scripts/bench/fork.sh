@@ -48,15 +48,15 @@ grep -o 'step=fork:[a-z-]* took_ms=[0-9.]*' "$bench_dir/bangerd.log" | sed 's/^s
 	awk '{printf "   %s %.0fms\n", $1, $2}'
 grep -o 'msg="fork child re-identified".*' "$bench_dir/bangerd.log" | sed 's/^msg=/   /' || true
 grep -o 'msg=forked.*' "$bench_dir/bangerd.log" | sed 's/^msg=/   /' || true
-for i in $(seq "$children"); do b vm rm --force "src-$i" >/dev/null; done
-b vm rm --force src >/dev/null
+for i in $(seq "$children"); do b vm rm --force "src-$i" >/dev/null 2>&1; done
+b vm rm --force src >/dev/null 2>&1
 
 wv=${WARM_VCPUS:-2}
 wm=${WARM_MEMORY:-1G}
 runs=${WARM_RUNS:-3}
 echo "== warm create against cold create: $wv vCPUs, $wm; $runs of each; vm create → SSH with the user's key (load average: $(cut -d' ' -f1-3 /proc/loadavg))"
 t0=$(now)
-b image warm base --vcpus "$wv" --memory "$wm" -q
+b image warm base --vcpus "$wv" --memory "$wm" -q >/dev/null
 t1=$(now)
 printf '   image warm (boot once, snapshot, keep): %.2f s; %s\n' "$(secs "$t0" "$t1")" "$(b image inspect base | sed -n 's/^warm state: *//p')"
 for how in warm cold; do
@@ -70,7 +70,7 @@ for how in warm cold; do
 		took=$(secs "$t0" "$t1")
 		total=$(echo "$total + $took" | bc)
 		printf '   %s create → ssh #%d: %.2f s (%s)\n' "$how" "$i" "$took" "$(b vm inspect "$how$i" --json | python3 -c "import json,sys; print(json.load(sys.stdin)['runtime'].get('created_from', '?'))")"
-		b vm rm --force "$how$i" >/dev/null
+		b vm rm --force "$how$i" >/dev/null 2>&1
 	done
 	printf '   %s create → ssh, mean of %d: %.2f s\n' "$how" "$runs" "$(echo "$total / $runs" | bc -l)"
 done
