@@ -37,6 +37,15 @@ type Backend interface {
 	BuildImage(ctx context.Context, req ImageBuildRequest, progress ProgressFunc) (model.Image, error)
 	// DeleteImage: ENOTFOUND, ECONFLICT (VMs use it), EFORBIDDEN.
 	DeleteImage(ctx context.Context, ref string) error
+	// WarmImage boots the image once and keeps its snapshot as the
+	// image's warm state (warm.go in the daemon): ENOTFOUND, EFORBIDDEN
+	// (not the image's owner), EINVALID (vCPUs, memory), ECONFLICT (a
+	// warm run of the image already runs), EUNAVAILABLE (the VMM cannot
+	// snapshot), EINTERNAL; a failure leaves the warm state as it was.
+	WarmImage(ctx context.Context, ref string, req ImageWarmRequest, progress ProgressFunc) (WarmState, error)
+	// DropWarm removes an image's warm state: ENOTFOUND (no image, or
+	// no warm state), EFORBIDDEN, ECONFLICT (it is in use).
+	DropWarm(ctx context.Context, ref string) error
 
 	// ListKernels never fails for lack of kernels.
 	ListKernels(ctx context.Context) ([]Kernel, error)

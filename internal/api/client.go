@@ -162,6 +162,18 @@ func (c *Client) DeleteImage(ctx context.Context, ref string) error {
 	return c.call(ctx, "DELETE", "/images/"+url.PathEscape(ref), nil, nil)
 }
 
+// WarmImage boots an image once and keeps its snapshot as its warm
+// state, from which `vm create` restores VMs that fit.
+func (c *Client) WarmImage(ctx context.Context, ref string, req ImageWarmRequest, progress func(Event)) (WarmState, error) {
+	var v WarmState
+	return v, c.callStream(ctx, "POST", "/images/"+url.PathEscape(ref)+"/warm", req, &v, progress)
+}
+
+// DropWarm removes an image's warm state.
+func (c *Client) DropWarm(ctx context.Context, ref string) error {
+	return c.call(ctx, "DELETE", "/images/"+url.PathEscape(ref)+"/warm", nil, nil)
+}
+
 // ListKernels lists built kernels.
 func (c *Client) ListKernels(ctx context.Context) ([]Kernel, error) {
 	var v []Kernel

@@ -173,6 +173,10 @@ func (b *contractBackend) BuildImage(_ context.Context, _ ImageBuildRequest, p P
 	return streamOp[model.Image](b, p, "Image")
 }
 func (b *contractBackend) DeleteImage(context.Context, string) error { return b.err() }
+func (b *contractBackend) WarmImage(_ context.Context, _ string, _ ImageWarmRequest, p ProgressFunc) (WarmState, error) {
+	return streamOp[WarmState](b, p, "WarmState")
+}
+func (b *contractBackend) DropWarm(context.Context, string) error { return b.err() }
 func (b *contractBackend) ListKernels(context.Context) ([]Kernel, error) {
 	return []Kernel{full[Kernel](b, "Kernel")}, b.err()
 }

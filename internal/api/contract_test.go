@@ -474,6 +474,11 @@ func TestOpenAPIContract(t *testing.T) {
 			return err
 		}},
 		{"DeleteImage", func(ctx context.Context, c *Client) error { return c.DeleteImage(ctx, "base") }},
+		{"WarmImage", func(ctx context.Context, c *Client) error {
+			_, err := c.WarmImage(ctx, "alice/base", ImageWarmRequest{VCPUCount: 2, MemoryMiB: 512}, progress)
+			return err
+		}},
+		{"DropWarm", func(ctx context.Context, c *Client) error { return c.DropWarm(ctx, "base") }},
 		{"UploadImage", func(ctx context.Context, c *Client) error {
 			_, err := c.UploadImage(ctx, ImageUploadRequest{Name: "up", Docker: true}, []UploadFile{{Role: RoleKernel, File: file()}, {Role: RoleRootfs, File: file()}}, progress)
 			return err

@@ -169,6 +169,8 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST "+p+"/images/build", s.handleBuildImage)
 	mux.HandleFunc("GET "+p+"/images/{ref}", s.handleGetImage)
 	mux.HandleFunc("DELETE "+p+"/images/{ref}", s.handleDeleteImage)
+	mux.HandleFunc("POST "+p+"/images/{ref}/warm", s.handleWarmImage)
+	mux.HandleFunc("DELETE "+p+"/images/{ref}/warm", s.handleDropWarm)
 
 	mux.HandleFunc("GET "+p+"/kernels", s.handleListKernels)
 	mux.HandleFunc("POST "+p+"/kernels/build", s.handleBuildKernel)
@@ -382,6 +384,23 @@ func (s *Server) handleSuspendVM(w http.ResponseWriter, r *http.Request) {
 	stream(w, r, func(ctx context.Context, p ProgressFunc) (any, error) {
 		return s.backend.SuspendVM(ctx, ref, p)
 	})
+}
+
+func (s *Server) handleWarmImage(w http.ResponseWriter, r *http.Request) {
+	ref := r.PathValue("ref")
+	var req ImageWarmRequest
+	if err := decode(r, &req); err != nil {
+		writeError(w, err)
+		return
+	}
+	stream(w, r, func(ctx context.Context, p ProgressFunc) (any, error) {
+		return s.backend.WarmImage(ctx, ref, req, p)
+	})
+}
+
+func (s *Server) handleDropWarm(w http.ResponseWriter, r *http.Request) {
+	err := s.backend.DropWarm(r.Context(), r.PathValue("ref"))
+	reply(w, struct{}{}, err)
 }
 
 func (s *Server) handleForkVM(w http.ResponseWriter, r *http.Request) {

@@ -64,6 +64,31 @@ type ImageDetail struct {
 	UsedBy []string `json:"used_by"`
 	// Note says why the image cannot be used, when it cannot.
 	Note string `json:"note,omitempty"`
+	// Warm is the image's warm state (`banger image warm`), nil when
+	// it has none.
+	Warm *WarmState `json:"warm,omitempty"`
+}
+
+// ImageWarmRequest asks for an image's warm state: booted once with
+// these vCPUs and memory (0: the daemon's VM defaults).
+type ImageWarmRequest struct {
+	VCPUCount int `json:"vcpu_count,omitempty"`
+	MemoryMiB int `json:"memory_mib,omitempty"`
+}
+
+// WarmState is an image's warm state: a snapshot of it booted, from
+// which `vm create` restores VMs of the same vCPUs, memory and disk
+// sizes instead of booting them.
+type WarmState struct {
+	VCPUCount             int       `json:"vcpu_count"`
+	MemoryMiB             int       `json:"memory_mib"`
+	SystemOverlaySizeByte int64     `json:"system_overlay_size_bytes"`
+	WorkDiskSizeBytes     int64     `json:"work_disk_size_bytes"`
+	SizeBytes             int64     `json:"size_bytes"`
+	MadeAt                time.Time `json:"made_at"`
+	Valid                 bool      `json:"valid"`
+	// Invalid says why it is never used, when it is not valid.
+	Invalid string `json:"invalid,omitempty"`
 }
 
 // Artifact is one file of an image.

@@ -106,6 +106,10 @@ func TestUsageErrorsWithoutDaemon(t *testing.T) {
 		{[]string{"vm", "create", "ok", "--egress", "allow=*.*.com"}, 2, "not a domain name"},
 		{[]string{"vm", "create", "ok", "--egress", "allow=::/0"}, 2, "IPv6 is not supported"},
 		{[]string{"cp", "a", "b"}, 2, "exactly one side"},
+		{[]string{"image", "warm"}, 2, "needs an image NAME"},
+		{[]string{"image", "warm", "base", "--rm", "--memory", "1G"}, 2, "--rm takes no --vcpus or --memory"},
+		{[]string{"image", "warm", "base", "--vcpus", "99"}, 2, "--vcpus"},
+		{[]string{"image", "warm", "base", "--memory", "lots"}, 2, "--memory"},
 		{[]string{"vm", "ls"}, 1, "cannot reach bangerd"},
 	}
 	for _, tt := range tests {

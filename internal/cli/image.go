@@ -18,7 +18,7 @@ func (a *App) imageCommand() *cobra.Command {
 		Aliases: []string{"images"},
 		Short:   "Build, register, list and remove images (kernel + root filesystem)",
 	}
-	cmd.AddCommand(a.imageBuildCommand(), a.imageRegisterCommand(), a.imageLsCommand(), a.imageInspectCommand(), a.imageRmCommand())
+	cmd.AddCommand(a.imageBuildCommand(), a.imageRegisterCommand(), a.imageLsCommand(), a.imageInspectCommand(), a.imageRmCommand(), a.imageWarmCommand())
 	return group(cmd)
 }
 
@@ -309,6 +309,7 @@ func (a *App) imageInspectCommand() *cobra.Command {
 			fmt.Fprintf(w, "ssh key:     %s\n", key)
 			printImageSource(w, det.Image)
 			fmt.Fprintf(w, "used by:     %s\n", orDash(strings.Join(det.UsedBy, ", ")))
+			printWarm(w, det.Warm)
 			if det.Note != "" {
 				fmt.Fprintf(w, "note:        %s\n", det.Note)
 			}
@@ -332,7 +333,7 @@ func (a *App) imageRmCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:               "rm NAME...",
 		Aliases:           []string{"remove"},
-		Short:             "Remove images (refused while a VM uses them)",
+		Short:             "Remove images and their warm states (refused while a VM uses them)",
 		Args:              cobra.MinimumNArgs(1),
 		ValidArgsFunction: a.completeImages,
 		RunE: func(cmd *cobra.Command, args []string) error {

@@ -88,6 +88,11 @@ work disk mounted at /root, an IP on banger's bridge and a DNS name. Your SSH
 public keys (~/.ssh/*.pub, plus a key banger keeps for you) are authorized in
 it, so ` + "`banger ssh NAME`" + ` and plain ssh work.
 
+When the image has a warm state (` + "`banger image warm`" + `) made with the VM's
+vCPUs, memory and disk sizes, the VM is restored from a copy of it in seconds
+instead of booting, and made its own machine as a fork's child is; otherwise,
+or with --cold, it boots. The progress says which, and why.
+
 NAME is a DNS label: 1-63 lowercase letters, digits or '-'. Sizes take K, M
 or G suffixes (a bare number means MiB). Unset sizes come from the daemon's
 [vm_defaults].`,
@@ -173,6 +178,7 @@ or G suffixes (a bare number means MiB). Unset sizes come from the daemon's
 	f.BoolVar(&req.NATEnabled, "nat", false, "give the VM outbound internet access through NAT")
 	f.StringVar(&egress, "egress", "", egressUsage+" (default from [vm_defaults], else open)")
 	f.BoolVar(&req.NoStart, "no-start", false, "only create the VM; start it later with 'banger vm start'")
+	f.BoolVar(&req.Cold, "cold", false, "boot from the image even when it has a warm state that fits (see 'banger image warm')")
 	f.StringVar(&autoStop, "auto-stop", "", "stop the VM after this much idle time (e.g. 30m, 2h, never)")
 	f.StringVar(&req.IdleAction, "idle", "", idleUsage+" (default: the daemon's auto_stop_mode)")
 	f.BoolVar(&asJSON, "json", false, "print the VM as JSON")
@@ -265,6 +271,9 @@ func (a *App) printVM(v api.VMView) {
 		kv("last error", rt.LastError)
 	}
 	kv("image", orDash(v.ImageName))
+	if rt.CreatedFrom != "" {
+		kv("created from", rt.CreatedFrom)
+	}
 	kv("owner uid", strconv.Itoa(v.OwnerUID))
 	kv("vcpus", strconv.Itoa(v.Spec.VCPUCount))
 	kv("memory", model.FormatSizeBytes(int64(v.Spec.MemoryMiB)<<20))

@@ -37,6 +37,9 @@ func FaultMatrix() []FaultCell {
 	add("rm", false, stepNames(d.deleteSteps()))
 	add("suspend", true, stepNames(d.suspendSteps()))
 	add("fork", true, stepNames(d.forkSteps()))
+	// `image warm` of the VM's image, and a create from its warm state.
+	add("warm", false, stepNames(d.warmSteps()))
+	add("warm-create", false, stepNames(d.warmCreateSteps()))
 	n := len(cells)
 	add("resume", false, stepNames(d.resumeSteps()))
 	add("stop", false, stepNames(d.discardSteps()))

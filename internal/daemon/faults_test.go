@@ -39,6 +39,15 @@ func TestFaultMatrixCoversEveryCrashPoint(t *testing.T) {
 		func() error { _, err := e.d.StopVM(e.ctx, "dev", api.NoProgress); return err },
 		func() error { _, err := e.d.StartVM(e.ctx, "dev", api.NoProgress); return err },
 		func() error { return e.d.DeleteVM(e.ctx, "dev", api.VMDeleteOptions{Force: true}, api.NoProgress) },
+		func() error {
+			_, err := e.d.WarmImage(e.ctx, "base", api.ImageWarmRequest{}, api.NoProgress)
+			return err
+		},
+		func() error {
+			_, err := e.d.CreateVM(e.ctx, model.VMCreateRequest{Name: "warmed", ImageName: "base"}, api.NoProgress)
+			return err
+		},
+		func() error { return e.d.DeleteVM(e.ctx, "warmed", api.VMDeleteOptions{Force: true}, api.NoProgress) },
 	} {
 		if err := op(); err != nil {
 			t.Fatal(err)

@@ -55,6 +55,10 @@ type forkChild struct {
 // forkIdentity is what a child is restored with and must shed.
 type forkIdentity struct {
 	srcID, srcName, srcIP, srcHostKey string
+	// firstBoot: the child is a VM made from an image's warm state
+	// (warmcreate.go), which gets a cold boot's per-VM setup (file
+	// sync, the user's keys) once admitted.
+	firstBoot bool
 }
 
 // forkSteps are the steps of a fork up to its children's resumes (each

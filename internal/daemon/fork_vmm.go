@@ -241,6 +241,9 @@ func (b vmmBooter) waitAdmitted(ctx context.Context, s *startRun) error {
 			return fmt.Errorf("workspace %s: the child's branch %s: %w", r.guestPath, r.to, err)
 		}
 	}
+	if s.fork.firstBoot {
+		return b.firstBoot(ctx, conn, s.vm)
+	}
 	return nil
 }
 

@@ -141,6 +141,7 @@ func (d *Daemon) GetImage(ctx context.Context, ref string) (api.ImageDetail, err
 			det.SSHKeyMatches = &match
 		}
 	}
+	det.Warm = d.warmView(img)
 	users, err := d.store.VMsUsingImage(ctx, img.ID)
 	if err != nil {
 		return det, err
@@ -482,6 +483,7 @@ func (d *Daemon) DeleteImage(ctx context.Context, ref string) error {
 	if err := d.store.DeleteImage(ctx, img.ID); err != nil {
 		return err
 	}
+	d.removeWarmStates(img)
 	if img.ArtifactDir != "" && d.ownsPath(img.ArtifactDir) {
 		if err := os.RemoveAll(img.ArtifactDir); err != nil {
 			d.logger.Warn("remove image artifacts", "image", img.Name, "err", err)

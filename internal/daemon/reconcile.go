@@ -20,6 +20,8 @@ func (d *Daemon) reconcile(ctx context.Context, why string) error {
 	start := time.Now()
 	// A child of a cut-short fork goes first, whole (fork.go).
 	d.removeHalfForks(ctx)
+	// So do what a cut-short `image warm` left (warm.go).
+	d.reconcileWarm(ctx)
 	host, err := d.observeHost(ctx)
 	if err != nil {
 		return fmt.Errorf("reconcile: observe host: %w", err)

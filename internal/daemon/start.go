@@ -40,6 +40,17 @@ func (d *Daemon) StartVM(ctx context.Context, ref string, progress api.ProgressF
 		}
 		return d.GetVM(ctx, vm.ID)
 	}
+	if vm.State == model.VMStateCreated {
+		// A first start restores the image's warm state when one fits
+		// (warmcreate.go).
+		warm, err := d.firstStartWarm(context.WithoutCancel(ctx), &vm, progress)
+		if err != nil {
+			return api.VMView{}, err
+		}
+		if warm {
+			return d.GetVM(ctx, vm.ID)
+		}
+	}
 	// A start outlives the request that asked for it: a client that goes
 	// away must not leave a VM half started.
 	if _, err := d.startLocked(context.WithoutCancel(ctx), vm, progress); err != nil {

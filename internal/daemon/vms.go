@@ -26,7 +26,8 @@ func (d *Daemon) ListVMs(ctx context.Context) ([]api.VMView, error) {
 	caller := api.CallerFrom(ctx)
 	out := []api.VMView{}
 	for _, vm := range vms {
-		if !caller.Owns(vm.OwnerUID) {
+		if !caller.Owns(vm.OwnerUID) || vm.Runtime.WarmOf != "" {
+			// An image's hidden warm VM is not listed (warm.go).
 			continue
 		}
 		v := d.view(vm)
@@ -293,6 +294,7 @@ func (d *Daemon) insertVM(ctx context.Context, req model.VMCreateRequest, spec m
 			GuestIP:  ip,
 			GuestMAC: mac,
 			DNSName:  model.DNSName(req.Name, d.cfg.DNSDomain),
+			Cold:     req.Cold,
 		},
 	}
 	vm.Runtime.OverlayStrategy = d.newVMStrategy()

@@ -317,6 +317,17 @@ type VMRuntime struct {
 	// no fork runs (after a crash) is a half-made child that reconcile
 	// removes.
 	ForkOf string `json:"fork_of,omitempty"`
+	// WarmOf is the ID of the image whose warm state this VM is being
+	// made for (`image warm`): a hidden VM the warm run removes; one
+	// left by a crash is removed by reconcile.
+	WarmOf string `json:"warm_of,omitempty"`
+	// CreatedFrom says how the VM's first start was made: "warm state
+	// of IMAGE" or "cold boot" (with the reason the warm state was not
+	// used, when there was one).
+	CreatedFrom string `json:"created_from,omitempty"`
+	// Cold asks the first start to boot from the image even when a warm
+	// state would fit (`vm create --cold`).
+	Cold bool `json:"cold,omitempty"`
 }
 
 // VMForkRequest asks for copies of a running VM: the named children, or
@@ -410,6 +421,9 @@ type VMCreateRequest struct {
 	// IdleAction is what the idle policy does to the VM (IdleSuspend or
 	// IdleStop); empty means the daemon's auto_stop_mode.
 	IdleAction string `json:"idle_action,omitempty"`
+	// Cold boots the VM from the image even when the image has a warm
+	// state that fits (`banger image warm`).
+	Cold bool `json:"cold,omitempty"`
 }
 
 // VMSetRequest changes a VM. Nil fields are left alone.

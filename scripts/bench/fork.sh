@@ -7,7 +7,13 @@
 # daemon's progress and its step log: snapshot and disk copies), the time
 # from the fork request until every child answers SSH (the CLI returns
 # only once each child has answered on the bridge with its own key), and
-# a fresh SSH round trip to each child afterwards.
+# a fresh SSH round trip to each child afterwards. Then warm create
+# against cold create (issue 14's goal: warm at most 2 s): the image is
+# warmed (`banger image warm`, WARM_VCPUS, default 2, and WARM_MEMORY,
+# default 1G), and `vm create` → an SSH round trip with the user's key
+# (`banger ssh`) is timed for WARM_RUNS VMs (default 3) made from the warm
+# state and as many booted cold (`--cold`), each removed before the next.
+# The load average is printed: figures taken on a busy machine are noisy.
 # Usage: scripts/bench/fork.sh   (root; under the shared heavy lock)
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -23,6 +29,7 @@ b() { "$bin/banger" "$@"; }
 now() { date +%s.%N; }
 secs() { echo "$2 - $1" | bc; }
 
+echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "== VM: Debian test image, 2 vCPUs, 2 GiB; idle ${idle}s after SSH; forked into $children children"
 b vm create -q src --vcpus 2 --memory 2G >/dev/null
 sleep "$idle"
@@ -41,5 +48,32 @@ grep -o 'step=fork:[a-z-]* took_ms=[0-9.]*' "$bench_dir/bangerd.log" | sed 's/^s
 	awk '{printf "   %s %.0fms\n", $1, $2}'
 grep -o 'msg="fork child re-identified".*' "$bench_dir/bangerd.log" | sed 's/^msg=/   /' || true
 grep -o 'msg=forked.*' "$bench_dir/bangerd.log" | sed 's/^msg=/   /' || true
-for i in $(seq "$children"); do b vm rm --force "src-$i" >/dev/null; done
-b vm rm --force src >/dev/null
+for i in $(seq "$children"); do b vm rm --force "src-$i" >/dev/null 2>&1; done
+b vm rm --force src >/dev/null 2>&1
+
+wv=${WARM_VCPUS:-2}
+wm=${WARM_MEMORY:-1G}
+runs=${WARM_RUNS:-3}
+echo "== warm create against cold create: $wv vCPUs, $wm; $runs of each; vm create → SSH with the user's key (load average: $(cut -d' ' -f1-3 /proc/loadavg))"
+t0=$(now)
+b image warm base --vcpus "$wv" --memory "$wm" -q >/dev/null
+t1=$(now)
+printf '   image warm (boot once, snapshot, keep): %.2f s; %s\n' "$(secs "$t0" "$t1")" "$(b image inspect base | sed -n 's/^warm state: *//p')"
+for how in warm cold; do
+	flag=; [ "$how" = cold ] && flag=--cold
+	total=0
+	for i in $(seq "$runs"); do
+		t0=$(now)
+		b vm create -q "$how$i" --vcpus "$wv" --memory "$wm" $flag >/dev/null
+		b ssh "$how$i" -- true
+		t1=$(now)
+		took=$(secs "$t0" "$t1")
+		total=$(echo "$total + $took" | bc)
+		printf '   %s create → ssh #%d: %.2f s (%s)\n' "$how" "$i" "$took" "$(b vm inspect "$how$i" --json | python3 -c "import json,sys; print(json.load(sys.stdin)['runtime'].get('created_from', '?'))")"
+		b vm rm --force "$how$i" >/dev/null 2>&1
+	done
+	printf '   %s create → ssh, mean of %d: %.2f s\n' "$how" "$runs" "$(echo "$total / $runs" | bc -l)"
+done
+grep -o 'step=warm-create:[a-z-]* took_ms=[0-9.]*' "$bench_dir/bangerd.log" | sed 's/^step=//; s/ took_ms=/ /' |
+	awk '{s[$1]+=$2; n[$1]++} END {for (k in s) printf "   %s mean %.0fms\n", k, s[k]/n[k]}' | sort
+b image warm base --rm >/dev/null

@@ -44,13 +44,13 @@ func TestFaultMatrix(t *testing.T) {
 
 	var b strings.Builder
 	fmt.Fprintf(&b, "\nfault matrix (generated from the daemon's step lists): daemon SIGKILLed at each step, then restarted\n")
-	fmt.Fprintf(&b, "%-7s %-28s %-18s %-9s %s\n", "OP", "CRASH AT", "VM AFTER", "LEFTOVERS", "RESULT")
+	fmt.Fprintf(&b, "%-11s %-28s %-18s %-9s %s\n", "OP", "CRASH AT", "VM AFTER", "LEFTOVERS", "RESULT")
 	for _, o := range results {
 		res := "ok"
 		if !o.ok {
 			res = "FAIL " + o.detail
 		}
-		fmt.Fprintf(&b, "%-7s %-28s %-18s %-9d %s\n", o.step.Op, o.step.CrashAt, o.after, len(o.left), res)
+		fmt.Fprintf(&b, "%-11s %-28s %-18s %-9d %s\n", o.step.Op, o.step.CrashAt, o.after, len(o.left), res)
 	}
 	t.Log(b.String())
 	if out := os.Getenv("BANGER_FAULT_TABLE"); out != "" {
@@ -96,6 +96,10 @@ func runFaultCell(t *testing.T, d *harness.Daemon, vm string, create func(), ste
 		t.Fatalf("before %s/%s: leftovers %v", step.Op, step.CrashAt, lo)
 	}
 
+	if step.Op == "warm-create" && !strings.Contains(d.MustCLI("image", "inspect", "base").Stdout, "warm state:  valid") {
+		d.MustCLI(warmArgs...)
+	}
+
 	// Restart the daemon armed with the crash point and run the op.
 	d.Stop()
 	d.SetEnv("BANGER_CRASH_AT=" + step.CrashAt)
@@ -104,6 +108,10 @@ func runFaultCell(t *testing.T, d *harness.Daemon, vm string, create func(), ste
 	switch step.Op {
 	case "rm":
 		args = []string{"vm", "rm", "--force", vm}
+	case "warm":
+		args = warmArgs
+	case "warm-create":
+		args = []string{"vm", "create", vm + "-w", "--vcpus", "1", "--memory", "384M"}
 	default:
 		args = []string{"vm", step.Op, vm}
 	}
@@ -175,11 +183,28 @@ func runFaultCell(t *testing.T, d *harness.Daemon, vm string, create func(), ste
 			d.CLI("vm", "rm", "--force", vm+"-1")
 		}
 	}
+	if step.Op == "warm" || step.Op == "warm-create" {
+		// The image's warm state is whole (the old one or the new) or
+		// none, never shown invalid; no half-made VM is left.
+		if strings.Contains(d.MustCLI("image", "inspect", "base").Stdout, "INVALID") {
+			o.ok = false
+			o.detail = "the image's warm state is invalid after the restart"
+		}
+		if _, ok := tryVM(d, vm+"-w"); ok {
+			o.ok = false
+			o.detail = "a half-made VM survived the restart"
+			d.CLI("vm", "rm", "--force", vm+"-w")
+		}
+	}
 	if o.detail == "" && !o.ok {
 		o.detail = strings.Join(o.left, "; ")
 	}
 	return o
 }
+
+// warmArgs warm the image "base" as the fault matrix's warm cells need
+// it.
+var warmArgs = []string{"image", "warm", "base", "--vcpus", "1", "--memory", "384M"}
 
 func tryVM(d *harness.Daemon, name string) (v vmState, ok bool) {
 	r := d.CLI("vm", "inspect", name, "--json")
