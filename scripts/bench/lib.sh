@@ -5,9 +5,12 @@
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 bin=${BANGER_BIN_DIR:-$repo/bin}
 
+# bench_prepare builds the checkout's binaries into bin/ (Go's build cache
+# makes that quick), so a bench never measures binaries older than the
+# code; BANGER_BIN_DIR names binaries to measure as they are.
 bench_prepare() {
 	[ "$(id -u)" = 0 ] || { echo "benchmarks need root" >&2; exit 2; }
-	[ -x "$bin/bangerd" ] || "$repo/scripts/build.sh" "$bin" >&2
+	[ -n "${BANGER_BIN_DIR:-}" ] || "$repo/scripts/build.sh" "$bin" >&2
 	if [ -z "${BANGER_TEST_IMAGE_DIR:-}" ]; then
 		eval "$("$repo/scripts/prepare-artifacts.sh" "$bin")"
 	fi
