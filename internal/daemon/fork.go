@@ -495,24 +495,32 @@ func (d *Daemon) forkSaveChildren(ctx context.Context, s *forkRun) error {
 // removeHalfForks removes the children a cut-short fork left (rows
 // still ForkOf that no fork holds): a child is whole or not at all.
 func (d *Daemon) removeHalfForks(ctx context.Context) {
+	d.removeLeftRows(ctx, "a child a cut-short fork left",
+		func(vm model.VMRecord) bool { return vm.Runtime.ForkOf != "" }, d.removeForkChild)
+}
+
+// removeLeftRows removes, for reconcile, every VM row left marked by an
+// operation a crash cut short: each marked row no operation holds the
+// lock of, and still marked once its lock is taken, goes through remove.
+func (d *Daemon) removeLeftRows(ctx context.Context, what string, marked func(model.VMRecord) bool, remove func(context.Context, model.VMRecord) error) {
 	vms, err := d.store.ListVMs(ctx)
 	if err != nil {
-		d.logger.Warn("reconcile: list vms for half-made forks", "err", err)
+		d.logger.Warn("reconcile: list vms", "looking for", what, "err", err)
 		return
 	}
 	for _, vm := range vms {
-		if vm.Runtime.ForkOf == "" {
+		if !marked(vm) {
 			continue
 		}
 		unlock, ok := d.locks.tryLock(vm.ID)
 		if !ok {
-			continue // a fork in progress holds it
+			continue // the operation is still in progress
 		}
 		fresh, err := d.store.GetVM(ctx, vm.ID)
-		if err == nil && fresh.Runtime.ForkOf != "" {
-			d.logger.Warn("reconcile: removing a child a cut-short fork left", "vm", fresh.Name)
-			if err := d.removeForkChild(ctx, fresh); err != nil {
-				d.logger.Warn("reconcile: remove half-made fork child", "vm", fresh.Name, "err", err)
+		if err == nil && marked(fresh) {
+			d.logger.Warn("reconcile: removing "+what, "vm", fresh.Name)
+			if err := remove(ctx, fresh); err != nil {
+				d.logger.Warn("reconcile: remove "+what, "vm", fresh.Name, "err", err)
 			}
 		}
 		unlock()

@@ -571,25 +571,8 @@ func (d *Daemon) removeWarmStates(img model.Image) {
 // reconcileWarm removes what a cut-short `image warm` left: the hidden
 // VM, a warm.new, and puts a warm.old back when the swap was cut short.
 func (d *Daemon) reconcileWarm(ctx context.Context) {
-	vms, err := d.store.ListVMs(ctx)
-	if err != nil {
-		d.logger.Warn("reconcile: list vms for hidden warm vms", "err", err)
-		return
-	}
-	for _, vm := range vms {
-		if vm.Runtime.WarmOf == "" {
-			continue
-		}
-		unlock, ok := d.locks.tryLock(vm.ID)
-		if !ok {
-			continue // a warm run holds it
-		}
-		d.logger.Warn("reconcile: removing the hidden vm a cut-short warm run left", "vm", vm.Name)
-		if err := d.removeWarmVM(ctx, vm); err != nil {
-			d.logger.Warn("reconcile: remove hidden warm vm", "vm", vm.Name, "err", err)
-		}
-		unlock()
-	}
+	d.removeLeftRows(ctx, "the hidden vm a cut-short warm run left",
+		func(vm model.VMRecord) bool { return vm.Runtime.WarmOf != "" }, d.removeWarmVM)
 	imgs, err := d.store.ListImages(ctx)
 	if err != nil {
 		return
