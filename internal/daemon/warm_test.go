@@ -318,3 +318,49 @@ func TestReconcileAfterWarmCrashes(t *testing.T) {
 		})
 	}
 }
+
+// TestWarmHostileCallerAndPlantedFiles: a user may neither warm nor drop
+// the warm state of an image that is not theirs, and such a refusal
+// writes nothing; a warm state whose file was replaced by a link is not
+// read (so never restored) and a create boots cold.
+func TestWarmHostileCallerAndPlantedFiles(t *testing.T) {
+	e := newTestDaemon(t, false)
+	mallory := api.WithCaller(e.ctx, api.Caller{UID: 1001, GID: 1001})
+	dir := e.d.layout.warmDir(strings.Repeat("a", 64))
+	if _, err := e.d.WarmImage(mallory, "base", api.ImageWarmRequest{}, api.NoProgress); model.ErrorCode(err) != model.EFORBIDDEN {
+		t.Fatalf("a user warming root's image: %v; want %s", err, model.EFORBIDDEN)
+	}
+	if _, err := os.Lstat(dir); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("a refused warm wrote %s: %v", dir, err)
+	}
+	if _, err := e.d.WarmImage(e.ctx, "base", api.ImageWarmRequest{}, api.NoProgress); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.d.DropWarm(mallory, "base"); model.ErrorCode(err) != model.EFORBIDDEN {
+		t.Fatalf("a user dropping root's warm state: %v; want %s", err, model.EFORBIDDEN)
+	}
+	if _, err := readWarm(dir); err != nil {
+		t.Fatalf("the warm state after a refused drop: %v", err)
+	}
+
+	// A planted link in place of the memory file: the warm state is
+	// refused, and a create that would fit it boots cold.
+	mem := filepath.Join(dir, savedMemName)
+	target := filepath.Join(t.TempDir(), "elsewhere")
+	if err := os.WriteFile(target, []byte("not a snapshot"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(mem); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(target, mem); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := readWarm(dir); err == nil {
+		t.Fatal("a warm state with a linked memory file was read")
+	}
+	v := e.createStarted(t, model.VMCreateRequest{Name: "after-plant"})
+	if v.State != model.VMStateRunning || !strings.HasPrefix(v.Runtime.CreatedFrom, "cold boot") {
+		t.Errorf("create over a planted warm state: state %s, created from %q; want a cold boot", v.State, v.Runtime.CreatedFrom)
+	}
+}
