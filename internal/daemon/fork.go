@@ -132,11 +132,14 @@ func (d *Daemon) ForkVM(ctx context.Context, ref string, req model.VMForkRequest
 }
 
 // forkParallel is how many of a fork's children are restored and made
-// their own machines at once. Each restored guest keeps a core busy
-// while it re-identifies (under TCG most of a child's time is its
-// guest's), so more than the host's cores gains nothing; 2 suits the
-// small hosts banger runs on and bounds the load a fork puts on one.
-const forkParallel = 2
+// their own machines at once. Under TCG on a 2-core host a child's time
+// is almost all its guest's CPU, so children side by side only share
+// the same cores: measured here, two at a time was no faster, and one
+// such run did not finish within minutes (cause not found), so children
+// are restored one after another. A host with cores to spare may raise
+// it; each child still keeps its own quarantine, re-identification and
+// admission order.
+const forkParallel = 1
 
 // forkResumeChildren resumes the children (each its own resume: its own
 // tap, quarantine, re-identification and admission, in that order),
