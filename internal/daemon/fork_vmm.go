@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -176,7 +177,7 @@ func (b vmmBooter) reidentify(ctx context.Context, s *startRun) error {
 	}
 	tap := s.h.Tap
 	old := net.JoinHostPort(s.fork.srcIP, "22")
-	conn, err := dialVia(ctx, tap, old, signer, s.fork.srcHostKey)
+	conn, err := dialVia(ctx, s.log, tap, old, signer, s.fork.srcHostKey)
 	if err != nil {
 		return fmt.Errorf("reach the restored child at %s through %s: %w", old, tap, err)
 	}
@@ -203,7 +204,7 @@ func (b vmmBooter) reidentify(ctx context.Context, s *startRun) error {
 	mark("identity_clock_address")
 	s.progress(api.Progress{Step: "fork", Message: fmt.Sprintf("%s: restored, reseeded and re-identified %dms after its VMM started", s.vm.Name, time.Since(start).Milliseconds())})
 	own := net.JoinHostPort(s.vm.Runtime.GuestIP, "22")
-	conn, err = dialVia(ctx, tap, own, signer, s.vm.Runtime.SSHHostKey)
+	conn, err = dialVia(ctx, s.log, tap, own, signer, s.vm.Runtime.SSHHostKey)
 	if err != nil {
 		return fmt.Errorf("the child did not answer at its own address %s with its own key: %w", own, err)
 	}
@@ -236,10 +237,13 @@ func (b vmmBooter) reidentify(ctx context.Context, s *startRun) error {
 }
 
 // dialVia dials addr through tap until it answers with hostKey or ctx
-// ends.
-func dialVia(ctx context.Context, tap, addr string, signer ssh.Signer, hostKey string) (*guest.Conn, error) {
+// ends. Each failed attempt is logged (debug), with how long it took:
+// a restored guest that is slow to answer shows there whether its TCP
+// connect or its SSH handshake is what waits.
+func dialVia(ctx context.Context, log *slog.Logger, tap, addr string, signer ssh.Signer, hostKey string) (*guest.Conn, error) {
 	var last error
-	for {
+	for attempt := 1; ; attempt++ {
+		t := time.Now()
 		conn, err := guest.DialVia(ctx, tap, network.QuarantineAddr, addr, signer, hostKey)
 		if err == nil {
 			return conn, nil
@@ -247,6 +251,7 @@ func dialVia(ctx context.Context, tap, addr string, signer ssh.Signer, hostKey s
 		if errors.Is(err, guest.ErrNoHostKey) {
 			return nil, err
 		}
+		log.Debug("dial through the quarantine failed", "addr", addr, "attempt", attempt, "took_ms", time.Since(t).Milliseconds(), "err", err)
 		last = err
 		select {
 		case <-ctx.Done():
