@@ -2,7 +2,6 @@ package network
 
 import (
 	"context"
-	"encoding/binary"
 	"fmt"
 	"net"
 	"net/netip"
@@ -35,7 +34,10 @@ type netlinkElems struct {
 	netns int
 }
 
-func (w *netlinkElems) apply(_ context.Context, dels, adds []setElem) error {
+func (w *netlinkElems) apply(ctx context.Context, dels, adds []setElem) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	opts := []nftables.ConnOption{}
 	if w.netns != 0 {
 		opts = append(opts, nftables.WithNetNSFd(w.netns))
@@ -144,7 +146,7 @@ func elemKeyBytes(e setElem) ([]byte, error) {
 				return nil, model.Errorf(model.EINVALID, "nftables netlink: %q: not an IPv4 address", f)
 			}
 			v := a.As4()
-			b = binary.BigEndian.AppendUint32(nil, binary.BigEndian.Uint32(v[:]))
+			b = v[:]
 		}
 		key = append(key, b...)
 	}
