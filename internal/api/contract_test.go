@@ -497,12 +497,7 @@ func TestOpenAPIContract(t *testing.T) {
 			return err
 		}},
 		{"ListVMs", func(ctx context.Context, c *Client) error { _, err := c.ListVMs(ctx); return err }},
-		{"ListVMsInto", func(ctx context.Context, c *Client) error {
-			var rows []struct {
-				Name string `json:"name"`
-			}
-			return c.ListVMsInto(ctx, &rows)
-		}},
+		{"ListVMRows", func(ctx context.Context, c *Client) error { _, err := c.ListVMRows(ctx); return err }},
 		{"GetVM", func(ctx context.Context, c *Client) error { _, err := c.GetVM(ctx, "dev"); return err }},
 		{"CreateVM", func(ctx context.Context, c *Client) error {
 			secs := int64(60)

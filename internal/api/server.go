@@ -317,12 +317,27 @@ func (s *Server) handleBuildKernel(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
+// handleListVMs lists the caller's VMs: full views, or with view=brief
+// the brief rows a table needs (VMRow).
 func (s *Server) handleListVMs(w http.ResponseWriter, r *http.Request) {
-	v, err := s.backend.ListVMs(r.Context())
-	if v == nil {
-		v = []VMView{}
+	view := r.URL.Query().Get("view")
+	if view != "" && view != "brief" {
+		writeError(w, model.Errorf(model.EINVALID, "view %q: must be brief, or left out for full views", view))
+		return
 	}
-	reply(w, v, err)
+	v, err := s.backend.ListVMs(r.Context())
+	if err != nil || view == "" {
+		if v == nil {
+			v = []VMView{}
+		}
+		reply(w, v, err)
+		return
+	}
+	rows := make([]VMRow, len(v))
+	for i := range v {
+		rows[i] = v[i].Row()
+	}
+	reply(w, rows, nil)
 }
 
 func (s *Server) handleGetVM(w http.ResponseWriter, r *http.Request) {

@@ -146,6 +146,48 @@ type VMView struct {
 	DiskPool string `json:"disk_pool,omitempty"`
 }
 
+// VMRow is the brief view of a VM that `GET /v1/vms?view=brief` lists:
+// the fields a table of VMs shows, under the same JSON names as VMView's,
+// so a full VMView decodes into a VMRow too. A list of 1,000 VMs is a
+// tenth of the full views' size to encode, send and decode.
+type VMRow struct {
+	Name      string        `json:"name"`
+	State     model.VMState `json:"state"`
+	ImageName string        `json:"image_name"`
+	CreatedAt time.Time     `json:"created_at"`
+	Spec      VMRowSpec     `json:"spec"`
+	Runtime   VMRowRuntime  `json:"runtime"`
+	// AutoStopAt is as in VMView.
+	AutoStopAt *time.Time `json:"auto_stop_at,omitempty"`
+}
+
+// VMRowSpec is the part of a VM's spec a VMRow carries.
+type VMRowSpec struct {
+	VCPUCount         int   `json:"vcpu_count"`
+	MemoryMiB         int   `json:"memory_mib"`
+	WorkDiskSizeBytes int64 `json:"work_disk_size_bytes"`
+	NATEnabled        bool  `json:"nat_enabled"`
+}
+
+// VMRowRuntime is the part of a VM's runtime a VMRow carries.
+type VMRowRuntime struct {
+	GuestIP     string    `json:"guest_ip"`
+	SuspendedAt time.Time `json:"suspended_at"`
+}
+
+// Row returns v's brief view.
+func (v VMView) Row() VMRow {
+	return VMRow{
+		Name: v.Name, State: v.State, ImageName: v.ImageName, CreatedAt: v.CreatedAt,
+		Spec: VMRowSpec{
+			VCPUCount: v.Spec.VCPUCount, MemoryMiB: v.Spec.MemoryMiB,
+			WorkDiskSizeBytes: v.Spec.WorkDiskSizeBytes, NATEnabled: v.Spec.NATEnabled,
+		},
+		Runtime:    VMRowRuntime{GuestIP: v.Runtime.GuestIP, SuspendedAt: v.Runtime.SuspendedAt},
+		AutoStopAt: v.AutoStopAt,
+	}
+}
+
 // DoctorCheck is one named host check.
 type DoctorCheck struct {
 	Name   string `json:"name"`

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"path/filepath"
@@ -201,16 +202,17 @@ func (a *App) vmLsCommand() *cobra.Command {
 				}
 				return printJSON(a.Stdout, vms)
 			}
-			// The table needs a few fields of each VM (vmls.go).
-			var vms []vmLsRow
-			if err := a.api().ListVMsInto(cmd.Context(), &vms); err != nil {
+			// The table needs a few fields of each VM: the brief rows.
+			vms, err := a.api().ListVMRows(cmd.Context())
+			if err != nil {
 				return err
 			}
 			if quiet {
+				out := bufio.NewWriter(a.Stdout)
 				for _, v := range vms {
-					fmt.Fprintln(a.Stdout, v.Name)
+					fmt.Fprintln(out, v.Name)
 				}
-				return nil
+				return out.Flush()
 			}
 			t := newTable(a.Stdout, "NAME", "STATE", "IMAGE", "IP", "VCPUS", "MEMORY", "DISK", "NAT", "AUTO-STOP", "CREATED")
 			for _, v := range vms {
