@@ -83,8 +83,9 @@ func TestEgressCreateAndSetLive(t *testing.T) {
 	if _, err := e.d.SetVM(e.ctx, model.VMSetRequest{IDOrName: "lim", Egress: &open}); err != nil {
 		t.Fatal(err)
 	}
-	if got := e.inetRules(vm); got != "accept" {
-		t.Errorf("open rules:\n%s", got)
+	// Open: no chain of its own; its guests element accepts.
+	if got := e.inetRules(vm); got != "" || !strings.Contains(e.os.String(), `comment "vm-`+short+`" : accept`) {
+		t.Errorf("open rules:\n%s\nhost:\n%s", got, e.os.String())
 	}
 
 	// Stopped: the policy is stored and the filter is gone; the next
@@ -141,9 +142,11 @@ func TestEgressDefaultsAndRefusedCreate(t *testing.T) {
 func TestReconcileRemovesOrphanFilters(t *testing.T) {
 	e := newTestDaemon(t, false)
 	// A filter left by a VM that no longer exists (a crash mid-rm).
-	stray := `add chain bridge banger vm-0123456789ab
-add rule bridge banger vm-0123456789ab drop
-add element bridge banger ports { "bgtap7" : jump vm-0123456789ab }
+	stray := `add element bridge banger taps { "bgtap7" comment "vm-0123456789ab" }
+add element bridge banger ident { "bgtap7" . 06:00:ac:10:00:09 . 172.16.0.9 comment "vm-0123456789ab" }
+add chain inet banger vm-0123456789ab
+add rule inet banger vm-0123456789ab drop
+add element inet banger guests { 172.16.0.9 comment "vm-0123456789ab" : jump vm-0123456789ab }
 add counter inet banger vm-0123456789ab-denied
 `
 	if _, err := e.os.Runner().RunStdin(context.Background(), strings.NewReader(stray), "nft", "-f", "-"); err != nil {
@@ -248,7 +251,7 @@ func TestFilterPlanKeepsVMsCreatedMeanwhile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	chain := "nft inet banger chain vm-" + model.ShortID(v.ID)
+	chain := `comment "vm-` + model.ShortID(v.ID) + `"`
 	observe := func() hostObservation {
 		infos, base, err := e.d.net.FilterStatus(e.ctx)
 		if err != nil {

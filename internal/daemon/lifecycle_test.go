@@ -199,12 +199,24 @@ func newTestDaemonWith(t *testing.T, dm bool, tweak func(dir string, cfg *model.
 }
 
 // baseFilter are the lines of the fake host's state that banger's base
-// packet filter makes (network.EnsureFilter); its maps are printed with
-// their elements, which are per VM.
+// packet filter makes (network.EnsureFilter); its sets and map are
+// printed with their elements, which are per VM.
 var baseFilter = []string{
+	`nft bridge banger chain guest`,
+	`nft bridge banger rule guest arp htype != 1 drop`,
+	`nft bridge banger rule guest arp ptype != ip drop`,
+	`nft bridge banger rule guest arp hlen != 6 drop`,
+	`nft bridge banger rule guest arp plen != 4 drop`,
+	`nft bridge banger rule guest iifname . ether saddr . arp saddr ip != @ident drop`,
+	`nft bridge banger rule guest iifname . arp saddr ether . arp saddr ip != @ident drop`,
+	`nft bridge banger rule guest ether type arp accept`,
+	`nft bridge banger rule guest iifname . ether saddr . ip saddr != @ident drop`,
+	`nft bridge banger rule guest udp sport 67 drop`,
+	`nft bridge banger rule guest ether type ip accept`,
+	`nft bridge banger rule guest drop`,
 	`nft bridge banger chain prerouting { type filter hook prerouting priority -300 ; policy accept ; }`,
-	`nft bridge banger rule prerouting iifname vmap @ports`,
-	`nft bridge banger rule prerouting iifname "bgtap*" drop`,
+	`nft bridge banger rule prerouting iifname "bgtap*" jump guest`,
+	`nft bridge banger rule prerouting iifname @taps jump guest`,
 	`nft inet banger chain forward { type filter hook forward priority -10 ; policy accept ; }`,
 	`nft inet banger rule forward iifname "br-fc" oifname "br-fc" drop`,
 	`nft inet banger rule forward iifname "br-fc" ip saddr vmap @guests`,
@@ -218,9 +230,10 @@ var baseFilter = []string{
 	`nft inet banger rule input iifname "br-fc" jump guest-in`,
 }
 
-// Empty maps of the base filter.
+// Empty sets and map of the base filter.
 const (
-	emptyPorts  = `nft bridge banger map ports { type ifname : verdict ; }`
+	emptyTaps   = `nft bridge banger set taps { type ifname ; }`
+	emptyIdent  = `nft bridge banger set ident { type ifname . ether_addr . ipv4_addr ; }`
 	emptyGuests = `nft inet banger map guests { type ipv4_addr : verdict ; }`
 )
 
@@ -230,7 +243,7 @@ const (
 func (e *testEnv) hostState() string {
 	s := strings.ReplaceAll(e.os.String(), e.d.cfg.StateDir, "$STATE")
 	lines := strings.Split(strings.TrimSuffix(s, "\n"), "\n")
-	base := map[string]bool{emptyPorts: true, emptyGuests: true}
+	base := map[string]bool{emptyTaps: true, emptyIdent: true, emptyGuests: true}
 	for _, l := range baseFilter {
 		base[l] = true
 	}
@@ -252,24 +265,13 @@ func (e *testEnv) hostState() string {
 }
 
 // vmFilter is the fake host's state of a running VM's filter with egress
-// open, on its tap and address, in the order the fake prints.
+// open, on its tap and address, in the order the fake prints: its
+// elements of the base sets and map, nothing else.
 func vmFilter(short, tap, ip, mac string) (bridge, inet string) {
-	b := "nft bridge banger chain vm-" + short + "\n"
-	for _, r := range []string{
-		"ether saddr != " + mac + " drop", "arp htype != 1 drop", "arp ptype != ip drop", "arp hlen != 6 drop", "arp plen != 4 drop",
-		"arp saddr ether != " + mac + " drop", "arp saddr ip != " + ip + " drop", "ether type arp accept",
-		"ip saddr != " + ip + " drop", "udp sport 67 drop", "ether type ip accept", "drop",
-	} {
-		b += "nft bridge banger rule vm-" + short + " " + r + "\n"
-	}
-	b += "nft bridge banger map ports { type ifname : verdict ; } = " + tap + " : jump vm-" + short + "\n"
-	i := "nft inet banger chain vm-" + short + "\n" +
-		"nft inet banger rule vm-" + short + " accept\n" +
-		"nft inet banger map guests { type ipv4_addr : verdict ; } = " + ip + " : jump vm-" + short + "\n" +
-		"nft inet banger set vm-" + short + "-allow { type ipv4_addr ; flags interval ; }\n" +
-		"nft inet banger set vm-" + short + "-dns { type ipv4_addr ; flags timeout ; }\n" +
-		"nft inet banger set vm-" + short + "-seen { type ipv4_addr . inet_proto . inet_service . inet_service ; flags dynamic,timeout ; timeout 1m ; size 4096 ; }\n" +
-		"nft inet banger counter vm-" + short + "-denied packets 0\n"
+	c := ` comment "vm-` + short + `"`
+	b := "nft bridge banger set ident { type ifname . ether_addr . ipv4_addr ; } = " + tap + " . " + mac + " . " + ip + c + "\n" +
+		"nft bridge banger set taps { type ifname ; } = " + tap + c + "\n"
+	i := "nft inet banger map guests { type ipv4_addr : verdict ; } = " + ip + c + " : accept\n"
 	return b, i
 }
 
@@ -425,8 +427,8 @@ link bgtap3 tap master=br-fc up isolated
 link bgtap4 tap master=br-fc up isolated
 link br-fc bridge up 172.16.0.1/24
 sysctl net.ipv4.ip_forward=0
-`) || !strings.Contains(got, "nft bridge banger map ports { type ifname : verdict ; } = bgtap0 : jump vm-") ||
-		strings.Count(got, "nft inet banger rule vm-") != 3 || !strings.HasSuffix(got, "nft base filter\n") {
+`) || !strings.Contains(got, "nft bridge banger set taps { type ifname ; } = bgtap0 comment \"vm-") ||
+		strings.Count(got, " : accept") != 3 || !strings.HasSuffix(got, "nft base filter\n") {
 		t.Errorf("three running: host state\n%s", got)
 	}
 	if got := e.vm(t, "one").Runtime.OverlayStrategy; got != "copy" {

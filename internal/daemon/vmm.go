@@ -2,10 +2,12 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"banger/internal/api"
@@ -190,26 +192,21 @@ func (b vmmBooter) waitReady(ctx context.Context, s *startRun) error {
 }
 
 // configureVMM sends the machine's configuration over the Firecracker API.
+// Every body is made (and checked) first; then the requests, which do not
+// depend on one another before InstanceStart, go at once, each on its own
+// connection (the client keeps none alive), so the step costs about one
+// round trip instead of seven.
 func configureVMM(ctx context.Context, cfg model.DaemonConfig, nameserver string, c *firecracker.Client, vm model.VMRecord, l *vmmLaunch, tap string) error {
 	logger, err := firecracker.NewLogger(l.logPath, "Info")
 	if err != nil {
-		return err
-	}
-	if err := c.PutLogger(ctx, logger); err != nil {
 		return err
 	}
 	metrics, err := firecracker.NewMetrics(l.metricsPath)
 	if err != nil {
 		return err
 	}
-	if err := c.PutMetrics(ctx, metrics); err != nil {
-		return err
-	}
 	mc, err := firecracker.NewMachineConfig(vm.Spec.VCPUCount, vm.Spec.MemoryMiB)
 	if err != nil {
-		return err
-	}
-	if err := c.PutMachineConfig(ctx, mc); err != nil {
 		return err
 	}
 	ipArg, err := network.KernelIPArg(vm.Runtime.GuestIP, cfg.BridgeIP, cfg.CIDR, vm.Name, nameserver)
@@ -224,14 +221,8 @@ func configureVMM(ctx context.Context, cfg model.DaemonConfig, nameserver string
 	if err != nil {
 		return err
 	}
-	if err := c.PutBootSource(ctx, bs); err != nil {
-		return err
-	}
 	root, err := firecracker.NewDrive("rootfs", l.root, true, false)
 	if err != nil {
-		return err
-	}
-	if err := c.PutDrive(ctx, root); err != nil {
 		return err
 	}
 	work, err := firecracker.NewDrive("work", l.work, false, false)
@@ -242,14 +233,35 @@ func configureVMM(ctx context.Context, cfg model.DaemonConfig, nameserver string
 	// (the system disk can be rebuilt from the image, so it keeps the
 	// faster default).
 	work.CacheType = "Writeback"
-	if err := c.PutDrive(ctx, work); err != nil {
-		return err
-	}
 	nic, err := firecracker.NewNetworkInterface("eth0", tap, vm.Runtime.GuestMAC)
 	if err != nil {
 		return err
 	}
-	return c.PutNetworkInterface(ctx, nic)
+	return allAtOnce(
+		func() error { return c.PutLogger(ctx, logger) },
+		func() error { return c.PutMetrics(ctx, metrics) },
+		func() error { return c.PutMachineConfig(ctx, mc) },
+		func() error { return c.PutBootSource(ctx, bs) },
+		func() error { return c.PutDrive(ctx, root) },
+		func() error { return c.PutDrive(ctx, work) },
+		func() error { return c.PutNetworkInterface(ctx, nic) },
+	)
+}
+
+// allAtOnce runs each call in its own goroutine, waits for all of them
+// and returns their errors joined, in the order the calls were given.
+func allAtOnce(calls ...func() error) error {
+	errs := make([]error, len(calls))
+	var wg sync.WaitGroup
+	for i, call := range calls {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = call()
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 // sshPollInterval is the pause between two SSH attempts while a guest

@@ -42,8 +42,10 @@ func TestProcRunnerCancelKillsGroup(t *testing.T) {
 	pidFile := filepath.Join(dir, "pid")
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() {
+		// The shell creates the file before it writes the PID: wait
+		// for the whole line.
 		for i := 0; i < 100; i++ {
-			if _, err := os.Stat(pidFile); err == nil {
+			if b, err := os.ReadFile(pidFile); err == nil && strings.HasSuffix(string(b), "\n") {
 				break
 			}
 			time.Sleep(50 * time.Millisecond)

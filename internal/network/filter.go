@@ -14,33 +14,49 @@ import (
 // This file builds banger's packet filter: one nftables table named
 // "banger" in the bridge family (what enters the bridge from each tap)
 // and one in the inet family (what the host receives from guests and
-// routes for them). Every change is one nft script, applied atomically
-// with `nft -f`. The builders here are pure: they turn a configuration,
-// a VM's filter and the listed state into script text.
+// routes for them). The builders here are pure: they turn a configuration,
+// a VM's filter and the listed state into the changes to make.
 //
-// Base objects (made by EnsureFilter):
+// Base objects (made by EnsureFilter, as one `nft -f` script, off the
+// start path):
 //
-//	bridge banger: map ports (tap name → jump vm-<short>); chain
-//	  prerouting: taps with a VM jump to its chain, every other banger tap
-//	  is dropped.
-//	inet banger: map guests (guest IP → jump vm-<short>); chain input:
-//	  from the bridge only established traffic and DNS to the bridge IP;
-//	  chain forward: nothing routed from the bridge back to it (guest to
-//	  guest), guests' traffic through their VM chain, anything else from
-//	  the bridge dropped.
+//	bridge banger: set taps (banger taps named otherwise than the tap
+//	  prefix), set ident (tap . MAC . IP of every VM); chain prerouting:
+//	  every banger tap goes to chain guest, which passes only ARP and
+//	  IPv4 whose tap, source MAC and source IP are a VM's element of
+//	  ident, and drops everything else (so a tap without a VM passes
+//	  nothing).
+//	inet banger: map guests (guest IP → accept, or jump vm-<short>);
+//	  chain input: from the bridge only established traffic and DNS to
+//	  the bridge IP; chain forward: nothing routed from the bridge back
+//	  to it (guest to guest), guests' traffic by their guests element,
+//	  anything else from the bridge dropped.
 //
-// Per-VM objects, all named after the VM's short ID so reconcile finds
-// them: chain vm-<short> in both tables (anti-spoofing in bridge, the
-// egress policy in inet), sets vm-<short>-allow (the policy's networks),
-// vm-<short>-dns (addresses the daemon's DNS answered for allowed names,
-// with their TTL), vm-<short>-seen (denied flows already counted) and the
-// counter vm-<short>-denied.
+// A VM's filter is then, on the default start path (egress open), three
+// elements and nothing else: its tap in taps, its tap . MAC . IP in
+// ident and its IP : accept in guests, each with the comment vm-<short>
+// so that reconcile knows whose it is. The Manager adds and removes them
+// in one netlink transaction (nftlink.go), no nft process. A VM whose
+// policy is none or allow has its IP jump to its own chain instead,
+// made with its objects in one `nft -f` script: chain vm-<short> (the
+// egress policy), sets vm-<short>-allow (the policy's networks),
+// vm-<short>-dns (addresses the daemon's DNS answered for allowed
+// names, with their TTL), vm-<short>-seen (denied flows already counted)
+// and the counter vm-<short>-denied.
 
 // filterTable is the name of banger's table in both families.
 const filterTable = "banger"
 
 // vmObjPrefix starts the name of every per-VM object.
 const vmObjPrefix = "vm-"
+
+// Names of the base sets, map and chain that hold the VMs' elements.
+const (
+	tapsSet    = "taps"
+	identSet   = "ident"
+	guestsMap  = "guests"
+	guestChain = "guest"
+)
 
 // Suffixes of the per-VM sets and counter.
 const (
@@ -121,21 +137,27 @@ func (s *script) add(format string, args ...any) {
 func (s *script) String() string { return s.b.String() }
 
 // baseScript makes (or remakes) the base objects. Re-running it is
-// harmless: tables, maps and chains are added if missing, the base chains
-// are flushed and refilled in the same transaction, and the per-VM
-// objects and map elements are kept.
+// harmless: tables, sets, maps and chains are added if missing, the base
+// chains are flushed and refilled in the same transaction, and the per-VM
+// objects and elements are kept.
 func baseScript(c Config) string {
 	var s script
 	t := filterTable
 	s.add("add table bridge %s", t)
-	s.add("add map bridge %s ports { type ifname : verdict ; }", t)
+	s.add("add set bridge %s %s { type ifname ; }", t, tapsSet)
+	s.add("add set bridge %s %s { type ifname . ether_addr . ipv4_addr ; }", t, identSet)
 	s.add("add chain bridge %s prerouting { type filter hook prerouting priority -300 ; policy accept ; }", t)
+	s.add("add chain bridge %s %s", t, guestChain)
 	s.add("flush chain bridge %s prerouting", t)
-	s.add("add rule bridge %s prerouting iifname vmap @ports", t)
-	s.add("add rule bridge %s prerouting iifname %q drop", t, c.TapPrefix+"*")
+	s.add("flush chain bridge %s %s", t, guestChain)
+	s.add("add rule bridge %s prerouting iifname %q jump %s", t, c.TapPrefix+"*", guestChain)
+	s.add("add rule bridge %s prerouting iifname @%s jump %s", t, tapsSet, guestChain)
+	for _, r := range bridgeRules() {
+		s.add("add rule bridge %s %s %s", t, guestChain, r)
+	}
 
 	s.add("add table inet %s", t)
-	s.add("add map inet %s guests { type ipv4_addr : verdict ; }", t)
+	s.add("add map inet %s %s { type ipv4_addr : verdict ; }", t, guestsMap)
 	s.add("add chain inet %s guest-in", t)
 	s.add("add chain inet %s input { type filter hook input priority -10 ; policy accept ; }", t)
 	s.add("add chain inet %s forward { type filter hook forward priority -10 ; policy accept ; }", t)
@@ -149,26 +171,28 @@ func baseScript(c Config) string {
 	s.add("add rule inet %s guest-in ip daddr %s tcp dport 53 accept", t, c.BridgeIP)
 	s.add("add rule inet %s guest-in drop", t)
 	s.add("add rule inet %s forward iifname %q oifname %q drop", t, br, br)
-	s.add("add rule inet %s forward iifname %q ip saddr vmap @guests", t, br)
+	s.add("add rule inet %s forward iifname %q ip saddr vmap @%s", t, br, guestsMap)
 	s.add("add rule inet %s forward iifname %q drop", t, br)
 	return s.String()
 }
 
-// bridgeRules are a VM's anti-spoofing rules: frames from its tap must
-// carry its MAC; ARP must be Ethernet/IPv4 and announce its own MAC and
-// IP; IPv4 must come from its IP and may not be a DHCP server's reply;
-// nothing else (IPv6, VLAN tags, other ethertypes) passes.
-func bridgeRules(f Filter) []string {
+// bridgeRules are the anti-spoofing rules of chain guest, the same for
+// every VM: the VM is known by its tap's element of ident. ARP must be
+// Ethernet/IPv4 and its frame's source MAC and the MAC and IP it
+// announces must be the tap's VM's; IPv4 must come from the VM's MAC and
+// IP and may not be a DHCP server's reply; nothing else (IPv6, VLAN
+// tags, other ethertypes) passes. Each arp and ip match carries its own
+// protocol test (nft adds it), so a rule about ARP never drops IPv4.
+func bridgeRules() []string {
 	return []string{
-		"ether saddr != " + f.GuestMAC + " drop",
 		"arp htype != 1 drop",
 		"arp ptype != ip drop",
 		"arp hlen != 6 drop",
 		"arp plen != 4 drop",
-		"arp saddr ether != " + f.GuestMAC + " drop",
-		"arp saddr ip != " + f.GuestIP + " drop",
+		"iifname . ether saddr . arp saddr ip != @" + identSet + " drop",
+		"iifname . arp saddr ether . arp saddr ip != @" + identSet + " drop",
 		"ether type arp accept",
-		"ip saddr != " + f.GuestIP + " drop",
+		"iifname . ether saddr . ip saddr != @" + identSet + " drop",
 		"udp sport 67 drop",
 		"ether type ip accept",
 		"drop",
@@ -254,88 +278,173 @@ func mergePrefixes(in []netip.Prefix) []netip.Prefix {
 	return out
 }
 
-// enableScript (re)builds a VM's filter in one transaction: whatever of
-// the VM's objects exist goes (except its counter, so the denied count
-// survives a policy change), map elements that another VM left on the
-// same tap or IP go, and everything is added fresh.
-func enableScript(st nftState, f Filter, logGroup int) string {
-	short := model.ShortID(f.VMID)
+// filterOp is one change to banger's tables: elements deleted and
+// added, and, when a VM's own objects change, the commands that delete
+// and make them. It applies as one transaction, in this order: dels,
+// drop, make, adds (a chain is deleted only once no element jumps to
+// it, and an element jumps only to a chain made before it). An op with
+// elements only is what the start path of an open VM makes; it needs no
+// nft process (elemWriter).
+type filterOp struct {
+	dels, adds []setElem
+	drop, make []string
+}
+
+// elementsOnly reports whether op changes elements and nothing else.
+func (op filterOp) elementsOnly() bool { return len(op.drop) == 0 && len(op.make) == 0 }
+
+// script is the op as one nft script.
+func (op filterOp) script() string {
 	var s script
-	removeVMObjects(&s, st, short, false)
+	for _, e := range op.dels {
+		s.add("delete element %s %s %s { %s }", e.Family, filterTable, e.Set, elemKeyText(e))
+	}
+	for _, l := range op.drop {
+		s.add("%s", l)
+	}
+	for _, l := range op.make {
+		s.add("%s", l)
+	}
+	for _, e := range op.adds {
+		s.add("add element %s %s %s { %s }", e.Family, filterTable, e.Set, elemText(e))
+	}
+	return s.String()
+}
+
+// vmElems are the elements a VM's filter puts in the base sets and map.
+func vmElems(f Filter) []setElem {
+	short := model.ShortID(f.VMID)
+	verdict := "accept"
+	if f.Egress.Effective() != model.EgressOpen {
+		verdict = "jump " + vmChain(short)
+	}
+	return []setElem{
+		{Family: "bridge", Set: tapsSet, Key: f.Tap, Owner: short},
+		{Family: "bridge", Set: identSet, Key: f.Tap + " . " + f.GuestMAC + " . " + f.GuestIP, Owner: short},
+		{Family: "inet", Set: guestsMap, Key: f.GuestIP, Verdict: verdict, Owner: short},
+	}
+}
+
+// enableOp (re)builds a VM's filter in one transaction: the VM's
+// elements and its objects that exist go (except its counter, so the
+// denied count survives a policy change), elements that another VM left
+// on the same tap or IP go, and everything is added fresh. An open VM
+// that has no objects of its own gets an op of elements only.
+func enableOp(st nftState, f Filter, logGroup int) filterOp {
+	short := model.ShortID(f.VMID)
+	var op filterOp
+	removeVMObjects(&op, st, short, false)
 	for _, e := range st.elems {
-		if e.Target == vmChain(short) {
+		if e.owner() == short {
 			continue // removed above
 		}
-		if (e.Family == "bridge" && e.Map == "ports" && e.Key == f.Tap) || (e.Family == "inet" && e.Map == "guests" && e.Key == f.GuestIP) {
-			s.add("delete element %s %s %s { %s }", e.Family, filterTable, e.Map, elemKey(e))
+		if elemClashes(e, f) {
+			op.dels = append(op.dels, e)
 		}
 	}
-	t, ch := filterTable, vmChain(short)
-	s.add("add chain bridge %s %s", t, ch)
-	for _, r := range bridgeRules(f) {
-		s.add("add rule bridge %s %s %s", t, ch, r)
-	}
-	s.add("add element bridge %s ports { %q : jump %s }", t, f.Tap, ch)
-
-	s.add("add counter inet %s %s", t, ch+deniedSuffix)
-	s.add("add set inet %s %s { type ipv4_addr ; flags interval ; }", t, ch+allowSetSuffix)
-	s.add("add set inet %s %s { type ipv4_addr ; flags timeout ; }", t, ch+dnsSetSuffix)
-	s.add("add set inet %s %s { type ipv4_addr . inet_proto . inet_service . inet_service ; flags dynamic,timeout ; timeout 1m ; size 4096 ; }", t, ch+seenSetSuffix)
-	s.add("add chain inet %s %s", t, ch)
-	for _, r := range egressRules(f, short, logGroup) {
-		s.add("add rule inet %s %s %s", t, ch, r)
-	}
-	if pfx := mergePrefixes(f.Egress.Prefixes()); len(pfx) > 0 {
-		var el []string
-		for _, p := range pfx {
-			el = append(el, p.String())
+	if f.Egress.Effective() != model.EgressOpen {
+		t, ch := filterTable, vmChain(short)
+		op.make = append(op.make,
+			fmt.Sprintf("add counter inet %s %s", t, ch+deniedSuffix),
+			fmt.Sprintf("add set inet %s %s { type ipv4_addr ; flags interval ; }", t, ch+allowSetSuffix),
+			fmt.Sprintf("add set inet %s %s { type ipv4_addr ; flags timeout ; }", t, ch+dnsSetSuffix),
+			fmt.Sprintf("add set inet %s %s { type ipv4_addr . inet_proto . inet_service . inet_service ; flags dynamic,timeout ; timeout 1m ; size 4096 ; }", t, ch+seenSetSuffix),
+			fmt.Sprintf("add chain inet %s %s", t, ch))
+		for _, r := range egressRules(f, short, logGroup) {
+			op.make = append(op.make, fmt.Sprintf("add rule inet %s %s %s", t, ch, r))
 		}
-		s.add("add element inet %s %s { %s }", t, ch+allowSetSuffix, strings.Join(el, ", "))
+		if pfx := mergePrefixes(f.Egress.Prefixes()); len(pfx) > 0 {
+			var el []string
+			for _, p := range pfx {
+				el = append(el, p.String())
+			}
+			op.make = append(op.make, fmt.Sprintf("add element inet %s %s { %s }", t, ch+allowSetSuffix, strings.Join(el, ", ")))
+		}
 	}
-	s.add("add element inet %s guests { %s : jump %s }", t, f.GuestIP, ch)
-	return s.String()
+	op.adds = vmElems(f)
+	return op
 }
 
-// removeScript removes every object of one VM, counter included.
-func removeScript(st nftState, short string) string {
-	var s script
-	removeVMObjects(&s, st, short, true)
-	return s.String()
+// elemClashes reports whether an element (another VM's) names f's tap
+// or IP: a VM's tap and IP are its own, so such an element is stale.
+func elemClashes(e setElem, f Filter) bool {
+	switch e.Family + "/" + e.Set {
+	case "bridge/" + tapsSet, "bridge/ports":
+		return e.Key == f.Tap
+	case "bridge/" + identSet:
+		parts := strings.Split(e.Key, " . ")
+		return len(parts) == 3 && (parts[0] == f.Tap || parts[2] == f.GuestIP)
+	case "inet/" + guestsMap:
+		return e.Key == f.GuestIP
+	}
+	return false
 }
 
-// removeVMObjects adds the commands that delete a VM's listed objects:
-// map elements that jump to its chains first, then the chains (flushed
-// first: older kernels refuse to delete a chain with rules), then its
-// sets, then (with counter) its counter.
-func removeVMObjects(s *script, st nftState, short string, counter bool) {
+// removeOp removes every object and element of one VM, counter
+// included.
+func removeOp(st nftState, short string) filterOp {
+	var op filterOp
+	removeVMObjects(&op, st, short, true)
+	return op
+}
+
+// removeScript is removeOp as an nft script.
+func removeScript(st nftState, short string) string { return removeOp(st, short).script() }
+
+// removeVMObjects adds to op what deletes a VM's listed elements and
+// objects: its elements (those with its comment, and those that jump to
+// its chains) first, then its chains (flushed first: older kernels
+// refuse to delete a chain with rules), then its sets, then (with
+// counter) its counter. Chains in the bridge table are those of an
+// older banger, which had one per VM.
+func removeVMObjects(op *filterOp, st nftState, short string, counter bool) {
 	ch := vmChain(short)
 	for _, e := range st.elems {
-		if e.Target == ch {
-			s.add("delete element %s %s %s { %s }", e.Family, filterTable, e.Map, elemKey(e))
+		if e.owner() == short {
+			op.dels = append(op.dels, e)
 		}
 	}
 	for _, fam := range []string{"bridge", "inet"} {
 		if _, ok := st.chains[fam+"/"+ch]; ok {
-			s.add("flush chain %s %s %s", fam, filterTable, ch)
-			s.add("delete chain %s %s %s", fam, filterTable, ch)
+			op.drop = append(op.drop,
+				fmt.Sprintf("flush chain %s %s %s", fam, filterTable, ch),
+				fmt.Sprintf("delete chain %s %s %s", fam, filterTable, ch))
 		}
 	}
 	for _, suf := range []string{allowSetSuffix, dnsSetSuffix, seenSetSuffix} {
 		if st.sets["inet/"+ch+suf] {
-			s.add("delete set inet %s %s", filterTable, ch+suf)
+			op.drop = append(op.drop, fmt.Sprintf("delete set inet %s %s", filterTable, ch+suf))
 		}
 	}
 	if _, ok := st.counters["inet/"+ch+deniedSuffix]; ok && counter {
-		s.add("delete counter inet %s %s", filterTable, ch+deniedSuffix)
+		op.drop = append(op.drop, fmt.Sprintf("delete counter inet %s %s", filterTable, ch+deniedSuffix))
 	}
 }
 
-// elemKey is a map element's key as nft syntax: interface names quoted.
-func elemKey(e mapElem) string {
-	if e.Map == "ports" {
-		return fmt.Sprintf("%q", e.Key)
+// elemKeyText is an element's key as nft syntax: interface names
+// (the first field of the bridge sets' keys) quoted.
+func elemKeyText(e setElem) string {
+	if e.Family != "bridge" {
+		return e.Key
 	}
-	return e.Key
+	first, rest, more := strings.Cut(e.Key, " . ")
+	if more {
+		return fmt.Sprintf("%q . %s", first, rest)
+	}
+	return fmt.Sprintf("%q", first)
+}
+
+// elemText is an element as nft syntax for an add: key, the owner's
+// comment, and a map element's verdict.
+func elemText(e setElem) string {
+	s := elemKeyText(e)
+	if e.Owner != "" {
+		s += fmt.Sprintf(" comment %q", vmChain(e.Owner))
+	}
+	if e.Verdict != "" {
+		s += " : " + e.Verdict
+	}
+	return s
 }
 
 // ResolvedAddr is an address the daemon's DNS answered for a name a VM's

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -109,7 +110,9 @@ func echo(c net.Conn) error {
 
 // TestIntegrationFilter checks the filter with the real nft and kernel:
 // "fhost" plays the daemon's host with the bridge, g1 and g2 two guests
-// on isolated ports, "fup" the world beyond the host.
+// on isolated ports, "fup" the world beyond the host. Changes of elements
+// only (an open VM's start and stop) go over netlink, as in the daemon;
+// the rest through nft.
 func TestIntegrationFilter(t *testing.T) {
 	testutil.RequireRoot(t)
 	testutil.RequireTools(t, "ip", "nft")
@@ -118,6 +121,10 @@ func TestIntegrationFilter(t *testing.T) {
 	cfg := Config{BridgeName: "bgfbr", BridgeIP: "10.213.9.1", CIDR: "24", TapPrefix: "bgfv", DNSDomain: "banger", EgressLogGroup: 77}
 	m, err := New(cfg, nsRunner{hostNS}, nil)
 	must(t, err)
+	nsf, err := os.Open("/run/netns/" + hostNS)
+	must(t, err)
+	defer nsf.Close()
+	m.elems = &netlinkElems{netns: int(nsf.Fd())}
 	must(t, m.EnsureBridge(ctx))
 	must(t, m.EnsureFilter(ctx))
 	must(t, m.EnsureFilter(ctx))
@@ -173,6 +180,12 @@ func TestIntegrationFilter(t *testing.T) {
 	must(t, m.EnableFilter(ctx, f2))
 	must(t, m.EnableFilter(ctx, f1))
 
+	if out := nsRun(t, hostNS, "nft list set bridge banger ident"); !strings.Contains(out, `"bgfv2" . `+g2.mac+` . `+g2.ip+` comment "vm-`+model.ShortID(id2)+`"`) {
+		t.Errorf("ident as nft lists it after a netlink change:\n%s", out)
+	}
+	if infos, err := m.ListFilters(ctx); err != nil || len(infos) != 2 || infos[0].Partial || infos[1].Partial {
+		t.Errorf("ListFilters of two open VMs = %+v, %v", infos, err)
+	}
 	ok("g1 to the outside (open)", dialFrom(g1.ns, "", up2))
 	ok("the host to g1 (the daemon's SSH)", dialFrom(hostNS, "", g1.ip+":7004"))
 	ok("the host to g2", dialFrom(hostNS, "", g2.ip+":7004"))
@@ -322,8 +335,19 @@ func TestIntegrationFilter(t *testing.T) {
 		t.Errorf("RemoveOrphanFilters = %v", removed)
 	}
 	refused("g2 after its filter went", dialFrom(g2.ns, "", up3))
+	// Back to open (over netlink once the chain is gone), then a stop.
+	f1.Egress = model.EgressPolicy{Mode: model.EgressOpen}
+	must(t, m.EnableFilter(ctx, f1))
+	ok("g1 open again", dialFrom(g1.ns, "", up3))
+	must(t, m.DisableFilter(ctx, id1))
+	refused("g1 after its filter went", dialFrom(g1.ns, "", up3))
+	must(t, m.EnableFilter(ctx, f1))
+	ok("g1 open after a netlink start", dialFrom(g1.ns, "", up3))
 	must(t, m.DisableFilter(ctx, id1))
 	must(t, m.DisableFilter(ctx, id1))
+	if infos, err := m.ListFilters(ctx); err != nil || len(infos) != 0 {
+		t.Errorf("ListFilters after every VM went = %+v, %v", infos, err)
+	}
 	out := nsRun(t, hostNS, "nft list ruleset")
 	if strings.Contains(out, "vm-") {
 		t.Errorf("per-VM objects left:\n%s", out)

@@ -15,11 +15,25 @@ var testCfg = Config{BridgeName: "br-fc", BridgeIP: "172.16.0.1", CIDR: "24", Ta
 
 func TestBaseScript(t *testing.T) {
 	want := `add table bridge banger
-add map bridge banger ports { type ifname : verdict ; }
+add set bridge banger taps { type ifname ; }
+add set bridge banger ident { type ifname . ether_addr . ipv4_addr ; }
 add chain bridge banger prerouting { type filter hook prerouting priority -300 ; policy accept ; }
+add chain bridge banger guest
 flush chain bridge banger prerouting
-add rule bridge banger prerouting iifname vmap @ports
-add rule bridge banger prerouting iifname "bgtap*" drop
+flush chain bridge banger guest
+add rule bridge banger prerouting iifname "bgtap*" jump guest
+add rule bridge banger prerouting iifname @taps jump guest
+add rule bridge banger guest arp htype != 1 drop
+add rule bridge banger guest arp ptype != ip drop
+add rule bridge banger guest arp hlen != 6 drop
+add rule bridge banger guest arp plen != 4 drop
+add rule bridge banger guest iifname . ether saddr . arp saddr ip != @ident drop
+add rule bridge banger guest iifname . arp saddr ether . arp saddr ip != @ident drop
+add rule bridge banger guest ether type arp accept
+add rule bridge banger guest iifname . ether saddr . ip saddr != @ident drop
+add rule bridge banger guest udp sport 67 drop
+add rule bridge banger guest ether type ip accept
+add rule bridge banger guest drop
 add table inet banger
 add map inet banger guests { type ipv4_addr : verdict ; }
 add chain inet banger guest-in
@@ -144,10 +158,30 @@ func TestFilterValidateRefusesHostileValues(t *testing.T) {
 	}
 }
 
-// Real `nft -j list table` output of nftables 1.0.6, for parsing.
-const realBridgeJSON = `{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"table": {"family": "bridge", "name": "banger", "handle": 1}}, {"map": {"family": "bridge", "name": "ports", "table": "banger", "type": "ifname", "handle": 2, "map": "verdict", "elem": [["bgtap0", {"jump": {"target": "vm-abc"}}], ["bgtap5", {"jump": {"target": "vm-a"}}]]}}, {"chain": {"family": "bridge", "table": "banger", "name": "prerouting", "handle": 1, "type": "filter", "hook": "prerouting", "prio": -300, "policy": "accept"}}, {"chain": {"family": "bridge", "table": "banger", "name": "vm-a", "handle": 14}}, {"chain": {"family": "bridge", "table": "banger", "name": "vm-b", "handle": 15}}, {"chain": {"family": "bridge", "table": "banger", "name": "vm-abc", "handle": 16}}, {"rule": {"family": "bridge", "table": "banger", "chain": "prerouting", "handle": 3, "expr": [{"vmap": {"key": {"meta": {"key": "iifname"}}, "data": "@ports"}}]}}, {"rule": {"family": "bridge", "table": "banger", "chain": "prerouting", "handle": 4, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "bgtap*"}}, {"drop": null}]}}, {"rule": {"family": "bridge", "table": "banger", "chain": "vm-abc", "handle": 17, "expr": [{"drop": null}]}}]}`
+// Real `nft -j list table` output of nftables 1.0.6, for parsing: the
+// base, VM abc (egress allow=10.0.0.0/8, its own chain) and VM def
+// (egress open, elements only).
+const realBridgeJSON = `{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"table": {"family": "bridge", "name": "banger", "handle": 5}}, {"set": {"family": "bridge", "name": "taps", "table": "banger", "type": "ifname", "handle": 1, "elem": [{"elem": {"val": "bgtap0", "comment": "vm-abc"}}, {"elem": {"val": "bgtap1", "comment": "vm-def"}}]}}, {"set": {"family": "bridge", "name": "ident", "table": "banger", "type": ["ifname", "ether_addr", "ipv4_addr"], "handle": 2, "elem": [{"elem": {"val": {"concat": ["bgtap0", "06:00:ac:10:00:02", "172.16.0.2"]}, "comment": "vm-abc"}}, {"elem": {"val": {"concat": ["bgtap1", "06:00:ac:10:00:03", "172.16.0.3"]}, "comment": "vm-def"}}]}}, {"chain": {"family": "bridge", "table": "banger", "name": "prerouting", "handle": 3, "type": "filter", "hook": "prerouting", "prio": -300, "policy": "accept"}}, {"chain": {"family": "bridge", "table": "banger", "name": "guest", "handle": 4}}, {"rule": {"family": "bridge", "table": "banger", "chain": "prerouting", "handle": 5, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "bgtap*"}}, {"jump": {"target": "guest"}}]}}, {"rule": {"family": "bridge", "table": "banger", "chain": "prerouting", "handle": 6, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "@taps"}}, {"jump": {"target": "guest"}}]}}, {"rule": {"family": "bridge", "table": "banger", "chain": "guest", "handle": 7, "expr": [{"match": {"op": "!=", "left": {"payload": {"protocol": "arp", "field": "htype"}}, "right": 1}}, {"drop": null}]}}, {"rule": {"family": "bridge", "table": "banger", "chain": "guest", "handle": 8, "expr": [{"match": {"op": "!=", "left": {"payload": {"protocol": "arp", "field": "ptype"}}, "right": "ip"}}, {"drop": null}]}}, {"rule": {"family": "bridge", "table": "banger", "chain": "guest", "handle": 9, "expr": [{"match": {"op": "!=", "left": {"payload": {"protocol": "arp", "field": "hlen"}}, "right": 6}}, {"drop": null}]}}, {"rule": {"family": "bridge", "table": "banger", "chain": "guest", "handle": 10, "expr": [{"match": {"op": "!=", "left": {"payload": {"protocol": "arp", "field": "plen"}}, "right": 4}}, {"drop": null}]}}, {"rule": {"family": "bridge", "table": "banger", "chain": "guest", "handle": 11, "expr": [{"match": {"op": "!=", "left": {"concat": [{"meta": {"key": "iifname"}}, {"payload": {"protocol": "ether", "field": "saddr"}}, {"payload": {"protocol": "arp", "field": "saddr ip"}}]}, "right": "@ident"}}, {"drop": null}]}}, {"rule": {"family": "bridge", "table": "banger", "chain": "guest", "handle": 12, "expr": [{"match": {"op": "!=", "left": {"concat": [{"meta": {"key": "iifname"}}, {"payload": {"protocol": "arp", "field": "saddr ether"}}, {"payload": {"protocol": "arp", "field": "saddr ip"}}]}, "right": "@ident"}}, {"drop": null}]}}, {"rule": {"family": "bridge", "table": "banger", "chain": "guest", "handle": 13, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ether", "field": "type"}}, "right": "arp"}}, {"accept": null}]}}, {"rule": {"family": "bridge", "table": "banger", "chain": "guest", "handle": 14, "expr": [{"match": {"op": "!=", "left": {"concat": [{"meta": {"key": "iifname"}}, {"payload": {"protocol": "ether", "field": "saddr"}}, {"payload": {"protocol": "ip", "field": "saddr"}}]}, "right": "@ident"}}, {"drop": null}]}}, {"rule": {"family": "bridge", "table": "banger", "chain": "guest", "handle": 15, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "sport"}}, "right": 67}}, {"drop": null}]}}, {"rule": {"family": "bridge", "table": "banger", "chain": "guest", "handle": 16, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ether", "field": "type"}}, "right": "ip"}}, {"accept": null}]}}, {"rule": {"family": "bridge", "table": "banger", "chain": "guest", "handle": 17, "expr": [{"drop": null}]}}]}`
 
-const realInetJSON = `{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"table": {"family": "inet", "name": "banger", "handle": 2}}, {"counter": {"family": "inet", "name": "vm-abc-denied", "table": "banger", "handle": 1, "packets": 4, "bytes": 240}}, {"set": {"family": "inet", "name": "vm-abc-dns", "table": "banger", "type": "ipv4_addr", "handle": 3, "flags": ["timeout"], "elem": [{"elem": {"val": "10.99.0.7", "timeout": 300, "expires": 299}}]}}, {"set": {"family": "inet", "name": "vm-abc-seen", "table": "banger", "type": ["ipv4_addr", "inet_proto", "inet_service", "inet_service"], "handle": 4, "size": 4096, "flags": ["timeout"], "timeout": 60}}, {"set": {"family": "inet", "name": "vm-abc-allow", "table": "banger", "type": "ipv4_addr", "handle": 11, "flags": ["interval"], "elem": [{"prefix": {"addr": "10.0.0.0", "len": 8}}]}}, {"map": {"family": "inet", "name": "guests", "table": "banger", "type": "ipv4_addr", "handle": 14, "map": "verdict", "elem": [["172.16.0.2", {"jump": {"target": "vm-abc"}}]]}}, {"chain": {"family": "inet", "table": "banger", "name": "vm-abc", "handle": 12}}, {"rule": {"family": "inet", "table": "banger", "chain": "vm-abc", "handle": 13, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": "@vm-abc-allow"}}, {"accept": null}]}}]}`
+const realInetJSON = `{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"table": {"family": "inet", "name": "banger", "handle": 6}}, {"counter": {"family": "inet", "name": "vm-abc-denied", "table": "banger", "handle": 13, "packets": 0, "bytes": 0}}, {"map": {"family": "inet", "name": "guests", "table": "banger", "type": "ipv4_addr", "handle": 1, "map": "verdict", "elem": [[{"elem": {"val": "172.16.0.2", "comment": "vm-abc"}}, {"jump": {"target": "vm-abc"}}], [{"elem": {"val": "172.16.0.3", "comment": "vm-def"}}, {"accept": null}]]}}, {"set": {"family": "inet", "name": "vm-abc-allow", "table": "banger", "type": "ipv4_addr", "handle": 14, "flags": ["interval"], "elem": [{"prefix": {"addr": "10.0.0.0", "len": 8}}]}}, {"set": {"family": "inet", "name": "vm-abc-dns", "table": "banger", "type": "ipv4_addr", "handle": 15, "flags": ["timeout"]}}, {"set": {"family": "inet", "name": "vm-abc-seen", "table": "banger", "type": ["ipv4_addr", "inet_proto", "inet_service", "inet_service"], "handle": 16, "size": 4096, "flags": ["timeout"], "timeout": 60}}, {"chain": {"family": "inet", "table": "banger", "name": "guest-in", "handle": 2}}, {"chain": {"family": "inet", "table": "banger", "name": "input", "handle": 3, "type": "filter", "hook": "input", "prio": -10, "policy": "accept"}}, {"chain": {"family": "inet", "table": "banger", "name": "forward", "handle": 4, "type": "filter", "hook": "forward", "prio": -10, "policy": "accept"}}, {"chain": {"family": "inet", "table": "banger", "name": "vm-abc", "handle": 17}}, {"rule": {"family": "inet", "table": "banger", "chain": "guest-in", "handle": 6, "expr": [{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}, {"accept": null}]}}, {"rule": {"family": "inet", "table": "banger", "chain": "guest-in", "handle": 7, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": "172.16.0.1"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}}, "right": 53}}, {"accept": null}]}}, {"rule": {"family": "inet", "table": "banger", "chain": "guest-in", "handle": 8, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": "172.16.0.1"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 53}}, {"accept": null}]}}, {"rule": {"family": "inet", "table": "banger", "chain": "guest-in", "handle": 9, "expr": [{"drop": null}]}}, {"rule": {"family": "inet", "table": "banger", "chain": "input", "handle": 5, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "br-fc"}}, {"jump": {"target": "guest-in"}}]}}, {"rule": {"family": "inet", "table": "banger", "chain": "forward", "handle": 10, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "br-fc"}}, {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "br-fc"}}, {"drop": null}]}}, {"rule": {"family": "inet", "table": "banger", "chain": "forward", "handle": 11, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "br-fc"}}, {"vmap": {"key": {"payload": {"protocol": "ip", "field": "saddr"}}, "data": "@guests"}}]}}, {"rule": {"family": "inet", "table": "banger", "chain": "forward", "handle": 12, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "br-fc"}}, {"drop": null}]}}, {"rule": {"family": "inet", "table": "banger", "chain": "vm-abc", "handle": 18, "expr": [{"match": {"op": "==", "left": {"ct": {"key": "direction"}}, "right": "reply"}}, {"accept": null}]}}, {"rule": {"family": "inet", "table": "banger", "chain": "vm-abc", "handle": 19, "expr": [{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}, {"match": {"op": "==", "left": {"ct": {"key": "mark"}}, "right": 4149595165}}, {"accept": null}]}}, {"rule": {"family": "inet", "table": "banger", "chain": "vm-abc", "handle": 20, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": "@vm-abc-allow"}}, {"mangle": {"key": {"ct": {"key": "mark"}}, "value": 4149595165}}, {"accept": null}]}}, {"rule": {"family": "inet", "table": "banger", "chain": "vm-abc", "handle": 21, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": "@vm-abc-dns"}}, {"mangle": {"key": {"ct": {"key": "mark"}}, "value": 4149595165}}, {"accept": null}]}}, {"rule": {"family": "inet", "table": "banger", "chain": "vm-abc", "handle": 22, "expr": [{"match": {"op": "!=", "left": {"concat": [{"payload": {"protocol": "ip", "field": "daddr"}}, {"meta": {"key": "l4proto"}}, {"payload": {"protocol": "th", "field": "dport"}}, {"payload": {"protocol": "th", "field": "sport"}}]}, "right": "@vm-abc-seen"}}, {"set": {"op": "add", "elem": {"concat": [{"payload": {"protocol": "ip", "field": "daddr"}}, {"meta": {"key": "l4proto"}}, {"payload": {"protocol": "th", "field": "dport"}}, {"payload": {"protocol": "th", "field": "sport"}}]}, "set": "@vm-abc-seen"}}, {"counter": "vm-abc-denied"}]}}, {"rule": {"family": "inet", "table": "banger", "chain": "vm-abc", "handle": 23, "expr": [{"drop": null}]}}]}`
+
+// Real `nft -j list table` output of nftables 1.0.6 for the tables of
+// an older banger (a verdict map of taps and a chain per VM in the
+// bridge table, no comments), for parsing and migration.
+const legacyBridgeJSON = `{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"table": {"family": "bridge", "name": "banger", "handle": 1}}, {"map": {"family": "bridge", "name": "ports", "table": "banger", "type": "ifname", "handle": 2, "map": "verdict", "elem": [["bgtap0", {"jump": {"target": "vm-abc"}}], ["bgtap5", {"jump": {"target": "vm-a"}}]]}}, {"chain": {"family": "bridge", "table": "banger", "name": "prerouting", "handle": 1, "type": "filter", "hook": "prerouting", "prio": -300, "policy": "accept"}}, {"chain": {"family": "bridge", "table": "banger", "name": "vm-a", "handle": 14}}, {"chain": {"family": "bridge", "table": "banger", "name": "vm-b", "handle": 15}}, {"chain": {"family": "bridge", "table": "banger", "name": "vm-abc", "handle": 16}}, {"rule": {"family": "bridge", "table": "banger", "chain": "prerouting", "handle": 3, "expr": [{"vmap": {"key": {"meta": {"key": "iifname"}}, "data": "@ports"}}]}}, {"rule": {"family": "bridge", "table": "banger", "chain": "prerouting", "handle": 4, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "bgtap*"}}, {"drop": null}]}}, {"rule": {"family": "bridge", "table": "banger", "chain": "vm-abc", "handle": 17, "expr": [{"drop": null}]}}]}`
+
+const legacyInetJSON = `{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"table": {"family": "inet", "name": "banger", "handle": 2}}, {"counter": {"family": "inet", "name": "vm-abc-denied", "table": "banger", "handle": 1, "packets": 4, "bytes": 240}}, {"set": {"family": "inet", "name": "vm-abc-dns", "table": "banger", "type": "ipv4_addr", "handle": 3, "flags": ["timeout"], "elem": [{"elem": {"val": "10.99.0.7", "timeout": 300, "expires": 299}}]}}, {"set": {"family": "inet", "name": "vm-abc-seen", "table": "banger", "type": ["ipv4_addr", "inet_proto", "inet_service", "inet_service"], "handle": 4, "size": 4096, "flags": ["timeout"], "timeout": 60}}, {"set": {"family": "inet", "name": "vm-abc-allow", "table": "banger", "type": "ipv4_addr", "handle": 11, "flags": ["interval"], "elem": [{"prefix": {"addr": "10.0.0.0", "len": 8}}]}}, {"map": {"family": "inet", "name": "guests", "table": "banger", "type": "ipv4_addr", "handle": 14, "map": "verdict", "elem": [["172.16.0.2", {"jump": {"target": "vm-abc"}}]]}}, {"chain": {"family": "inet", "table": "banger", "name": "vm-abc", "handle": 12}}, {"rule": {"family": "inet", "table": "banger", "chain": "vm-abc", "handle": 13, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": "@vm-abc-allow"}}, {"accept": null}]}}]}`
+
+func legacyState(t *testing.T) nftState {
+	t.Helper()
+	st := newNftState()
+	for _, doc := range []string{legacyBridgeJSON, legacyInetJSON} {
+		if err := parseNftState(&st, []byte(doc)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return st
+}
 
 func realState(t *testing.T) nftState {
 	t.Helper()
@@ -162,40 +196,74 @@ func realState(t *testing.T) nftState {
 
 func TestParseNftStateAndInfos(t *testing.T) {
 	st := realState(t)
-	if !st.tables["bridge"] || !st.tables["inet"] {
-		t.Errorf("tables %v", st.tables)
+	if !st.tables["bridge"] || !st.tables["inet"] || !baseWhole(st) {
+		t.Errorf("tables %v, base whole %v", st.tables, baseWhole(st))
 	}
-	if st.chains["bridge/prerouting"] != 2 || st.chains["bridge/vm-abc"] != 1 || st.chains["bridge/vm-b"] != 0 || st.chains["inet/vm-abc"] != 1 {
-		t.Errorf("chains %v", st.chains)
+	if st.chains["bridge/guest"] != 11 || st.chains["inet/vm-abc"] != 6 || !st.sets["bridge/ident"] || !st.sets["inet/vm-abc-seen"] {
+		t.Errorf("chains %v sets %v", st.chains, st.sets)
 	}
-	wantElems := []mapElem{
-		{"bridge", "ports", "bgtap0", "vm-abc"},
-		{"bridge", "ports", "bgtap5", "vm-a"},
-		{"inet", "guests", "172.16.0.2", "vm-abc"},
+	wantElems := []setElem{
+		{"bridge", "ident", "bgtap0 . 06:00:ac:10:00:02 . 172.16.0.2", "", "abc"},
+		{"bridge", "ident", "bgtap1 . 06:00:ac:10:00:03 . 172.16.0.3", "", "def"},
+		{"bridge", "taps", "bgtap0", "", "abc"},
+		{"bridge", "taps", "bgtap1", "", "def"},
+		{"inet", "guests", "172.16.0.2", "jump vm-abc", "abc"},
+		{"inet", "guests", "172.16.0.3", "accept", "def"},
 	}
 	if !slices.Equal(st.elems, wantElems) {
-		t.Errorf("elems %v", st.elems)
+		t.Errorf("elems\n%v\nwant\n%v", st.elems, wantElems)
 	}
 	got := filterInfos(st)
 	want := []FilterInfo{
-		{VMID: "a", Tap: "bgtap5", Partial: true},
-		{VMID: "abc", Tap: "bgtap0", GuestIP: "172.16.0.2", Denied: 4},
-		{VMID: "b", Partial: true},
+		{VMID: "abc", Tap: "bgtap0", GuestIP: "172.16.0.2"},
+		{VMID: "def", Tap: "bgtap1", GuestIP: "172.16.0.3"},
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("filterInfos:\n%+v\nwant\n%+v", got, want)
+	}
+	// A VM that lost one element, or an open VM that kept sets of its
+	// own, is partial.
+	for _, cut := range []func(*nftState){
+		func(st *nftState) { st.elems = slices.Delete(st.elems, 1, 2) },
+		func(st *nftState) { st.sets["inet/vm-def-dns"] = true },
+	} {
+		st := realState(t)
+		cut(&st)
+		if fi := filterInfos(st); len(fi) != 2 || !fi[1].Partial || fi[0].Partial {
+			t.Errorf("after a cut: %+v", fi)
+		}
+	}
+
+	// An older banger's tables: every VM is partial (reconcile rebuilds
+	// the live ones in the new layout) and the base is not whole.
+	st = legacyState(t)
+	wantLegacy := []setElem{
+		{"bridge", "ports", "bgtap0", "jump vm-abc", ""},
+		{"bridge", "ports", "bgtap5", "jump vm-a", ""},
+		{"inet", "guests", "172.16.0.2", "jump vm-abc", ""},
+	}
+	if !slices.Equal(st.elems, wantLegacy) {
+		t.Errorf("legacy elems %v", st.elems)
+	}
+	got = filterInfos(st)
+	want = []FilterInfo{
+		{VMID: "a", Partial: true},
+		{VMID: "abc", GuestIP: "172.16.0.2", Partial: true, Denied: 4},
+		{VMID: "b", Partial: true},
+	}
+	if !slices.Equal(got, want) || baseWhole(st) {
+		t.Errorf("legacy filterInfos:\n%+v\nwant\n%+v", got, want)
 	}
 	if err := parseNftState(&st, []byte("Error: not json")); err == nil {
 		t.Error("garbage parsed")
 	}
 }
 
-func TestRemoveAndEnableScripts(t *testing.T) {
+func TestRemoveAndEnableOps(t *testing.T) {
 	st := realState(t)
-	wantRemove := `delete element bridge banger ports { "bgtap0" }
+	wantRemove := `delete element bridge banger ident { "bgtap0" . 06:00:ac:10:00:02 . 172.16.0.2 }
+delete element bridge banger taps { "bgtap0" }
 delete element inet banger guests { 172.16.0.2 }
-flush chain bridge banger vm-abc
-delete chain bridge banger vm-abc
 flush chain inet banger vm-abc
 delete chain inet banger vm-abc
 delete set inet banger vm-abc-allow
@@ -209,28 +277,35 @@ delete counter inet banger vm-abc-denied
 	if got := removeScript(st, "zzz"); got != "" {
 		t.Errorf("removeScript of a VM with nothing: %q", got)
 	}
+	// An open VM's stop is elements only.
+	if op := removeOp(st, "def"); !op.elementsOnly() || len(op.dels) != 3 {
+		t.Errorf("removeOp of an open VM: %+v", op)
+	}
 
-	// vm "new" takes bgtap5, which vm-a's stale element still names.
-	f := Filter{VMID: "new", Tap: "bgtap5", GuestIP: "172.16.0.3", GuestMAC: "06:00:ac:10:00:03",
+	// An open VM "new" starts on bgtap1 with def's old IP: def's stale
+	// elements on that tap and IP go; the change is elements only.
+	f := Filter{VMID: "new", Tap: "bgtap1", GuestIP: "172.16.0.3", GuestMAC: "06:00:ac:10:00:09"}
+	op := enableOp(st, f, 0)
+	if !op.elementsOnly() {
+		t.Errorf("open start is not elements only: %+v", op)
+	}
+	want := `delete element bridge banger ident { "bgtap1" . 06:00:ac:10:00:03 . 172.16.0.3 }
+delete element bridge banger taps { "bgtap1" }
+delete element inet banger guests { 172.16.0.3 }
+add element bridge banger taps { "bgtap1" comment "vm-new" }
+add element bridge banger ident { "bgtap1" . 06:00:ac:10:00:09 . 172.16.0.3 comment "vm-new" }
+add element inet banger guests { 172.16.0.3 comment "vm-new" : accept }
+`
+	if got := op.script(); got != want {
+		t.Errorf("enableOp open:\n%s\nwant:\n%s", got, want)
+	}
+
+	// An allow VM gets its own chain and sets, made before its element
+	// jumps to them.
+	f = Filter{VMID: "new", Tap: "bgtap5", GuestIP: "172.16.0.5", GuestMAC: "06:00:ac:10:00:05",
 		Egress: model.EgressPolicy{Mode: model.EgressAllow, Allow: []string{"10.1.0.0/16", "10.0.0.0/8", "x.test", "192.168.0.1/32"}}}
-	got := enableScript(st, f, 0)
 	mark := "0x" + hex32(egressMark(f.Egress))
-	want := `delete element bridge banger ports { "bgtap5" }
-add chain bridge banger vm-new
-add rule bridge banger vm-new ether saddr != 06:00:ac:10:00:03 drop
-add rule bridge banger vm-new arp htype != 1 drop
-add rule bridge banger vm-new arp ptype != ip drop
-add rule bridge banger vm-new arp hlen != 6 drop
-add rule bridge banger vm-new arp plen != 4 drop
-add rule bridge banger vm-new arp saddr ether != 06:00:ac:10:00:03 drop
-add rule bridge banger vm-new arp saddr ip != 172.16.0.3 drop
-add rule bridge banger vm-new ether type arp accept
-add rule bridge banger vm-new ip saddr != 172.16.0.3 drop
-add rule bridge banger vm-new udp sport 67 drop
-add rule bridge banger vm-new ether type ip accept
-add rule bridge banger vm-new drop
-add element bridge banger ports { "bgtap5" : jump vm-new }
-add counter inet banger vm-new-denied
+	want = `add counter inet banger vm-new-denied
 add set inet banger vm-new-allow { type ipv4_addr ; flags interval ; }
 add set inet banger vm-new-dns { type ipv4_addr ; flags timeout ; }
 add set inet banger vm-new-seen { type ipv4_addr . inet_proto . inet_service . inet_service ; flags dynamic,timeout ; timeout 1m ; size 4096 ; }
@@ -242,20 +317,64 @@ add rule inet banger vm-new ip daddr @vm-new-dns ct mark set ` + mark + ` accept
 add rule inet banger vm-new ip daddr . meta l4proto . th dport . th sport != @vm-new-seen add @vm-new-seen { ip daddr . meta l4proto . th dport . th sport } counter name "vm-new-denied"
 add rule inet banger vm-new drop
 add element inet banger vm-new-allow { 10.0.0.0/8, 192.168.0.1/32 }
-add element inet banger guests { 172.16.0.3 : jump vm-new }
+add element bridge banger taps { "bgtap5" comment "vm-new" }
+add element bridge banger ident { "bgtap5" . 06:00:ac:10:00:05 . 172.16.0.5 comment "vm-new" }
+add element inet banger guests { 172.16.0.5 comment "vm-new" : jump vm-new }
 `
-	if got != want {
-		t.Errorf("enableScript:\n%s\nwant:\n%s", got, want)
+	if got := enableOp(st, f, 0).script(); got != want {
+		t.Errorf("enableOp allow:\n%s\nwant:\n%s", got, want)
 	}
 
-	// Rebuilding abc keeps its counter and replaces the rest.
+	// abc turning open: its chain and sets go, its counter stays.
 	f = Filter{VMID: "abc", Tap: "bgtap0", GuestIP: "172.16.0.2", GuestMAC: "06:00:ac:10:00:02", Egress: model.EgressPolicy{Mode: model.EgressOpen}}
-	got = enableScript(st, f, 0)
-	if !strings.HasPrefix(got, strings.TrimSuffix(wantRemove, "delete counter inet banger vm-abc-denied\n")+"add chain bridge banger vm-abc\n") {
+	got := enableOp(st, f, 0).script()
+	if !strings.HasPrefix(got, strings.TrimSuffix(wantRemove, "delete counter inet banger vm-abc-denied\n")) {
 		t.Errorf("rebuild does not start by removing all but the counter:\n%s", got)
 	}
-	if strings.Count(got, "vm-abc-denied") != 1 {
-		t.Errorf("rebuild touches the counter more than by adding it:\n%s", got)
+	if strings.Contains(got, "vm-abc-denied") || !strings.HasSuffix(got, `add element inet banger guests { 172.16.0.2 comment "vm-abc" : accept }`+"\n") {
+		t.Errorf("abc turning open:\n%s", got)
+	}
+
+	// A VM of an older banger, rebuilt: its map element and bridge chain
+	// go with the rest.
+	got = enableOp(legacyState(t), Filter{VMID: "abc", Tap: "bgtap0", GuestIP: "172.16.0.2", GuestMAC: "06:00:ac:10:00:02"}, 0).script()
+	for _, line := range []string{`delete element bridge banger ports { "bgtap0" }`, "delete chain bridge banger vm-abc", "delete chain inet banger vm-abc"} {
+		if !strings.Contains(got, line+"\n") {
+			t.Errorf("legacy rebuild lacks %q:\n%s", line, got)
+		}
+	}
+}
+
+func TestElemKeyBytes(t *testing.T) {
+	ifname := func(s string) []byte { b := make([]byte, 16); copy(b, s); return b }
+	tests := []struct {
+		e    setElem
+		want []byte
+	}{
+		{setElem{Family: "bridge", Set: "taps", Key: "bgtap7"}, ifname("bgtap7")},
+		{setElem{Family: "inet", Set: "guests", Key: "172.16.0.9"}, []byte{172, 16, 0, 9}},
+		{setElem{Family: "bridge", Set: "ident", Key: "bgtap7 . 06:00:ac:10:00:09 . 172.16.0.9"},
+			append(ifname("bgtap7"), 6, 0, 0xac, 0x10, 0, 9, 0, 0, 172, 16, 0, 9)},
+	}
+	for _, tt := range tests {
+		if got, err := elemKeyBytes(tt.e); err != nil || !slices.Equal(got, tt.want) {
+			t.Errorf("elemKeyBytes(%+v) = %v, %v; want %v", tt.e, got, err, tt.want)
+		}
+	}
+	for _, bad := range []setElem{
+		{Family: "bridge", Set: "taps", Key: "a-name-much-too-long"},
+		{Family: "bridge", Set: "taps", Key: `bgtap0" accept`},
+		{Family: "inet", Set: "guests", Key: "::1"},
+		{Family: "bridge", Set: "ident", Key: "bgtap7 . 06:00:ac:10:00:09"},
+		{Family: "bridge", Set: "ident", Key: "bgtap7 . 06:00:ac:10:00:09:00:00 . 172.16.0.9"},
+		{Family: "inet", Set: "vm-abc-dns", Key: "10.0.0.1"},
+	} {
+		if _, err := elemKeyBytes(bad); err == nil {
+			t.Errorf("elemKeyBytes(%+v) accepted", bad)
+		}
+	}
+	if _, _, err := nlElem(setElem{Family: "inet", Set: "guests", Key: "172.16.0.9", Verdict: "drop everything"}); err == nil {
+		t.Error("nlElem accepted an unknown verdict")
 	}
 }
 
@@ -310,11 +429,10 @@ func TestFilterOnFakeHost(t *testing.T) {
 	must(t, m.EnableFilter(ctx, f2))
 	st := o.String()
 	for _, line := range []string{
-		`nft bridge banger map ports { type ifname : verdict ; } = bgtap0 : jump vm-111111111111, bgtap1 : jump vm-222222222222`,
-		`nft inet banger map guests { type ipv4_addr : verdict ; } = 172.16.0.2 : jump vm-111111111111, 172.16.0.3 : jump vm-222222222222`,
-		`nft inet banger rule vm-111111111111 accept`,
+		`nft bridge banger set taps { type ifname ; } = bgtap0 comment "vm-111111111111", bgtap1 comment "vm-222222222222"`,
+		`nft bridge banger set ident { type ifname . ether_addr . ipv4_addr ; } = bgtap0 . 06:00:ac:10:00:02 . 172.16.0.2 comment "vm-111111111111", bgtap1 . 06:00:ac:10:00:03 . 172.16.0.3 comment "vm-222222222222"`,
+		`nft inet banger map guests { type ipv4_addr : verdict ; } = 172.16.0.2 comment "vm-111111111111" : accept, 172.16.0.3 comment "vm-222222222222" : jump vm-222222222222`,
 		`nft inet banger rule vm-222222222222 ip daddr . meta l4proto . th dport . th sport != @vm-222222222222-seen add @vm-222222222222-seen { ip daddr . meta l4proto . th dport . th sport } counter name "vm-222222222222-denied" log prefix "banger:vm=222222222222 " group 9`,
-		`nft bridge banger rule vm-222222222222 ip saddr != 172.16.0.3 drop`,
 	} {
 		if !strings.Contains(st, line+"\n") {
 			t.Errorf("state lacks %q:\n%s", line, st)
@@ -352,7 +470,7 @@ func TestFilterOnFakeHost(t *testing.T) {
 	if !slices.Equal(removed, []string{"222222222222"}) {
 		t.Errorf("RemoveOrphanFilters = %v", removed)
 	}
-	if st := o.String(); strings.Contains(st, "222222222222") || !strings.Contains(st, "vm-111111111111") {
+	if st := o.String(); strings.Contains(st, "222222222222") || !strings.Contains(st, `"vm-111111111111"`) {
 		t.Errorf("after orphan removal:\n%s", st)
 	}
 	must(t, m.DisableFilter(ctx, id1))
@@ -375,33 +493,62 @@ func TestFilterOnFakeHost(t *testing.T) {
 	}
 }
 
+// fakeNetlink is the elemWriter of unit tests: it applies a change to
+// the fake host's tables as one netlink batch would, with no process,
+// after encoding every element as the netlink writer does.
+type fakeNetlink struct {
+	o       *fakeos.OS
+	batches int
+}
+
+func (f *fakeNetlink) apply(_ context.Context, dels, adds []setElem) error {
+	for _, e := range append(append([]setElem(nil), dels...), adds...) {
+		if _, _, err := nlElem(e); err != nil {
+			return err
+		}
+	}
+	f.batches++
+	return f.o.NftNetlink(filterOp{dels: dels, adds: adds}.script())
+}
+
 // TestFilterStateKept checks that the tables are listed once and then
-// kept: a start's EnableFilter and a stop's DisableFilter each run one
-// `nft -f -`, and the host ends as it would with a listing before each
-// change. A copy made stale behind banger's back costs a listing and a
-// retry, never a wrong filter.
+// kept: a start's EnableFilter and a stop's DisableFilter each make one
+// change, an open VM's through the elemWriter (no process at all), any
+// other as one `nft -f -`, and the host ends as it would with a listing
+// before each change. A copy made stale behind banger's back costs a
+// listing and a retry, never a wrong filter.
 func TestFilterStateKept(t *testing.T) {
 	ctx := context.Background()
 	o := fakeos.New()
 	m := newTestManager(t, o, 0)
+	nl := &fakeNetlink{o: o}
+	m.elems = nl
 	must(t, m.EnsureFilter(ctx))
 	f1 := Filter{VMID: "111111111111aaaa", Tap: "bgtap0", GuestIP: "172.16.0.2", GuestMAC: "06:00:ac:10:00:02"}
 	f2 := Filter{VMID: "222222222222bbbb", Tap: "bgtap1", GuestIP: "172.16.0.3", GuestMAC: "06:00:ac:10:00:03", Egress: model.EgressPolicy{Mode: model.EgressNone}}
+	f3 := Filter{VMID: "333333333333cccc", Tap: "bgtap2", GuestIP: "172.16.0.4", GuestMAC: "06:00:ac:10:00:04"}
 	must(t, m.EnableFilter(ctx, f1)) // lists: nothing is known yet
 	o.Runner().Reset()
+	nl.batches = 0
+	must(t, m.EnableFilter(ctx, f3))
+	must(t, m.DisableFilter(ctx, f3.VMID))
+	if calls := o.Runner().Calls(); len(calls) != 0 || nl.batches != 2 {
+		t.Errorf("an open VM's start and stop ran %q and %d netlink batches; want none and 2", calls, nl.batches)
+	}
 	must(t, m.EnableFilter(ctx, f2))
 	must(t, m.DisableFilter(ctx, f1.VMID))
 	// f2 moves to f1's old tap and IP: the copy knows no element is left
 	// on them, and the change is made from it.
 	f2.Tap, f2.GuestIP = f1.Tap, f1.GuestIP
 	must(t, m.EnableFilter(ctx, f2))
-	want := []string{"nft -f -", "nft -f -", "nft -f -"}
-	if got := o.Runner().Calls(); !slices.Equal(got, want) {
-		t.Errorf("commands with the state kept:\n%q\nwant %q", got, want)
+	want := []string{"nft -f -", "nft -f -"}
+	if got := o.Runner().Calls(); !slices.Equal(got, want) || nl.batches != 3 {
+		t.Errorf("commands with the state kept:\n%q (%d batches)\nwant %q (3 batches)", got, nl.batches, want)
 	}
 	kept := o.String()
 
-	// The same changes, each after a listing, leave the same host.
+	// The same changes, each after a listing and all as nft scripts,
+	// leave the same host.
 	o2 := fakeos.New()
 	m2 := newTestManager(t, o2, 0)
 	must(t, m2.EnsureFilter(ctx))
@@ -409,6 +556,8 @@ func TestFilterStateKept(t *testing.T) {
 		func() error {
 			return m2.EnableFilter(ctx, Filter{VMID: "111111111111aaaa", Tap: "bgtap0", GuestIP: "172.16.0.2", GuestMAC: "06:00:ac:10:00:02"})
 		},
+		func() error { return m2.EnableFilter(ctx, f3) },
+		func() error { return m2.DisableFilter(ctx, f3.VMID) },
 		func() error {
 			return m2.EnableFilter(ctx, Filter{VMID: "222222222222bbbb", Tap: "bgtap1", GuestIP: "172.16.0.3", GuestMAC: "06:00:ac:10:00:03", Egress: f2.Egress})
 		},
@@ -422,10 +571,22 @@ func TestFilterStateKept(t *testing.T) {
 		t.Errorf("host with the state kept:\n%s\nwith a listing before each change:\n%s", kept, got)
 	}
 
-	// Behind banger's back the VM's chain loses its rules and the ports
-	// map its element: the kept copy is stale, the first script fails,
+	// Behind banger's back an open VM's element goes: the kept copy is
+	// stale, the netlink batch that deletes it fails, and the change is
+	// made again from a fresh listing.
+	must(t, m.EnableFilter(ctx, f3))
+	delete(o.Nft["bridge banger"].Sets["taps"].Elems, "bgtap2")
+	o.Runner().Reset()
+	nl.batches = 0
+	f3.Egress = model.EgressPolicy{Mode: model.EgressOpen}
+	must(t, m.EnableFilter(ctx, f3))
+	if calls := o.Runner().Calls(); len(calls) != 3 || calls[0] != "nft -j list tables" || nl.batches != 2 {
+		t.Errorf("commands after an element vanished: %q, %d batches", calls, nl.batches)
+	}
+	must(t, m.DisableFilter(ctx, f3.VMID))
+
+	// The tables vanish: the kept copy is stale, the first script fails,
 	// and the change is made again from a fresh listing.
-	delete(o.Nft["bridge banger"].Chains, "vm-222222222222")
 	o.Nft = map[string]*fakeos.NftTable{}
 	o.Runner().Reset()
 	must(t, m.EnableFilter(ctx, f2))

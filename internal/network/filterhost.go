@@ -10,9 +10,10 @@ import (
 	"banger/internal/model"
 )
 
-// This file applies the filter scripts of filter.go to the host with the
-// nft command, under filterMu so a list-then-change is not raced by
-// another VM's change.
+// This file applies the filter changes of filter.go to the host, under
+// filterMu so a list-then-change is not raced by another VM's change:
+// changes of elements only through the Manager's elemWriter (netlink on
+// a real host, nftlink.go), every other change as one nft script.
 
 // nftScript runs an nft script as one transaction (`nft -f -`): all of it
 // applies or none does.
@@ -28,6 +29,19 @@ func (m *Manager) nftScript(ctx context.Context, text string) error {
 		return err
 	}
 	return nil
+}
+
+// applyOp applies one change as one transaction: through the elemWriter
+// when it changes elements only and the Manager has one, else as an nft
+// script.
+func (m *Manager) applyOp(ctx context.Context, op filterOp) error {
+	if op.elementsOnly() && m.elems != nil {
+		if len(op.dels) == 0 && len(op.adds) == 0 {
+			return nil
+		}
+		return m.elems.apply(ctx, op.dels, op.adds)
+	}
+	return m.nftScript(ctx, op.script())
 }
 
 // listFilterState lists banger's tables, in whichever families they
@@ -83,13 +97,14 @@ func (m *Manager) EnableFilter(ctx context.Context, f Filter) error {
 	}
 	m.filterMu.Lock()
 	defer m.filterMu.Unlock()
-	build := func(st nftState) string {
+	build := func(st nftState) filterOp {
+		op := enableOp(st, f, m.cfg.EgressLogGroup)
 		if !st.tables["bridge"] || !st.tables["inet"] {
 			// The base first, in the same transaction; per-VM objects
 			// the listing did not show cannot be in a missing table.
-			return baseScript(m.cfg) + enableScript(st, f, m.cfg.EgressLogGroup)
+			op.make = append([]string{strings.TrimSuffix(baseScript(m.cfg), "\n")}, op.make...)
 		}
-		return enableScript(st, f, m.cfg.EgressLogGroup)
+		return op
 	}
 	update := func(st *nftState) {
 		if !st.tables["bridge"] || !st.tables["inet"] {
@@ -103,16 +118,17 @@ func (m *Manager) EnableFilter(ctx context.Context, f Filter) error {
 	return nil
 }
 
-// filterChange applies the script build makes from the tables' state and
+// filterChange applies the change build makes from the tables' state and
 // then records the change in the Manager's copy with update. The copy
 // spares a start the three nft listings: banger's tables change only
 // through this Manager (under filterMu), and every full listing
 // (FilterStatus, RemoveOrphanFilters) refreshes it. A copy gone stale
 // behind banger's back (someone flushed the ruleset, deleted a chain)
-// makes the script fail; the tables are then listed and the script
-// built and applied once more, so a stale copy costs a retry, never a
-// wrong filter.
-func (m *Manager) filterChange(ctx context.Context, build func(nftState) string, update func(*nftState)) error {
+// makes the change fail (the kernel refuses to delete what is gone, to
+// add a key with other data, to jump to a missing chain); the tables are
+// then listed and the change built and applied once more, so a stale
+// copy costs a retry, never a wrong filter.
+func (m *Manager) filterChange(ctx context.Context, build func(nftState) filterOp, update func(*nftState)) error {
 	fresh := false
 	if m.nft == nil {
 		st, err := m.listFilterState(ctx)
@@ -122,7 +138,7 @@ func (m *Manager) filterChange(ctx context.Context, build func(nftState) string,
 		m.nft, fresh = &st, true
 	}
 	for {
-		err := m.nftScript(ctx, build(*m.nft))
+		err := m.applyOp(ctx, build(*m.nft))
 		if err == nil {
 			update(m.nft)
 			return nil
@@ -148,7 +164,7 @@ func (m *Manager) DisableFilter(ctx context.Context, vmID string) error {
 	short := model.ShortID(vmID)
 	m.filterMu.Lock()
 	defer m.filterMu.Unlock()
-	build := func(st nftState) string { return removeScript(st, short) }
+	build := func(st nftState) filterOp { return removeOp(st, short) }
 	update := func(st *nftState) { st.remove(short, true) }
 	if err := m.filterChange(ctx, build, update); err != nil {
 		return fmt.Errorf("disable filter for %s: %w", short, err)

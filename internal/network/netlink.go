@@ -21,8 +21,12 @@ import (
 type linkReader func(ctx context.Context, name string) (link, bool, error)
 
 // UseNetlink makes the Manager read single interfaces over netlink
-// instead of running ip. Call it before the Manager is used.
-func (m *Manager) UseNetlink() { m.readLink = netlinkLink }
+// instead of running ip, and change filter elements over netlink instead
+// of running nft (nftlink.go). Call it before the Manager is used.
+func (m *Manager) UseNetlink() {
+	m.readLink = netlinkLink
+	m.elems = &netlinkElems{}
+}
 
 // readLinkIP reads one interface through the runner.
 func (m *Manager) readLinkIP(ctx context.Context, name string) (link, bool, error) {

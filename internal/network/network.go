@@ -124,6 +124,10 @@ type Manager struct {
 	// nft is banger's tables as last listed and changed since, nil when
 	// unknown (filterChange). Guarded by filterMu.
 	nft *nftState
+	// elems applies changes of elements only (nftlink.go); nil means
+	// they go as nft scripts through the runner like every other change.
+	// Used under filterMu.
+	elems elemWriter
 }
 
 // New returns a Manager. It touches nothing on the host: call

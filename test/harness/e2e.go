@@ -242,9 +242,10 @@ func savedStateLeftovers(vms []api.VMView) []string {
 }
 
 // filterLeftovers checks banger's nftables objects: every per-VM object
-// (chains, sets, counters named vm-<short id>..., map elements that jump
-// to them) must belong to a running VM, and every running VM must have
-// its filter chains.
+// (chains, sets, counters named vm-<short id>..., elements of the base
+// sets and map with the comment vm-<short id> or that jump to a VM's
+// chain) must belong to a running VM, and every running VM must have its
+// filter elements, and its chain when its egress is not open.
 func (d *Daemon) filterLeftovers(running map[string]api.VMView) []string {
 	live := map[string]string{} // short id → name
 	for _, v := range running {
@@ -275,8 +276,36 @@ func (d *Daemon) filterLeftovers(running map[string]api.VMView) []string {
 		}
 		return rest, true
 	}
+	// elemOwner reads a listed element: its owner from its comment
+	// ("vm-<short>") or from the chain a map element jumps to, and
+	// whether it jumps to that VM's chain.
+	elemOwner := func(raw json.RawMessage) (short string, jumps bool, key string) {
+		var pair []json.RawMessage
+		if json.Unmarshal(raw, &pair) == nil && len(pair) == 2 {
+			var v struct {
+				Jump struct{ Target string } `json:"jump"`
+			}
+			if json.Unmarshal(pair[1], &v) == nil && v.Jump.Target != "" {
+				short, jumps = owner(v.Jump.Target)
+			}
+			raw = pair[0]
+		}
+		var w struct {
+			Elem struct {
+				Comment string `json:"comment"`
+			} `json:"elem"`
+		}
+		if json.Unmarshal(raw, &w) == nil && w.Elem.Comment != "" {
+			if c, ok := owner(w.Elem.Comment); ok {
+				short = c
+			}
+		}
+		return short, jumps, string(raw)
+	}
 	var out []string
 	chains := map[string]int{}
+	elems := map[string]int{}
+	jumps := map[string]bool{}
 	for _, obj := range doc.Nftables {
 		for kind, o := range obj {
 			if o.Table != "banger" || (kind != "chain" && kind != "set" && kind != "map" && kind != "counter") {
@@ -289,24 +318,32 @@ func (d *Daemon) filterLeftovers(running map[string]api.VMView) []string {
 				if live[short] == "" {
 					out = append(out, fmt.Sprintf("orphan nft %s %s %s", o.Family, kind, o.Name))
 				}
+				continue
 			}
+			// The base sets and map: a VM's elements carry its comment.
 			for _, e := range o.Elem {
-				var pair []json.RawMessage
-				var v struct {
-					Jump struct{ Target string } `json:"jump"`
-				}
-				if json.Unmarshal(e, &pair) != nil || len(pair) != 2 || json.Unmarshal(pair[1], &v) != nil {
+				short, jump, key := elemOwner(e)
+				if short == "" {
 					continue
 				}
-				if short, ok := owner(v.Jump.Target); ok && live[short] == "" {
-					out = append(out, fmt.Sprintf("orphan nft %s map element %s %s", o.Family, o.Name, pair[0]))
+				elems[short]++
+				jumps[short] = jumps[short] || jump
+				if live[short] == "" {
+					out = append(out, fmt.Sprintf("orphan nft %s element %s %s", o.Family, o.Name, key))
 				}
 			}
 		}
 	}
+	// A running VM has its three elements (taps, ident, guests), and
+	// when its guests element jumps to its chain (egress none or allow),
+	// that chain.
 	for short, name := range live {
-		if chains[short] != 2 {
-			out = append(out, fmt.Sprintf("running vm %s has %d of its 2 filter chains", name, chains[short]))
+		want := 0
+		if jumps[short] {
+			want = 1
+		}
+		if elems[short] != 3 || chains[short] != want {
+			out = append(out, fmt.Sprintf("running vm %s has %d of its 3 filter elements and %d of its %d chains", name, elems[short], chains[short], want))
 		}
 	}
 	return out

@@ -3,6 +3,7 @@ package fakeos
 import (
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/netip"
 	"sort"
 	"strings"
@@ -43,9 +44,12 @@ type NftSet struct {
 	Spec  string
 	IsMap bool
 	// Elems maps an element's key to its data: the verdict of a map
-	// element ("jump vm-x"), "timeout 30s" for an element with a timeout,
-	// "" otherwise.
+	// element ("jump vm-x", "accept"), "timeout 30s" for an element with
+	// a timeout, "" otherwise. A concatenated key's fields are joined by
+	// " . ", interface names unquoted.
 	Elems map[string]string
+	// Comments maps an element's key to its comment, when it has one.
+	Comments map[string]string
 }
 
 // NftCounter is a named counter. Tests set Packets to stand in for
@@ -60,11 +64,14 @@ func (t *NftTable) clone() *NftTable {
 		c.Chains[n] = &NftChain{Hook: ch.Hook, Rules: append([]string(nil), ch.Rules...)}
 	}
 	for n, s := range t.Sets {
-		e := map[string]string{}
+		e, cm := map[string]string{}, map[string]string{}
 		for k, v := range s.Elems {
 			e[k] = v
 		}
-		c.Sets[n] = &NftSet{Spec: s.Spec, IsMap: s.IsMap, Elems: e}
+		for k, v := range s.Comments {
+			cm[k] = v
+		}
+		c.Sets[n] = &NftSet{Spec: s.Spec, IsMap: s.IsMap, Elems: e, Comments: cm}
 	}
 	for n, ct := range t.Counters {
 		cc := *ct
@@ -216,7 +223,7 @@ func nftLine(tables map[string]*NftTable, line string) (string, bool) {
 			}
 			return "", false
 		}
-		t.Sets[name] = &NftSet{Spec: spec, IsMap: obj == "map", Elems: map[string]string{}}
+		t.Sets[name] = &NftSet{Spec: spec, IsMap: obj == "map", Elems: map[string]string{}, Comments: map[string]string{}}
 	case "delete set", "delete map":
 		if len(w) != 5 || hasBody {
 			return "syntax error", true
@@ -367,10 +374,11 @@ func nftElements(t *NftTable, s *NftSet, add bool, body string) (string, bool) {
 			keyPart, data = strings.TrimSpace(k), nftNormalizeSpec(v)
 			if add {
 				f := strings.Fields(data)
-				if len(f) != 2 || (f[0] != "jump" && f[0] != "goto") {
+				switch {
+				case len(f) == 1 && (f[0] == "accept" || f[0] == "drop"):
+				case len(f) != 2 || (f[0] != "jump" && f[0] != "goto"):
 					return "syntax error, not a verdict", true
-				}
-				if t.Chains[f[1]] == nil {
+				case t.Chains[f[1]] == nil:
 					return nftENOENT, false
 				}
 			}
@@ -379,6 +387,14 @@ func nftElements(t *NftTable, s *NftSet, add bool, body string) (string, bool) {
 				return "Could not process rule: Operation not supported", false
 			}
 			keyPart, data = strings.TrimSpace(k), "timeout "+strings.TrimSpace(v)
+		}
+		comment := ""
+		if k, c, ok := strings.Cut(keyPart, " comment "); ok {
+			c = strings.TrimSpace(c)
+			if len(c) < 2 || c[0] != '"' || c[len(c)-1] != '"' || !add {
+				return "syntax error, bad comment", true
+			}
+			keyPart, comment = strings.TrimSpace(k), c[1:len(c)-1]
 		}
 		key, ok := nftCanonKey(s, keyPart)
 		if !ok {
@@ -390,6 +406,7 @@ func nftElements(t *NftTable, s *NftSet, add bool, body string) (string, bool) {
 			return nftENOENT, false
 		case !add:
 			delete(s.Elems, key)
+			delete(s.Comments, key)
 		case exists && s.IsMap && old != data:
 			return nftEEXIST, false
 		case exists:
@@ -401,6 +418,9 @@ func nftElements(t *NftTable, s *NftSet, add bool, body string) (string, bool) {
 				}
 			}
 			s.Elems[key] = data
+			if comment != "" {
+				s.Comments[key] = comment
+			}
 		}
 	}
 	return "", false
@@ -410,7 +430,30 @@ func nftElements(t *NftTable, s *NftSet, add bool, body string) (string, bool) {
 // ifname sets, an address or network for ipv4_addr sets (a /32 shown as
 // the address).
 func nftCanonKey(s *NftSet, k string) (string, bool) {
+	typ, _, _ := strings.Cut(strings.TrimPrefix(s.Spec, "type "), " ;")
+	if strings.Contains(typ, " . ") {
+		// A concatenation: each field as a set of its type would take it.
+		types, fields := strings.Split(typ, " . "), strings.Split(k, " . ")
+		if len(types) != len(fields) {
+			return "", false
+		}
+		var out []string
+		for i, f := range fields {
+			c, ok := nftCanonKey(&NftSet{Spec: "type " + types[i]}, strings.TrimSpace(f))
+			if !ok {
+				return "", false
+			}
+			out = append(out, c)
+		}
+		return strings.Join(out, " . "), true
+	}
 	switch {
+	case strings.HasPrefix(s.Spec, "type ether_addr"):
+		mac, err := net.ParseMAC(k)
+		if err != nil || len(mac) != 6 {
+			return "", false
+		}
+		return mac.String(), true
 	case strings.HasPrefix(s.Spec, "type ifname"):
 		if len(k) < 2 || k[0] != '"' || k[len(k)-1] != '"' {
 			return "", false
@@ -461,7 +504,7 @@ func nftPrefix(k string) netip.Prefix {
 
 // nftListJSON prints `nft -j list tables` (key "") or one table, in the
 // shape nft 1.0.6 prints: sets, maps and counters before chains, rules
-// last; set elements only for maps.
+// last.
 func nftListJSON(o *OS, key string) (string, error) {
 	out := []map[string]any{{"metainfo": map[string]any{"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}}
 	keys := make([]string, 0, len(o.Nft))
@@ -488,14 +531,13 @@ func nftListJSON(o *OS, key string) (string, error) {
 			if s.IsMap {
 				kind = "map"
 				obj["map"] = "verdict"
-				var elems []any
-				for _, ek := range sortedKeys(s.Elems) {
-					f := strings.Fields(s.Elems[ek])
-					elems = append(elems, []any{ek, map[string]any{f[0]: map[string]any{"target": f[1]}}})
-				}
-				if len(elems) > 0 {
-					obj["elem"] = elems
-				}
+			}
+			var elems []any
+			for _, ek := range sortedKeys(s.Elems) {
+				elems = append(elems, nftElemJSON(s, ek))
+			}
+			if len(elems) > 0 {
+				obj["elem"] = elems
 			}
 			out = append(out, map[string]any{kind: obj})
 		}
@@ -516,6 +558,41 @@ func nftListJSON(o *OS, key string) (string, error) {
 		return "", err
 	}
 	return string(b) + "\n", nil
+}
+
+// nftElemJSON is one element as nft 1.0.6 lists it: its key (a string,
+// {"concat": [...]} or {"prefix": {...}}), wrapped in {"elem": {"val":
+// key, ...}} when it has a comment or a timeout, and for a map the pair
+// [that, verdict].
+func nftElemJSON(s *NftSet, key string) any {
+	var val any = key
+	if parts := strings.Split(key, " . "); len(parts) > 1 {
+		val = map[string]any{"concat": parts}
+	} else if p, err := netip.ParsePrefix(key); err == nil {
+		val = map[string]any{"prefix": map[string]any{"addr": p.Addr().String(), "len": p.Bits()}}
+	}
+	data := s.Elems[key]
+	wrapped := map[string]any{"val": val}
+	if c := s.Comments[key]; c != "" {
+		wrapped["comment"] = c
+	}
+	if t, ok := strings.CutPrefix(data, "timeout "); ok && !s.IsMap {
+		secs := strings.TrimSuffix(t, "s")
+		var n int
+		fmt.Sscan(secs, &n)
+		wrapped["timeout"], wrapped["expires"] = n, n
+	}
+	if len(wrapped) > 1 {
+		val = map[string]any{"elem": wrapped}
+	}
+	if !s.IsMap {
+		return val
+	}
+	f := strings.Fields(data)
+	if len(f) == 1 {
+		return []any{val, map[string]any{f[0]: nil}}
+	}
+	return []any{val, map[string]any{f[0]: map[string]any{"target": f[1]}}}
 }
 
 func sortedKeys[V any](m map[string]V) []string {
@@ -553,6 +630,9 @@ func nftString(o *OS, b *strings.Builder) {
 			var elems []string
 			for _, ek := range sortedKeys(s.Elems) {
 				e := ek
+				if c := s.Comments[ek]; c != "" {
+					e += fmt.Sprintf(" comment %q", c)
+				}
 				if v := s.Elems[ek]; v != "" {
 					if s.IsMap {
 						e += " : " + v
@@ -572,4 +652,20 @@ func nftString(o *OS, b *strings.Builder) {
 			fmt.Fprintf(b, "nft %s counter %s packets %d\n", k, n, t.Counters[n].Packets)
 		}
 	}
+}
+
+// NftNetlink applies an nft script as the kernel applies one netlink
+// batch: as one transaction, with no process run (the runner records no
+// call). It stands in for an in-process netlink client at a seam in unit
+// tests, on the same tables the nft fake lists. A Fail entry
+// "nft-netlink" makes the next batch fail with its message.
+func (o *OS) NftNetlink(script string) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if msg, ok := o.Fail["nft-netlink"]; ok {
+		delete(o.Fail, "nft-netlink")
+		return fmt.Errorf("netlink: %s", msg)
+	}
+	_, err := nftApply(o, script)
+	return err
 }
