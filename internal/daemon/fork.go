@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"banger/internal/api"
@@ -118,22 +119,7 @@ func (d *Daemon) ForkVM(ctx context.Context, ref string, req model.VMForkRequest
 		return nil, fmt.Errorf("fork vm %s: %w (it keeps running; no child was made)", src.Name, err)
 	}
 	id := forkIdentity{srcID: src.ID, srcName: src.Name, srcIP: src.Runtime.GuestIP, srcHostKey: src.Runtime.SSHHostKey}
-	var views []api.VMView
-	var errs []error
-	for _, c := range s.children {
-		vm, err := d.resumeLockedWith(fctx, c.vm, progress, &id)
-		if err != nil {
-			// No half child: one that did not become its own machine
-			// goes.
-			errs = append(errs, fmt.Errorf("child %s: %w", c.vm.Name, err))
-			if derr := d.removeForkChild(fctx, vm); derr != nil {
-				errs = append(errs, fmt.Errorf("remove child %s: %w", c.vm.Name, derr))
-			}
-			continue
-		}
-		v := d.view(vm)
-		views = append(views, v)
-	}
+	views, errs := d.forkResumeChildren(fctx, s.children, &id, progress)
 	if err := d.net.Refill(fctx); err != nil {
 		log.Warn("refill tap pool", "err", err)
 	}
@@ -143,6 +129,69 @@ func (d *Daemon) ForkVM(ctx context.Context, ref string, req model.VMForkRequest
 	}
 	progress(api.Progress{Step: "forked", Message: fmt.Sprintf("%d children answer SSH %.1fs after the request; %s was paused %dms", len(views), time.Since(received).Seconds(), src.Name, s.paused.Milliseconds())})
 	return views, nil
+}
+
+// forkParallel is how many of a fork's children are restored and made
+// their own machines at once. Under TCG on a 2-core host a child's time
+// is almost all its guest's CPU, so children side by side only share
+// the same cores: measured here, two at a time was no faster, and one
+// such run did not finish within minutes (cause not found), so children
+// are restored one after another. A host with cores to spare may raise
+// it; each child still keeps its own quarantine, re-identification and
+// admission order.
+const forkParallel = 1
+
+// forkResumeChildren resumes the children (each its own resume: its own
+// tap, quarantine, re-identification and admission, in that order),
+// forkParallel at a time, and returns the views of those that became
+// their own machines, in the children's order. A child that did not is
+// removed: no half child is left.
+func (d *Daemon) forkResumeChildren(ctx context.Context, children []*forkChild, id *forkIdentity, progress api.ProgressFunc) ([]api.VMView, []error) {
+	// The children's progress is interleaved into one stream.
+	var mu sync.Mutex
+	say := func(p api.Progress) {
+		mu.Lock()
+		defer mu.Unlock()
+		progress(p)
+	}
+	type result struct {
+		vm   model.VMRecord
+		errs []error
+	}
+	results := make([]result, len(children))
+	sem := make(chan struct{}, forkParallel)
+	var wg sync.WaitGroup
+	// Every goroutine is waited for before the function returns.
+	for i, c := range children {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			vm, err := d.resumeLockedWith(ctx, c.vm, say, id)
+			r := &results[i]
+			r.vm = vm
+			if err != nil {
+				// No half child: one that did not become its own
+				// machine goes.
+				r.errs = append(r.errs, fmt.Errorf("child %s: %w", c.vm.Name, err))
+				if derr := d.removeForkChild(ctx, vm); derr != nil {
+					r.errs = append(r.errs, fmt.Errorf("remove child %s: %w", c.vm.Name, derr))
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	var views []api.VMView
+	var errs []error
+	for _, r := range results {
+		if len(r.errs) > 0 {
+			errs = append(errs, r.errs...)
+			continue
+		}
+		views = append(views, d.view(r.vm))
+	}
+	return views, errs
 }
 
 // removeForkChild removes a child that did not become its own machine:

@@ -8,11 +8,14 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"banger/internal/api"
+	"banger/internal/guest"
 	"banger/internal/model"
 )
 
@@ -28,6 +31,9 @@ func (b fakeBooter) reidentify(ctx context.Context, s *startRun) error {
 	}
 	b.vmms.mu.Lock()
 	f := b.vmms.onReidentify
+	for _, r := range s.renames {
+		b.vmms.renamed = append(b.vmms.renamed, s.vm.Name+" "+r.guestPath+" "+r.from+" -> "+r.to)
+	}
 	b.vmms.mu.Unlock()
 	if f != nil {
 		f(s)
@@ -41,9 +47,6 @@ func (b fakeBooter) waitAdmitted(ctx context.Context, s *startRun) error {
 	}
 	b.vmms.mu.Lock()
 	f := b.vmms.onAdmitted
-	for _, r := range s.renames {
-		b.vmms.renamed = append(b.vmms.renamed, s.vm.Name+" "+r.guestPath+" "+r.from+" -> "+r.to)
-	}
 	b.vmms.mu.Unlock()
 	if f != nil {
 		f(s)
@@ -143,7 +146,9 @@ func TestForkOnTheFakeHost(t *testing.T) {
 		}
 	}
 	// Workspaces follow, each child's work on its own branch, renamed in
-	// its guest; the source's are as they were.
+	// its guest (before it is admitted); the source's are as they were.
+	// The children are restored side by side: any order.
+	slices.Sort(e.vmms.renamed)
 	if got, want := strings.Join(e.vmms.renamed, "; "), "dev-1 /root/repo banger/dev -> banger/dev-1; dev-2 /root/repo banger/dev -> banger/dev-2"; got != want {
 		t.Errorf("branch renames %q; want %q", got, want)
 	}
@@ -235,6 +240,49 @@ func TestFailedForkLeavesNoChild(t *testing.T) {
 				t.Errorf("the source's dir keeps fork files: %+v", info)
 			}
 		})
+	}
+}
+
+// TestForkRestoresChildrenSideBySide: a fork's children are restored
+// and re-identified forkParallel at a time, never more, and each is
+// still quarantined while it is re-identified.
+func TestForkRestoresChildrenSideBySide(t *testing.T) {
+	e := newTestDaemon(t, false)
+	e.create(t, "dev", true)
+	e.start(t, "dev")
+	var mu sync.Mutex
+	active, most := 0, 0
+	var open []string
+	e.vmms.onReidentify = func(s *startRun) {
+		q, _ := e.d.net.Quarantined(e.ctx, s.h.Tap)
+		mu.Lock()
+		active++
+		most = max(most, active)
+		if !q {
+			open = append(open, s.vm.Name)
+		}
+		mu.Unlock()
+		time.Sleep(150 * time.Millisecond)
+		mu.Lock()
+		active--
+		mu.Unlock()
+	}
+	views, err := e.d.ForkVM(e.ctx, "dev", model.VMForkRequest{Count: 4}, api.NoProgress)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, v := range views {
+		names = append(names, v.Name)
+	}
+	if got := strings.Join(names, " "); got != "dev-1 dev-2 dev-3 dev-4" {
+		t.Errorf("children %q; want them in order", got)
+	}
+	if most != forkParallel {
+		t.Errorf("%d children re-identified at once; want %d", most, forkParallel)
+	}
+	if len(open) > 0 {
+		t.Errorf("children re-identified off quarantine: %v", open)
 	}
 }
 
@@ -337,33 +385,35 @@ func TestReidentifyArgs(t *testing.T) {
 	cfg := model.DaemonConfig{BridgeIP: "172.16.0.1", CIDR: "24"}
 	vm := model.VMRecord{Name: "dev-1", Runtime: model.VMRuntime{GuestIP: "172.16.0.7", GuestMAC: "02:fc:ac:10:00:07", SSHHostKey: "ssh-ed25519 AAAA"}}
 	id := forkIdentity{srcName: "dev", srcIP: "172.16.0.2"}
-	args, err := reidentifyArgs(cfg, id, vm, []byte{1, 2}, []byte{0xab})
+	args, err := reidentifyArgs(cfg, id, vm, []byte{1, 2}, []byte{0xab}, 399)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := strings.Join(args, " "); got != "0102 ab dev dev-1 ssh-ed25519 AAAA 02:fc:ac:10:00:07 172.16.0.7/24 172.16.0.1" {
+	if got := strings.Join(args, " "); got != "0102 ab dev dev-1 ssh-ed25519 AAAA 399 02:fc:ac:10:00:07 172.16.0.7/24 172.16.0.1" {
 		t.Errorf("args %q", got)
 	}
-	for _, bad := range []func(v *model.VMRecord){
-		func(v *model.VMRecord) { v.Runtime.SSHHostKey = "ssh-ed25519 A'; reboot; '" },
-		func(v *model.VMRecord) { v.Runtime.GuestIP = "10.0.0.9" },
-		func(v *model.VMRecord) { v.Runtime.GuestMAC = "nope" },
-		func(v *model.VMRecord) { v.Name = "x y" },
+	for _, bad := range []func(v *model.VMRecord, n *int){
+		func(v *model.VMRecord, _ *int) { v.Runtime.SSHHostKey = "ssh-ed25519 A'; reboot; '" },
+		func(v *model.VMRecord, _ *int) { v.Runtime.GuestIP = "10.0.0.9" },
+		func(v *model.VMRecord, _ *int) { v.Runtime.GuestMAC = "nope" },
+		func(v *model.VMRecord, _ *int) { v.Name = "x y" },
+		func(_ *model.VMRecord, n *int) { *n = 0 },
 	} {
-		v := vm
-		bad(&v)
-		if _, err := reidentifyArgs(cfg, id, v, nil, nil); err == nil {
-			t.Errorf("reidentifyArgs accepted %+v", v.Runtime)
+		v, n := vm, 399
+		bad(&v, &n)
+		if _, err := reidentifyArgs(cfg, id, v, nil, nil, n); err == nil {
+			t.Errorf("reidentifyArgs accepted %+v (key of %d bytes)", v.Runtime, n)
 		}
 	}
-	id1, re := reidentifyCommands(args)
-	if !strings.HasPrefix(id1, "sh -c '") || !strings.HasSuffix(id1, "'dev-1' 'ssh-ed25519 AAAA'") {
-		t.Errorf("identity command %q", id1)
+	cmd := reidentifyCommand(args)
+	if !strings.HasPrefix(cmd, "sh -c '") || !strings.HasSuffix(cmd, "'dev-1' 'ssh-ed25519 AAAA' '399' '02:fc:ac:10:00:07' '172.16.0.7/24' '172.16.0.1'") {
+		t.Errorf("re-identify command %q", cmd)
 	}
-	if !strings.HasPrefix(re, "sh -c '") || !strings.HasSuffix(re, "'02:fc:ac:10:00:07' '172.16.0.7/24' '172.16.0.1'") {
-		t.Errorf("readdress command %q", re)
+	// One session sets the clock (and says ready only there).
+	if strings.Count(reidentifyScript, "ready") != strings.Count(guest.ClockStep, "ready") {
+		t.Errorf("the script says ready outside its clock step")
 	}
-	for _, c := range []string{id1, re, reidentifyScript, readdressScript} {
+	for _, c := range []string{cmd, reidentifyScript} {
 		if out, err := exec.Command("sh", "-n", "-c", c).CombinedOutput(); err != nil {
 			t.Errorf("sh -n: %v %s\n%s", err, out, c)
 		}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -121,8 +122,12 @@ func newTestDaemonWith(t *testing.T, dm bool, tweak func(dir string, cfg *model.
 		VMDefaults: model.VMDefaultsOverride{VCPUCount: 1, MemoryMiB: 256, SystemOverlaySizeByte: 64 << 20, WorkDiskSizeBytes: 64 << 20},
 	}
 	// Disks are given to each VM's uid; without root, the test records it.
+	// Resumes run side by side (a fork's children): the map is shared.
 	owners := map[string]int{}
+	var ownersMu sync.Mutex
 	sopts := storage.Options{Strategy: storage.StrategyCopy, Chown: func(f *os.File, uid, _ int) error {
+		ownersMu.Lock()
+		defer ownersMu.Unlock()
 		owners[f.Name()] = uid
 		return nil
 	}}

@@ -53,7 +53,7 @@ func (d *Daemon) resumeSteps() []step[startRun] {
 		{Name: "resume:vcpus-resumed", Do: restoreStep(d.resumeVCPUs)},
 		{Name: "resume:clock-set", Do: restoreStep(func(ctx context.Context, s *startRun) error {
 			if s.fork != nil {
-				return d.boot.reidentify(ctx, s)
+				return d.forkReidentify(ctx, s)
 			}
 			return d.boot.waitResumed(ctx, s)
 		})},

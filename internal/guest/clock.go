@@ -27,11 +27,38 @@ const perlSetClock = `$| = 1; print "ready\n"; my $t = <STDIN>; exit 1 unless de
 	`exit 0 if syscall($ARGV[0] + 0, pack("q q", $s, int($f / 1000)), 0) == 0; ` +
 	`open STDOUT, ">", "/dev/null"; exec "date", "-u", "-s", "\@$t"`
 
+// ClockStep is clockScript as one step of a longer shell script
+// (RunSettingClock): it sets the clock the same way and lets the script
+// go on after it (no exec); a failure to set it is the step's non-zero
+// status. Nothing before it in the script may read past its own part of
+// the standard input.
+const ClockStep = `n=; case $(uname -m) in x86_64) n=164 ;; aarch64) n=170 ;; esac; ` +
+	`if [ -n "$n" ] && command -v perl >/dev/null 2>&1; then perl -e '` + perlSetClock + `' "$n"; ` +
+	`else echo ready; IFS= read -r t; date -u -s "@$t" >/dev/null; fi`
+
 // SetClock sets the guest's clock to now(). The time is taken when the
 // guest's shell says it is ready to read it, not when the command is
 // sent, so the session's start-up (slow in an emulated guest) is not
 // left as skew; what remains is one trip over the SSH connection.
 func (c *Conn) SetClock(ctx context.Context, now func() time.Time) error {
+	if err := c.runClock(ctx, clockScript, nil, now); err != nil {
+		return fmt.Errorf("set the guest's clock: %w", err)
+	}
+	return nil
+}
+
+// RunSettingClock runs cmd, a script with ClockStep in it, in one
+// session: its standard input is head, then, once the script says
+// "ready" (ClockStep), the time now() gives at that moment. One session
+// does what would otherwise take several, each costing a shell's
+// start-up in the guest.
+func (c *Conn) RunSettingClock(ctx context.Context, cmd string, head []byte, now func() time.Time) error {
+	return c.runClock(ctx, cmd, head, now)
+}
+
+// runClock runs cmd with head then the time on its standard input (see
+// RunSettingClock).
+func (c *Conn) runClock(ctx context.Context, cmd string, head []byte, now func() time.Time) error {
 	pr, pw := io.Pipe()
 	defer pw.Close()
 	out := &readyWriter{onReady: func() {
@@ -43,11 +70,15 @@ func (c *Conn) SetClock(ctx context.Context, now func() time.Time) error {
 			pw.Close()
 		}()
 	}}
-	if err := c.Run(ctx, clockScript, pr, out, nil); err != nil {
-		return fmt.Errorf("set the guest's clock: %w", err)
+	var in io.Reader = pr
+	if len(head) > 0 {
+		in = io.MultiReader(bytes.NewReader(head), pr)
+	}
+	if err := c.Run(ctx, cmd, in, out, nil); err != nil {
+		return err
 	}
 	if !out.seen() {
-		return fmt.Errorf("set the guest's clock: the guest never said it was ready")
+		return fmt.Errorf("the guest never said it was ready for the time")
 	}
 	return nil
 }

@@ -126,3 +126,48 @@ func TestHoldClock(t *testing.T) {
 		t.Error("a hold whose shell failed was returned")
 	}
 }
+
+// TestRunSettingClock: one session gets the head first, then, once it
+// says ready, the time; a script that never says ready is an error.
+func TestRunSettingClock(t *testing.T) {
+	_, cpriv, _ := ed25519.GenerateKey(rand.Reader)
+	signer, _ := ssh.NewSignerFromKey(cpriv)
+	addr, hostKey := testServer(t, signer.PublicKey())
+	ctx := context.Background()
+	const script = "identity; " + ClockStep + "; readdress"
+	head := []byte("-----KEY-----\nsecret\n")
+	gotHead, gotTime := make(chan string, 1), make(chan string, 1)
+	execHooks[script] = func(ch ssh.Channel) uint32 {
+		r := bufio.NewReader(ch)
+		b := make([]byte, len(head))
+		io.ReadFull(r, b)
+		gotHead <- string(b)
+		io.WriteString(ch, "ready\n")
+		line, _ := r.ReadString('\n')
+		gotTime <- line
+		return 0
+	}
+	t.Cleanup(func() { delete(execHooks, script) })
+	c, err := Dial(ctx, addr, signer, AuthorizedKey(hostKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	at := time.Unix(1800000000, 5)
+	if err := c.RunSettingClock(ctx, script, head, func() time.Time { return at }); err != nil {
+		t.Fatal(err)
+	}
+	if got := <-gotHead; got != string(head) {
+		t.Errorf("head %q, want %q", got, head)
+	}
+	if got := strings.TrimSpace(<-gotTime); got != "1800000000.000000005" {
+		t.Errorf("time %q", got)
+	}
+
+	const silent = "identity; readdress"
+	execHooks[silent] = func(ch ssh.Channel) uint32 { return 0 }
+	t.Cleanup(func() { delete(execHooks, silent) })
+	if err := c.RunSettingClock(ctx, silent, head, time.Now); err == nil || !strings.Contains(err.Error(), "never said") {
+		t.Errorf("a script that never said ready: %v", err)
+	}
+}

@@ -46,7 +46,7 @@ done
 echo "== where the time goes (bangerd's step log)"
 grep -o 'step=fork:[a-z-]* took_ms=[0-9.]*' "$bench_dir/bangerd.log" | sed 's/^step=//; s/ took_ms=/ /' |
 	awk '{printf "   %s %.0fms\n", $1, $2}'
-grep -o 'msg="fork child re-identified".*' "$bench_dir/bangerd.log" | sed 's/^msg=/   /' || true
+grep -o 'msg="fork child \(re-identified\|admitted\)".*' "$bench_dir/bangerd.log" | sed 's/^msg=/   /' || true
 grep -o 'msg=forked.*' "$bench_dir/bangerd.log" | sed 's/^msg=/   /' || true
 for i in $(seq "$children"); do b vm rm --force "src-$i" >/dev/null 2>&1; done
 b vm rm --force src >/dev/null 2>&1
@@ -54,6 +54,7 @@ b vm rm --force src >/dev/null 2>&1
 wv=${WARM_VCPUS:-2}
 wm=${WARM_MEMORY:-1G}
 runs=${WARM_RUNS:-3}
+logmark=$(wc -l < "$bench_dir/bangerd.log")
 echo "== warm create against cold create: $wv vCPUs, $wm; $runs of each; vm create → SSH with the user's key (load average: $(cut -d' ' -f1-3 /proc/loadavg))"
 t0=$(now)
 b image warm base --vcpus "$wv" --memory "$wm" -q >/dev/null
@@ -76,4 +77,11 @@ for how in warm cold; do
 done
 grep -o 'step=warm-create:[a-z-]* took_ms=[0-9.]*' "$bench_dir/bangerd.log" | sed 's/^step=//; s/ took_ms=/ /' |
 	awk '{s[$1]+=$2; n[$1]++} END {for (k in s) printf "   %s mean %.0fms\n", k, s[k]/n[k]}' | sort
+# The warm creates' resumes: each step's mean, then each re-identification's
+# parts (reached: restore until the old address answers; identity_clock_address:
+# the one session; own_address: the handshake at the new address; then the
+# checks and the first boot's setup over it) and the admission's TCP check.
+tail -n +"$((logmark + 1))" "$bench_dir/bangerd.log" | grep -o 'step=resume:[a-z-]* took_ms=[0-9.]*' | sed 's/^step=//; s/ took_ms=/ /' |
+	awk '{s[$1]+=$2; n[$1]++} END {for (k in s) printf "   %s mean %.0fms\n", k, s[k]/n[k]}' | sort
+tail -n +"$((logmark + 1))" "$bench_dir/bangerd.log" | grep -o 'msg="fork child \(re-identified\|admitted\)".*' | sed 's/^msg=/   /' || true
 b image warm base --rm >/dev/null
