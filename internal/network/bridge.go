@@ -2,6 +2,8 @@ package network
 
 import (
 	"context"
+	"fmt"
+	"net/netip"
 	"strings"
 
 	"banger/internal/model"
@@ -28,6 +30,17 @@ func (m *Manager) EnsureBridge(ctx context.Context) error {
 	if !ok {
 		if err := m.addBridge(ctx, name); err != nil {
 			return err
+		}
+		// A bridge's MAC follows the lowest of its ports' unless it was
+		// set: pinned, it stays the gateway MAC that restored guests
+		// (forks, warm creates, resumes) have in their neighbour tables,
+		// and that a quarantined tap takes on.
+		mac, err := bridgeMAC(m.cfg.BridgeIP)
+		if err != nil {
+			return err
+		}
+		if _, err := m.ip(ctx, setMACArgv(name, mac)...); err != nil {
+			return fmt.Errorf("set bridge %s's MAC: %w", name, err)
 		}
 		if err := m.addAddr(ctx, name, want); err != nil {
 			return err
@@ -57,6 +70,18 @@ func (m *Manager) EnsureBridge(ctx context.Context) error {
 	return model.Errorf(model.ECONFLICT,
 		"bridge %s exists with %s but not %s; banger leaves existing bridges alone: run `ip addr add %s dev %s`, delete the bridge so banger recreates it, or set bridge_ip/cidr to match",
 		name, have, want, want, name)
+}
+
+// bridgeMAC is the MAC banger gives a bridge it creates: locally
+// administered, 02:00 then the bridge IP's four bytes (guests' MACs start
+// 06:00), so it is the same every time the bridge is made.
+func bridgeMAC(bridgeIP string) (string, error) {
+	ip, err := netip.ParseAddr(bridgeIP)
+	if err != nil || !ip.Is4() {
+		return "", fmt.Errorf("bridge ip %q: want an IPv4 address", bridgeIP)
+	}
+	b := ip.As4()
+	return fmt.Sprintf("02:00:%02x:%02x:%02x:%02x", b[0], b[1], b[2], b[3]), nil
 }
 
 func hasAddr(addrs []string, want string) bool {

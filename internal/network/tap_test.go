@@ -72,6 +72,11 @@ func TestEnsureBridgeCreates(t *testing.T) {
 	m := newTestManager(t, o, 2)
 	must(t, m.EnsureBridge(ctx))
 	wantState(t, o, "link br-fc bridge up 172.16.0.1/24\nsysctl net.ipv4.ip_forward=0\n")
+	// Its MAC is pinned (else it follows the lowest port's, and restored
+	// guests' gateway entries go stale).
+	if got := o.Links["br-fc"].MAC; got != "02:00:ac:10:00:01" {
+		t.Errorf("bridge MAC %q, want 02:00:ac:10:00:01", got)
+	}
 	// A second call finds everything in place and only looks.
 	o.Runner().Reset()
 	must(t, m.EnsureBridge(ctx))
