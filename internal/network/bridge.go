@@ -3,7 +3,6 @@ package network
 import (
 	"context"
 	"fmt"
-	"net/netip"
 	"strings"
 
 	"banger/internal/model"
@@ -75,14 +74,7 @@ func (m *Manager) EnsureBridge(ctx context.Context) error {
 // bridgeMAC is the MAC banger gives a bridge it creates: locally
 // administered, 02:00 then the bridge IP's four bytes (guests' MACs start
 // 06:00), so it is the same every time the bridge is made.
-func bridgeMAC(bridgeIP string) (string, error) {
-	ip, err := netip.ParseAddr(bridgeIP)
-	if err != nil || !ip.Is4() {
-		return "", fmt.Errorf("bridge ip %q: want an IPv4 address", bridgeIP)
-	}
-	b := ip.As4()
-	return fmt.Sprintf("02:00:%02x:%02x:%02x:%02x", b[0], b[1], b[2], b[3]), nil
-}
+func bridgeMAC(bridgeIP string) (string, error) { return macFromIP(0x02, "bridge ip", bridgeIP) }
 
 func hasAddr(addrs []string, want string) bool {
 	for _, a := range addrs {

@@ -56,13 +56,17 @@ func AllocateIP(bridgeIP, cidr string, used []string) (string, error) {
 
 // MACForIP derives a stable, locally administered unicast MAC from a guest
 // IPv4 address: 06:00 followed by the four address bytes.
-func MACForIP(ip string) (string, error) {
+func MACForIP(ip string) (string, error) { return macFromIP(0x06, "guest ip", ip) }
+
+// macFromIP is first:00 followed by the four bytes of the IPv4 address
+// ip; what names ip in the error.
+func macFromIP(first byte, what, ip string) (string, error) {
 	a, err := netip.ParseAddr(ip)
 	if err != nil || !a.Is4() {
-		return "", fmt.Errorf("guest ip %q: not an IPv4 address", ip)
+		return "", fmt.Errorf("%s %q: not an IPv4 address", what, ip)
 	}
 	b := a.As4()
-	return fmt.Sprintf("06:00:%02x:%02x:%02x:%02x", b[0], b[1], b[2], b[3]), nil
+	return fmt.Sprintf("%02x:00:%02x:%02x:%02x:%02x", first, b[0], b[1], b[2], b[3]), nil
 }
 
 // Netmask returns the dotted netmask of a prefix length.
