@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -379,7 +380,7 @@ func TestForkNames(t *testing.T) {
 	}
 }
 
-// TestReidentifyArgs: the script gets only checked values; a host key
+// TestReidentifyArgs: the programs get only checked values; a host key
 // that could break out of its quoting is refused.
 func TestReidentifyArgs(t *testing.T) {
 	cfg := model.DaemonConfig{BridgeIP: "172.16.0.1", CIDR: "24"}
@@ -389,13 +390,13 @@ func TestReidentifyArgs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := strings.Join(args, " "); got != "0102 ab dev dev-1 ssh-ed25519 AAAA 399 02:fc:ac:10:00:07 172.16.0.7/24 172.16.0.1" {
-		t.Errorf("args %q", got)
+	nrSync, nrTime := syscallNumbers()
+	if got, want := strings.Join(args, " "), fmt.Sprintf("0102 ab dev dev-1 ssh-ed25519 AAAA 399 %d  %d", nrSync, nrTime); got != want {
+		t.Errorf("args %q, want %q", got, want)
 	}
 	for _, bad := range []func(v *model.VMRecord, n *int){
 		func(v *model.VMRecord, _ *int) { v.Runtime.SSHHostKey = "ssh-ed25519 A'; reboot; '" },
-		func(v *model.VMRecord, _ *int) { v.Runtime.GuestIP = "10.0.0.9" },
-		func(v *model.VMRecord, _ *int) { v.Runtime.GuestMAC = "nope" },
+		func(v *model.VMRecord, _ *int) { v.Runtime.SSHHostKey = "ssh-ed25519 A\nB" },
 		func(v *model.VMRecord, _ *int) { v.Name = "x y" },
 		func(_ *model.VMRecord, n *int) { *n = 0 },
 	} {
@@ -406,16 +407,153 @@ func TestReidentifyArgs(t *testing.T) {
 		}
 	}
 	cmd := reidentifyCommand(args)
-	if !strings.HasPrefix(cmd, "sh -c '") || !strings.HasSuffix(cmd, "'dev-1' 'ssh-ed25519 AAAA' '399' '02:fc:ac:10:00:07' '172.16.0.7/24' '172.16.0.1'") {
+	if !strings.HasPrefix(cmd, "perl -e '") || !strings.HasSuffix(cmd, "'dev-1' 'ssh-ed25519 AAAA' '399' '"+strconv.Itoa(nrSync)+"' '' '"+strconv.Itoa(nrTime)+"'") {
 		t.Errorf("re-identify command %q", cmd)
 	}
-	// One session sets the clock (and says ready only there).
-	if strings.Count(reidentifyScript, "ready") != strings.Count(guest.ClockStep, "ready") {
-		t.Errorf("the script says ready outside its clock step")
+	// One process sets the clock (and says ready only there).
+	if strings.Count(identityClockProgram, "ready") != strings.Count(guest.PerlSetClock, "ready") {
+		t.Errorf("the program says ready outside its clock part")
 	}
-	for _, c := range []string{cmd, reidentifyScript} {
+
+	ra, err := readdressArgs(cfg, vm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(ra, " "); got != "02:fc:ac:10:00:07 172.16.0.7/24 172.16.0.1" {
+		t.Errorf("readdress args %q", got)
+	}
+	for _, bad := range []func(v *model.VMRecord){
+		func(v *model.VMRecord) { v.Runtime.GuestIP = "10.0.0.9" },
+		func(v *model.VMRecord) { v.Runtime.GuestIP = "172.16.0.7\nlink del eth0" },
+		func(v *model.VMRecord) { v.Runtime.GuestMAC = "nope" },
+		func(v *model.VMRecord) { v.Runtime.GuestMAC = "02:fc:ac:10:00:07\nlink del eth0" },
+	} {
+		v := vm
+		bad(&v)
+		if _, err := readdressArgs(cfg, v); err == nil {
+			t.Errorf("readdressArgs accepted %+v", v.Runtime)
+		}
+	}
+	rc := readdressCommand(ra)
+	if !strings.HasSuffix(rc, " sh '02:fc:ac:10:00:07' '172.16.0.7/24' '172.16.0.1'") {
+		t.Errorf("readdress command %q", rc)
+	}
+	for _, c := range []string{rc, readdressScript} {
 		if out, err := exec.Command("sh", "-n", "-c", c).CombinedOutput(); err != nil {
 			t.Errorf("sh -n: %v %s\n%s", err, out, c)
 		}
+	}
+	if _, err := exec.LookPath("perl"); err == nil {
+		if out, err := exec.Command("perl", "-c", "-e", identityClockProgram).CombinedOutput(); err != nil {
+			t.Errorf("perl -c: %v %s", err, out)
+		}
+	}
+}
+
+// TestIdentityProgram runs identityProgram with perl against a
+// directory standing for a guest's root: the files are replaced, not
+// written through, the hostname is the new one in the kernel's file and
+// in /etc/hosts (the old one elsewhere in a line is kept), sshd gets
+// SIGHUP, and a host key cut short changes nothing. Root only: it feeds
+// the host's kernel RNG (RNDADDENTROPY), which is harmless.
+func TestIdentityProgram(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (RNDADDENTROPY)")
+	}
+	if _, err := exec.LookPath("perl"); err != nil {
+		t.Skip("no perl")
+	}
+	root := t.TempDir()
+	for _, d := range []string{"dev", "etc/ssh", "var/lib/systemd", "var/lib/dbus", "proc/sys/kernel", "proc/sys/net/ipv4/conf/eth0", "run"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Symlink("/dev/urandom", filepath.Join(root, "dev/urandom")); err != nil {
+		t.Fatal(err)
+	}
+	write := func(p, s string) {
+		t.Helper()
+		if err := os.WriteFile(filepath.Join(root, p), []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	read := func(p string) string {
+		t.Helper()
+		b, err := os.ReadFile(filepath.Join(root, p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	write("var/lib/systemd/random-seed", "seed")
+	write("etc/machine-id", "old-id\n")
+	write("var/lib/dbus/machine-id", "old-id\n")
+	write("etc/ssh/ssh_host_ed25519_key", "OLD KEY")
+	write("etc/ssh/ssh_host_ed25519_key.pub", "ssh-ed25519 OLD\n")
+	write("proc/sys/kernel/hostname", "dev\n")
+	write("etc/hostname", "dev\n")
+	write("etc/hosts", "127.0.0.1\tlocalhost\n127.0.1.1 dev dev.banger\n10.0.0.1 devbox dev-2\n")
+	// A hard link to the old key must keep the old key: a replaced file
+	// is a new file.
+	if err := os.Link(filepath.Join(root, "etc/ssh/ssh_host_ed25519_key"), filepath.Join(root, "keep")); err != nil {
+		t.Fatal(err)
+	}
+	sshd := exec.Command("sleep", "60")
+	if err := sshd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer sshd.Process.Kill()
+	write("run/sshd.pid", strconv.Itoa(sshd.Process.Pid)+"\n")
+	nrSync, _ := syscallNumbers()
+	key := "-----BEGIN OPENSSH PRIVATE KEY-----\nNEW\n-----END OPENSSH PRIVATE KEY-----\n"
+	run := func(key string, keyLen int) (string, error) {
+		cmd := exec.Command("perl", "-e", identityProgram, "0102ff", "00112233445566778899aabbccddeeff", "dev", "dev-1", "ssh-ed25519 NEW", strconv.Itoa(keyLen), strconv.Itoa(nrSync), root)
+		cmd.Stdin = strings.NewReader(key)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	// Cut short: nothing changes.
+	if out, err := run(key[:10], len(key)); err == nil || !strings.Contains(out, "cut short") {
+		t.Fatalf("a host key cut short: %v %s", err, out)
+	}
+	if read("etc/ssh/ssh_host_ed25519_key") != "OLD KEY" || read("etc/machine-id") != "old-id\n" {
+		t.Fatalf("a failed run changed files")
+	}
+	out, err := run(key, len(key))
+	if err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if out != "hostname dev-1\n" {
+		t.Errorf("said %q", out)
+	}
+	for p, want := range map[string]string{
+		"etc/machine-id":                         "00112233445566778899aabbccddeeff\n",
+		"var/lib/dbus/machine-id":                "00112233445566778899aabbccddeeff\n",
+		"etc/ssh/ssh_host_ed25519_key":           key,
+		"etc/ssh/ssh_host_ed25519_key.pub":       "ssh-ed25519 NEW\n",
+		"proc/sys/kernel/hostname":               "dev-1",
+		"etc/hostname":                           "dev-1\n",
+		"etc/hosts":                              "127.0.0.1\tlocalhost\n127.0.1.1 dev-1 dev.banger\n10.0.0.1 devbox dev-2\n",
+		"proc/sys/net/ipv4/conf/eth0/arp_notify": "1\n",
+		"keep":                                   "OLD KEY",
+	} {
+		if got := read(p); got != want {
+			t.Errorf("%s: %q, want %q", p, got, want)
+		}
+	}
+	for p, mode := range map[string]os.FileMode{"etc/ssh/ssh_host_ed25519_key": 0o600, "etc/ssh/ssh_host_ed25519_key.pub": 0o644, "etc/machine-id": 0o444} {
+		if fi, err := os.Stat(filepath.Join(root, p)); err != nil || fi.Mode().Perm() != mode {
+			t.Errorf("%s: mode %v (%v), want %v", p, fi.Mode().Perm(), err, mode)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(root, "var/lib/systemd/random-seed")); !os.IsNotExist(err) {
+		t.Errorf("random seed kept: %v", err)
+	}
+	if left, _ := filepath.Glob(filepath.Join(root, "etc/ssh/*.new")); len(left) > 0 {
+		t.Errorf("left %v", left)
+	}
+	if err := sshd.Wait(); err == nil || !strings.Contains(err.Error(), "hangup") {
+		t.Errorf("sshd: %v, want killed by SIGHUP", err)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -64,59 +65,104 @@ func (d *Daemon) forkAdmit(ctx context.Context, s *startRun) error {
 	return d.store.UpdateVM(ctx, s.vm)
 }
 
-// reidentifyScript makes a restored copy of another VM its own machine,
-// in one session: it runs as the daemon's first command in the child,
-// before anything else the daemon does there. Its arguments are the
-// host's random bytes (hex), the new machine-id, the old and new
-// hostnames, the new host key's public half, the length of its private
-// half, and the new MAC, address (CIDR) and gateway; every one is made
-// or checked by the daemon (reidentifyArgs), none comes from a guest.
-// Its standard input is the new SSH host key (private, OpenSSH PEM; read
-// to its exact length), then the host's time (guest.ClockStep). The
-// kernel RNG gets the host's bytes with RNDADDENTROPY and is reseeded at
-// once with RNDRESEEDCRNG (from perl: no C compiler in guests), so no
-// two children draw the same numbers from here on. sshd is told
-// (SIGHUP) to load the new key. The clock is set, then the network is
-// changed last, from a detached shell, a moment after the session has
-// ended: it takes away the address the session runs over. The guest
-// announces its new address (arp_notify) as its link comes up, so the
-// daemon's next connection does not wait for an ARP retry.
-const reidentifyScript = `set -eu
-seed=$1 mid=$2 old=$3 new=$4 pub=$5 keylen=$6 mac=$7 addr=$8 gw=$9
-(umask 077; head -c "$keylen" > /etc/ssh/ssh_host_ed25519_key.new)
-if [ "$(wc -c < /etc/ssh/ssh_host_ed25519_key.new)" -ne "$keylen" ]; then echo "the host key was cut short" >&2; exit 1; fi
-perl -e 'open(my $f, "+<", "/dev/urandom") or die "open /dev/urandom: $!\n"; my $b = pack("H*", $ARGV[0]); ioctl($f, 0x40085203, pack("ii", length($b) * 8, length($b)) . $b) or die "RNDADDENTROPY: $!\n"; ioctl($f, 0x5207, 0) or die "RNDRESEEDCRNG: $!\n";' "$seed"
-rm -f /var/lib/systemd/random-seed
-printf '%s\n' "$mid" > /etc/machine-id.new && mv /etc/machine-id.new /etc/machine-id
-if [ -f /var/lib/dbus/machine-id ] && [ ! -L /var/lib/dbus/machine-id ]; then printf '%s\n' "$mid" > /var/lib/dbus/machine-id; fi
-(umask 077; printf '%s\n' "$pub" > /etc/ssh/ssh_host_ed25519_key.pub.new)
-chmod 0644 /etc/ssh/ssh_host_ed25519_key.pub.new
-mv /etc/ssh/ssh_host_ed25519_key.new /etc/ssh/ssh_host_ed25519_key
-mv /etc/ssh/ssh_host_ed25519_key.pub.new /etc/ssh/ssh_host_ed25519_key.pub
-hostname "$new"
-printf '%s\n' "$new" > /etc/hostname
-if [ -f /etc/hosts ]; then sed -i "s/\(^\|[[:space:]]\)$old\([[:space:]]\|\$\)/\1$new\2/g" /etc/hosts; fi
-if [ -f /run/sshd.pid ]; then kill -HUP "$(cat /run/sshd.pid)" 2>/dev/null || true; fi
-sync
-` + guest.ClockStep + `
-setsid -f sh -c 'sleep 0.2; echo 1 > /proc/sys/net/ipv4/conf/eth0/arp_notify 2>/dev/null || :; ip link set dev eth0 down; ip link set dev eth0 address "$1"; ip addr flush dev eth0; ip addr add "$2" dev eth0; ip link set dev eth0 up; ip route replace default via "$3" dev eth0' sh "$mac" "$addr" "$gw" </dev/null >/dev/null 2>&1
+// identityProgram (perl) makes a restored copy of another VM its own
+// machine, in one process: in an emulated guest every program started
+// costs tens of milliseconds, and a shell script doing this started
+// twenty. It runs as the daemon's first command in the child, before
+// anything else the daemon does there. Its arguments are the host's
+// random bytes (hex), the new machine-id, the old and new hostnames,
+// the new host key's public half, the length of its private half, the
+// sync(2) system call's number (0: run sync) and a root directory (""
+// in a guest; a test's temporary directory); every one is made or
+// checked by the daemon (reidentifyArgs), none comes from a guest. Its
+// standard input is the new SSH host key (private, OpenSSH PEM; read to
+// its exact length). The kernel RNG gets the host's bytes with
+// RNDADDENTROPY and is reseeded at once with RNDRESEEDCRNG, so no two
+// children draw the same numbers from here on; the saved random seed
+// goes. Files are replaced by rename, never written in place; sshd is
+// told (SIGHUP) to load the new key; everything is synced (a VM killed
+// a moment later must not boot with its source's key). The guest is
+// told to announce its address when its link comes up (arp_notify,
+// for the re-address that follows). It prints "hostname NAME", the name
+// the kernel now has.
+const identityProgram = `use strict; use Fcntl;
+my ($seed, $mid, $old, $new, $pub, $keylen, $nrsync, $root) = @ARGV;
+$| = 1;
+sub put {
+	my ($path, $data, $mode) = @_;
+	my $tmp = "$root$path.new";
+	unlink($tmp);
+	sysopen(my $f, $tmp, O_WRONLY | O_CREAT | O_EXCL, $mode) or die "create $tmp: $!\n";
+	my $n = syswrite($f, $data);
+	die "write $tmp: $!\n" unless defined($n) && $n == length($data);
+	close($f) or die "close $tmp: $!\n";
+	chmod($mode, $tmp) or die "chmod $tmp: $!\n";
+	rename($tmp, "$root$path") or die "rename $tmp: $!\n";
+}
+binmode(STDIN);
+my $key = "";
+while (length($key) < $keylen) {
+	my $n = sysread(STDIN, $key, $keylen - length($key), length($key));
+	die "read the host key: $!\n" unless defined $n;
+	die "the host key was cut short\n" if $n == 0;
+}
+open(my $rng, "+<", "$root/dev/urandom") or die "open /dev/urandom: $!\n";
+my $b = pack("H*", $seed);
+ioctl($rng, 0x40085203, pack("ii", length($b) * 8, length($b)) . $b) or die "RNDADDENTROPY: $!\n";
+ioctl($rng, 0x5207, 0) or die "RNDRESEEDCRNG: $!\n";
+close($rng);
+unlink("$root/var/lib/systemd/random-seed");
+put("/etc/machine-id", "$mid\n", 0444);
+put("/var/lib/dbus/machine-id", "$mid\n", 0644) if -f "$root/var/lib/dbus/machine-id" && ! -l "$root/var/lib/dbus/machine-id";
+put("/etc/ssh/ssh_host_ed25519_key", $key, 0600);
+put("/etc/ssh/ssh_host_ed25519_key.pub", "$pub\n", 0644);
+open(my $h, ">", "$root/proc/sys/kernel/hostname") or die "set the hostname: $!\n";
+print $h $new;
+close($h) or die "set the hostname: $!\n";
+put("/etc/hostname", "$new\n", 0644);
+if (open(my $f, "<", "$root/etc/hosts")) {
+	local $/;
+	my $t = <$f> // "";
+	close($f);
+	put("/etc/hosts", $t, 0644) if $t =~ s/(^|[ \t])\Q$old\E(?=[ \t]|$)/$1$new/mg;
+}
+if (open(my $p, "<", "$root/run/sshd.pid")) {
+	my $pid = <$p> // "";
+	close($p);
+	kill("HUP", $1) if $pid =~ /^(\d+)\s*$/;
+}
+if (open(my $an, ">", "$root/proc/sys/net/ipv4/conf/eth0/arp_notify")) { print $an "1\n"; close($an); }
+if ($nrsync > 0) { syscall($nrsync + 0); } else { system("sync") == 0 or die "sync failed\n"; }
+open(my $g, "<", "$root/proc/sys/kernel/hostname") or die "read the hostname: $!\n";
+my $got = <$g> // "";
+close($g);
+chomp($got);
+print "hostname $got\n";
 `
 
-// reidentifyArgs are reidentifyScript's arguments for vm; seed and mid
-// are the host's random bytes, keyLen the length of the private host
+// identityClockProgram is identityProgram then the clock (perlSetClock,
+// whose argument follows identityProgram's): the guest says "ready",
+// reads the host's time and sets its clock, in the same process.
+const identityClockProgram = identityProgram + `@ARGV = ($ARGV[8]);
+` + guest.PerlSetClock
+
+// syscallNumbers are sync(2)'s and settimeofday(2)'s numbers in a guest
+// of the host's architecture (banger's guests are), 0 where unknown:
+// the programs then run sync and date.
+func syscallNumbers() (sync, settimeofday int) {
+	switch runtime.GOARCH {
+	case "amd64":
+		return 162, 164
+	case "arm64":
+		return 81, 170
+	}
+	return 0, 0
+}
+
+// reidentifyArgs are identityClockProgram's arguments for vm; seed and
+// mid are the host's random bytes, keyLen the length of the private host
 // key sent on its standard input.
 func reidentifyArgs(cfg model.DaemonConfig, fork forkIdentity, vm model.VMRecord, seed, mid []byte, keyLen int) ([]string, error) {
-	prefix, err := network.Subnet(cfg.BridgeIP, cfg.CIDR)
-	if err != nil {
-		return nil, err
-	}
-	ip, err := netip.ParseAddr(vm.Runtime.GuestIP)
-	if err != nil || !prefix.Contains(ip) {
-		return nil, fmt.Errorf("guest IP %q is not in %s", vm.Runtime.GuestIP, prefix)
-	}
-	if _, err := net.ParseMAC(vm.Runtime.GuestMAC); err != nil {
-		return nil, fmt.Errorf("guest MAC %q: %w", vm.Runtime.GuestMAC, err)
-	}
 	for _, n := range []string{fork.srcName, vm.Name} {
 		if err := model.ValidateVMName(n); err != nil {
 			return nil, err
@@ -129,30 +175,86 @@ func reidentifyArgs(cfg model.DaemonConfig, fork forkIdentity, vm model.VMRecord
 	if keyLen <= 0 || keyLen > 1<<16 {
 		return nil, fmt.Errorf("private host key of %d bytes", keyLen)
 	}
+	nrSync, nrTime := syscallNumbers()
 	return []string{hex.EncodeToString(seed), hex.EncodeToString(mid), fork.srcName, vm.Name, pub, strconv.Itoa(keyLen),
-		vm.Runtime.GuestMAC, netip.PrefixFrom(ip, prefix.Bits()).String(), cfg.BridgeIP}, nil
+		strconv.Itoa(nrSync), "", strconv.Itoa(nrTime)}, nil
 }
 
-// reidentifyCommand is the command line running reidentifyScript with
-// args (reidentifyArgs).
+// reidentifyCommand is the command line running identityClockProgram
+// with args (reidentifyArgs).
 func reidentifyCommand(args []string) string {
+	return "perl -e " + guest.Quote(identityClockProgram) + " " + quoteAll(args)
+}
+
+// quoteAll quotes each of args for the guest's shell, space-separated.
+func quoteAll(args []string) string {
 	q := make([]string, len(args))
 	for i, a := range args {
 		q[i] = guest.Quote(a)
 	}
-	return "sh -c " + guest.Quote(reidentifyScript) + " sh " + strings.Join(q, " ")
+	return strings.Join(q, " ")
+}
+
+// readdressScript gives the guest its own MAC, address and default
+// route, from one ip(8) started in a session of its own: it takes away
+// the address the daemon's connection runs over, so the script first
+// says readdressingMarker, and the daemon goes on once it has read it
+// (guest.Conn.RunDetaching) without waiting for a session that may not
+// be able to end. Its arguments are the MAC, the address (CIDR) and the
+// gateway (readdressArgs).
+const readdressScript = `echo ` + readdressingMarker + `
+exec setsid -f ip -batch - >/dev/null 2>&1 <<EOF
+link set dev eth0 down
+link set dev eth0 address $1
+addr flush dev eth0
+addr add $2 dev eth0
+link set dev eth0 up
+route replace default via $3 dev eth0
+EOF
+`
+
+// readdressingMarker is the line readdressScript says before the
+// address changes.
+const readdressingMarker = "readdressing"
+
+// readdressArgs are readdressScript's arguments for vm, each checked.
+func readdressArgs(cfg model.DaemonConfig, vm model.VMRecord) ([]string, error) {
+	prefix, err := network.Subnet(cfg.BridgeIP, cfg.CIDR)
+	if err != nil {
+		return nil, err
+	}
+	ip, err := netip.ParseAddr(vm.Runtime.GuestIP)
+	if err != nil || !prefix.Contains(ip) {
+		return nil, fmt.Errorf("guest IP %q is not in %s", vm.Runtime.GuestIP, prefix)
+	}
+	mac, err := net.ParseMAC(vm.Runtime.GuestMAC)
+	if err != nil {
+		return nil, fmt.Errorf("guest MAC %q: %w", vm.Runtime.GuestMAC, err)
+	}
+	gw, err := netip.ParseAddr(cfg.BridgeIP)
+	if err != nil {
+		return nil, fmt.Errorf("bridge IP %q: %w", cfg.BridgeIP, err)
+	}
+	return []string{mac.String(), netip.PrefixFrom(ip, prefix.Bits()).String(), gw.String()}, nil
+}
+
+// readdressCommand is the command line running readdressScript with
+// args (readdressArgs).
+func readdressCommand(args []string) string {
+	return "sh -c " + guest.Quote(readdressScript) + " sh " + quoteAll(args)
 }
 
 // reidentify makes a restored child its own machine, reaching it only
-// through its quarantined tap: first at the source's address with the
-// source's host key (only the child is on that link), where one session
-// changes its identity, clock and address; then at its own address with
-// its own key, which proves the change took. Over that second
-// connection, still before the child is admitted to the bridge, its
+// through its quarantined tap, over one SSH connection at the source's
+// address with the source's host key (only the child is on that link):
+// one process changes its identity and sets its clock
+// (identityClockProgram), and says the hostname it now has; its
 // workspace branches are renamed and, for a warm create, the first
-// boot's setup (file sync, the user's keys) is done: the admission then
-// needs no SSH connection of its own (waitAdmitted). How long each part
-// took is logged.
+// boot's setup (file sync, the user's keys) is done; then its address
+// changes (readdressScript) and the daemon waits until it answers at its
+// own address, still only through the quarantined tap. Its own host key
+// is proven by every later connection (guest.Dial accepts only it). How
+// long each part took is logged.
 func (b vmmBooter) reidentify(ctx context.Context, s *startRun) error {
 	signer, err := guest.LoadSigner(b.cfg.SSHKeyPath)
 	if err != nil {
@@ -181,6 +283,7 @@ func (b vmmBooter) reidentify(ctx context.Context, s *startRun) error {
 	if err != nil {
 		return fmt.Errorf("reach the restored child at %s through %s: %w", old, tap, err)
 	}
+	defer conn.Close()
 	mark("reached")
 	seed := make([]byte, 64)
 	mid := make([]byte, 16)
@@ -188,36 +291,25 @@ func (b vmmBooter) reidentify(ctx context.Context, s *startRun) error {
 	rand.Read(mid)
 	priv, err := os.ReadFile(hostKeyPath(s.vm.Runtime.VMDir))
 	if err != nil {
-		conn.Close()
 		return fmt.Errorf("host key: %w", err)
 	}
 	args, err := reidentifyArgs(b.cfg, *s.fork, s.vm, seed, mid, len(priv))
 	if err != nil {
-		conn.Close()
 		return err
 	}
-	err = conn.RunSettingClock(ctx, reidentifyCommand(args), priv, time.Now)
-	conn.Close()
+	readdress, err := readdressArgs(b.cfg, s.vm)
 	if err != nil {
+		return err
+	}
+	var said boundedBuffer
+	if err := conn.RunSettingClockTo(ctx, reidentifyCommand(args), priv, time.Now, &said); err != nil {
 		return fmt.Errorf("re-identify the child: %w", err)
 	}
-	mark("identity_clock_address")
+	if got, want := said.hostname(), s.vm.Name; got != want {
+		return fmt.Errorf("the child calls itself %q, not %q", got, want)
+	}
+	mark("identity_clock")
 	s.progress(api.Progress{Step: "fork", Message: fmt.Sprintf("%s: restored, reseeded and re-identified %dms after its VMM started", s.vm.Name, time.Since(start).Milliseconds())})
-	own := net.JoinHostPort(s.vm.Runtime.GuestIP, "22")
-	conn, err = dialVia(ctx, s.log, tap, own, signer, s.vm.Runtime.SSHHostKey)
-	if err != nil {
-		return fmt.Errorf("the child did not answer at its own address %s with its own key: %w", own, err)
-	}
-	defer conn.Close()
-	mark("own_address")
-	out, err := conn.Output(ctx, "hostname")
-	if err != nil {
-		return err
-	}
-	if got := strings.TrimSpace(out); got != s.vm.Name {
-		return fmt.Errorf("the child calls itself %q, not %q", got, s.vm.Name)
-	}
-	mark("hostname_checked")
 	for _, r := range s.renames {
 		if _, err := guestOutput(ctx, conn, workspace.RenameBranchScript(r.guestPath, r.from, r.to)); err != nil {
 			return fmt.Errorf("workspace %s: the child's branch %s: %w", r.guestPath, r.to, err)
@@ -232,8 +324,75 @@ func (b vmmBooter) reidentify(ctx context.Context, s *startRun) error {
 		}
 		mark("first_boot")
 	}
+	if err := conn.RunDetaching(ctx, readdressCommand(readdress), readdressingMarker); err != nil {
+		return fmt.Errorf("give the child its own address: %w", err)
+	}
+	conn.Close()
+	mark("readdress_sent")
+	own := net.JoinHostPort(s.vm.Runtime.GuestIP, "22")
+	if err := connectVia(ctx, s.log, tap, own); err != nil {
+		return fmt.Errorf("the child did not answer at its own address %s: %w", own, err)
+	}
+	mark("own_address")
 	s.log.Info("fork child re-identified", append(laps, "total_ms", time.Since(start).Milliseconds())...)
 	return nil
+}
+
+// boundedBuffer keeps the first 4 KiB a guest writes to it.
+type boundedBuffer struct{ b []byte }
+
+func (w *boundedBuffer) Write(p []byte) (int, error) {
+	if room := 4096 - len(w.b); room > 0 {
+		w.b = append(w.b, p[:min(room, len(p))]...)
+	}
+	return len(p), nil
+}
+
+// hostname is the name in the line "hostname NAME" identityProgram said.
+func (w *boundedBuffer) hostname() string {
+	for _, l := range strings.Split(string(w.b), "\n") {
+		if name, ok := strings.CutPrefix(l, "hostname "); ok {
+			return strings.TrimSpace(name)
+		}
+	}
+	return ""
+}
+
+// connectVia waits until addr accepts a TCP connection through tap
+// (guest.ConnectVia), or ctx ends.
+func connectVia(ctx context.Context, log *slog.Logger, tap, addr string) error {
+	return probeTCP(ctx, log, addr, func(ctx context.Context) (net.Conn, error) {
+		return guest.ConnectVia(ctx, tap, network.QuarantineAddr, addr)
+	})
+}
+
+// probeTCP waits until dial connects, or ctx ends. A guest that has
+// just changed its address, or whose tap has just joined the bridge,
+// may leave the first SYN unanswered (its link came up a moment before
+// its route, or it was still resolving its gateway), and the kernel
+// would send it again only a second later. So each attempt gets a short
+// time, doubled on each failure, and the next one sends a fresh SYN.
+func probeTCP(ctx context.Context, log *slog.Logger, addr string, dial func(context.Context) (net.Conn, error)) error {
+	var last error
+	wait := 150 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		t := time.Now()
+		actx, cancel := context.WithTimeout(ctx, wait)
+		c, err := dial(actx)
+		cancel()
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		log.Debug("connect failed", "addr", addr, "attempt", attempt, "took_ms", time.Since(t).Milliseconds(), "err", err)
+		last = err
+		wait = min(2*wait, 5*time.Second)
+		select {
+		case <-ctx.Done():
+			return last
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
 
 // dialVia dials addr through tap until it answers with hostKey or ctx
@@ -262,32 +421,22 @@ func dialVia(ctx context.Context, log *slog.Logger, tap, addr string, signer ssh
 }
 
 // waitAdmitted checks the child answers on the bridge, as every VM is
-// reached: a TCP connection to its SSH port at its own address. Its
-// identity was proven over the quarantined tap a moment before (its own
-// key at its own address, reidentify), and that tap alone carries its
-// address on the bridge, so no SSH handshake is made here; every later
-// connection to it still accepts only its own host key (guest.Dial).
+// reached: a TCP connection to its SSH port at its own address. It was
+// re-identified a moment before over its quarantined tap, where it then
+// answered at its own address (reidentify), and that tap alone carries
+// its address on the bridge, so no SSH handshake is made here; every
+// later connection to it accepts only its own host key (guest.Dial).
 func (b vmmBooter) waitAdmitted(ctx context.Context, s *startRun) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	start := time.Now()
 	addr := net.JoinHostPort(s.vm.Runtime.GuestIP, "22")
 	var d net.Dialer
-	for {
-		actx, acancel := context.WithTimeout(ctx, 2*time.Second)
-		c, err := d.DialContext(actx, "tcp", addr)
-		acancel()
-		if err == nil {
-			c.Close()
-			s.log.Info("fork child admitted", "answered_ms", time.Since(start).Milliseconds())
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("the child on the bridge: no answer at %s: %w", addr, err)
-		case <-time.After(20 * time.Millisecond):
-		}
+	if err := probeTCP(ctx, s.log, addr, func(ctx context.Context) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }); err != nil {
+		return fmt.Errorf("the child on the bridge: no answer at %s: %w", addr, err)
 	}
+	s.log.Info("fork child admitted", "answered_ms", time.Since(start).Milliseconds())
+	return nil
 }
 
 // branchRename is a workspace's work branch a child renames.

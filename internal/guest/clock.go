@@ -17,12 +17,13 @@ import (
 // clock's change (in an emulated guest a start takes a few hundred ms,
 // all of it skew). Otherwise, or if the call fails, date(1) sets it.
 const clockScript = `n=; case $(uname -m) in x86_64) n=164 ;; aarch64) n=170 ;; esac; ` +
-	`if [ -n "$n" ] && command -v perl >/dev/null 2>&1; then exec perl -e '` + perlSetClock + `' "$n"; fi; ` +
+	`if [ -n "$n" ] && command -v perl >/dev/null 2>&1; then exec perl -e '` + PerlSetClock + `' "$n"; fi; ` +
 	`echo ready; IFS= read -r t; date -u -s "@$t" >/dev/null`
 
-// perlSetClock is the perl side of clockScript; $ARGV[0] is the
-// settimeofday system call's number.
-const perlSetClock = `$| = 1; print "ready\n"; my $t = <STDIN>; exit 1 unless defined $t; chomp $t; ` +
+// PerlSetClock is the perl side of clockScript; $ARGV[0] is the
+// settimeofday system call's number. A longer perl program may end with
+// it (its "ready" must be the program's first).
+const PerlSetClock = `$| = 1; print "ready\n"; my $t = <STDIN>; exit 1 unless defined $t; chomp $t; ` +
 	`my ($s, $f) = split /\./, $t; $f = substr($f . "000000000", 0, 9); ` +
 	`exit 0 if syscall($ARGV[0] + 0, pack("q q", $s, int($f / 1000)), 0) == 0; ` +
 	`open STDOUT, ">", "/dev/null"; exec "date", "-u", "-s", "\@$t"`
@@ -33,7 +34,7 @@ const perlSetClock = `$| = 1; print "ready\n"; my $t = <STDIN>; exit 1 unless de
 // status. Nothing before it in the script may read past its own part of
 // the standard input.
 const ClockStep = `n=; case $(uname -m) in x86_64) n=164 ;; aarch64) n=170 ;; esac; ` +
-	`if [ -n "$n" ] && command -v perl >/dev/null 2>&1; then perl -e '` + perlSetClock + `' "$n"; ` +
+	`if [ -n "$n" ] && command -v perl >/dev/null 2>&1; then perl -e '` + PerlSetClock + `' "$n"; ` +
 	`else echo ready; IFS= read -r t; date -u -s "@$t" >/dev/null; fi`
 
 // SetClock sets the guest's clock to now(). The time is taken when the
@@ -41,7 +42,7 @@ const ClockStep = `n=; case $(uname -m) in x86_64) n=164 ;; aarch64) n=170 ;; es
 // sent, so the session's start-up (slow in an emulated guest) is not
 // left as skew; what remains is one trip over the SSH connection.
 func (c *Conn) SetClock(ctx context.Context, now func() time.Time) error {
-	if err := c.runClock(ctx, clockScript, nil, now); err != nil {
+	if err := c.runClock(ctx, clockScript, nil, now, nil); err != nil {
 		return fmt.Errorf("set the guest's clock: %w", err)
 	}
 	return nil
@@ -53,12 +54,18 @@ func (c *Conn) SetClock(ctx context.Context, now func() time.Time) error {
 // does what would otherwise take several, each costing a shell's
 // start-up in the guest.
 func (c *Conn) RunSettingClock(ctx context.Context, cmd string, head []byte, now func() time.Time) error {
-	return c.runClock(ctx, cmd, head, now)
+	return c.runClock(ctx, cmd, head, now, nil)
+}
+
+// RunSettingClockTo is RunSettingClock that also writes what the
+// command prints to stdout.
+func (c *Conn) RunSettingClockTo(ctx context.Context, cmd string, head []byte, now func() time.Time, stdout io.Writer) error {
+	return c.runClock(ctx, cmd, head, now, stdout)
 }
 
 // runClock runs cmd with head then the time on its standard input (see
 // RunSettingClock).
-func (c *Conn) runClock(ctx context.Context, cmd string, head []byte, now func() time.Time) error {
+func (c *Conn) runClock(ctx context.Context, cmd string, head []byte, now func() time.Time, stdout io.Writer) error {
 	pr, pw := io.Pipe()
 	defer pw.Close()
 	out := &readyWriter{onReady: func() {
@@ -74,7 +81,11 @@ func (c *Conn) runClock(ctx context.Context, cmd string, head []byte, now func()
 	if len(head) > 0 {
 		in = io.MultiReader(bytes.NewReader(head), pr)
 	}
-	if err := c.Run(ctx, cmd, in, out, nil); err != nil {
+	var w io.Writer = out
+	if stdout != nil {
+		w = io.MultiWriter(out, stdout)
+	}
+	if err := c.Run(ctx, cmd, in, w, nil); err != nil {
 		return err
 	}
 	if !out.seen() {

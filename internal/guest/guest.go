@@ -16,6 +16,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -108,11 +109,32 @@ func dial(ctx context.Context, addr string, signer ssh.Signer, hostKey string, k
 // route to addr. The daemon uses it to reach a forked guest on its
 // quarantined tap while another VM still owns the address.
 func DialVia(ctx context.Context, device, laddr, addr string, signer ssh.Signer, hostKey string) (*Conn, error) {
+	d, err := viaDialer(device, laddr, addr)
+	if err != nil {
+		return nil, err
+	}
+	return dialWith(ctx, d, addr, signer, hostKey)
+}
+
+// ConnectVia opens a TCP connection to addr through one interface only,
+// as DialVia does, with no SSH on it: whether the guest answers there.
+func ConnectVia(ctx context.Context, device, laddr, addr string) (net.Conn, error) {
+	d, err := viaDialer(device, laddr, addr)
+	if err != nil {
+		return nil, err
+	}
+	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	return d.DialContext(dctx, "tcp", addr)
+}
+
+// viaDialer is a dialer bound to device and the local address laddr.
+func viaDialer(device, laddr, addr string) (net.Dialer, error) {
 	local := net.ParseIP(laddr)
 	if local == nil || device == "" {
-		return nil, fmt.Errorf("dial %s via %q from %q: need a device and a local address", addr, device, laddr)
+		return net.Dialer{}, fmt.Errorf("dial %s via %q from %q: need a device and a local address", addr, device, laddr)
 	}
-	d := net.Dialer{
+	return net.Dialer{
 		LocalAddr: &net.TCPAddr{IP: local},
 		Control: func(_, _ string, c syscall.RawConn) error {
 			var serr error
@@ -126,8 +148,7 @@ func DialVia(ctx context.Context, device, laddr, addr string, signer ssh.Signer,
 			}
 			return nil
 		},
-	}
-	return dialWith(ctx, d, addr, signer, hostKey)
+	}, nil
 }
 
 func dialWith(ctx context.Context, d net.Dialer, addr string, signer ssh.Signer, hostKey string) (*Conn, error) {
@@ -296,6 +317,71 @@ func (c *Conn) Run(ctx context.Context, cmd string, stdin io.Reader, stdout, std
 		return fmt.Errorf("guest command %q: %w", cmd, err)
 	}
 	return nil
+}
+
+// RunDetaching runs cmd, a command that takes away the connection it
+// runs over (a guest changing its address) once it has printed the line
+// marker: it returns nil when cmd ended with status 0, or when marker
+// was printed and the session then ended or did not end within a
+// second; an error when cmd failed or ended without printing marker.
+// The session is closed before it returns.
+func (c *Conn) RunDetaching(ctx context.Context, cmd, marker string) error {
+	seen := make(chan struct{})
+	w := &markerWriter{marker: marker, seen: seen}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx, cmd, nil, w, nil) }()
+	select {
+	case err := <-done:
+		if err == nil || w.said() {
+			return nil
+		}
+		return err
+	case <-seen:
+	}
+	select {
+	case <-done:
+	case <-time.After(time.Second):
+	}
+	return nil
+}
+
+// markerWriter closes seen when the line marker has been written to it.
+type markerWriter struct {
+	mu     sync.Mutex
+	marker string
+	line   []byte
+	seen   chan struct{}
+	fired  bool
+}
+
+func (w *markerWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, ch := range p {
+		if w.fired {
+			break
+		}
+		if ch != '\n' {
+			if len(w.line) <= len(w.marker) {
+				w.line = append(w.line, ch)
+			}
+			continue
+		}
+		if string(w.line) == w.marker {
+			w.fired = true
+			close(w.seen)
+		}
+		w.line = w.line[:0]
+	}
+	return len(p), nil
+}
+
+func (w *markerWriter) said() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.fired
 }
 
 // Output runs cmd and returns its standard output.
