@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -457,19 +458,27 @@ func (d *Daemon) forkCopyChild(ctx context.Context, c *forkChild, sys, work, sta
 			return false, fmt.Errorf("fork: %w", err)
 		}
 	}
-	cloned := true
-	for _, cp := range []struct{ to, from string }{
+	// The four copies go at once: where they cannot be reflinks, the
+	// system disk's takes longest and the others fit beside it.
+	copies := []struct{ to, from string }{
 		{c.vm.Runtime.SystemOverlay, sys},
 		{c.vm.Runtime.WorkDiskPath, work},
 		{filepath.Join(newDir, savedStateName), state},
 		{filepath.Join(newDir, savedMemName), mem},
-	} {
-		ok, err := d.storage.CopyFile(ctx, cp.to, cp.from)
-		if err != nil {
-			return false, err
-		}
-		cloned = cloned && ok
 	}
+	clones := make([]bool, len(copies))
+	calls := make([]func() error, len(copies))
+	for i, cp := range copies {
+		calls[i] = func() error {
+			ok, err := d.storage.CopyFile(ctx, cp.to, cp.from)
+			clones[i] = ok
+			return err
+		}
+	}
+	if err := allAtOnce(calls...); err != nil {
+		return false, err
+	}
+	cloned := !slices.Contains(clones, false)
 	// The child's VMM opens its saved state by descriptor path, as its
 	// own uid (a suspended VM's files are its VMM's, which wrote them).
 	uid, err := d.vmmUID(c.vm)

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -20,6 +21,7 @@ import (
 	"banger/internal/image"
 	"banger/internal/model"
 	"banger/internal/network"
+	"banger/internal/storage"
 )
 
 // An image's warm state is a snapshot of the image booted once: `image
@@ -81,12 +83,49 @@ type warmMeta struct {
 	SrcIP      string `json:"src_ip"`
 	SrcHostKey string `json:"src_host_key"`
 	SizeBytes  int64  `json:"size_bytes"`
+	// DisksDir, when set, holds the disks: a directory of the storage
+	// pool's (warmDisksRoot), so that a VM's copies of them are reflink
+	// clones there; otherwise they are in the warm state's own dir.
+	DisksDir string `json:"disks_dir,omitempty"`
 }
 
-// warmFiles are the files of a warm state in dir.
-func warmFiles(dir string) (system, work, state, mem string) {
-	return filepath.Join(dir, warmSystemName), filepath.Join(dir, warmWorkName),
+// warmFiles are the files of the warm state m in dir.
+func warmFiles(dir string, m warmMeta) (system, work, state, mem string) {
+	disks := dir
+	if m.DisksDir != "" {
+		disks = m.DisksDir
+	}
+	return filepath.Join(disks, warmSystemName), filepath.Join(disks, warmWorkName),
 		filepath.Join(dir, savedStateName), filepath.Join(dir, savedMemName)
+}
+
+// warmDisksRoot is where warm states keep their disks in the storage
+// pool, one directory per warm state (<image id>.<when>), or "" when no
+// pool is open.
+func (d *Daemon) warmDisksRoot() string {
+	if d.pool == nil {
+		return ""
+	}
+	return filepath.Join(d.pool.Dir, "warm")
+}
+
+// pruneWarmDisks removes the disk directories in the pool of imageID's
+// warm states but keep (none when keep is ""): those of a warm state
+// replaced, dropped, or cut short.
+func (d *Daemon) pruneWarmDisks(imageID, keep string) {
+	root := d.warmDisksRoot()
+	if root == "" {
+		return
+	}
+	dirs, _ := filepath.Glob(filepath.Join(root, imageID+".*"))
+	for _, dir := range dirs {
+		if dir == keep {
+			continue
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			d.logger.Warn("remove a warm state's disks", "dir", dir, "err", err)
+		}
+	}
 }
 
 // imageIdentity names what an image is made of: its ID, times and
@@ -116,8 +155,10 @@ func (d *Daemon) keyFingerprint() (string, error) {
 
 // readWarm reads the warm state in dir and checks its files are the
 // daemon's own: regular files with one link, owned by the daemon's uid,
-// readable by it alone. It returns fs.ErrNotExist when there is none.
-func readWarm(dir string) (warmMeta, error) {
+// readable by it alone. Its disks are in dir, or in a directory of
+// disksRoot's (warmDisksRoot; "": none may be elsewhere). It returns
+// fs.ErrNotExist when there is none.
+func readWarm(dir, disksRoot string) (warmMeta, error) {
 	var m warmMeta
 	fi, err := os.Lstat(dir)
 	if err != nil {
@@ -129,9 +170,42 @@ func readWarm(dir string) (warmMeta, error) {
 	if err := checkWarmFile(fi); err != nil {
 		return m, fmt.Errorf("%s: %w", dir, err)
 	}
-	sys, work, st, mem := warmFiles(dir)
+	metaPath := filepath.Join(dir, warmMetaName)
+	if fi, err := os.Lstat(metaPath); err != nil {
+		return m, fmt.Errorf("incomplete: %w", err)
+	} else if !fi.Mode().IsRegular() {
+		return m, fmt.Errorf("%s: not a regular file", metaPath)
+	} else if err := checkWarmFile(fi); err != nil {
+		return m, fmt.Errorf("%s: %w", metaPath, err)
+	}
+	b, err := os.ReadFile(metaPath)
+	if err != nil {
+		return m, err
+	}
+	if err := json.Unmarshal(b, &m); err != nil {
+		return m, fmt.Errorf("%s: %w", warmMetaName, err)
+	}
 	var total int64
-	for _, p := range []string{filepath.Join(dir, warmMetaName), sys, work, st, mem} {
+	if m.DisksDir != "" {
+		if disksRoot == "" {
+			return m, fmt.Errorf("its disks are in the storage pool (%s), which is not open", m.DisksDir)
+		}
+		if filepath.Dir(m.DisksDir) != disksRoot || filepath.Clean(m.DisksDir) != m.DisksDir {
+			return m, fmt.Errorf("its disks are said to be in %s, not in %s", m.DisksDir, disksRoot)
+		}
+		fi, err := os.Lstat(m.DisksDir)
+		if err != nil {
+			return m, fmt.Errorf("incomplete: %w", err)
+		}
+		if !fi.IsDir() {
+			return m, fmt.Errorf("%s is not a directory", m.DisksDir)
+		}
+		if err := checkWarmFile(fi); err != nil {
+			return m, fmt.Errorf("%s: %w", m.DisksDir, err)
+		}
+	}
+	sys, work, st, mem := warmFiles(dir, m)
+	for _, p := range []string{metaPath, sys, work, st, mem} {
 		fi, err := os.Lstat(p)
 		if err != nil {
 			return m, fmt.Errorf("incomplete: %w", err)
@@ -143,13 +217,6 @@ func readWarm(dir string) (warmMeta, error) {
 			return m, fmt.Errorf("%s: %w", p, err)
 		}
 		total += allocated(fi)
-	}
-	b, err := os.ReadFile(filepath.Join(dir, warmMetaName))
-	if err != nil {
-		return m, err
-	}
-	if err := json.Unmarshal(b, &m); err != nil {
-		return m, fmt.Errorf("%s: %w", warmMetaName, err)
 	}
 	m.SizeBytes = total
 	return m, nil
@@ -212,7 +279,7 @@ func warmMismatch(m warmMeta, spec model.VMSpec) string {
 
 // warmView is the API's view of img's warm state; nil when it has none.
 func (d *Daemon) warmView(img model.Image) *api.WarmState {
-	m, err := readWarm(d.layout.warmDir(img.ID))
+	m, err := readWarm(d.layout.warmDir(img.ID), d.warmDisksRoot())
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
@@ -234,6 +301,9 @@ type warmRun struct {
 	vm       model.VMRecord
 	unlockVM func()
 	meta     warmMeta
+	// disksDir is the pool directory warmSave made for the disks, if
+	// any.
+	disksDir string
 	progress api.ProgressFunc
 	log      *slog.Logger
 }
@@ -466,7 +536,21 @@ func (d *Daemon) warmSave(ctx context.Context, s *warmRun) error {
 			return fmt.Errorf("warm: the VMM's %s: %w", filepath.Base(p), err)
 		}
 	}
-	sys, work, st, mem := warmFiles(newDir)
+	m := s.meta
+	m.DisksDir = ""
+	// Disks in the storage pool stay there, as reflink clones: a VM's
+	// copies of them are clones too.
+	if root := d.warmDisksRoot(); root != "" && s.vm.Runtime.OverlayStrategy == string(storage.StrategyPool) {
+		if err := os.MkdirAll(root, 0o700); err != nil {
+			return fmt.Errorf("warm: %w", err)
+		}
+		s.disksDir = filepath.Join(root, s.img.ID+"."+strconv.FormatInt(time.Now().UnixNano(), 36))
+		if err := os.Mkdir(s.disksDir, 0o700); err != nil {
+			return fmt.Errorf("warm: %w", err)
+		}
+		m.DisksDir = s.disksDir
+	}
+	sys, work, st, mem := warmFiles(newDir, m)
 	for _, cp := range []struct{ to, from string }{
 		{sys, s.vm.Runtime.SystemOverlay}, {work, s.vm.Runtime.WorkDiskPath}, {st, sst}, {mem, smem},
 	} {
@@ -480,7 +564,6 @@ func (d *Daemon) warmSave(ctx context.Context, s *warmRun) error {
 			return fmt.Errorf("warm: %w", err)
 		}
 	}
-	m := s.meta
 	m.MadeAt = model.Now()
 	m.SrcID, m.SrcName, m.SrcIP, m.SrcHostKey = s.vm.ID, s.vm.Name, s.vm.Runtime.GuestIP, s.vm.Runtime.SSHHostKey
 	b, err := json.MarshalIndent(m, "", "  ")
@@ -491,10 +574,17 @@ func (d *Daemon) warmSave(ctx context.Context, s *warmRun) error {
 		return fmt.Errorf("warm: %w", err)
 	}
 	syncDir(newDir)
-	if _, err := readWarm(newDir); err != nil {
+	if s.disksDir != "" {
+		syncDir(s.disksDir)
+	}
+	if _, err := readWarm(newDir, d.warmDisksRoot()); err != nil {
 		return fmt.Errorf("warm: %w", err)
 	}
-	return swapWarm(imgDir)
+	if err := swapWarm(imgDir); err != nil {
+		return err
+	}
+	d.pruneWarmDisks(s.img.ID, s.disksDir)
+	return nil
 }
 
 // swapWarm puts warm.new in place of warm: the old one moves to
@@ -519,6 +609,9 @@ func swapWarm(imgDir string) error {
 
 func (d *Daemon) undoWarmSave(ctx context.Context, s *warmRun) {
 	os.RemoveAll(filepath.Join(d.layout.imageDir(s.img.ID), warmNewDirName))
+	if s.disksDir != "" {
+		os.RemoveAll(s.disksDir)
+	}
 }
 
 // warmRemoveVM removes the hidden VM: nothing of it is left.
@@ -550,6 +643,7 @@ func (d *Daemon) DropWarm(ctx context.Context, ref string) error {
 	if err := os.RemoveAll(dir); err != nil {
 		return fmt.Errorf("drop the warm state of %s: %w", img.Name, err)
 	}
+	d.pruneWarmDisks(img.ID, "")
 	d.logger.Info("warm state dropped", "image", img.Name)
 	return nil
 }
@@ -563,6 +657,7 @@ func (d *Daemon) removeWarmStates(img model.Image) {
 			d.logger.Warn("remove the image's warm state", "image", img.Name, "err", err)
 		}
 	}
+	d.pruneWarmDisks(img.ID, "")
 	if img.ArtifactDir != dir {
 		os.Remove(dir) // only when that left it empty
 	}
@@ -592,6 +687,17 @@ func (d *Daemon) reconcileWarm(ctx context.Context) {
 				os.RemoveAll(old)
 			}
 		}
+		// Disks of a warm state replaced, dropped or cut short go; a
+		// current warm state's stay, even one that no longer reads
+		// whole (the pool's listing of them is all that is left).
+		keep := ""
+		if b, err := os.ReadFile(filepath.Join(dir, warmDirName, warmMetaName)); err == nil {
+			var m warmMeta
+			if json.Unmarshal(b, &m) == nil {
+				keep = m.DisksDir
+			}
+		}
+		d.pruneWarmDisks(img.ID, keep)
 		unlock()
 	}
 }

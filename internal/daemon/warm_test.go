@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"encoding/json"
 	"errors"
 	"io/fs"
 	"os"
@@ -12,6 +13,7 @@ import (
 	"banger/internal/api"
 	"banger/internal/image"
 	"banger/internal/model"
+	"banger/internal/storage"
 )
 
 // warmVM creates name from the image "base" with req's fields, started
@@ -64,7 +66,7 @@ func TestWarmCreateOnTheFakeHost(t *testing.T) {
 	}
 	want(t, "after image warm", anyTaps(e.hostState(), ""), anyTaps(before, ""))
 	dir := e.d.layout.warmDir(strings.Repeat("a", 64))
-	meta, err := readWarm(dir)
+	meta, err := readWarm(dir, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,7 +116,7 @@ func TestWarmCreateOnTheFakeHost(t *testing.T) {
 		}
 	}
 	// The warm state is as it was: a create copies it.
-	if m2, err := readWarm(dir); err != nil || m2.MadeAt != meta.MadeAt {
+	if m2, err := readWarm(dir, ""); err != nil || m2.MadeAt != meta.MadeAt {
 		t.Errorf("warm state after the creates: %+v %v", m2, err)
 	}
 
@@ -264,7 +266,7 @@ func TestReconcileAfterWarmCrashes(t *testing.T) {
 				if _, err := e.d.WarmImage(e.ctx, "base", api.ImageWarmRequest{}, api.NoProgress); err != nil {
 					t.Fatal(err)
 				}
-				old, _ = readWarm(e.d.layout.warmDir(strings.Repeat("a", 64)))
+				old, _ = readWarm(e.d.layout.warmDir(strings.Repeat("a", 64)), e.d.warmDisksRoot())
 			}
 			crashed := false
 			e.d.onCrashPoint = func(s string) {
@@ -301,7 +303,7 @@ func TestReconcileAfterWarmCrashes(t *testing.T) {
 					t.Errorf("%s left", n)
 				}
 			}
-			m, err := readWarm(e.d.layout.warmDir(strings.Repeat("a", 64)))
+			m, err := readWarm(e.d.layout.warmDir(strings.Repeat("a", 64)), e.d.warmDisksRoot())
 			switch {
 			case errors.Is(err, fs.ErrNotExist):
 				if create {
@@ -339,7 +341,7 @@ func TestWarmHostileCallerAndPlantedFiles(t *testing.T) {
 	if err := e.d.DropWarm(mallory, "base"); model.ErrorCode(err) != model.EFORBIDDEN {
 		t.Fatalf("a user dropping root's warm state: %v; want %s", err, model.EFORBIDDEN)
 	}
-	if _, err := readWarm(dir); err != nil {
+	if _, err := readWarm(dir, ""); err != nil {
 		t.Fatalf("the warm state after a refused drop: %v", err)
 	}
 
@@ -356,11 +358,103 @@ func TestWarmHostileCallerAndPlantedFiles(t *testing.T) {
 	if err := os.Symlink(target, mem); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := readWarm(dir); err == nil {
+	if _, err := readWarm(dir, ""); err == nil {
 		t.Fatal("a warm state with a linked memory file was read")
 	}
 	v := e.createStarted(t, model.VMCreateRequest{Name: "after-plant"})
 	if v.State != model.VMStateRunning || !strings.HasPrefix(v.Runtime.CreatedFrom, "cold boot") {
 		t.Errorf("create over a planted warm state: state %s, created from %q; want a cold boot", v.State, v.Runtime.CreatedFrom)
+	}
+}
+
+// TestWarmDisksInPool: a warm state whose disks are in the storage
+// pool's directory is read whole only with that directory as the root
+// its disks may be in; disks said to be elsewhere, or a disks directory
+// that is a link or not the daemon's alone, make it unusable; pruning
+// keeps the current disks and removes the others.
+func TestWarmDisksInPool(t *testing.T) {
+	e := newTestDaemon(t, false)
+	imgID := strings.Repeat("a", 64)
+	if _, err := e.d.WarmImage(e.ctx, "base", api.ImageWarmRequest{}, api.NoProgress); err != nil {
+		t.Fatal(err)
+	}
+	dir := e.d.layout.warmDir(imgID)
+	poolDir := t.TempDir()
+	e.d.pool = &storage.Pool{Dir: poolDir}
+	defer func() { e.d.pool = nil }()
+	root := e.d.warmDisksRoot()
+	disks := filepath.Join(root, imgID+".1")
+	stale := filepath.Join(root, imgID+".0")
+	other := filepath.Join(root, strings.Repeat("b", 64)+".0")
+	for _, p := range []string{disks, stale, other} {
+		if err := os.MkdirAll(p, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, n := range []string{warmSystemName, warmWorkName} {
+		if err := os.Rename(filepath.Join(dir, n), filepath.Join(disks, n)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setDisks := func(p string) {
+		t.Helper()
+		path := filepath.Join(dir, warmMetaName)
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var m map[string]any
+		if err := json.Unmarshal(b, &m); err != nil {
+			t.Fatal(err)
+		}
+		m["disks_dir"] = p
+		b, _ = json.Marshal(m)
+		if err := os.WriteFile(path, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setDisks(disks)
+	m, err := readWarm(dir, root)
+	if err != nil {
+		t.Fatalf("warm state with its disks in the pool: %v", err)
+	}
+	if sys, _, _, _ := warmFiles(dir, m); sys != filepath.Join(disks, warmSystemName) {
+		t.Errorf("system disk at %s", sys)
+	}
+	if _, err := readWarm(dir, ""); err == nil {
+		t.Error("read with no pool open")
+	}
+	link := filepath.Join(root, imgID+".link")
+	if err := os.Symlink(disks, link); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []string{t.TempDir(), filepath.Join(root, "..", "elsewhere"), link} {
+		setDisks(bad)
+		if _, err := readWarm(dir, root); err == nil {
+			t.Errorf("disks said to be in %s: read", bad)
+		}
+	}
+	os.Remove(link)
+	setDisks(disks)
+	if err := os.Chmod(disks, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := readWarm(dir, root); err == nil {
+		t.Error("a disks dir others may read: read")
+	}
+	os.Chmod(disks, 0o700)
+
+	e.d.pruneWarmDisks(imgID, disks)
+	for p, want := range map[string]bool{disks: true, stale: false, other: true} {
+		if _, err := os.Lstat(p); (err == nil) != want {
+			t.Errorf("after pruning, %s exists: %v, want %v", p, err == nil, want)
+		}
+	}
+	// Dropping the warm state takes its disks too.
+	if err := e.d.DropWarm(e.ctx, "base"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(disks); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("disks after the drop: %v", err)
 	}
 }

@@ -63,7 +63,7 @@ func (d *Daemon) firstStartWarm(ctx context.Context, vm *model.VMRecord, progres
 		return false, nil // the start says so
 	}
 	dir := d.layout.warmDir(img.ID)
-	m, err := readWarm(dir)
+	m, err := readWarm(dir, d.warmDisksRoot())
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		return cold("")
@@ -141,7 +141,7 @@ func (d *Daemon) warmCreateReserve(ctx context.Context, s *warmCreateRun) error 
 // warmCreateCopy copies the warm state's disks and snapshot to the VM,
 // as a fork copies them to a child.
 func (d *Daemon) warmCreateCopy(ctx context.Context, s *warmCreateRun) error {
-	sys, work, st, mem := warmFiles(s.dir)
+	sys, work, st, mem := warmFiles(s.dir, s.meta)
 	_, err := d.forkCopyChild(ctx, &forkChild{vm: s.vm}, sys, work, st, mem)
 	return err
 }
