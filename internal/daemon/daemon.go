@@ -136,6 +136,9 @@ type Daemon struct {
 	bg     context.Context
 	wg     sync.WaitGroup
 	cancel context.CancelFunc
+	// drops counts the saved states a resume left to remove in the
+	// background (dropSavedStateSoon).
+	drops sync.WaitGroup
 }
 
 // New opens the state directory (creating it) and the database.
@@ -338,6 +341,7 @@ func (d *Daemon) Close() error {
 	}
 	d.clocks.closeAll()
 	d.wg.Wait()
+	d.drops.Wait()
 	return d.store.Close()
 }
 

@@ -139,6 +139,7 @@ func TestForkOnTheFakeHost(t *testing.T) {
 		if _, err := os.Stat(c.Runtime.SystemOverlay); err != nil {
 			t.Errorf("%s: system disk: %v", c.Name, err)
 		}
+		e.d.drops.Wait()
 		if info := readSavedState(c.Runtime.VMDir); info.Complete || info.Partial {
 			t.Errorf("%s: saved state left after the resume: %+v", c.Name, info)
 		}
@@ -555,5 +556,45 @@ func TestIdentityProgram(t *testing.T) {
 	}
 	if err := sshd.Wait(); err == nil || !strings.Contains(err.Error(), "hangup") {
 		t.Errorf("sshd: %v, want killed by SIGHUP", err)
+	}
+}
+
+// TestAuthorizeKeys runs the user's keys script against a directory
+// standing for a guest's root, the perl way (the shell way, for guests
+// without perl, writes the real /root: its syntax only is checked): keys
+// already there are not added again, blank lines are skipped, the
+// directory and file are root's alone.
+func TestAuthorizeKeys(t *testing.T) {
+	if _, err := exec.LookPath("perl"); err != nil {
+		t.Skip("no perl")
+	}
+	root := t.TempDir()
+	f := filepath.Join(root, "root/.ssh/authorized_keys")
+	run := func(in string) {
+		t.Helper()
+		cmd := exec.Command("sh", "-c", authorizeKeysCommand())
+		cmd.Env = append(os.Environ(), "BANGER_ROOT="+root)
+		cmd.Stdin = strings.NewReader(in)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+	}
+	run("ssh-ed25519 AAA a@b\n\nssh-ed25519 BBB c@d\nssh-ed25519 AAA a@b\n")
+	run("ssh-ed25519 BBB c@d\nssh-ed25519 CCC e@f")
+	b, err := os.ReadFile(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := string(b), "ssh-ed25519 AAA a@b\nssh-ed25519 BBB c@d\nssh-ed25519 CCC e@f\n"; got != want {
+		t.Errorf("authorized_keys %q, want %q", got, want)
+	}
+	for p, mode := range map[string]os.FileMode{f: 0o600, filepath.Dir(f): 0o700} {
+		if fi, err := os.Stat(p); err != nil || fi.Mode().Perm() != mode {
+			t.Errorf("%s: %v %v, want %v", p, fi.Mode().Perm(), err, mode)
+		}
+	}
+	// The shell way writes the guest's /root: only its syntax is checked.
+	if out, err := exec.Command("sh", "-n", "-c", authorizeKeysScript).CombinedOutput(); err != nil {
+		t.Errorf("sh -n: %v %s", err, out)
 	}
 }

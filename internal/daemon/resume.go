@@ -193,7 +193,7 @@ func (d *Daemon) resumeDisks(ctx context.Context, s *startRun) error {
 // the guest runs again (a saved state older than the disks must never be
 // loaded), and records the VM as running.
 func (d *Daemon) resumeCommit(ctx context.Context, s *startRun) error {
-	if err := dropSavedState(s.vm.Runtime.VMDir); err != nil {
+	if err := dropSavedStateSoon(s.vm.Runtime.VMDir, s.log, &d.drops); err != nil {
 		return err
 	}
 	vm := &s.vm

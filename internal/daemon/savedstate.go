@@ -4,8 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
@@ -134,6 +136,35 @@ func dropSavedState(vmDir string) error {
 	if err := removeSavedPartial(vmDir); err != nil {
 		return fmt.Errorf("drop saved state: %w", err)
 	}
+	return nil
+}
+
+// dropSavedStateSoon is dropSavedState for a resume's commit, whose
+// caller is waiting on it: the saved directory is renamed away at once
+// (from then on it is never a saved state: readSavedState sees a drop
+// cut short, which reconcile removes), and its files, hundreds of MiB
+// whose blocks take the filesystem a while to free, are emptied and
+// removed in the background (wg counts it: the daemon's Close waits).
+func dropSavedStateSoon(vmDir string, log *slog.Logger, wg *sync.WaitGroup) error {
+	old := filepath.Join(vmDir, savedOldDirName)
+	if err := os.RemoveAll(old); err != nil {
+		return fmt.Errorf("drop saved state: %w", err)
+	}
+	if err := os.Rename(savedDir(vmDir), old); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("drop saved state: %w", err)
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for _, name := range []string{savedStateName, savedMemName} {
+			truncateNoFollow(filepath.Join(old, name))
+		}
+		// Whatever else removes partial saved states may get there
+		// first; what is gone is gone.
+		if err := os.RemoveAll(old); err != nil {
+			log.Warn("remove a dropped saved state", "dir", old, "err", err)
+		}
+	}()
 	return nil
 }
 

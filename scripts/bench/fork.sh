@@ -78,9 +78,11 @@ done
 grep -o 'step=warm-create:[a-z-]* took_ms=[0-9.]*' "$bench_dir/bangerd.log" | sed 's/^step=//; s/ took_ms=/ /' |
 	awk '{s[$1]+=$2; n[$1]++} END {for (k in s) printf "   %s mean %.0fms\n", k, s[k]/n[k]}' | sort
 # The warm creates' resumes: each step's mean, then each re-identification's
-# parts (reached: restore until the old address answers; identity_clock_address:
-# the one session; own_address: the handshake at the new address; then the
-# checks and the first boot's setup over it) and the admission's TCP check.
+# parts (reached: restore until the old address answers SSH; identity_clock:
+# the one perl process; first_boot: the first boot's setup over the same
+# connection; readdress_sent: the session that changes the address;
+# own_address: until the new address answers TCP through the quarantine)
+# and the admission's TCP check.
 tail -n +"$((logmark + 1))" "$bench_dir/bangerd.log" | grep -o 'step=resume:[a-z-]* took_ms=[0-9.]*' | sed 's/^step=//; s/ took_ms=/ /' |
 	awk '{s[$1]+=$2; n[$1]++} END {for (k in s) printf "   %s mean %.0fms\n", k, s[k]/n[k]}' | sort
 tail -n +"$((logmark + 1))" "$bench_dir/bangerd.log" | grep -o 'msg="fork child \(re-identified\|admitted\)".*' | sed 's/^msg=/   /' || true
