@@ -387,13 +387,20 @@ func TestReidentifyArgs(t *testing.T) {
 	cfg := model.DaemonConfig{BridgeIP: "172.16.0.1", CIDR: "24"}
 	vm := model.VMRecord{Name: "dev-1", Runtime: model.VMRuntime{GuestIP: "172.16.0.7", GuestMAC: "02:fc:ac:10:00:07", SSHHostKey: "ssh-ed25519 AAAA"}}
 	id := forkIdentity{srcName: "dev", srcIP: "172.16.0.2"}
-	args, err := reidentifyArgs(cfg, id, vm, []byte{1, 2}, []byte{0xab}, 399)
+	batch, err := readdressBatch(cfg, vm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "link set dev eth0 down\nlink set dev eth0 address 02:fc:ac:10:00:07\naddr flush dev eth0\naddr add 172.16.0.7/24 dev eth0\nlink set dev eth0 up\nroute replace default via 172.16.0.1 dev eth0\n"; batch != want {
+		t.Errorf("batch %q, want %q", batch, want)
+	}
+	args, err := identityArgs(id, vm, []byte{1, 2}, []byte{0xab}, 399, true, batch)
 	if err != nil {
 		t.Fatal(err)
 	}
 	nrSync, nrTime := syscallNumbers()
-	if got, want := strings.Join(args, " "), fmt.Sprintf("0102 ab dev dev-1 ssh-ed25519 AAAA 399 %d  %d", nrSync, nrTime); got != want {
-		t.Errorf("args %q, want %q", got, want)
+	if got, want := strings.Join(args[:10], " "), fmt.Sprintf("0102 ab dev dev-1 ssh-ed25519 AAAA 399 %d %d  1", nrSync, nrTime); got != want || args[10] != batch {
+		t.Errorf("args %q, want %q and the batch", args, want)
 	}
 	for _, bad := range []func(v *model.VMRecord, n *int){
 		func(v *model.VMRecord, _ *int) { v.Runtime.SSHHostKey = "ssh-ed25519 A'; reboot; '" },
@@ -403,25 +410,9 @@ func TestReidentifyArgs(t *testing.T) {
 	} {
 		v, n := vm, 399
 		bad(&v, &n)
-		if _, err := reidentifyArgs(cfg, id, v, nil, nil, n); err == nil {
-			t.Errorf("reidentifyArgs accepted %+v (key of %d bytes)", v.Runtime, n)
+		if _, err := identityArgs(id, v, nil, nil, n, false, ""); err == nil {
+			t.Errorf("identityArgs accepted %+v (key of %d bytes)", v.Runtime, n)
 		}
-	}
-	cmd := reidentifyCommand(args)
-	if !strings.HasPrefix(cmd, "perl -e '") || !strings.HasSuffix(cmd, "'dev-1' 'ssh-ed25519 AAAA' '399' '"+strconv.Itoa(nrSync)+"' '' '"+strconv.Itoa(nrTime)+"'") {
-		t.Errorf("re-identify command %q", cmd)
-	}
-	// One process sets the clock (and says ready only there).
-	if strings.Count(identityClockProgram, "ready") != strings.Count(guest.PerlSetClock, "ready") {
-		t.Errorf("the program says ready outside its clock part")
-	}
-
-	ra, err := readdressArgs(cfg, vm)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := strings.Join(ra, " "); got != "02:fc:ac:10:00:07 172.16.0.7/24 172.16.0.1" {
-		t.Errorf("readdress args %q", got)
 	}
 	for _, bad := range []func(v *model.VMRecord){
 		func(v *model.VMRecord) { v.Runtime.GuestIP = "10.0.0.9" },
@@ -431,22 +422,32 @@ func TestReidentifyArgs(t *testing.T) {
 	} {
 		v := vm
 		bad(&v)
-		if _, err := readdressArgs(cfg, v); err == nil {
-			t.Errorf("readdressArgs accepted %+v", v.Runtime)
+		if _, err := readdressBatch(cfg, v); err == nil {
+			t.Errorf("readdressBatch accepted %+v", v.Runtime)
 		}
 	}
-	rc := readdressCommand(ra)
-	if !strings.HasSuffix(rc, " sh '02:fc:ac:10:00:07' '172.16.0.7/24' '172.16.0.1'") {
+	cmd := identityCommand(args)
+	if !strings.HasPrefix(cmd, "perl -e '") || !strings.Contains(cmd, "'dev-1' 'ssh-ed25519 AAAA' '399' ") {
+		t.Errorf("identity command %q", cmd)
+	}
+	// One process sets the clock, and says ready once.
+	if n := strings.Count(identityProgram, `"ready`); n != 1 {
+		t.Errorf("the program says ready %d times", n)
+	}
+	rc := readdressCommand(batch)
+	if !strings.HasPrefix(rc, "sh -c ") || !strings.HasSuffix(rc, " sh "+guest.Quote(batch)) {
 		t.Errorf("readdress command %q", rc)
 	}
-	for _, c := range []string{rc, readdressScript} {
+	for _, c := range []string{rc, readdressScript, authorizeKeysScript} {
 		if out, err := exec.Command("sh", "-n", "-c", c).CombinedOutput(); err != nil {
 			t.Errorf("sh -n: %v %s\n%s", err, out, c)
 		}
 	}
 	if _, err := exec.LookPath("perl"); err == nil {
-		if out, err := exec.Command("perl", "-c", "-e", identityClockProgram).CombinedOutput(); err != nil {
-			t.Errorf("perl -c: %v %s", err, out)
+		for _, p := range []string{identityProgram, authorizeKeysProgram} {
+			if out, err := exec.Command("perl", "-c", "-e", p).CombinedOutput(); err != nil {
+				t.Errorf("perl -c: %v %s", err, out)
+			}
 		}
 	}
 }
@@ -465,7 +466,7 @@ func TestIdentityProgram(t *testing.T) {
 		t.Skip("no perl")
 	}
 	root := t.TempDir()
-	for _, d := range []string{"dev", "etc/ssh", "var/lib/systemd", "var/lib/dbus", "proc/sys/kernel", "proc/sys/net/ipv4/conf/eth0", "run"} {
+	for _, d := range []string{"dev", "etc/ssh", "var/lib/systemd", "var/lib/dbus", "proc/sys/kernel", "proc/sys/net/ipv4/conf/eth0", "run", "root"} {
 		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -509,8 +510,8 @@ func TestIdentityProgram(t *testing.T) {
 	nrSync, _ := syscallNumbers()
 	key := "-----BEGIN OPENSSH PRIVATE KEY-----\nNEW\n-----END OPENSSH PRIVATE KEY-----\n"
 	run := func(key string, keyLen int) (string, error) {
-		cmd := exec.Command("perl", "-e", identityProgram, "0102ff", "00112233445566778899aabbccddeeff", "dev", "dev-1", "ssh-ed25519 NEW", strconv.Itoa(keyLen), strconv.Itoa(nrSync), root)
-		cmd.Stdin = strings.NewReader(key)
+		cmd := exec.Command("perl", "-e", identityProgram, "0102ff", "00112233445566778899aabbccddeeff", "dev", "dev-1", "ssh-ed25519 NEW", strconv.Itoa(keyLen), strconv.Itoa(nrSync), "-", root, "1", "")
+		cmd.Stdin = strings.NewReader(key + "ssh-ed25519 USER u@h\n")
 		out, err := cmd.CombinedOutput()
 		return string(out), err
 	}
@@ -537,6 +538,7 @@ func TestIdentityProgram(t *testing.T) {
 		"etc/hostname":                           "dev-1\n",
 		"etc/hosts":                              "127.0.0.1\tlocalhost\n127.0.1.1 dev-1 dev.banger\n10.0.0.1 devbox dev-2\n",
 		"proc/sys/net/ipv4/conf/eth0/arp_notify": "1\n",
+		"root/.ssh/authorized_keys":              "ssh-ed25519 USER u@h\n",
 		"keep":                                   "OLD KEY",
 	} {
 		if got := read(p); got != want {

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -69,24 +70,33 @@ func (d *Daemon) forkAdmit(ctx context.Context, s *startRun) error {
 // machine, in one process: in an emulated guest every program started
 // costs tens of milliseconds, and a shell script doing this started
 // twenty. It runs as the daemon's first command in the child, before
-// anything else the daemon does there. Its arguments are the host's
-// random bytes (hex), the new machine-id, the old and new hostnames,
-// the new host key's public half, the length of its private half, the
-// sync(2) system call's number (0: run sync) and a root directory (""
-// in a guest; a test's temporary directory); every one is made or
-// checked by the daemon (reidentifyArgs), none comes from a guest. Its
-// standard input is the new SSH host key (private, OpenSSH PEM; read to
-// its exact length). The kernel RNG gets the host's bytes with
+// anything else the daemon does there. Its arguments (identityArgs) are
+// the host's random bytes (hex), the new machine-id, the old and new
+// hostnames, the new host key's public half, the length of its private
+// half, the sync(2) and settimeofday(2) system calls' numbers (0: run
+// sync, date), a root directory ("" in a guest; a test's temporary
+// directory), whether to add the user's keys (1 or 0), and the ip(8)
+// batch that gives the guest its own address ("": none). Every one is
+// made or checked by the daemon; none comes from a guest.
+//
+// Its standard input is the new SSH host key (private, OpenSSH PEM;
+// read to its exact length), then the host's time, then, when it adds
+// them, the user's keys. The kernel RNG gets the host's bytes with
 // RNDADDENTROPY and is reseeded at once with RNDRESEEDCRNG, so no two
 // children draw the same numbers from here on; the saved random seed
 // goes. Files are replaced by rename, never written in place; sshd is
 // told (SIGHUP) to load the new key; everything is synced (a VM killed
-// a moment later must not boot with its source's key). The guest is
-// told to announce its address when its link comes up (arp_notify,
-// for the re-address that follows). It prints "hostname NAME", the name
-// the kernel now has.
+// a moment later must not boot with its source's key). It prints
+// "hostname NAME", the name the kernel now has, then "ready" and reads
+// the time, which it sets at once (settimeofday; the settimeofday number
+// "-" skips the clock, for a test). Then it adds the user's keys
+// (perlAddKeys) and, last, says readdressingMarker and hands the batch
+// to an ip(8) in a session of its own (setsid): the address the
+// daemon's connection runs over goes, so the daemon goes on once it has
+// read the marker (guest.ClockRun.Marker). The guest announces its new
+// address as its link comes up (arp_notify).
 const identityProgram = `use strict; use Fcntl;
-my ($seed, $mid, $old, $new, $pub, $keylen, $nrsync, $root) = @ARGV;
+my ($seed, $mid, $old, $new, $pub, $keylen, $nrsync, $nrtime, $root, $keys, $batch) = @ARGV;
 $| = 1;
 sub put {
 	my ($path, $data, $mode) = @_;
@@ -99,7 +109,7 @@ sub put {
 	chmod($mode, $tmp) or die "chmod $tmp: $!\n";
 	rename($tmp, "$root$path") or die "rename $tmp: $!\n";
 }
-binmode(STDIN);
+` + perlAddKeys + `binmode(STDIN);
 my $key = "";
 while (length($key) < $keylen) {
 	my $n = sysread(STDIN, $key, $keylen - length($key), length($key));
@@ -138,13 +148,50 @@ my $got = <$g> // "";
 close($g);
 chomp($got);
 print "hostname $got\n";
+if ($nrtime ne "-") {
+	print "ready\n";
+	my $t = <STDIN>;
+	die "no time from the host\n" unless defined $t;
+	chomp($t);
+	die "a time that is not seconds.nanoseconds\n" unless $t =~ /^(\d+)\.(\d{9})$/;
+	my ($s, $ns) = ($1, $2);
+	unless ($nrtime > 0 && syscall($nrtime + 0, pack("q q", $s, int($ns / 1000)), 0) == 0) {
+		system("date -u -s \@$t >/dev/null") == 0 or die "set the clock: date failed\n";
+	}
+}
+addkeys($root, $nrsync) if $keys;
+if ($batch ne "") {
+	print "` + readdressingMarker + `\n";
+	my $pid = open(my $ip, "|-") // die "fork: $!\n";
+	if ($pid == 0) {
+		open(STDOUT, ">", "/dev/null");
+		open(STDERR, ">", "/dev/null");
+		exec("setsid", "-f", "ip", "-batch", "-") or exit(127);
+	}
+	print $ip $batch;
+	close($ip);
+}
 `
 
-// identityClockProgram is identityProgram then the clock (perlSetClock,
-// whose argument follows identityProgram's): the guest says "ready",
-// reads the host's time and sets its clock, in the same process.
-const identityClockProgram = identityProgram + `@ARGV = ($ARGV[8]);
-` + guest.PerlSetClock
+// perlAddKeys is a perl sub, addkeys(root, nrsync): it adds the keys on
+// standard input, one per line, to root's authorized_keys, each once
+// (blank lines skipped), then syncs.
+const perlAddKeys = `sub addkeys {
+	my ($root, $nrsync) = @_;
+	my $dir = "$root/root/.ssh";
+	my $f = "$dir/authorized_keys";
+	umask(077);
+	for my $d ("$root/root", $dir) { mkdir($d, 0700) or -d $d or die "mkdir $d: $!\n"; }
+	my %have;
+	if (open(my $in, "<", $f)) { while (my $l = <$in>) { chomp($l); $have{$l} = 1; } close($in); }
+	my $add = "";
+	while (my $k = <STDIN>) { chomp($k); next if $k eq "" || $have{$k}; $have{$k} = 1; $add .= "$k\n"; }
+	open(my $out, ">>", $f) or die "open $f: $!\n";
+	print $out $add or die "write $f: $!\n";
+	close($out) or die "write $f: $!\n";
+	if ($nrsync > 0) { syscall($nrsync + 0); } else { system("sync") == 0 or die "sync failed\n"; }
+}
+`
 
 // syscallNumbers are sync(2)'s and settimeofday(2)'s numbers in a guest
 // of the host's architecture (banger's guests are), 0 where unknown:
@@ -159,10 +206,11 @@ func syscallNumbers() (sync, settimeofday int) {
 	return 0, 0
 }
 
-// reidentifyArgs are identityClockProgram's arguments for vm; seed and
-// mid are the host's random bytes, keyLen the length of the private host
-// key sent on its standard input.
-func reidentifyArgs(cfg model.DaemonConfig, fork forkIdentity, vm model.VMRecord, seed, mid []byte, keyLen int) ([]string, error) {
+// identityArgs are identityProgram's arguments for vm; seed and mid are
+// the host's random bytes, keyLen the length of the private host key
+// sent on its standard input, keys whether the user's keys follow the
+// time, batch the re-address (readdressBatch; "" for none).
+func identityArgs(fork forkIdentity, vm model.VMRecord, seed, mid []byte, keyLen int, keys bool, batch string) ([]string, error) {
 	for _, n := range []string{fork.srcName, vm.Name} {
 		if err := model.ValidateVMName(n); err != nil {
 			return nil, err
@@ -176,14 +224,18 @@ func reidentifyArgs(cfg model.DaemonConfig, fork forkIdentity, vm model.VMRecord
 		return nil, fmt.Errorf("private host key of %d bytes", keyLen)
 	}
 	nrSync, nrTime := syscallNumbers()
+	k := "0"
+	if keys {
+		k = "1"
+	}
 	return []string{hex.EncodeToString(seed), hex.EncodeToString(mid), fork.srcName, vm.Name, pub, strconv.Itoa(keyLen),
-		strconv.Itoa(nrSync), "", strconv.Itoa(nrTime)}, nil
+		strconv.Itoa(nrSync), strconv.Itoa(nrTime), "", k, batch}, nil
 }
 
-// reidentifyCommand is the command line running identityClockProgram
-// with args (reidentifyArgs).
-func reidentifyCommand(args []string) string {
-	return "perl -e " + guest.Quote(identityClockProgram) + " " + quoteAll(args)
+// identityCommand is the command line running identityProgram with args
+// (identityArgs).
+func identityCommand(args []string) string {
+	return "perl -e " + guest.Quote(identityProgram) + " " + quoteAll(args)
 }
 
 // quoteAll quotes each of args for the guest's shell, space-separated.
@@ -195,65 +247,60 @@ func quoteAll(args []string) string {
 	return strings.Join(q, " ")
 }
 
-// readdressScript gives the guest its own MAC, address and default
-// route, from one ip(8) started in a session of its own: it takes away
-// the address the daemon's connection runs over, so the script first
-// says readdressingMarker, and the daemon goes on once it has read it
-// (guest.Conn.RunDetaching) without waiting for a session that may not
-// be able to end. Its arguments are the MAC, the address (CIDR) and the
-// gateway (readdressArgs).
-const readdressScript = `echo ` + readdressingMarker + `
-exec setsid -f ip -batch - >/dev/null 2>&1 <<EOF
-link set dev eth0 down
-link set dev eth0 address $1
-addr flush dev eth0
-addr add $2 dev eth0
-link set dev eth0 up
-route replace default via $3 dev eth0
-EOF
-`
-
-// readdressingMarker is the line readdressScript says before the
-// address changes.
-const readdressingMarker = "readdressing"
-
-// readdressArgs are readdressScript's arguments for vm, each checked.
-func readdressArgs(cfg model.DaemonConfig, vm model.VMRecord) ([]string, error) {
+// readdressBatch is the ip(8) batch that gives vm its own MAC, address
+// and default route, each value checked: the link goes down, gets its
+// MAC, loses its addresses, gets its own, comes up (and announces it:
+// arp_notify) and gets its route back.
+func readdressBatch(cfg model.DaemonConfig, vm model.VMRecord) (string, error) {
 	prefix, err := network.Subnet(cfg.BridgeIP, cfg.CIDR)
 	if err != nil {
-		return nil, err
+		return "", err
 	}
 	ip, err := netip.ParseAddr(vm.Runtime.GuestIP)
 	if err != nil || !prefix.Contains(ip) {
-		return nil, fmt.Errorf("guest IP %q is not in %s", vm.Runtime.GuestIP, prefix)
+		return "", fmt.Errorf("guest IP %q is not in %s", vm.Runtime.GuestIP, prefix)
 	}
 	mac, err := net.ParseMAC(vm.Runtime.GuestMAC)
 	if err != nil {
-		return nil, fmt.Errorf("guest MAC %q: %w", vm.Runtime.GuestMAC, err)
+		return "", fmt.Errorf("guest MAC %q: %w", vm.Runtime.GuestMAC, err)
 	}
 	gw, err := netip.ParseAddr(cfg.BridgeIP)
 	if err != nil {
-		return nil, fmt.Errorf("bridge IP %q: %w", cfg.BridgeIP, err)
+		return "", fmt.Errorf("bridge IP %q: %w", cfg.BridgeIP, err)
 	}
-	return []string{mac.String(), netip.PrefixFrom(ip, prefix.Bits()).String(), gw.String()}, nil
+	return fmt.Sprintf("link set dev eth0 down\nlink set dev eth0 address %s\naddr flush dev eth0\naddr add %s dev eth0\nlink set dev eth0 up\nroute replace default via %s dev eth0\n",
+		mac, netip.PrefixFrom(ip, prefix.Bits()), gw), nil
 }
 
+// readdressScript runs a re-address batch (readdressBatch, its argument)
+// in a session of its own, after saying readdressingMarker, as
+// identityProgram does at its end: for a child whose identity session
+// could not end with it (workspace branches to rename, files to sync
+// first).
+const readdressScript = `echo ` + readdressingMarker + `
+printf '%s' "$1" | setsid -f ip -batch - >/dev/null 2>&1
+`
+
+// readdressingMarker is the line said before the address changes.
+const readdressingMarker = "readdressing"
+
 // readdressCommand is the command line running readdressScript with
-// args (readdressArgs).
-func readdressCommand(args []string) string {
-	return "sh -c " + guest.Quote(readdressScript) + " sh " + quoteAll(args)
+// batch.
+func readdressCommand(batch string) string {
+	return "sh -c " + guest.Quote(readdressScript) + " sh " + guest.Quote(batch)
 }
 
 // reidentify makes a restored child its own machine, reaching it only
 // through its quarantined tap, over one SSH connection at the source's
-// address with the source's host key (only the child is on that link):
-// one process changes its identity and sets its clock
-// (identityClockProgram), and says the hostname it now has; its
-// workspace branches are renamed and, for a warm create, the first
-// boot's setup (file sync, the user's keys) is done; then its address
-// changes (readdressScript) and the daemon waits until it answers at its
-// own address, still only through the quarantined tap. Its own host key
-// is proven by every later connection (guest.Dial accepts only it). How
+// address with the source's host key (only the child is on that link).
+// One process (identityProgram) changes its identity, sets its clock,
+// says the hostname it now has and, for a warm create, adds the user's
+// keys; then it changes the address, and the daemon waits until the
+// child answers at its own address, still only through the quarantined
+// tap. A child with workspace branches to rename, or files to sync
+// before the keys, gets those over the same connection between the
+// identity and the re-address (readdressScript). Its own host key is
+// proven by every later connection (guest.Dial accepts only it). How
 // long each part took is logged.
 func (b vmmBooter) reidentify(ctx context.Context, s *startRun) error {
 	signer, err := guest.LoadSigner(b.cfg.SSHKeyPath)
@@ -293,47 +340,74 @@ func (b vmmBooter) reidentify(ctx context.Context, s *startRun) error {
 	if err != nil {
 		return fmt.Errorf("host key: %w", err)
 	}
-	args, err := reidentifyArgs(b.cfg, *s.fork, s.vm, seed, mid, len(priv))
+	batch, err := readdressBatch(b.cfg, s.vm)
 	if err != nil {
 		return err
 	}
-	readdress, err := readdressArgs(b.cfg, s.vm)
+	// All in one session unless something must come between the
+	// identity and the re-address.
+	_, syncErr := os.Lstat(fileSyncPath(s.vm.Runtime.VMDir))
+	oneSession := len(s.renames) == 0 && (!s.fork.firstBoot || errors.Is(syncErr, fs.ErrNotExist))
+	var keys []byte
+	keysFile := userKeysPath(s.vm.Runtime.VMDir)
+	run := guest.ClockRun{Head: priv}
+	inline := ""
+	if oneSession {
+		inline = batch
+		run.Marker = readdressingMarker
+		if s.fork.firstBoot {
+			if keys, err = os.ReadFile(keysFile); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("the user's keys: %w", err)
+			}
+			run.Tail = keys
+		}
+	}
+	args, err := identityArgs(*s.fork, s.vm, seed, mid, len(priv), len(keys) > 0, inline)
 	if err != nil {
 		return err
 	}
 	var said boundedBuffer
-	if err := conn.RunSettingClockTo(ctx, reidentifyCommand(args), priv, time.Now, &said); err != nil {
+	run.Stdout = &said
+	if err := conn.RunClock(ctx, identityCommand(args), time.Now, run); err != nil {
 		return fmt.Errorf("re-identify the child: %w", err)
 	}
 	if got, want := said.hostname(), s.vm.Name; got != want {
 		return fmt.Errorf("the child calls itself %q, not %q", got, want)
 	}
-	mark("identity_clock")
-	s.progress(api.Progress{Step: "fork", Message: fmt.Sprintf("%s: restored, reseeded and re-identified %dms after its VMM started", s.vm.Name, time.Since(start).Milliseconds())})
-	for _, r := range s.renames {
-		if _, err := guestOutput(ctx, conn, workspace.RenameBranchScript(r.guestPath, r.from, r.to)); err != nil {
-			return fmt.Errorf("workspace %s: the child's branch %s: %w", r.guestPath, r.to, err)
+	if oneSession {
+		if len(keys) > 0 {
+			os.Remove(keysFile)
 		}
-	}
-	if len(s.renames) > 0 {
-		mark("branches_renamed")
-	}
-	if s.fork.firstBoot {
-		if err := b.firstBoot(ctx, conn, s.vm); err != nil {
-			return err
+		mark("identity_clock_readdress")
+	} else {
+		mark("identity_clock")
+		s.progress(api.Progress{Step: "fork", Message: fmt.Sprintf("%s: restored, reseeded and re-identified %dms after its VMM started", s.vm.Name, time.Since(start).Milliseconds())})
+		for _, r := range s.renames {
+			if _, err := guestOutput(ctx, conn, workspace.RenameBranchScript(r.guestPath, r.from, r.to)); err != nil {
+				return fmt.Errorf("workspace %s: the child's branch %s: %w", r.guestPath, r.to, err)
+			}
 		}
-		mark("first_boot")
-	}
-	if err := conn.RunDetaching(ctx, readdressCommand(readdress), readdressingMarker); err != nil {
-		return fmt.Errorf("give the child its own address: %w", err)
+		if len(s.renames) > 0 {
+			mark("branches_renamed")
+		}
+		if s.fork.firstBoot {
+			if err := b.firstBoot(ctx, conn, s.vm); err != nil {
+				return err
+			}
+			mark("first_boot")
+		}
+		if err := conn.RunDetaching(ctx, readdressCommand(batch), readdressingMarker); err != nil {
+			return fmt.Errorf("give the child its own address: %w", err)
+		}
+		mark("readdress_sent")
 	}
 	conn.Close()
-	mark("readdress_sent")
 	own := net.JoinHostPort(s.vm.Runtime.GuestIP, "22")
 	if err := connectVia(ctx, s.log, tap, own); err != nil {
 		return fmt.Errorf("the child did not answer at its own address %s: %w", own, err)
 	}
 	mark("own_address")
+	s.progress(api.Progress{Step: "fork", Message: fmt.Sprintf("%s: restored, reseeded, re-identified and re-addressed %dms after its VMM started", s.vm.Name, time.Since(start).Milliseconds())})
 	s.log.Info("fork child re-identified", append(laps, "total_ms", time.Since(start).Milliseconds())...)
 	return nil
 }
@@ -371,10 +445,11 @@ func connectVia(ctx context.Context, log *slog.Logger, tap, addr string) error {
 // may leave the first SYN unanswered (its link came up a moment before
 // its route, or it was still resolving its gateway), and the kernel
 // would send it again only a second later. So each attempt gets a short
-// time, doubled on each failure, and the next one sends a fresh SYN.
+// time (100 ms for the first second, then doubled on each failure), and
+// the next one sends a fresh SYN.
 func probeTCP(ctx context.Context, log *slog.Logger, addr string, dial func(context.Context) (net.Conn, error)) error {
 	var last error
-	wait := 150 * time.Millisecond
+	wait := 100 * time.Millisecond
 	for attempt := 1; ; attempt++ {
 		t := time.Now()
 		actx, cancel := context.WithTimeout(ctx, wait)
@@ -386,7 +461,9 @@ func probeTCP(ctx context.Context, log *slog.Logger, addr string, dial func(cont
 		}
 		log.Debug("connect failed", "addr", addr, "attempt", attempt, "took_ms", time.Since(t).Milliseconds(), "err", err)
 		last = err
-		wait = min(2*wait, 5*time.Second)
+		if attempt >= 8 {
+			wait = min(2*wait, 5*time.Second)
+		}
 		select {
 		case <-ctx.Done():
 			return last

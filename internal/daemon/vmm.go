@@ -327,22 +327,10 @@ func (d *Daemon) firstBoot(ctx context.Context, conn *guest.Conn, vm model.VMRec
 const authorizeKeysScript = `umask 077; if command -v perl >/dev/null 2>&1; then exec perl -e "$1" "$2"; fi; ` +
 	`mkdir -p /root/.ssh; touch /root/.ssh/authorized_keys; while IFS= read -r k; do [ -n "$k" ] || continue; grep -qxF "$k" /root/.ssh/authorized_keys || printf '%s\n' "$k" >> /root/.ssh/authorized_keys; done; sync`
 
-// authorizeKeysProgram is authorizeKeysScript's perl; its argument is
-// sync(2)'s number (0: run sync). Its root is $ENV{BANGER_ROOT} ("" in
-// a guest; a test's directory).
-const authorizeKeysProgram = `use strict;
-my $root = $ENV{BANGER_ROOT} // "";
-my $dir = "$root/root/.ssh";
-my $f = "$dir/authorized_keys";
-for my $d ("$root/root", $dir) { mkdir($d, 0700) or -d $d or die "mkdir $d: $!\n"; }
-my %have;
-if (open(my $in, "<", $f)) { while (my $l = <$in>) { chomp($l); $have{$l} = 1; } close($in); }
-my $add = "";
-while (my $k = <STDIN>) { chomp($k); next if $k eq "" || $have{$k}; $have{$k} = 1; $add .= "$k\n"; }
-open(my $out, ">>", $f) or die "open $f: $!\n";
-print $out $add or die "write $f: $!\n";
-close($out) or die "write $f: $!\n";
-if ($ARGV[0] > 0) { syscall($ARGV[0] + 0); } else { system("sync") == 0 or die "sync failed\n"; }
+// authorizeKeysProgram is authorizeKeysScript's perl (perlAddKeys); its
+// argument is sync(2)'s number (0: run sync). Its root is
+// $ENV{BANGER_ROOT} ("" in a guest; a test's directory).
+const authorizeKeysProgram = "use strict;\n" + perlAddKeys + `addkeys($ENV{BANGER_ROOT} // "", $ARGV[0]);
 `
 
 // authorizeKeysCommand is the command line running authorizeKeysScript.

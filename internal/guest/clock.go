@@ -3,6 +3,7 @@ package guest
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"sync"
@@ -42,7 +43,7 @@ const ClockStep = `n=; case $(uname -m) in x86_64) n=164 ;; aarch64) n=170 ;; es
 // sent, so the session's start-up (slow in an emulated guest) is not
 // left as skew; what remains is one trip over the SSH connection.
 func (c *Conn) SetClock(ctx context.Context, now func() time.Time) error {
-	if err := c.runClock(ctx, clockScript, nil, now, nil); err != nil {
+	if err := c.runClock(ctx, clockScript, nil, now, ClockRun{}); err != nil {
 		return fmt.Errorf("set the guest's clock: %w", err)
 	}
 	return nil
@@ -54,18 +55,31 @@ func (c *Conn) SetClock(ctx context.Context, now func() time.Time) error {
 // does what would otherwise take several, each costing a shell's
 // start-up in the guest.
 func (c *Conn) RunSettingClock(ctx context.Context, cmd string, head []byte, now func() time.Time) error {
-	return c.runClock(ctx, cmd, head, now, nil)
+	return c.runClock(ctx, cmd, head, now, ClockRun{})
 }
 
-// RunSettingClockTo is RunSettingClock that also writes what the
-// command prints to stdout.
-func (c *Conn) RunSettingClockTo(ctx context.Context, cmd string, head []byte, now func() time.Time, stdout io.Writer) error {
-	return c.runClock(ctx, cmd, head, now, stdout)
+// ClockRun is what RunClock sends and expects besides the time.
+type ClockRun struct {
+	// Head is the standard input before the time; Tail what follows it
+	// (the input then ends).
+	Head, Tail []byte
+	// Stdout, if set, gets what the command prints.
+	Stdout io.Writer
+	// Marker, if set, is a line after which the command takes away the
+	// connection it runs over (RunDetaching): once it is printed, the
+	// session's end is waited for a second at most, and a session cut
+	// off after it is no error.
+	Marker string
 }
 
-// runClock runs cmd with head then the time on its standard input (see
-// RunSettingClock).
-func (c *Conn) runClock(ctx context.Context, cmd string, head []byte, now func() time.Time, stdout io.Writer) error {
+// RunClock is RunSettingClock with the input and output r says.
+func (c *Conn) RunClock(ctx context.Context, cmd string, now func() time.Time, r ClockRun) error {
+	return c.runClock(ctx, cmd, r.Head, now, r)
+}
+
+// runClock runs cmd with head then the time (then r.Tail) on its
+// standard input (see RunSettingClock, RunClock).
+func (c *Conn) runClock(ctx context.Context, cmd string, head []byte, now func() time.Time, r ClockRun) error {
 	pr, pw := io.Pipe()
 	defer pw.Close()
 	out := &readyWriter{onReady: func() {
@@ -74,6 +88,9 @@ func (c *Conn) runClock(ctx context.Context, cmd string, head []byte, now func()
 		// goroutine so the guest's output is never held up by it.
 		go func() {
 			fmt.Fprintf(pw, "%d.%09d\n", t.Unix(), t.Nanosecond())
+			if len(r.Tail) > 0 {
+				pw.Write(r.Tail)
+			}
 			pw.Close()
 		}()
 	}}
@@ -81,12 +98,24 @@ func (c *Conn) runClock(ctx context.Context, cmd string, head []byte, now func()
 	if len(head) > 0 {
 		in = io.MultiReader(bytes.NewReader(head), pr)
 	}
-	var w io.Writer = out
-	if stdout != nil {
-		w = io.MultiWriter(out, stdout)
+	writers := []io.Writer{out}
+	if r.Stdout != nil {
+		writers = append(writers, r.Stdout)
 	}
-	if err := c.Run(ctx, cmd, in, w, nil); err != nil {
-		return err
+	var err error
+	if r.Marker == "" {
+		err = c.Run(ctx, cmd, in, io.MultiWriter(writers...), nil)
+	} else {
+		err = c.runDetaching(ctx, cmd, in, writers, r.Marker)
+	}
+	if err != nil {
+		// A session that ended before "ready" with no status of its own
+		// (its input cut off as it closed) failed for that reason.
+		var ee *ExitError
+		if out.seen() || errors.As(err, &ee) || ctx.Err() != nil {
+			return err
+		}
+		return fmt.Errorf("the guest never said it was ready for the time: %w", err)
 	}
 	if !out.seen() {
 		return fmt.Errorf("the guest never said it was ready for the time")

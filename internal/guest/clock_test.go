@@ -2,6 +2,7 @@ package guest
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -169,5 +170,56 @@ func TestRunSettingClock(t *testing.T) {
 	t.Cleanup(func() { delete(execHooks, silent) })
 	if err := c.RunSettingClock(ctx, silent, head, time.Now); err == nil || !strings.Contains(err.Error(), "never said") {
 		t.Errorf("a script that never said ready: %v", err)
+	}
+}
+
+// TestRunClockTailAndMarker: the tail follows the time; once the marker
+// is said, a session that does not end is left after a second at most,
+// and one that never says it and fails is an error.
+func TestRunClockTailAndMarker(t *testing.T) {
+	_, cpriv, _ := ed25519.GenerateKey(rand.Reader)
+	signer, _ := ssh.NewSignerFromKey(cpriv)
+	addr, hostKey := testServer(t, signer.PublicKey())
+	ctx := context.Background()
+	const script = "identity and readdress"
+	gotTail := make(chan string, 1)
+	release := make(chan struct{})
+	execHooks[script] = func(ch ssh.Channel) uint32 {
+		r := bufio.NewReader(ch)
+		io.WriteString(ch, "hostname x\nready\n")
+		r.ReadString('\n') // the time
+		rest, _ := io.ReadAll(r)
+		gotTail <- string(rest)
+		io.WriteString(ch, "readdressing\n")
+		<-release // the guest's network is gone: the session never ends
+		return 0
+	}
+	const failing = "identity that fails"
+	execHooks[failing] = func(ch ssh.Channel) uint32 {
+		io.WriteString(ch, "ready\n")
+		return 1
+	}
+	t.Cleanup(func() { close(release); delete(execHooks, script); delete(execHooks, failing) })
+	c, err := Dial(ctx, addr, signer, AuthorizedKey(hostKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var out bytes.Buffer
+	t0 := time.Now()
+	if err := c.RunClock(ctx, script, time.Now, ClockRun{Tail: []byte("key1\nkey2\n"), Stdout: &out, Marker: "readdressing"}); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(t0); took > 5*time.Second {
+		t.Errorf("took %v", took)
+	}
+	if got := <-gotTail; got != "key1\nkey2\n" {
+		t.Errorf("tail %q", got)
+	}
+	if !strings.HasPrefix(out.String(), "hostname x\n") {
+		t.Errorf("stdout %q", out.String())
+	}
+	if err := c.RunClock(ctx, failing, time.Now, ClockRun{Marker: "readdressing"}); err == nil {
+		t.Error("a failed session without the marker was no error")
 	}
 }

@@ -326,12 +326,17 @@ func (c *Conn) Run(ctx context.Context, cmd string, stdin io.Reader, stdout, std
 // second; an error when cmd failed or ended without printing marker.
 // The session is closed before it returns.
 func (c *Conn) RunDetaching(ctx context.Context, cmd, marker string) error {
+	return c.runDetaching(ctx, cmd, nil, nil, marker)
+}
+
+// runDetaching is RunDetaching with stdin and more writers of stdout.
+func (c *Conn) runDetaching(ctx context.Context, cmd string, stdin io.Reader, stdout []io.Writer, marker string) error {
 	seen := make(chan struct{})
 	w := &markerWriter{marker: marker, seen: seen}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx, cmd, nil, w, nil) }()
+	go func() { done <- c.Run(ctx, cmd, stdin, io.MultiWriter(append(stdout, w)...), nil) }()
 	select {
 	case err := <-done:
 		if err == nil || w.said() {
