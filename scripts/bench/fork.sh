@@ -12,7 +12,9 @@
 # warmed (`banger image warm`, WARM_VCPUS, default 2, and WARM_MEMORY,
 # default 1G), and `vm create` → an SSH round trip with the user's key
 # (`banger ssh`) is timed for WARM_RUNS VMs (default 3) made from the warm
-# state and as many booted cold (`--cold`), each removed before the next.
+# state and as many booted cold (`--cold`), each removed before the next;
+# `vm create` alone (it returns once the VM answers SSH on its own
+# address) is printed beside it.
 # The load average is printed: figures taken on a busy machine are noisy.
 # Usage: scripts/bench/fork.sh   (root; under the shared heavy lock)
 set -euo pipefail
@@ -63,17 +65,21 @@ printf '   image warm (boot once, snapshot, keep): %.2f s; %s\n' "$(secs "$t0" "
 for how in warm cold; do
 	flag=; [ "$how" = cold ] && flag=--cold
 	total=0
+	ctotal=0
 	for i in $(seq "$runs"); do
 		t0=$(now)
 		b vm create -q "$how$i" --vcpus "$wv" --memory "$wm" $flag >/dev/null
+		tc=$(now)
 		b ssh "$how$i" -- true
 		t1=$(now)
 		took=$(secs "$t0" "$t1")
+		ctook=$(secs "$t0" "$tc")
 		total=$(echo "$total + $took" | bc)
-		printf '   %s create → ssh #%d: %.2f s (%s)\n' "$how" "$i" "$took" "$(b vm inspect "$how$i" --json | python3 -c "import json,sys; print(json.load(sys.stdin)['runtime'].get('created_from', '?'))")"
+		ctotal=$(echo "$ctotal + $ctook" | bc)
+		printf '   %s create → ssh #%d: %.2f s (vm create returned, the VM answering SSH on its own address: %.2f s; %s)\n' "$how" "$i" "$took" "$ctook" "$(b vm inspect "$how$i" --json | python3 -c "import json,sys; print(json.load(sys.stdin)['runtime'].get('created_from', '?'))")"
 		b vm rm --force "$how$i" >/dev/null 2>&1
 	done
-	printf '   %s create → ssh, mean of %d: %.2f s\n' "$how" "$runs" "$(echo "$total / $runs" | bc -l)"
+	printf '   %s create → ssh, mean of %d: %.2f s (vm create alone: %.2f s)\n' "$how" "$runs" "$(echo "$total / $runs" | bc -l)" "$(echo "$ctotal / $runs" | bc -l)"
 done
 grep -o 'step=warm-create:[a-z-]* took_ms=[0-9.]*' "$bench_dir/bangerd.log" | sed 's/^step=//; s/ took_ms=/ /' |
 	awk '{s[$1]+=$2; n[$1]++} END {for (k in s) printf "   %s mean %.0fms\n", k, s[k]/n[k]}' | sort
