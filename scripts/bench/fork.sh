@@ -84,11 +84,12 @@ done
 grep -o 'step=warm-create:[a-z-]* took_ms=[0-9.]*' "$bench_dir/bangerd.log" | sed 's/^step=//; s/ took_ms=/ /' |
 	awk '{s[$1]+=$2; n[$1]++} END {for (k in s) printf "   %s mean %.0fms\n", k, s[k]/n[k]}' | sort
 # The warm creates' resumes: each step's mean, then each re-identification's
-# parts (reached: restore until the old address answers SSH; identity_clock:
-# the one perl process; first_boot: the first boot's setup over the same
-# connection; readdress_sent: the session that changes the address;
-# own_address: until the new address answers TCP through the quarantine)
-# and the admission's TCP check.
+# parts (reached: restore until the old address answers SSH;
+# identity_clock_readdress: the one perl process, which also adds the user's
+# keys and hands over the re-address; own_address: until the new address
+# answers TCP through the quarantine; a child with files to sync or branches
+# to rename shows identity_clock, first_boot or branches_renamed and
+# readdress_sent instead) and the admission's TCP check.
 tail -n +"$((logmark + 1))" "$bench_dir/bangerd.log" | grep -o 'step=resume:[a-z-]* took_ms=[0-9.]*' | sed 's/^step=//; s/ took_ms=/ /' |
 	awk '{s[$1]+=$2; n[$1]++} END {for (k in s) printf "   %s mean %.0fms\n", k, s[k]/n[k]}' | sort
 tail -n +"$((logmark + 1))" "$bench_dir/bangerd.log" | grep -o 'msg="fork child \(re-identified\|admitted\)".*' | sed 's/^msg=/   /' || true
