@@ -130,6 +130,7 @@ func TestSuspendResumeOnTheFakeHost(t *testing.T) {
 	if vm.Runtime.SSHHostKey != before.Runtime.SSHHostKey {
 		t.Error("the host key changed across suspend and resume")
 	}
+	e.d.drops.Wait() // the dropped state is removed in the background
 	if info := readSavedState(vm.Runtime.VMDir); info.Complete || info.Partial {
 		t.Errorf("saved state left after resume: %+v", info)
 	}

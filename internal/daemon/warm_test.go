@@ -236,6 +236,7 @@ func TestWarmFailuresLeaveNothing(t *testing.T) {
 		if v.State != model.VMStateRunning || v.Runtime.ForkOf != "" || !strings.Contains(v.Runtime.CreatedFrom, "cold boot (the warm state of base failed:") || !strings.Contains(v.Runtime.CreatedFrom, "boom at "+at) {
 			t.Errorf("%s: state %s forkOf %q created from %q", name, v.State, v.Runtime.ForkOf, v.Runtime.CreatedFrom)
 		}
+		e.d.drops.Wait()
 		if info := readSavedState(v.Runtime.VMDir); info.Complete || info.Partial {
 			t.Errorf("%s: saved state left: %+v", name, info)
 		}
