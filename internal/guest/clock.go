@@ -18,44 +18,25 @@ import (
 // clock's change (in an emulated guest a start takes a few hundred ms,
 // all of it skew). Otherwise, or if the call fails, date(1) sets it.
 const clockScript = `n=; case $(uname -m) in x86_64) n=164 ;; aarch64) n=170 ;; esac; ` +
-	`if [ -n "$n" ] && command -v perl >/dev/null 2>&1; then exec perl -e '` + PerlSetClock + `' "$n"; fi; ` +
+	`if [ -n "$n" ] && command -v perl >/dev/null 2>&1; then exec perl -e '` + perlSetClock + `' "$n"; fi; ` +
 	`echo ready; IFS= read -r t; date -u -s "@$t" >/dev/null`
 
-// PerlSetClock is the perl side of clockScript; $ARGV[0] is the
-// settimeofday system call's number. A longer perl program may end with
-// it (its "ready" must be the program's first).
-const PerlSetClock = `$| = 1; print "ready\n"; my $t = <STDIN>; exit 1 unless defined $t; chomp $t; ` +
+// perlSetClock is the perl side of clockScript; $ARGV[0] is the
+// settimeofday system call's number.
+const perlSetClock = `$| = 1; print "ready\n"; my $t = <STDIN>; exit 1 unless defined $t; chomp $t; ` +
 	`my ($s, $f) = split /\./, $t; $f = substr($f . "000000000", 0, 9); ` +
 	`exit 0 if syscall($ARGV[0] + 0, pack("q q", $s, int($f / 1000)), 0) == 0; ` +
 	`open STDOUT, ">", "/dev/null"; exec "date", "-u", "-s", "\@$t"`
-
-// ClockStep is clockScript as one step of a longer shell script
-// (RunSettingClock): it sets the clock the same way and lets the script
-// go on after it (no exec); a failure to set it is the step's non-zero
-// status. Nothing before it in the script may read past its own part of
-// the standard input.
-const ClockStep = `n=; case $(uname -m) in x86_64) n=164 ;; aarch64) n=170 ;; esac; ` +
-	`if [ -n "$n" ] && command -v perl >/dev/null 2>&1; then perl -e '` + PerlSetClock + `' "$n"; ` +
-	`else echo ready; IFS= read -r t; date -u -s "@$t" >/dev/null; fi`
 
 // SetClock sets the guest's clock to now(). The time is taken when the
 // guest's shell says it is ready to read it, not when the command is
 // sent, so the session's start-up (slow in an emulated guest) is not
 // left as skew; what remains is one trip over the SSH connection.
 func (c *Conn) SetClock(ctx context.Context, now func() time.Time) error {
-	if err := c.runClock(ctx, clockScript, nil, now, ClockRun{}); err != nil {
+	if err := c.runClock(ctx, clockScript, now, ClockRun{}); err != nil {
 		return fmt.Errorf("set the guest's clock: %w", err)
 	}
 	return nil
-}
-
-// RunSettingClock runs cmd, a script with ClockStep in it, in one
-// session: its standard input is head, then, once the script says
-// "ready" (ClockStep), the time now() gives at that moment. One session
-// does what would otherwise take several, each costing a shell's
-// start-up in the guest.
-func (c *Conn) RunSettingClock(ctx context.Context, cmd string, head []byte, now func() time.Time) error {
-	return c.runClock(ctx, cmd, head, now, ClockRun{})
 }
 
 // ClockRun is what RunClock sends and expects besides the time.
@@ -72,17 +53,20 @@ type ClockRun struct {
 	Marker string
 }
 
-// RunClock is RunSettingClock with the input and output r says.
+// RunClock runs cmd, a command that sets the guest's clock, in one
+// session: its standard input is r.Head, then, once cmd says "ready",
+// the time now() gives at that moment (as SetClock sends it), then
+// r.Tail. One session does what would otherwise take several, each
+// costing a session's start-up in the guest.
 func (c *Conn) RunClock(ctx context.Context, cmd string, now func() time.Time, r ClockRun) error {
-	return c.runClock(ctx, cmd, r.Head, now, r)
+	return c.runClock(ctx, cmd, now, r)
 }
 
-// runClock runs cmd with head then the time (then r.Tail) on its
-// standard input (see RunSettingClock, RunClock).
-func (c *Conn) runClock(ctx context.Context, cmd string, head []byte, now func() time.Time, r ClockRun) error {
+// runClock is RunClock.
+func (c *Conn) runClock(ctx context.Context, cmd string, now func() time.Time, r ClockRun) error {
 	pr, pw := io.Pipe()
 	defer pw.Close()
-	out := &readyWriter{onReady: func() {
+	out := &lineWriter{want: "ready", on: func() {
 		t := now()
 		// The pipe is read by the session's stdin copier; write from a
 		// goroutine so the guest's output is never held up by it.
@@ -95,8 +79,8 @@ func (c *Conn) runClock(ctx context.Context, cmd string, head []byte, now func()
 		}()
 	}}
 	var in io.Reader = pr
-	if len(head) > 0 {
-		in = io.MultiReader(bytes.NewReader(head), pr)
+	if len(r.Head) > 0 {
+		in = io.MultiReader(bytes.NewReader(r.Head), pr)
 	}
 	writers := []io.Writer{out}
 	if r.Stdout != nil {
@@ -123,23 +107,24 @@ func (c *Conn) runClock(ctx context.Context, cmd string, head []byte, now func()
 	return nil
 }
 
-// readyWriter calls onReady once when the line "ready" has been written
-// to it.
-type readyWriter struct {
-	mu      sync.Mutex
-	buf     []byte
-	fired   bool
-	onReady func()
+// lineWriter calls on once, when the line want has been written to it
+// (a guest's "ready", or a marker).
+type lineWriter struct {
+	mu    sync.Mutex
+	want  string
+	buf   []byte
+	fired bool
+	on    func()
 }
 
-func (w *readyWriter) Write(p []byte) (int, error) {
+func (w *lineWriter) Write(p []byte) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.fired {
 		return len(p), nil
 	}
-	// Only the first line matters; a guest cannot make this buffer grow
-	// past a short line.
+	// Only whole short lines matter; a guest cannot make this buffer
+	// grow past a short line.
 	w.buf = append(w.buf, p...)
 	for {
 		i := bytes.IndexByte(w.buf, '\n')
@@ -148,20 +133,20 @@ func (w *readyWriter) Write(p []byte) (int, error) {
 		}
 		line := bytes.TrimSpace(w.buf[:i])
 		w.buf = w.buf[i+1:]
-		if string(line) == "ready" {
+		if string(line) == w.want {
 			w.fired = true
 			w.buf = nil
-			w.onReady()
+			w.on()
 			return len(p), nil
 		}
 	}
-	if len(w.buf) > 64 {
+	if len(w.buf) > 64+len(w.want) {
 		w.buf = w.buf[:0]
 	}
 	return len(p), nil
 }
 
-func (w *readyWriter) seen() bool {
+func (w *lineWriter) seen() bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.fired
@@ -185,7 +170,7 @@ type ClockHold struct {
 func (c *Conn) HoldClock(ctx context.Context, pre string) (*ClockHold, error) {
 	pr, pw := io.Pipe()
 	ready := make(chan struct{})
-	out := &readyWriter{onReady: func() { close(ready) }}
+	out := &lineWriter{want: "ready", on: func() { close(ready) }}
 	h := &ClockHold{conn: c, in: pw, done: make(chan error, 1)}
 	script := clockScript
 	if pre != "" {

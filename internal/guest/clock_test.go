@@ -128,14 +128,14 @@ func TestHoldClock(t *testing.T) {
 	}
 }
 
-// TestRunSettingClock: one session gets the head first, then, once it
+// TestRunClock: one session gets the head first, then, once it
 // says ready, the time; a script that never says ready is an error.
-func TestRunSettingClock(t *testing.T) {
+func TestRunClock(t *testing.T) {
 	_, cpriv, _ := ed25519.GenerateKey(rand.Reader)
 	signer, _ := ssh.NewSignerFromKey(cpriv)
 	addr, hostKey := testServer(t, signer.PublicKey())
 	ctx := context.Background()
-	const script = "identity; " + ClockStep + "; readdress"
+	const script = "identity; " + clockScript + "; readdress"
 	head := []byte("-----KEY-----\nsecret\n")
 	gotHead, gotTime := make(chan string, 1), make(chan string, 1)
 	execHooks[script] = func(ch ssh.Channel) uint32 {
@@ -155,7 +155,7 @@ func TestRunSettingClock(t *testing.T) {
 	}
 	defer c.Close()
 	at := time.Unix(1800000000, 5)
-	if err := c.RunSettingClock(ctx, script, head, func() time.Time { return at }); err != nil {
+	if err := c.RunClock(ctx, script, func() time.Time { return at }, ClockRun{Head: head}); err != nil {
 		t.Fatal(err)
 	}
 	if got := <-gotHead; got != string(head) {
@@ -168,7 +168,7 @@ func TestRunSettingClock(t *testing.T) {
 	const silent = "identity; readdress"
 	execHooks[silent] = func(ch ssh.Channel) uint32 { return 0 }
 	t.Cleanup(func() { delete(execHooks, silent) })
-	if err := c.RunSettingClock(ctx, silent, head, time.Now); err == nil || !strings.Contains(err.Error(), "never said") {
+	if err := c.RunClock(ctx, silent, time.Now, ClockRun{Head: head}); err == nil || !strings.Contains(err.Error(), "never said") {
 		t.Errorf("a script that never said ready: %v", err)
 	}
 }

@@ -16,7 +16,6 @@ import (
 	"net"
 	"os"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -332,14 +331,14 @@ func (c *Conn) RunDetaching(ctx context.Context, cmd, marker string) error {
 // runDetaching is RunDetaching with stdin and more writers of stdout.
 func (c *Conn) runDetaching(ctx context.Context, cmd string, stdin io.Reader, stdout []io.Writer, marker string) error {
 	seen := make(chan struct{})
-	w := &markerWriter{marker: marker, seen: seen}
+	w := &lineWriter{want: marker, on: func() { close(seen) }}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- c.Run(ctx, cmd, stdin, io.MultiWriter(append(stdout, w)...), nil) }()
 	select {
 	case err := <-done:
-		if err == nil || w.said() {
+		if err == nil || w.seen() {
 			return nil
 		}
 		return err
@@ -350,43 +349,6 @@ func (c *Conn) runDetaching(ctx context.Context, cmd string, stdin io.Reader, st
 	case <-time.After(time.Second):
 	}
 	return nil
-}
-
-// markerWriter closes seen when the line marker has been written to it.
-type markerWriter struct {
-	mu     sync.Mutex
-	marker string
-	line   []byte
-	seen   chan struct{}
-	fired  bool
-}
-
-func (w *markerWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	for _, ch := range p {
-		if w.fired {
-			break
-		}
-		if ch != '\n' {
-			if len(w.line) <= len(w.marker) {
-				w.line = append(w.line, ch)
-			}
-			continue
-		}
-		if string(w.line) == w.marker {
-			w.fired = true
-			close(w.seen)
-		}
-		w.line = w.line[:0]
-	}
-	return len(p), nil
-}
-
-func (w *markerWriter) said() bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.fired
 }
 
 // Output runs cmd and returns its standard output.
