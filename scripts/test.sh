@@ -17,14 +17,15 @@ export GOFLAGS="${GOFLAGS:-} -buildvcs=false"
 only="${1:-all}"
 start=$(date +%s)
 tally=$(mktemp)
-trap 'rm -f "$tally"' EXIT
+failures=$(mktemp)
+trap 'rm -f "$tally" "$failures"' EXIT
 
 say() { printf '== [%4ds] %s\n' "$(( $(date +%s) - start ))" "$*"; }
 
 run_tier() { # tier, go test args...
   local tier=$1; shift
   say "tier $tier: go test $*"
-  BANGER_TIER=$tier go test -json "$@" 2>&1 | go run ./test/tools/testsum -tier "$tier" -tally "$tally" -v
+  BANGER_TIER=$tier go test -json "$@" 2>&1 | go run ./test/tools/testsum -tier "$tier" -tally "$tally" -failures "$failures" -v
 }
 
 if [ "$only" = lint ]; then
@@ -75,5 +76,7 @@ rm -f "$fault_table"
 
 read -r p f s < <(awk '{p+=$1; f+=$2; s+=$3} END {print p+0, f+0, s+0}' "$tally")
 say "done: $s skipped across tiers (unit-tier skips are the integration tests, run later)"
+# The failures again, last, so the tail of a long log names them.
+[ -s "$failures" ] && { echo "failed:"; sed 's/^/  /' "$failures"; }
 echo "$p passed, $f failed"
 [ "$f" -eq 0 ]

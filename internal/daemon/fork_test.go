@@ -501,7 +501,10 @@ func TestIdentityProgram(t *testing.T) {
 	if err := os.Link(filepath.Join(root, "etc/ssh/ssh_host_ed25519_key"), filepath.Join(root, "keep")); err != nil {
 		t.Fatal(err)
 	}
-	sshd := exec.Command("sleep", "60")
+	// The stand-in for sshd takes SIGHUP's default action even when the
+	// tests run with it ignored (nohup, some CI runners): an ignored
+	// signal stays ignored across exec, and sleep(1) would never end.
+	sshd := exec.Command("perl", "-e", `$SIG{HUP} = "DEFAULT"; sleep 60`)
 	if err := sshd.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -26,6 +26,7 @@ type event struct {
 func main() {
 	tier := flag.String("tier", "", "tier name for the summary line")
 	tally := flag.String("tally", "", "file to append \"passed failed skipped\" to")
+	failList := flag.String("failures", "", "file to append the names of failed tests to, one a line")
 	verbose := flag.Bool("v", false, "print every test's result")
 	flag.Parse()
 
@@ -113,6 +114,15 @@ func main() {
 		f, err := os.OpenFile(*tally, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
 		if err == nil {
 			fmt.Fprintf(f, "%d %d %d\n", passed, failed, skipped)
+			f.Close()
+		}
+	}
+	if *failList != "" && len(failures) > 0 {
+		f, err := os.OpenFile(*failList, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+		if err == nil {
+			for _, k := range failures {
+				fmt.Fprintf(f, "%s tier: %s\n", *tier, k)
+			}
 			f.Close()
 		}
 	}
