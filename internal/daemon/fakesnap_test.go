@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"banger/internal/firecracker"
+	"banger/internal/guest"
 	"banger/internal/model"
 )
 
@@ -192,6 +193,13 @@ func (b fakeBooter) prepareSuspend(ctx context.Context, vm model.VMRecord) (cloc
 	b.vmms.holds = append(b.vmms.holds, h)
 	b.vmms.mu.Unlock()
 	return h, nil
+}
+
+func (b fakeBooter) startWaiter(ctx context.Context, vm model.VMRecord, port int) (string, error) {
+	if err := b.failed("waiter"); err != nil {
+		return "", err
+	}
+	return guest.NewWaiterToken()
 }
 
 func (b fakeBooter) load(ctx context.Context, s *startRun) error {

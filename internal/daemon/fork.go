@@ -61,6 +61,10 @@ type forkIdentity struct {
 	// (warmcreate.go), which gets a cold boot's per-VM setup (file
 	// sync, the user's keys) once admitted.
 	firstBoot bool
+	// waiterAddr and waiterToken, when set, reach the waiter the warm
+	// state was left with (guest.CallWaiter), which runs
+	// identityProgram without an SSH handshake.
+	waiterAddr, waiterToken string
 }
 
 // forkSteps are the steps of a fork up to its children's resumes (each

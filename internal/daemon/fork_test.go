@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -602,4 +604,98 @@ func TestAuthorizeKeys(t *testing.T) {
 	if out, err := exec.Command("sh", "-n", "-c", authorizeKeysScript).CombinedOutput(); err != nil {
 		t.Errorf("sh -n: %v %s", err, out)
 	}
+}
+
+// TestIdentityThroughWaiter runs identityProgram as a warm state's
+// waiter runs it: a waiter on 127.0.0.1 started as the daemon starts
+// it in a guest, then called with the token (guest.CallWaiter), the
+// host key first, the time when it asks, the user's keys last. The
+// clock call is sched_yield's number here (a call that succeeds and
+// changes nothing), so the host's clock is left alone: amd64 only. A
+// call with another token runs nothing. Root only (RNDADDENTROPY).
+func TestIdentityThroughWaiter(t *testing.T) {
+	if os.Geteuid() != 0 || runtime.GOARCH != "amd64" {
+		t.Skip("needs root (RNDADDENTROPY) on amd64 (a harmless clock call)")
+	}
+	if _, err := exec.LookPath("perl"); err != nil {
+		t.Skip("no perl")
+	}
+	root := t.TempDir()
+	for _, d := range []string{"dev", "etc/ssh", "var/lib/systemd", "proc/sys/kernel", "proc/sys/net/ipv4/conf/eth0", "run", "root"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Symlink("/dev/urandom", filepath.Join(root, "dev/urandom")); err != nil {
+		t.Fatal(err)
+	}
+	for p, s := range map[string]string{"etc/machine-id": "old\n", "etc/ssh/ssh_host_ed25519_key": "OLD", "proc/sys/kernel/hostname": "dev\n", "etc/hostname": "dev\n"} {
+		if err := os.WriteFile(filepath.Join(root, p), []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	port := freePort(t)
+	token, err := guest.NewWaiterToken()
+	if err != nil {
+		t.Fatal(err)
+	}
+	start, err := guest.WaiterCommand(identityProgram, "127.0.0.1", port, token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("sh", "-c", start).CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != "listening" {
+		t.Fatalf("start the waiter: %v %q", err, out)
+	}
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	key := "-----BEGIN OPENSSH PRIVATE KEY-----\nNEW\n-----END OPENSSH PRIVATE KEY-----\n"
+	nrSync, _ := syscallNumbers()
+	args := []string{"0102ff", "00112233445566778899aabbccddeeff", "dev", "dev-7", "ssh-ed25519 NEW", strconv.Itoa(len(key)), strconv.Itoa(nrSync), "24", root, "1", ""}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	call := func(token string, said *boundedBuffer) error {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return guest.CallWaiter(ctx, c, token, args, time.Now, guest.ClockRun{Head: []byte(key), Tail: []byte("ssh-ed25519 USER u@h\n"), Stdout: said})
+	}
+	other, _ := guest.NewWaiterToken()
+	if err := call(other, &boundedBuffer{}); err == nil {
+		t.Fatal("another token ran the program")
+	}
+	if b, _ := os.ReadFile(filepath.Join(root, "etc/hostname")); string(b) != "dev\n" {
+		t.Fatalf("another token changed the hostname: %q", b)
+	}
+	var said boundedBuffer
+	if err := call(token, &said); err != nil {
+		t.Fatalf("through the waiter: %v (said %q)", err, said.b)
+	}
+	if said.hostname() != "dev-7" {
+		t.Errorf("said %q", said.b)
+	}
+	for p, want := range map[string]string{
+		"etc/machine-id":               "00112233445566778899aabbccddeeff\n",
+		"etc/ssh/ssh_host_ed25519_key": key,
+		"etc/hostname":                 "dev-7\n",
+		"root/.ssh/authorized_keys":    "ssh-ed25519 USER u@h\n",
+	} {
+		if b, _ := os.ReadFile(filepath.Join(root, p)); string(b) != want {
+			t.Errorf("%s: %q, want %q", p, b, want)
+		}
+	}
+	if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+		c.Close()
+		t.Error("the waiter still listens after its program ran")
+	}
+}
+
+// freePort is a TCP port of 127.0.0.1 nothing listens on.
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
 }

@@ -14,6 +14,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -85,8 +86,10 @@ func (d *Daemon) forkAdmit(ctx context.Context, s *startRun) error {
 // RNDADDENTROPY and is reseeded at once with RNDRESEEDCRNG, so no two
 // children draw the same numbers from here on; the saved random seed
 // goes. Files are replaced by rename, never written in place; sshd is
-// told (SIGHUP) to load the new key; everything is synced (a VM killed
-// a moment later must not boot with its source's key). It prints
+// told (SIGHUP) to load the new key; everything is synced before the
+// program ends or says the marker (a VM killed a moment later must not
+// boot with its source's key): once, after the user's keys when it adds
+// them (each sync costs tens of milliseconds in an emulated guest). It prints
 // "hostname NAME", the name the kernel now has, then "ready" and reads
 // the time, which it sets at once (settimeofday; the settimeofday number
 // "-" skips the clock, for a test). Then it adds the user's keys
@@ -142,7 +145,8 @@ if (open(my $p, "<", "$root/run/sshd.pid")) {
 	kill("HUP", $1) if $pid =~ /^(\d+)\s*$/;
 }
 if (open(my $an, ">", "$root/proc/sys/net/ipv4/conf/eth0/arp_notify")) { print $an "1\n"; close($an); }
-if ($nrsync > 0) { syscall($nrsync + 0); } else { system("sync") == 0 or die "sync failed\n"; }
+# addkeys syncs once more at the end: one sync then does for both.
+unless ($keys) { if ($nrsync > 0) { syscall($nrsync + 0); } else { system("sync") == 0 or die "sync failed\n"; } }
 open(my $g, "<", "$root/proc/sys/kernel/hostname") or die "read the hostname: $!\n";
 my $got = <$g> // "";
 close($g);
@@ -166,6 +170,8 @@ if ($batch ne "") {
 	if ($pid == 0) {
 		open(STDOUT, ">", "/dev/null");
 		open(STDERR, ">", "/dev/null");
+		# A waiter's program is in a session of its own already.
+		if ($main::waited) { exec("ip", "-batch", "-") or exit(127); }
 		exec("setsid", "-f", "ip", "-batch", "-") or exit(127);
 	}
 	print $ip $batch;
@@ -326,12 +332,6 @@ func (b vmmBooter) reidentify(ctx context.Context, s *startRun) error {
 	}
 	tap := s.h.Tap
 	old := net.JoinHostPort(s.fork.srcIP, "22")
-	conn, err := dialVia(ctx, s.log, tap, old, signer, s.fork.srcHostKey)
-	if err != nil {
-		return fmt.Errorf("reach the restored child at %s through %s: %w", old, tap, err)
-	}
-	defer conn.Close()
-	mark("reached")
 	seed := make([]byte, 64)
 	mid := make([]byte, 16)
 	rand.Read(seed)
@@ -368,8 +368,41 @@ func (b vmmBooter) reidentify(ctx context.Context, s *startRun) error {
 	}
 	var said boundedBuffer
 	run.Stdout = &said
-	if err := conn.RunClock(ctx, identityCommand(args), time.Now, run); err != nil {
-		return fmt.Errorf("re-identify the child: %w", err)
+	// The waiter left in a warm state, if it is there, runs the
+	// identity without an SSH handshake; otherwise (a fork, an older
+	// warm state) an SSH session does, with the source's host key.
+	var conn *guest.Conn
+	waited := false
+	if s.fork.waiterToken != "" {
+		// A guest that answers nothing there in a few seconds (a
+		// firewall of its own?) is tried over SSH.
+		wctx, wcancel := context.WithTimeout(ctx, waiterDialTimeout)
+		c, err := dialRetry(wctx, s.log, s.fork.waiterAddr, func(ctx context.Context) (net.Conn, error) {
+			return guest.ConnectVia(ctx, tap, network.QuarantineAddr, s.fork.waiterAddr)
+		}, func(err error) bool { return errors.Is(err, syscall.ECONNREFUSED) })
+		wcancel()
+		switch {
+		case err == nil:
+			mark("waiter_reached")
+			if err := guest.CallWaiter(ctx, c, s.fork.waiterToken, args, time.Now, run); err != nil {
+				return fmt.Errorf("re-identify the child through the waiter at %s: %w", s.fork.waiterAddr, err)
+			}
+			waited = true
+		case ctx.Err() != nil:
+			return fmt.Errorf("reach the restored VM's waiter at %s through %s: %w", s.fork.waiterAddr, tap, err)
+		default:
+			s.log.Warn("no waiter answers in the restored VM; re-identifying it over SSH", "addr", s.fork.waiterAddr, "err", err)
+		}
+	}
+	if !waited {
+		if conn, err = dialVia(ctx, s.log, tap, old, signer, s.fork.srcHostKey); err != nil {
+			return fmt.Errorf("reach the restored child at %s through %s: %w", old, tap, err)
+		}
+		defer conn.Close()
+		mark("reached")
+		if err := conn.RunClock(ctx, identityCommand(args), time.Now, run); err != nil {
+			return fmt.Errorf("re-identify the child: %w", err)
+		}
 	}
 	if got, want := said.hostname(), s.vm.Name; got != want {
 		return fmt.Errorf("the child calls itself %q, not %q", got, want)
@@ -382,6 +415,14 @@ func (b vmmBooter) reidentify(ctx context.Context, s *startRun) error {
 	} else {
 		mark("identity_clock")
 		s.progress(api.Progress{Step: "fork", Message: fmt.Sprintf("%s: restored, reseeded and re-identified %dms after its VMM started", s.vm.Name, time.Since(start).Milliseconds())})
+		if conn == nil {
+			// The waiter gave it its own host key; sshd has it.
+			if conn, err = dialVia(ctx, s.log, tap, old, signer, s.vm.Runtime.SSHHostKey); err != nil {
+				return fmt.Errorf("reach the re-identified child at %s through %s: %w", old, tap, err)
+			}
+			defer conn.Close()
+			mark("reached")
+		}
 		for _, r := range s.renames {
 			if _, err := guestOutput(ctx, conn, workspace.RenameBranchScript(r.guestPath, r.from, r.to)); err != nil {
 				return fmt.Errorf("workspace %s: the child's branch %s: %w", r.guestPath, r.to, err)
@@ -401,7 +442,9 @@ func (b vmmBooter) reidentify(ctx context.Context, s *startRun) error {
 		}
 		mark("readdress_sent")
 	}
-	conn.Close()
+	if conn != nil {
+		conn.Close()
+	}
 	own := net.JoinHostPort(s.vm.Runtime.GuestIP, "22")
 	if err := connectVia(ctx, s.log, tap, own); err != nil {
 		return fmt.Errorf("the child did not answer at its own address %s: %w", own, err)
@@ -411,6 +454,10 @@ func (b vmmBooter) reidentify(ctx context.Context, s *startRun) error {
 	s.log.Info("fork child re-identified", append(laps, "total_ms", time.Since(start).Milliseconds())...)
 	return nil
 }
+
+// waiterDialTimeout bounds the wait for a warm state's waiter to accept
+// a connection; a restored guest's waiter answers in milliseconds.
+const waiterDialTimeout = 5 * time.Second
 
 // boundedBuffer keeps the first 4 KiB a guest writes to it.
 type boundedBuffer struct{ b []byte }
@@ -448,7 +495,19 @@ func connectVia(ctx context.Context, log *slog.Logger, tap, addr string) error {
 // time (100 ms for the first second, then doubled on each failure), and
 // the next one sends a fresh SYN.
 func probeTCP(ctx context.Context, log *slog.Logger, addr string, dial func(context.Context) (net.Conn, error)) error {
+	c, err := dialRetry(ctx, log, addr, dial, nil)
+	if err == nil {
+		c.Close()
+	}
+	return err
+}
+
+// dialRetry is probeTCP's loop, returning the connection: it dials
+// until dial connects, ctx ends, or final (if set) says an error is
+// the answer (a refused connection, where nothing listens).
+func dialRetry(ctx context.Context, log *slog.Logger, addr string, dial func(context.Context) (net.Conn, error), final func(error) bool) (net.Conn, error) {
 	var last error
+	begin := time.Now()
 	wait := 100 * time.Millisecond
 	for attempt := 1; ; attempt++ {
 		t := time.Now()
@@ -456,17 +515,19 @@ func probeTCP(ctx context.Context, log *slog.Logger, addr string, dial func(cont
 		c, err := dial(actx)
 		cancel()
 		if err == nil {
-			c.Close()
-			return nil
+			return c, nil
 		}
 		log.Debug("connect failed", "addr", addr, "attempt", attempt, "took_ms", time.Since(t).Milliseconds(), "err", err)
+		if final != nil && final(err) {
+			return nil, err
+		}
 		last = err
-		if attempt >= 8 {
+		if time.Since(begin) > time.Second {
 			wait = min(2*wait, 5*time.Second)
 		}
 		select {
 		case <-ctx.Done():
-			return last
+			return nil, last
 		case <-time.After(20 * time.Millisecond):
 		}
 	}

@@ -143,6 +143,32 @@ func (b vmmBooter) prepareSuspend(ctx context.Context, vm model.VMRecord) (clock
 	return h, nil
 }
 
+// startWaiter starts the waiter over the daemon's SSH connection and
+// waits until it listens.
+func (b vmmBooter) startWaiter(ctx context.Context, vm model.VMRecord, port int) (string, error) {
+	token, err := guest.NewWaiterToken()
+	if err != nil {
+		return "", err
+	}
+	cmd, err := guest.WaiterCommand(identityProgram, vm.Runtime.GuestIP, port, token)
+	if err != nil {
+		return "", err
+	}
+	conn, err := b.dial(ctx, vm)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close()
+	out, err := guestOutput(ctx, conn, cmd)
+	if err != nil {
+		return "", fmt.Errorf("start the waiter: %w (%s)", err, strings.TrimSpace(out))
+	}
+	if strings.TrimSpace(out) != "listening" {
+		return "", fmt.Errorf("start the waiter: it said %q", out)
+	}
+	return token, nil
+}
+
 func (b vmmBooter) load(ctx context.Context, s *startRun) error {
 	apiCtx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	err := s.proc.WaitAPI(apiCtx, s.vm.Runtime.APISockPath)

@@ -47,6 +47,10 @@ type booter interface {
 	// prepareSuspend has the running guest flush its disks and leaves a
 	// session in it waiting to set its clock at the resume.
 	prepareSuspend(ctx context.Context, vm model.VMRecord) (clockHold, error)
+	// startWaiter leaves a waiter (guest.WaiterCommand) running
+	// identityProgram in the running guest, listening at its address
+	// on port, and returns its token.
+	startWaiter(ctx context.Context, vm model.VMRecord, port int) (string, error)
 	// load restores the saved state in s.restore into the VMM launch
 	// started (instead of configure and instanceStart); the guest is
 	// left paused, its network on s.h.Tap.

@@ -18,6 +18,7 @@ import (
 	"banger/internal/api"
 	"banger/internal/firecracker"
 	"banger/internal/fsutil"
+	"banger/internal/guest"
 	"banger/internal/image"
 	"banger/internal/model"
 	"banger/internal/network"
@@ -59,6 +60,10 @@ func warmForkOf(imageID string) string { return "warm:" + imageID }
 // warmLockKey is the lock an image's warm state is made and read under.
 func warmLockKey(imageID string) string { return "warm-state:" + imageID }
 
+// warmWaiterPort is the port the waiter in a warm state listens on
+// (guest.WaiterCommand); the quarantine lets its replies through.
+const warmWaiterPort = network.WaiterPort
+
 // warmDir is where an image's warm state is kept.
 func (l layout) warmDir(imageID string) string {
 	return filepath.Join(l.imageDir(imageID), warmDirName)
@@ -87,6 +92,11 @@ type warmMeta struct {
 	// pool's (warmDisksRoot), so that a VM's copies of them are reflink
 	// clones there; otherwise they are in the warm state's own dir.
 	DisksDir string `json:"disks_dir,omitempty"`
+	// WaiterPort and WaiterToken, when set, are the waiter left in the
+	// snapshot (guest.WaiterCommand): it listens at SrcIP:WaiterPort
+	// and runs identityProgram for the token, without an SSH handshake.
+	WaiterPort  int    `json:"waiter_port,omitempty"`
+	WaiterToken string `json:"waiter_token,omitempty"`
 }
 
 // warmFiles are the files of the warm state m in dir.
@@ -184,6 +194,9 @@ func readWarm(dir, disksRoot string) (warmMeta, error) {
 	}
 	if err := json.Unmarshal(b, &m); err != nil {
 		return m, fmt.Errorf("%s: %w", warmMetaName, err)
+	}
+	if m.WaiterToken != "" && (!guest.ValidWaiterToken(m.WaiterToken) || m.WaiterPort <= 0 || m.WaiterPort > 65535) {
+		return m, fmt.Errorf("%s: a malformed waiter (port %d)", warmMetaName, m.WaiterPort)
 	}
 	var total int64
 	if m.DisksDir != "" {
@@ -475,8 +488,16 @@ func (d *Daemon) warmBoot(ctx context.Context, s *warmRun) error {
 	return err
 }
 
-// warmFlush has the guest flush its disks.
+// warmFlush leaves a waiter in the guest (startWaiter), then has the
+// guest flush its disks.
 func (d *Daemon) warmFlush(ctx context.Context, s *warmRun) error {
+	s.meta.WaiterPort, s.meta.WaiterToken = 0, ""
+	if token, err := d.boot.startWaiter(ctx, s.vm, warmWaiterPort); err != nil {
+		// A VM made from the state then gets its identity over SSH.
+		s.log.Warn("no waiter in the warm state; its VMs are re-identified over SSH", "err", err)
+	} else {
+		s.meta.WaiterPort, s.meta.WaiterToken = warmWaiterPort, token
+	}
 	h, err := d.boot.prepareSuspend(ctx, s.vm)
 	if err != nil {
 		return fmt.Errorf("flush the guest's disks: %w", err)

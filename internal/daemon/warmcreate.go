@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"banger/internal/api"
@@ -96,6 +98,9 @@ func (d *Daemon) firstStartWarm(ctx context.Context, vm *model.VMRecord, progres
 	}()
 	if err == nil {
 		id := forkIdentity{srcID: m.SrcID, srcName: m.SrcName, srcIP: m.SrcIP, srcHostKey: m.SrcHostKey, firstBoot: true}
+		if m.WaiterToken != "" {
+			id.waiterAddr, id.waiterToken = net.JoinHostPort(m.SrcIP, strconv.Itoa(m.WaiterPort)), m.WaiterToken
+		}
 		var got model.VMRecord
 		got, err = d.resumeLockedWith(ctx, s.vm, progress, &id)
 		if err == nil {

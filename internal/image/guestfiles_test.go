@@ -188,6 +188,8 @@ func TestConfigureGuest(t *testing.T) {
 	mk("etc/ssh/sshd_config", "Include /etc/ssh/sshd_config.d/*.conf\n")
 	mk("root/.bashrc", "# bashrc\n")
 	mk("root/.profile", "# profile\n")
+	mk("etc/update-motd.d/10-uname", "#!/bin/sh\nuname -snrvm\n")
+	mk("etc/update-motd.d/sub/x", "x")
 	if err := os.Symlink(outside, filepath.Join(root, "etc/resolv.conf")); err != nil {
 		t.Fatal(err)
 	}
@@ -215,6 +217,9 @@ func TestConfigureGuest(t *testing.T) {
 	fi, err := os.Lstat(filepath.Join(root, "etc/resolv.conf"))
 	if err != nil || !fi.Mode().IsRegular() {
 		t.Fatalf("resolv.conf: %v, %v; want a regular file", fi, err)
+	}
+	if left, err := os.ReadDir(filepath.Join(root, "etc/update-motd.d")); err != nil || len(left) != 0 {
+		t.Errorf("update-motd.d: %v %v, want it there and empty", left, err)
 	}
 	for _, gone := range []string{"etc/hostname", "etc/ssh/ssh_host_rsa_key", "etc/ssh/ssh_host_rsa_key.pub"} {
 		if _, err := os.Lstat(filepath.Join(root, gone)); !os.IsNotExist(err) {

@@ -490,6 +490,11 @@ func configureGuest(root string, c guestConfig) error {
 			return err
 		}
 	}
+	for _, p := range guestEmptied {
+		if err := r.RemoveAllIn(p); err != nil {
+			return err
+		}
+	}
 	if err := r.MkdirAll("/root/.ssh", 0o700); err != nil {
 		return err
 	}

@@ -18,7 +18,8 @@ import (
 // address QuarantineAddr, the daemon's end of the one path to the guest
 // (guest.DialVia binds to the tap and that address); and an nftables
 // table of its own drops everything the guest sends except the TCP
-// replies from its SSH port to QuarantineAddr: the restored copies of the
+// replies from its SSH port, and from the port of the waiter a warm
+// state leaves in it (WaiterPort), to QuarantineAddr: the restored copies of the
 // source's connections never reach the host's sockets, and nothing it
 // sends is forwarded or NATed. Admit undoes all of it and puts the tap on
 // the bridge as an isolated port, once the guest is its own machine.
@@ -26,13 +27,19 @@ import (
 // QuarantineAddr is the host's address on a quarantined tap.
 const QuarantineAddr = "169.254.169.1"
 
+// WaiterPort is the port the waiter an image's warm state leaves in its
+// VMs listens on (guest.WaiterCommand; the daemon's warm.go): the
+// daemon reaches it on a quarantined tap. Nothing in banger's images
+// uses the port, and the waiter is gone once a VM has its identity.
+const WaiterPort = 7722
+
 // quarantineTablePrefix names a quarantined tap's nftables table.
 const quarantineTablePrefix = "banger_q_"
 
 func quarantineTable(tap string) string { return quarantineTablePrefix + tap }
 
 // quarantineScript is the nft script that shuts tap off but for the
-// daemon's SSH replies. Only the tap's name (checked) appears in it.
+// replies to the daemon's SSH and waiter connections. Only the tap's name (checked) appears in it.
 func quarantineScript(tap string) string {
 	var s script
 	t := quarantineTable(tap)
@@ -41,7 +48,7 @@ func quarantineScript(tap string) string {
 	s.add("add chain inet %s forward { type filter hook forward priority -20 ; policy accept ; }", t)
 	s.add("flush chain inet %s input", t)
 	s.add("flush chain inet %s forward", t)
-	s.add("add rule inet %s input iifname %q ip daddr %s tcp sport 22 accept", t, tap, QuarantineAddr)
+	s.add("add rule inet %s input iifname %q ip daddr %s tcp sport { 22, %d } accept", t, tap, QuarantineAddr, WaiterPort)
 	s.add("add rule inet %s input iifname %q drop", t, tap)
 	s.add("add rule inet %s forward iifname %q drop", t, tap)
 	return s.String()

@@ -24,7 +24,7 @@ func TestQuarantineAdmitRelease(t *testing.T) {
 	brMAC := o.Links["br-fc"].MAC
 	for _, w := range []string{
 		"link bgtap0 tap up 169.254.169.1/32\n",
-		`nft inet banger_q_bgtap0 rule input iifname "bgtap0" ip daddr 169.254.169.1 tcp sport 22 accept`,
+		`nft inet banger_q_bgtap0 rule input iifname "bgtap0" ip daddr 169.254.169.1 tcp sport { 22, 7722 } accept`,
 		`nft inet banger_q_bgtap0 rule input iifname "bgtap0" drop`,
 		`nft inet banger_q_bgtap0 rule forward iifname "bgtap0" drop`,
 	} {

@@ -3,6 +3,7 @@ package e2e
 import (
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -68,6 +69,15 @@ func TestWarmCreate(t *testing.T) {
 		}
 		if f[5] != "127.0.1.1" {
 			t.Errorf("%s: its hostname resolves to %q", vm, f[5])
+		}
+		// The identity came through the waiter the warm state was left
+		// with, not over SSH, and the waiter is gone: nothing listens
+		// on its port, no perl is left.
+		if log, _ := os.ReadFile(d.LogPath()); !regexp.MustCompile(`msg="fork child re-identified" vm=` + vm + ` [^\n]*waiter_reached_ms=`).Match(log) {
+			t.Errorf("%s: not re-identified through the waiter (see %s)", vm, d.LogPath())
+		}
+		if left := guestOut(t, d, vm, `grep -ci ':1E2A 00000000:0000 0A' /proc/net/tcp; pgrep -c perl; true`); left != "0\n0" {
+			t.Errorf("%s: the waiter is left behind (listening sockets on 7722, perl processes): %q", vm, left)
 		}
 		// The user's key, authorized as at a cold first boot: plain ssh
 		// with it works.
