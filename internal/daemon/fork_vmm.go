@@ -59,6 +59,10 @@ func (d *Daemon) forkAdmit(ctx context.Context, s *startRun) error {
 	if err := d.net.Admit(ctx, s.h.Tap); err != nil {
 		return err
 	}
+	if err := d.net.Announce(ctx, s.vm.Runtime.GuestIP, s.vm.Runtime.GuestMAC); err != nil {
+		// Only the first packets wait longer.
+		s.log.Warn("the host's neighbour entry for the child", "err", err)
+	}
 	if err := d.boot.waitAdmitted(ctx, s); err != nil {
 		return err
 	}
@@ -97,7 +101,11 @@ func (d *Daemon) forkAdmit(ctx context.Context, s *startRun) error {
 // to an ip(8) in a session of its own (setsid): the address the
 // daemon's connection runs over goes, so the daemon goes on once it has
 // read the marker (guest.ClockRun.Marker). The guest announces its new
-// address as its link comes up (arp_notify).
+// address as its link comes up (arp_notify). Run by a warm state's
+// waiter (guest.WaiterCommand: $main::waited), outside any SSH session,
+// it hands the batch to the ip(8) the waiter started before the
+// snapshot (its helper, $main::helper: no program starts now), or
+// starts ip without setsid.
 const identityProgram = `use strict; use Fcntl;
 my ($seed, $mid, $old, $new, $pub, $keylen, $nrsync, $nrtime, $root, $keys, $batch) = @ARGV;
 $| = 1;
@@ -166,16 +174,26 @@ if ($nrtime ne "-") {
 addkeys($root, $nrsync) if $keys;
 if ($batch ne "") {
 	print "` + readdressingMarker + `\n";
-	my $pid = open(my $ip, "|-") // die "fork: $!\n";
-	if ($pid == 0) {
-		open(STDOUT, ">", "/dev/null");
-		open(STDERR, ">", "/dev/null");
-		# A waiter's program is in a session of its own already.
-		if ($main::waited) { exec("ip", "-batch", "-") or exit(127); }
-		exec("setsid", "-f", "ip", "-batch", "-") or exit(127);
+	# A waiter started ip ahead (its helper); otherwise, or if that ip
+	# is gone, one is started now.
+	my $sent = 0;
+	if ($main::helper) {
+		local $SIG{PIPE} = "IGNORE";
+		$sent = print {$main::helper} $batch;
+		close($main::helper);
 	}
-	print $ip $batch;
-	close($ip);
+	unless ($sent) {
+		my $pid = open(my $ip, "|-") // die "fork: $!\n";
+		if ($pid == 0) {
+			open(STDOUT, ">", "/dev/null");
+			open(STDERR, ">", "/dev/null");
+			# A waiter's program is in a session of its own already.
+			if ($main::waited) { exec("ip", "-batch", "-") or exit(127); }
+			exec("setsid", "-f", "ip", "-batch", "-") or exit(127);
+		}
+		print $ip $batch;
+		close($ip);
+	}
 }
 `
 

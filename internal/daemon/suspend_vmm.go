@@ -150,7 +150,7 @@ func (b vmmBooter) startWaiter(ctx context.Context, vm model.VMRecord, port int)
 	if err != nil {
 		return "", err
 	}
-	cmd, err := guest.WaiterCommand(identityProgram, vm.Runtime.GuestIP, port, token)
+	cmd, err := guest.WaiterCommand(identityProgram, vm.Runtime.GuestIP, port, token, "ip", "-batch", "-")
 	if err != nil {
 		return "", err
 	}

@@ -59,25 +59,44 @@ func ValidWaiterToken(s string) bool {
 }
 
 // waiterPrelude is the waiter's perl before the program it runs. Its
-// arguments are the address and port to listen on and the token. It
-// listens, then forks: the parent says "listening" and ends (so the
-// command starting it returns), the child leaves the session and waits.
+// arguments are the address and port to listen on, the token, and the
+// helper's command line, if any. It listens, then forks: the child
+// leaves the session, starts the helper (and waits until the helper runs
+// its own program), and waits for connections; the parent says
+// "listening" once the child is that far, and ends (so the command
+// starting it returns).
 // A connection gets 8 reads of at most 2 s each to send its header; one
 // that does not, or sends another token (compared in constant time), is
 // closed.
 const waiterPrelude = `use strict; use Socket; use POSIX ();
 {
-	my ($ip, $port, $token) = @ARGV;
+	my ($ip, $port, $token, @helper) = @ARGV;
 	my $addr = inet_aton($ip) // die "address $ip\n";
 	socket(my $l, PF_INET, SOCK_STREAM, getprotobyname("tcp")) or die "socket: $!\n";
 	setsockopt($l, SOL_SOCKET, SO_REUSEADDR, 1) or die "setsockopt: $!\n";
 	bind($l, sockaddr_in($port, $addr)) or die "listen on $ip:$port: $!\n";
 	listen($l, 16) or die "listen: $!\n";
 	$| = 1;
+	pipe(my $up, my $said) or die "pipe: $!\n";
 	my $pid = fork() // die "fork: $!\n";
-	if ($pid) { print "listening\n"; POSIX::_exit(0); }
+	if ($pid) {
+		close($said);
+		my $n = sysread($up, my $x, 1);
+		die "the waiter did not start\n" unless $n;
+		print "listening\n";
+		POSIX::_exit(0);
+	}
+	close($up);
 	POSIX::setsid();
 	open(STDIN, "<", "/dev/null"); open(STDOUT, ">", "/dev/null"); open(STDERR, ">", "/dev/null");
+	if (@helper) {
+		my $me = readlink("/proc/self/exe") // "";
+		my $hp = open($main::helper, "|-", @helper) or POSIX::_exit(1);
+		# Until the helper runs its own program (2 s at most).
+		for (my $i = 0; $i < 100 && (readlink("/proc/$hp/exe") // $me) eq $me; $i++) { select(undef, undef, undef, 0.02); }
+	}
+	syswrite($said, "1");
+	close($said);
 	my ($c, $argv);
 	while (1) {
 		accept($c, $l) or next;
@@ -118,8 +137,13 @@ END { print STDOUT "exit $?\n"; }
 
 // WaiterCommand is the command line that starts a waiter running
 // program (perl) in the guest, listening on ip:port for token. It
-// prints "listening" once it is.
-func WaiterCommand(program, ip string, port int, token string) (string, error) {
+// prints "listening" once it is. helper, if set, is a command the
+// waiter starts before it waits, its standard input a pipe the program
+// finds open as $main::helper (its output goes nowhere): a program
+// started ahead, in the snapshot, costs nothing when the waiter runs.
+// The helper reads nothing until the program writes; if the program
+// does not, it gets the end of its input when the waiter ends.
+func WaiterCommand(program, ip string, port int, token string, helper ...string) (string, error) {
 	if net.ParseIP(ip).To4() == nil {
 		return "", fmt.Errorf("waiter address %q is not IPv4", ip)
 	}
@@ -129,7 +153,11 @@ func WaiterCommand(program, ip string, port int, token string) (string, error) {
 	if !ValidWaiterToken(token) {
 		return "", errors.New("malformed waiter token")
 	}
-	return "perl -e " + Quote(waiterPrelude+program) + " " + Quote(ip) + " " + strconv.Itoa(port) + " " + token, nil
+	cmd := "perl -e " + Quote(waiterPrelude+program) + " " + Quote(ip) + " " + strconv.Itoa(port) + " " + token
+	for _, h := range helper {
+		cmd += " " + Quote(h)
+	}
+	return cmd, nil
 }
 
 // waiterHeader is what the daemon sends a waiter first: the token, the

@@ -28,12 +28,13 @@ open(my $f, ">", $file) or die "open $file: $!\n";
 print $f "$head$t$rest";
 close($f);
 die "asked to die\n" if $how eq "die";
+if ($main::helper) { print {$main::helper} "from the program\n"; close($main::helper); }
 print "done\n";
 `
 
 // startWaiter starts the waiter with testProgram on a free port of
 // 127.0.0.1 and returns its address and token.
-func startWaiter(t *testing.T) (string, string) {
+func startWaiter(t *testing.T, helper ...string) (string, string) {
 	t.Helper()
 	if _, err := exec.LookPath("perl"); err != nil {
 		t.Skip("no perl")
@@ -48,7 +49,7 @@ func startWaiter(t *testing.T) (string, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd, err := WaiterCommand(testProgram, "127.0.0.1", port, token)
+	cmd, err := WaiterCommand(testProgram, "127.0.0.1", port, token, helper...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,9 +75,15 @@ func startWaiter(t *testing.T) (string, string) {
 }
 
 func TestWaiter(t *testing.T) {
-	addr, token := startWaiter(t)
 	dir := t.TempDir()
 	file := filepath.Join(dir, "got")
+	// The helper, started before the waiter waits, gets what the
+	// program writes to it.
+	helped := filepath.Join(dir, "helped")
+	addr, token := startWaiter(t, "sh", "-c", "cat > "+helped)
+	if b, err := os.ReadFile("/proc/" + strconv.Itoa(waiterHelper(t, addr)) + "/comm"); err != nil || strings.TrimSpace(string(b)) != "sh" {
+		t.Fatalf("the helper was not running its own program when the waiter said it listened: %q %v", b, err)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 
@@ -121,6 +128,16 @@ func TestWaiter(t *testing.T) {
 	if want := "head\n1700000000.123456789\nkey1\nkey2\n"; string(got) != want {
 		t.Errorf("the program read %q, want %q", got, want)
 	}
+	for i := 0; ; i++ {
+		b, _ := os.ReadFile(helped)
+		if string(b) == "from the program\n" {
+			break
+		}
+		if i == 50 {
+			t.Fatalf("the helper got %q", b)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	// It is gone: nothing listens there any more.
 	if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
 		c.Close()
@@ -160,4 +177,21 @@ func TestWaiterArguments(t *testing.T) {
 	if err != nil || string(h) != strings.Repeat("a", 64)+" 00000004\nab\x00\x00" {
 		t.Errorf("header %q %v", h, err)
 	}
+}
+
+// waiterHelper is the PID of the child of the process listening at addr
+// (the waiter's helper), found through /proc.
+func waiterHelper(t *testing.T, addr string) int {
+	t.Helper()
+	out, err := exec.Command("sh", "-c", "ss -Htlnp 'sport = :"+addr[strings.LastIndex(addr, ":")+1:]+"' | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	waiter := strings.TrimSpace(string(out))
+	kids, err := os.ReadFile("/proc/" + waiter + "/task/" + waiter + "/children")
+	if err != nil || len(strings.Fields(string(kids))) != 1 {
+		t.Fatalf("the waiter %q's children: %q %v", waiter, kids, err)
+	}
+	pid, _ := strconv.Atoi(strings.Fields(string(kids))[0])
+	return pid
 }

@@ -3,6 +3,7 @@ package network
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
 
@@ -129,6 +130,33 @@ func (m *Manager) Admit(ctx context.Context, tap string) error {
 	l.Addrs = nil
 	if err := m.attach(ctx, l); err != nil {
 		return fmt.Errorf("admit %s: %w", tap, err)
+	}
+	return nil
+}
+
+// Announce tells the host's neighbour table that ip is at mac on the
+// bridge, for a VM just admitted from quarantine: the guest announced
+// its address (arp_notify) while its tap was off the bridge, and an
+// entry an earlier VM left at that address (failed, or still being
+// resolved) would hold the host's first packets back for up to a second.
+// The entry is left stale: used at once, confirmed by the kernel later.
+// Both values are checked: ip in the bridge's subnet, mac a unicast
+// Ethernet address.
+func (m *Manager) Announce(ctx context.Context, ip, mac string) error {
+	prefix, err := Subnet(m.cfg.BridgeIP, m.cfg.CIDR)
+	if err != nil {
+		return err
+	}
+	a, err := netip.ParseAddr(ip)
+	if err != nil || !a.Is4() || !prefix.Contains(a) || a.String() == m.cfg.BridgeIP {
+		return fmt.Errorf("announce %q: not a guest address in %s", ip, prefix)
+	}
+	hw, err := net.ParseMAC(mac)
+	if err != nil || len(hw) != 6 || hw[0]&1 != 0 {
+		return fmt.Errorf("announce %s: %q is not a unicast Ethernet address", ip, mac)
+	}
+	if _, err := m.ip(ctx, "neigh", "replace", a.String(), "lladdr", hw.String(), "dev", m.cfg.BridgeName, "nud", "stale"); err != nil {
+		return fmt.Errorf("announce %s at %s: %w", a, hw, err)
 	}
 	return nil
 }

@@ -71,3 +71,33 @@ func TestQuarantineAdmitRelease(t *testing.T) {
 		t.Error("quarantine of eth0 accepted")
 	}
 }
+
+// TestAnnounce: an admitted VM's address and MAC go into the host's
+// neighbour table on the bridge, stale (used at once, confirmed later);
+// an address off the guest subnet, the bridge's own, or a MAC that is
+// not unicast Ethernet is refused and nothing is run.
+func TestAnnounce(t *testing.T) {
+	ctx := context.Background()
+	o := fakeos.New()
+	m := newTestManager(t, o, 1)
+	must(t, m.EnsureBridge(ctx))
+	must(t, m.Announce(ctx, "172.16.0.7", "06:00:AC:10:00:07"))
+	if got := o.Neigh["br-fc 172.16.0.7"]; got != "06:00:ac:10:00:07 stale" {
+		t.Errorf("neighbour entry %q", got)
+	}
+	for _, bad := range [][2]string{
+		{"10.9.9.9", "06:00:ac:10:00:07"},
+		{"172.16.0.1", "06:00:ac:10:00:07"},
+		{"172.16.0.7 dev lo", "06:00:ac:10:00:07"},
+		{"172.16.0.7", "07:00:ac:10:00:07"},
+		{"172.16.0.7", "06:00:ac:10:00:07:00:00"},
+		{"172.16.0.7", "nope"},
+	} {
+		if err := m.Announce(ctx, bad[0], bad[1]); err == nil {
+			t.Errorf("Announce(%q, %q) accepted", bad[0], bad[1])
+		}
+	}
+	if len(o.Neigh) != 1 {
+		t.Errorf("refused announcements ran: %v", o.Neigh)
+	}
+}

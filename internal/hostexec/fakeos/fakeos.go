@@ -52,6 +52,9 @@ type OS struct {
 	Sysctl map[string]string
 	Loops  map[string]*Loop     // by device
 	DM     map[string]*DMDevice // by name
+	// Neigh are the neighbour entries `ip neigh replace` set: "DEV IP"
+	// → "MAC STATE".
+	Neigh map[string]string
 	// HostKeys are the SSH host public keys debugfs wrote, by disk path.
 	HostKeys map[string]string
 	// Nft holds nftables tables by "family name".
@@ -83,6 +86,7 @@ func New() *OS {
 		Loops:    map[string]*Loop{},
 		DM:       map[string]*DMDevice{},
 		HostKeys: map[string]string{},
+		Neigh:    map[string]string{},
 		Nft:      map[string]*NftTable{},
 		Mounts:   map[string]*Mount{},
 		Fail:     map[string]string{},

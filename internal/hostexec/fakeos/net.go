@@ -43,7 +43,8 @@ func netUnexpected(cmd string, args []string) (string, error) {
 // only), ip link add [name] NAME type bridge, ip link del [dev] NAME, ip
 // link set [dev] NAME {up|down|master M|nomaster}..., ip link set [dev]
 // NAME type bridge_slave isolated on|off, ip tuntap add|del
-// [dev] NAME mode tap|tun, ip addr add CIDR dev NAME.
+// [dev] NAME mode tap|tun, ip addr add CIDR dev NAME, ip neigh replace
+// IP lladdr MAC dev NAME nud STATE.
 func ipCommand(o *OS, args []string, _ string) (string, error) {
 	all := args
 	var jsonOut, details bool
@@ -85,8 +86,23 @@ func ipCommand(o *OS, args []string, _ string) (string, error) {
 		return ipAddrAdd(o, rest, all)
 	case "addr del", "addr delete":
 		return ipAddrDel(o, rest, all)
+	case "neigh replace":
+		return ipNeighReplace(o, rest, all)
 	}
 	return netUnexpected("ip", all)
+}
+
+// ipNeighReplace implements ip neigh replace IP lladdr MAC dev NAME nud
+// STATE.
+func ipNeighReplace(o *OS, args, all []string) (string, error) {
+	if len(args) != 7 || args[1] != "lladdr" || args[3] != "dev" || args[5] != "nud" {
+		return netUnexpected("ip", all)
+	}
+	if _, ok := o.Links[args[4]]; !ok {
+		return netFail("Cannot find device %q", args[4])
+	}
+	o.Neigh[args[4]+" "+args[0]] = args[2] + " " + args[6]
+	return "", nil
 }
 
 // ipDevArg takes the device name that starts args, after an optional
