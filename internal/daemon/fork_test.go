@@ -639,11 +639,14 @@ func TestIdentityThroughWaiter(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	start, err := guest.WaiterCommand(identityProgram, "127.0.0.1", port, token)
+	start, err := guest.WaiterCommand(identityProgram, "127.0.0.1", port)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if out, err := exec.Command("sh", "-c", start).CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != "listening" {
+	in, _ := guest.WaiterInput(token)
+	sc := exec.Command("sh", "-c", start)
+	sc.Stdin = strings.NewReader(string(in))
+	if out, err := sc.CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != "listening" {
 		t.Fatalf("start the waiter: %v %q", err, out)
 	}
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -150,7 +151,11 @@ func (b vmmBooter) startWaiter(ctx context.Context, vm model.VMRecord, port int)
 	if err != nil {
 		return "", err
 	}
-	cmd, err := guest.WaiterCommand(identityProgram, vm.Runtime.GuestIP, port, token, "ip", "-batch", "-")
+	cmd, err := guest.WaiterCommand(identityProgram, vm.Runtime.GuestIP, port, "ip", "-batch", "-")
+	if err != nil {
+		return "", err
+	}
+	in, err := guest.WaiterInput(token)
 	if err != nil {
 		return "", err
 	}
@@ -159,7 +164,10 @@ func (b vmmBooter) startWaiter(ctx context.Context, vm model.VMRecord, port int)
 		return "", err
 	}
 	defer conn.Close()
-	out, err := guestOutput(ctx, conn, cmd)
+	var buf bytes.Buffer
+	lw := &limitWriter{w: &buf, max: maxGuestOutput, over: fmt.Errorf("the guest printed more than the %d bytes expected", maxGuestOutput)}
+	err = conn.Run(ctx, cmd, bytes.NewReader(in), lw, nil)
+	out := buf.String()
 	if err != nil {
 		return "", fmt.Errorf("start the waiter: %w (%s)", err, strings.TrimSpace(out))
 	}

@@ -59,8 +59,10 @@ func ValidWaiterToken(s string) bool {
 }
 
 // waiterPrelude is the waiter's perl before the program it runs. Its
-// arguments are the address and port to listen on, the token, and the
-// helper's command line, if any. It listens, then forks: the child
+// arguments are the address and port to listen on and the helper's
+// command line, if any; the token is the first line of its standard
+// input (never an argument: any process in the guest can read another's
+// arguments). It listens, then forks: the child
 // leaves the session, starts the helper (and waits until the helper runs
 // its own program), and waits for connections; the parent says
 // "listening" once the child is that far, and ends (so the command
@@ -70,7 +72,10 @@ func ValidWaiterToken(s string) bool {
 // closed.
 const waiterPrelude = `use strict; use Socket; use POSIX ();
 {
-	my ($ip, $port, $token, @helper) = @ARGV;
+	my ($ip, $port, @helper) = @ARGV;
+	my $token = <STDIN> // "";
+	chomp($token);
+	die "no token on the standard input\n" unless $token =~ /^[0-9a-f]{64}$/;
 	my $addr = inet_aton($ip) // die "address $ip\n";
 	socket(my $l, PF_INET, SOCK_STREAM, getprotobyname("tcp")) or die "socket: $!\n";
 	setsockopt($l, SOL_SOCKET, SO_REUSEADDR, 1) or die "setsockopt: $!\n";
@@ -136,28 +141,34 @@ END { print STDOUT "exit $?\n"; }
 `
 
 // WaiterCommand is the command line that starts a waiter running
-// program (perl) in the guest, listening on ip:port for token. It
-// prints "listening" once it is. helper, if set, is a command the
+// program (perl) in the guest, listening on ip:port for the token on
+// its standard input (WaiterInput). It prints "listening" once it is. helper, if set, is a command the
 // waiter starts before it waits, its standard input a pipe the program
 // finds open as $main::helper (its output goes nowhere): a program
 // started ahead, in the snapshot, costs nothing when the waiter runs.
 // The helper reads nothing until the program writes; if the program
 // does not, it gets the end of its input when the waiter ends.
-func WaiterCommand(program, ip string, port int, token string, helper ...string) (string, error) {
+func WaiterCommand(program, ip string, port int, helper ...string) (string, error) {
 	if net.ParseIP(ip).To4() == nil {
 		return "", fmt.Errorf("waiter address %q is not IPv4", ip)
 	}
 	if port <= 0 || port > 65535 {
 		return "", fmt.Errorf("waiter port %d", port)
 	}
-	if !ValidWaiterToken(token) {
-		return "", errors.New("malformed waiter token")
-	}
-	cmd := "perl -e " + Quote(waiterPrelude+program) + " " + Quote(ip) + " " + strconv.Itoa(port) + " " + token
+	cmd := "perl -e " + Quote(waiterPrelude+program) + " " + Quote(ip) + " " + strconv.Itoa(port)
 	for _, h := range helper {
 		cmd += " " + Quote(h)
 	}
 	return cmd, nil
+}
+
+// WaiterInput is the standard input of WaiterCommand's command: the
+// token.
+func WaiterInput(token string) ([]byte, error) {
+	if !ValidWaiterToken(token) {
+		return nil, errors.New("malformed waiter token")
+	}
+	return []byte(token + "\n"), nil
 }
 
 // waiterHeader is what the daemon sends a waiter first: the token, the

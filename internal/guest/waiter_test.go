@@ -49,11 +49,17 @@ func startWaiter(t *testing.T, helper ...string) (string, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd, err := WaiterCommand(testProgram, "127.0.0.1", port, token, helper...)
+	cmd, err := WaiterCommand(testProgram, "127.0.0.1", port, helper...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err := exec.Command("sh", "-c", cmd).CombinedOutput()
+	in, err := WaiterInput(token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := exec.Command("sh", "-c", cmd)
+	c.Stdin = bytes.NewReader(in)
+	out, err := c.CombinedOutput()
 	if err != nil || strings.TrimSpace(string(out)) != "listening" {
 		t.Fatalf("start the waiter: %v %q", err, out)
 	}
@@ -159,15 +165,29 @@ func TestWaiterProgramFails(t *testing.T) {
 }
 
 func TestWaiterArguments(t *testing.T) {
-	if _, err := WaiterCommand("1;", "::1", 22, strings.Repeat("a", 64)); err == nil {
+	if _, err := WaiterCommand("1;", "::1", 22); err == nil {
 		t.Error("IPv6 accepted")
 	}
-	if _, err := WaiterCommand("1;", "10.0.0.2", 0, strings.Repeat("a", 64)); err == nil {
+	if _, err := WaiterCommand("1;", "10.0.0.2", 0); err == nil {
 		t.Error("port 0 accepted")
 	}
 	for _, tok := range []string{"", strings.Repeat("A", 64), strings.Repeat("a", 63), strings.Repeat("g", 64), strings.Repeat("a", 63) + " "} {
-		if _, err := WaiterCommand("1;", "10.0.0.2", 22, tok); err == nil {
+		if _, err := WaiterInput(tok); err == nil {
 			t.Errorf("token %q accepted", tok)
+		}
+	}
+	// The token is never on the command line, where any process in
+	// the guest could read it.
+	tok := strings.Repeat("ab", 32)
+	if cmd, err := WaiterCommand("1;", "10.0.0.2", 22, "ip", "-batch", "-"); err != nil || strings.Contains(cmd, tok) {
+		t.Errorf("command %q %v", cmd, err)
+	}
+	// A waiter started with no token on its input says so and does not
+	// listen.
+	if _, err := exec.LookPath("perl"); err == nil {
+		cmd, _ := WaiterCommand("1;", "127.0.0.1", 1)
+		if out, err := exec.Command("sh", "-c", cmd+" </dev/null").CombinedOutput(); err == nil || !strings.Contains(string(out), "no token") {
+			t.Errorf("a waiter without a token: %v %q", err, out)
 		}
 	}
 	if _, err := waiterHeader(strings.Repeat("a", 64), []string{"x\x00y"}); err == nil {
