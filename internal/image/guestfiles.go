@@ -44,11 +44,11 @@ var guestRemovals = []string{
 	"/usr/sbin/policy-rc.d",
 }
 
-// guestEmptied are directories every image keeps empty: the scripts
-// sshd's PAM session runs at every login to make the message of the day
-// (Debian's is uname, in a shell, under run-parts: 0.2 s of every SSH
-// connection in an emulated guest, measured; other images' fetch news
-// from the network).
+// guestEmptied are directories banger's own images keep empty: the
+// scripts sshd's PAM session runs at every login to make the message of
+// the day (Debian's is uname, in a shell, under run-parts: 0.2 s of
+// every SSH connection in an emulated guest, measured). An imported
+// image keeps its own: what is in it is its author's.
 var guestEmptied = []string{"/etc/update-motd.d"}
 
 // maskedUnits are units a banger guest does not need: networking comes

@@ -170,11 +170,6 @@ func configureOCIGuest(root string, c guestConfig, g guestinit.Config, initBin [
 			return err
 		}
 	}
-	for _, p := range guestEmptied {
-		if err := r.RemoveAllIn(p); err != nil {
-			return err
-		}
-	}
 	// The daemon writes each VM's host key into /etc/ssh before its
 	// first boot.
 	if err := r.MkdirAll("/etc/ssh", 0o755); err != nil {
