@@ -102,10 +102,9 @@ func (d *Daemon) forkAdmit(ctx context.Context, s *startRun) error {
 // daemon's connection runs over goes, so the daemon goes on once it has
 // read the marker (guest.ClockRun.Marker). The guest announces its new
 // address as its link comes up (arp_notify). Run by a warm state's
-// waiter (guest.WaiterCommand: $main::waited), outside any SSH session,
-// it hands the batch to the ip(8) the waiter started before the
-// snapshot (its helper, $main::helper: no program starts now), or
-// starts ip without setsid.
+// waiter (guest.WaiterCommand), it hands the batch to the ip(8) the
+// waiter started before the snapshot (its helper, $main::helper: no
+// program starts now).
 const identityProgram = `use strict; use Fcntl;
 my ($seed, $mid, $old, $new, $pub, $keylen, $nrsync, $nrtime, $root, $keys, $batch) = @ARGV;
 $| = 1;
@@ -187,8 +186,6 @@ if ($batch ne "") {
 		if ($pid == 0) {
 			open(STDOUT, ">", "/dev/null");
 			open(STDERR, ">", "/dev/null");
-			# A waiter's program is in a session of its own already.
-			if ($main::waited) { exec("ip", "-batch", "-") or exit(127); }
 			exec("setsid", "-f", "ip", "-batch", "-") or exit(127);
 		}
 		print $ip $batch;
@@ -389,29 +386,11 @@ func (b vmmBooter) reidentify(ctx context.Context, s *startRun) error {
 	// The waiter left in a warm state, if it is there, runs the
 	// identity without an SSH handshake; otherwise (a fork, an older
 	// warm state) an SSH session does, with the source's host key.
-	var conn *guest.Conn
-	waited := false
-	if s.fork.waiterToken != "" {
-		// A guest that answers nothing there in a few seconds (a
-		// firewall of its own?) is tried over SSH.
-		wctx, wcancel := context.WithTimeout(ctx, waiterDialTimeout)
-		c, err := dialRetry(wctx, s.log, s.fork.waiterAddr, func(ctx context.Context) (net.Conn, error) {
-			return guest.ConnectVia(ctx, tap, network.QuarantineAddr, s.fork.waiterAddr)
-		}, func(err error) bool { return errors.Is(err, syscall.ECONNREFUSED) })
-		wcancel()
-		switch {
-		case err == nil:
-			mark("waiter_reached")
-			if err := guest.CallWaiter(ctx, c, s.fork.waiterToken, args, time.Now, run); err != nil {
-				return fmt.Errorf("re-identify the child through the waiter at %s: %w", s.fork.waiterAddr, err)
-			}
-			waited = true
-		case ctx.Err() != nil:
-			return fmt.Errorf("reach the restored VM's waiter at %s through %s: %w", s.fork.waiterAddr, tap, err)
-		default:
-			s.log.Warn("no waiter answers in the restored VM; re-identifying it over SSH", "addr", s.fork.waiterAddr, "err", err)
-		}
+	waited, err := callWaiter(ctx, s, args, run, mark)
+	if err != nil {
+		return err
 	}
+	var conn *guest.Conn
 	if !waited {
 		if conn, err = dialVia(ctx, s.log, tap, old, signer, s.fork.srcHostKey); err != nil {
 			return fmt.Errorf("reach the restored child at %s through %s: %w", old, tap, err)
@@ -471,6 +450,34 @@ func (b vmmBooter) reidentify(ctx context.Context, s *startRun) error {
 	s.progress(api.Progress{Step: "fork", Message: fmt.Sprintf("%s: restored, reseeded, re-identified and re-addressed %dms after its VMM started", s.vm.Name, time.Since(start).Milliseconds())})
 	s.log.Info("fork child re-identified", append(laps, "total_ms", time.Since(start).Milliseconds())...)
 	return nil
+}
+
+// callWaiter runs the identity (args, run) through the waiter the warm
+// state left in s's guest, if it has one, and says whether it did. A
+// guest whose waiter refuses or does not answer in a few seconds (a
+// firewall of its own?) is left to SSH: false, no error.
+func callWaiter(ctx context.Context, s *startRun, args []string, run guest.ClockRun, mark func(string)) (bool, error) {
+	if s.fork.waiterToken == "" {
+		return false, nil
+	}
+	addr, tap := s.fork.waiterAddr, s.h.Tap
+	wctx, cancel := context.WithTimeout(ctx, waiterDialTimeout)
+	c, err := dialRetry(wctx, s.log, addr, func(ctx context.Context) (net.Conn, error) {
+		return guest.ConnectVia(ctx, tap, network.QuarantineAddr, addr)
+	}, func(err error) bool { return errors.Is(err, syscall.ECONNREFUSED) })
+	cancel()
+	if err != nil {
+		if ctx.Err() != nil {
+			return false, fmt.Errorf("reach the restored VM's waiter at %s through %s: %w", addr, tap, err)
+		}
+		s.log.Warn("no waiter answers in the restored VM; re-identifying it over SSH", "addr", addr, "err", err)
+		return false, nil
+	}
+	mark("waiter_reached")
+	if err := guest.CallWaiter(ctx, c, s.fork.waiterToken, args, time.Now, run); err != nil {
+		return false, fmt.Errorf("re-identify the child through the waiter at %s: %w", addr, err)
+	}
+	return true, nil
 }
 
 // waiterDialTimeout bounds the wait for a warm state's waiter to accept

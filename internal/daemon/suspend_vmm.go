@@ -164,10 +164,7 @@ func (b vmmBooter) startWaiter(ctx context.Context, vm model.VMRecord, port int)
 		return "", err
 	}
 	defer conn.Close()
-	var buf bytes.Buffer
-	lw := &limitWriter{w: &buf, max: maxGuestOutput, over: fmt.Errorf("the guest printed more than the %d bytes expected", maxGuestOutput)}
-	err = conn.Run(ctx, cmd, bytes.NewReader(in), lw, nil)
-	out := buf.String()
+	out, err := guestOutputIn(ctx, conn, cmd, bytes.NewReader(in))
 	if err != nil {
 		return "", fmt.Errorf("start the waiter: %w (%s)", err, strings.TrimSpace(out))
 	}

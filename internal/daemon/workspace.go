@@ -370,9 +370,14 @@ const maxGuestOutput = 4 << 10
 // refusing more than maxGuestOutput bytes: a guest cannot make the
 // daemon hold what it likes in memory.
 func guestOutput(ctx context.Context, conn *guest.Conn, script string) (string, error) {
+	return guestOutputIn(ctx, conn, script, nil)
+}
+
+// guestOutputIn is guestOutput with stdin as the script's standard input.
+func guestOutputIn(ctx context.Context, conn *guest.Conn, script string, stdin io.Reader) (string, error) {
 	var buf bytes.Buffer
 	lw := &limitWriter{w: &buf, max: maxGuestOutput, over: fmt.Errorf("the guest printed more than the %d bytes expected", maxGuestOutput)}
-	err := conn.Run(ctx, script, nil, lw, nil)
+	err := conn.Run(ctx, script, stdin, lw, nil)
 	return buf.String(), err
 }
 

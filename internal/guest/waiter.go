@@ -33,8 +33,7 @@ import (
 // length of the arguments (8 hex digits) and a newline, then the
 // arguments, each ended by a NUL. From then on the connection is the
 // program's standard input and output; when the program ends, the
-// waiter says "exit N" with its exit status. The program sees
-// $main::waited set: it runs outside any SSH session.
+// waiter says "exit N" with its exit status.
 
 // WaiterTokenLen is the length of a waiter's token: 32 random bytes in
 // hex.
@@ -135,7 +134,6 @@ const waiterPrelude = `use strict; use Socket; use POSIX ();
 	select(STDERR); $| = 1; select(STDOUT); $| = 1;
 	@ARGV = split(/\0/, $argv, -1);
 	pop(@ARGV);
-	$main::waited = 1;
 }
 END { print STDOUT "exit $?\n"; }
 `

@@ -28,6 +28,7 @@ open(my $f, ">", $file) or die "open $file: $!\n";
 print $f "$head$t$rest";
 close($f);
 die "asked to die\n" if $how eq "die";
+if ($how eq "long") { print "x" x 5000; sleep 5; }
 if ($main::helper) { print {$main::helper} "from the program\n"; close($main::helper); }
 print "done\n";
 `
@@ -214,4 +215,18 @@ func waiterHelper(t *testing.T, addr string) int {
 	}
 	pid, _ := strconv.Atoi(strings.Fields(string(kids))[0])
 	return pid
+}
+
+// TestWaiterLongLine: a guest that says a line longer than the waiter's
+// programs ever do is cut off, not buffered.
+func TestWaiterLongLine(t *testing.T) {
+	addr, token := startWaiter(t)
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = CallWaiter(context.Background(), c, token, []string{filepath.Join(t.TempDir(), "got"), "long"}, time.Now, ClockRun{Head: []byte("h\n"), Marker: "done"})
+	if err == nil || !strings.Contains(err.Error(), "longer than expected") {
+		t.Fatalf("a long line: %v", err)
+	}
 }
